@@ -1,0 +1,132 @@
+"""Settings: built-in defaults, AUTOPOD_HOME/config.yaml, credentials, SSH keys.
+
+Resolution order for a setting (highest first): command-line flag, inventory pod
+spec, inventory ``defaults``, ``AUTOPOD_HOME/config.yaml``, built-in defaults.
+Secrets never come from the inventory: the API key is read from
+``RUNPOD_API_KEY`` or ``~/.runpod/config.toml`` (the file the SDK and
+runpodctl use).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import AuthError, ConfigError
+from .inventory import DEFAULT_KEYS, Inventory, load_yaml_mapping
+from .log import register_secret
+from .paths import autopod_home
+from .state import StateFile
+
+BUILTIN: dict[str, Any] = {
+    "image": "runpod/comfyui:latest",
+    "gpus": ["RTX A40", "RTX A6000", "RTX A5000"],
+    "gpu_count": 1,
+    "cloud_type": "SECURE",
+    "disk_gb": 50,
+    "ports": ["8188/http", "22/tcp"],
+    "volume_mount": "/workspace",  # the SDK's /runpod-volume is wrong for the ComfyUI image
+    "env": {},
+    "timeout": 900,
+    "comfy_address": "127.0.0.1:8188",  # ComfyUI as seen from inside the pod
+    "tunnel_backend": "sshtunnel",
+    "comfy_url": "http://127.0.0.1:8188",  # used as is with --no-tunnel
+}
+SIM_STATE = "sim.json"
+
+
+def user_config() -> dict[str, Any]:
+    path = autopod_home() / "config.yaml"
+    if not path.exists():
+        return {}
+    return load_yaml_mapping(path, DEFAULT_KEYS)
+
+
+def resolve(key: str, flag: Any = None, *, inventory: Inventory | None = None, pod_spec: dict | None = None,
+            config: dict | None = None) -> Any:
+    """One setting through the layers. ``None``/empty flags fall through."""
+    if flag not in (None, "", [], ()):
+        return flag
+    for layer in (pod_spec or {}, (inventory.defaults if inventory else {}), config or {}):
+        if layer.get(key) not in (None, "", []):
+            return layer[key]
+    return BUILTIN.get(key)
+
+
+@dataclass
+class ApiCredentials:
+    api_key: str = field(repr=False)
+    base_url: str | None = None  # None means RunPod itself
+    source: str = ""
+
+
+def api_credentials() -> ApiCredentials:
+    """The key and endpoint every RunPod call uses. Raises AuthError (exit 2) when no key is set."""
+    sim = active_simulator()
+    env_key = os.environ.get("RUNPOD_API_KEY")
+    base = os.environ.get("RUNPOD_API_BASE_URL") or None
+    if sim and not base:
+        # The simulator stays in force until `sim.stop`, unless the user points elsewhere.
+        creds = ApiCredentials(sim["api_key"], sim["base_url"], "simulator")
+    elif env_key:
+        creds = ApiCredentials(env_key, base, "RUNPOD_API_KEY")
+    else:
+        key = _runpod_config_key()
+        if not key:
+            raise AuthError(
+                "no RunPod API key: export RUNPOD_API_KEY=... (or run `runpod config`, which writes "
+                "~/.runpod/config.toml); to try autopod without an account run `autopod sim.start`"
+            )
+        creds = ApiCredentials(key, base, "~/.runpod/config.toml")
+    register_secret(creds.api_key)
+    return creds
+
+
+def _runpod_config_key() -> str | None:
+    path = Path("~/.runpod/config.toml").expanduser()
+    if not path.exists():
+        return None
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the RunPod config: {e}") from None
+    return (data.get("default") or {}).get("api_key") or data.get("apiKey")
+
+
+def active_simulator() -> dict[str, Any] | None:
+    """The simulator's endpoint while `sim.start` is in force, else None."""
+    path = autopod_home() / SIM_STATE
+    if not path.exists():
+        return None
+    data = StateFile(path).read()
+    return data if data.get("base_url") and data.get("api_key") else None
+
+
+def ssh_key_path(explicit: str | None = None) -> Path:
+    """The private key for pods: ``ssh_key`` setting, else ~/.ssh/id_ed25519, else ~/.ssh/id_rsa."""
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"SSH key {p} does not exist (ssh_key setting)")
+        return p
+    for cand in ("~/.ssh/id_ed25519", "~/.ssh/id_rsa"):
+        p = Path(cand).expanduser()
+        if p.is_file():
+            return p
+    raise ConfigError(
+        "no SSH key: create one with `ssh-keygen -t ed25519` or set ssh_key in "
+        f"{autopod_home() / 'config.yaml'} or the inventory defaults"
+    )
+
+
+def public_key_text(private_key: Path) -> str:
+    """The OpenSSH public key line for ``private_key`` (from its .pub file)."""
+    pub = private_key.with_name(private_key.name + ".pub")
+    try:
+        return pub.read_text(encoding="utf-8").strip()
+    except OSError:
+        raise ConfigError(f"public key {pub} is missing: recreate it with `ssh-keygen -y -f {private_key} > {pub}`") from None

@@ -1,0 +1,77 @@
+"""Errors and exit codes.
+
+Library code raises these; the CLI maps them to exit codes in one place
+(``autopod.cli.AutopodProgram``), so tasks never call ``sys.exit``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0  # success or no-op
+    FAILED = 1  # an operation failed, or a status is not ready
+    USAGE = 2  # bad input or configuration
+    INTERRUPTED = 130  # Ctrl-C
+
+
+class AutopodError(Exception):
+    """Base class; ``exit_code`` says how the CLI exits."""
+
+    exit_code: int = ExitCode.FAILED
+
+    def __init__(self, msg: str = "", *, exit_code: int | None = None):
+        super().__init__(msg)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(AutopodError):
+    """Bad input or configuration (exit 2)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ConfigError(UsageError):
+    """Missing or invalid configuration: API key, SSH key, inventory, state file."""
+
+
+class NotFound(AutopodError):
+    """A named resource does not exist."""
+
+
+class Conflict(AutopodError):
+    """The world is in a state that forbids the operation (e.g. volume in use)."""
+
+
+class AuthError(UsageError):
+    """The API key is missing or rejected."""
+
+
+class RemoteError(AutopodError):
+    """The remote API answered with an error."""
+
+
+class TransientError(RemoteError):
+    """A remote failure worth retrying: 5xx, 429, connection errors, garbled bodies."""
+
+
+class NoCapacity(RemoteError):
+    """RunPod has no instances for the requested GPU/cloud/data center."""
+
+
+class TunnelError(AutopodError):
+    """An SSH tunnel could not be started, reached or verified."""
+
+
+class HostKeyMismatch(TunnelError):
+    """A pinned SSH host key changed: refuse, like OpenSSH does."""
+
+
+class ComfyError(AutopodError):
+    """ComfyUI answered with an error or could not be reached."""
+
+
+class Timeout(AutopodError):
+    """A wait ran out of time."""

@@ -1,0 +1,88 @@
+"""Rendering: tables or one JSON document on stdout; the ok/changed contract.
+
+stdout carries data only, so ``autopod pod.list --json | jq`` always works;
+progress and warnings go to stderr (``autopod.ui``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from tabulate import tabulate
+
+
+@dataclass
+class Outcome:
+    """Ansible-style result of a mutating operation.
+
+    ``changed`` is True when autopod acted, False when the world already matched.
+    ``data`` is merged into the JSON document under ``key``.
+    """
+
+    changed: bool
+    msg: str
+    key: str | None = None
+    data: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return "changed" if self.changed else "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"changed": self.changed, "status": self.status, "msg": self.msg}
+        if self.key:
+            doc[self.key] = self.data
+        doc.update(self.extra)
+        return doc
+
+
+def dump_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """``columns`` is (key, HEADER). Numbers are never reparsed: ids like "007" stay."""
+    body = [[_cell(r.get(k)) for k, _ in columns] for r in rows]
+    return tabulate(body, headers=[h for _, h in columns], tablefmt="simple", missingval="-", disable_numparse=True)
+
+
+def _cell(v: Any) -> Any:
+    if v is None or v == "":
+        return None
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(str(x) for x in v) or None
+    return v
+
+
+def emit_rows(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], *, as_json: bool, empty: str = "") -> None:
+    if as_json:
+        dump_json(list(rows))
+        return
+    if not rows and empty:
+        print(empty, file=sys.stderr)
+        return
+    print(table(rows, columns))
+
+
+def emit_object(obj: dict[str, Any], *, as_json: bool, fields: Iterable[tuple[str, str]] | None = None) -> None:
+    """One record: JSON as is, or a two-column KEY/VALUE table for people."""
+    if as_json:
+        dump_json(obj)
+        return
+    pairs = fields or [(k, k.upper()) for k in obj]
+    print(tabulate([[h, _cell(obj.get(k))] for k, h in pairs], tablefmt="plain", missingval="-", disable_numparse=True))
+
+
+def emit_outcome(outcome: Outcome, *, as_json: bool) -> None:
+    """``changed: msg`` / ``ok: msg`` for people, the outcome document for scripts."""
+    if as_json:
+        dump_json(outcome.to_dict())
+    else:
+        print(f"{outcome.status}: {outcome.msg}")

@@ -1,0 +1,72 @@
+"""Shared fixtures: an isolated AUTOPOD_HOME, and running the CLI in-process or as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self):
+        import json
+
+        return json.loads(self.out)
+
+
+@pytest.fixture(autouse=True)
+def autopod_home(tmp_path, monkeypatch):
+    """Every test gets its own AUTOPOD_HOME and an empty inventory, and never sees a real key."""
+    home = tmp_path / "autopod-home"
+    monkeypatch.setenv("AUTOPOD_HOME", str(home))
+    monkeypatch.setenv("AUTOPOD_INVENTORY", str(tmp_path / "no-inventory.yml"))
+    (tmp_path / "no-inventory.yml").write_text("")
+    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+    monkeypatch.delenv("RUNPOD_API_BASE_URL", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "user-home"))  # no ~/.runpod, ~/.ssh of the developer
+    (tmp_path / "user-home").mkdir()
+    return home
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``autopod ARGS...`` in this process; returns CliResult(code, out, err)."""
+    from autopod.cli import make_program
+
+    def run(*argv: str) -> CliResult:
+        capsys.readouterr()
+        code = 0
+        try:
+            make_program().run(["autopod", *argv])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def run_autopod():
+    """Run the installed ``autopod`` command as a real subprocess (fresh interpreter)."""
+
+    def run(*argv: str, env: dict | None = None, timeout: float = 120, input: str | None = None) -> CliResult:
+        cmd = [sys.executable, "-m", "autopod", *argv]
+        p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                           timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL)
+        return CliResult(p.returncode, p.stdout, p.stderr)
+
+    return run
