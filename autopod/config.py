@@ -130,3 +130,9 @@ def public_key_text(private_key: Path) -> str:
         return pub.read_text(encoding="utf-8").strip()
     except OSError:
         raise ConfigError(f"public key {pub} is missing: recreate it with `ssh-keygen -y -f {private_key} > {pub}`") from None
+
+
+def pod_ssh_user() -> str:
+    """RunPod images log in as root; the offline simulator's pods run as the local user."""
+    sim = active_simulator()
+    return (sim or {}).get("ssh_user") or "root"
