@@ -1,0 +1,82 @@
+"""State files: atomic, locked read-modify-write across processes; corrupt files are never overwritten."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+
+import pytest
+
+from autopod.errors import ConfigError, ExitCode
+from autopod.state import StateFile
+
+
+def _writer(path: str, worker: int, n: int) -> None:
+    sf = StateFile(path)
+    for i in range(n):
+        with sf.update() as data:
+            data[f"w{worker}-{i}"] = {"worker": worker, "i": i}
+
+
+def test_concurrent_writers_in_several_processes_lose_no_entry(tmp_path):
+    path = tmp_path / "pods.json"
+    workers, per_worker = 4, 40
+    ctx = mp.get_context("spawn")  # fresh interpreters, like separate autopod commands
+    procs = [ctx.Process(target=_writer, args=(str(path), w, per_worker)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    data = json.loads(path.read_text())
+    assert len(data) == workers * per_worker
+    assert data["w3-39"] == {"worker": 3, "i": 39}
+
+
+def test_update_is_atomic_and_private(tmp_path):
+    d = tmp_path / "state"
+    d.mkdir()
+    sf = StateFile(d / "tunnels.json")
+    with sf.update() as data:
+        data["a"] = 1
+    assert sf.read() == {"a": 1}
+    assert oct(os.stat(sf.path).st_mode & 0o777) == "0o600"
+    # No temporary files are left behind.
+    assert sorted(p.name for p in d.iterdir()) == ["tunnels.json", "tunnels.json.lock"]
+
+
+def test_failed_update_writes_nothing(tmp_path):
+    sf = StateFile(tmp_path / "pods.json")
+    with sf.update() as data:
+        data["keep"] = True
+    with pytest.raises(RuntimeError):
+        with sf.update() as data:
+            data["half"] = True
+            raise RuntimeError("boom")
+    assert sf.read() == {"keep": True}
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"a": 1'])
+def test_corrupt_file_is_reported_kept_and_never_overwritten(tmp_path, content):
+    path = tmp_path / "pods.json"
+    path.write_bytes(content)
+    sf = StateFile(path)
+    with pytest.raises(ConfigError) as err:
+        with sf.update() as data:
+            data["new"] = 1
+    msg = str(err.value)
+    assert str(path) in msg and "corrupt" in msg
+    assert err.value.exit_code == ExitCode.USAGE
+    assert path.read_bytes() == content  # untouched
+    backups = list(tmp_path.glob("pods.json.corrupt-*"))
+    assert len(backups) == 1 and backups[0].read_bytes() == content
+    with pytest.raises(ConfigError):  # a second attempt fails the same way, one backup only
+        sf.read()
+    assert len(list(tmp_path.glob("pods.json.corrupt-*"))) == 1
+
+
+def test_missing_and_empty_files_read_as_empty(tmp_path):
+    assert StateFile(tmp_path / "nope.json").read() == {}
+    (tmp_path / "empty.json").write_text("")
+    assert StateFile(tmp_path / "empty.json").read() == {}
