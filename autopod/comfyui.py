@@ -1,0 +1,263 @@
+"""A small client for ComfyUI's HTTP API (read-only calls for now).
+
+It is synchronous on purpose: every autopod task makes one to four short
+requests and exits, so an event loop would add start-up cost and nothing else.
+Submitting prompts and following their progress over the WebSocket come later;
+that is where an async client (one socket, many events) will earn its keep.
+
+Facts from real ComfyUI 0.3.64 recordings that shape the parsing here:
+queue items are 5-element arrays ``[number, prompt_id, prompt, extra_data,
+outputs_to_execute]``; ``queue_pending`` is a heap copy, so it is sorted here;
+unknown ids answer 200 ``{}`` rather than 404; control endpoints answer 200
+with an empty body; a non-JSON request body gets a 500 ``text/plain``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import ComfyError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:8188"
+DEFAULT_TIMEOUT = 10.0
+BODY_LIMIT = 2000  # characters of an error body kept in the message
+
+
+class ComfyUnreachable(ComfyError):
+    """Nothing answers at the URL: the tunnel is down, or ComfyUI is not listening yet."""
+
+
+class ComfyTimeout(ComfyError):
+    """Connected, but ComfyUI did not answer in time."""
+
+
+class ComfyHTTPError(ComfyError):
+    """ComfyUI answered with an HTTP error; ``status`` and ``body`` are kept for callers."""
+
+    def __init__(self, msg: str, *, status: int, body: Any):
+        super().__init__(msg)
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class QueueItem:
+    """One queue entry; ComfyUI sends it as ``[number, prompt_id, prompt, extra_data, outputs]``."""
+
+    number: float
+    prompt_id: str
+    prompt: dict[str, Any] = field(repr=False)
+    extra_data: dict[str, Any] = field(default_factory=dict, repr=False)
+    outputs: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_wire(cls, item: Any) -> "QueueItem":
+        if not isinstance(item, (list, tuple)) or len(item) < 5:
+            raise ComfyError(f"unexpected ComfyUI queue item (want a 5-element array): {str(item)[:200]}")
+        number, prompt_id, prompt, extra, outputs = item[:5]
+        return cls(number, str(prompt_id), prompt or {}, extra or {}, list(outputs or []))
+
+    @property
+    def client_id(self) -> str | None:
+        return self.extra_data.get("client_id")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "prompt_id": self.prompt_id, "client_id": self.client_id,
+                "outputs": self.outputs, "nodes": len(self.prompt)}
+
+
+@dataclass
+class QueueInfo:
+    running: list[QueueItem]
+    pending: list[QueueItem]  # sorted by number: the order ComfyUI will run them
+
+    @property
+    def running_count(self) -> int:
+        return len(self.running)
+
+    @property
+    def pending_count(self) -> int:
+        return len(self.pending)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"running": self.running_count, "pending": self.pending_count,
+                "running_items": [i.to_dict() for i in self.running],
+                "pending_items": [i.to_dict() for i in self.pending]}
+
+
+class ComfyUIClient:
+    """``ComfyUIClient("http://127.0.0.1:8188").get_system_stats()``; one HTTP session per client.
+
+    ``retries``/``backoff``/``max_delay`` drive :meth:`is_ready` (2 s, 4 s, 8 s by
+    default); ``sleep`` is injectable so tests and callers with a deadline control
+    the waiting.
+    """
+
+    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT, *, retries: int = 3,
+                 backoff: float = 2.0, max_delay: float = 8.0, sleep: Callable[[float], None] = time.sleep,
+                 session: Any = None):
+        import requests  # deferred: `autopod --help` should not pay for it
+
+        self.base_url = base_url.rstrip("/")
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.max_delay = float(max_delay)
+        self.sleep = sleep
+        self.session = session or requests.Session()
+
+    def __enter__(self) -> "ComfyUIClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __repr__(self) -> str:
+        return f"ComfyUIClient({self.base_url!r}, timeout={self.timeout})"
+
+    # -- readiness -------------------------------------------------------------------------------
+
+    def retry_delays(self, retries: int | None = None) -> list[float]:
+        """The waits between attempts: backoff * 2**i, each capped at ``max_delay``."""
+        n = self.retries if retries is None else retries
+        return [min(self.backoff * (2 ** i), self.max_delay) for i in range(n)]
+
+    def is_ready(self, *, retries: int | None = None, timeout: float | None = None) -> bool:
+        """True once GET /system_stats answers 200; never raises for an unreachable server.
+
+        Tries once, then once after each delay of :meth:`retry_delays` (``retries=0``
+        is a single probe).
+        """
+        delays = self.retry_delays(retries)
+        for attempt in range(len(delays) + 1):
+            try:
+                self.get_system_stats(timeout=timeout)
+                return True
+            except ComfyError as e:
+                log.debug("ComfyUI not ready (attempt %d/%d): %s", attempt + 1, len(delays) + 1, e)
+            if attempt < len(delays):
+                self.sleep(delays[attempt])
+        return False
+
+    # -- read-only endpoints -----------------------------------------------------------------------
+
+    def get_system_stats(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """``{"system": {comfyui_version, python_version, pytorch_version, ram_total, ram_free, ...}, "devices": [...]}``."""
+        data = self._get_json("/system_stats", timeout=timeout)
+        if not isinstance(data, dict) or "system" not in data:
+            raise ComfyError(f"unexpected /system_stats answer from {self.base_url}: {str(data)[:200]}")
+        return data
+
+    def get_queue_info(self) -> QueueInfo:
+        data = self._get_json("/queue")
+        running = [QueueItem.from_wire(i) for i in data.get("queue_running") or []]
+        # queue_pending is a copy of the server's heap: only its first item is in order.
+        pending = sorted((QueueItem.from_wire(i) for i in data.get("queue_pending") or []), key=lambda q: q.number)
+        return QueueInfo(running=running, pending=pending)
+
+    def get_history(self, prompt_id: str | None = None, max_items: int | None = None) -> dict[str, Any]:
+        """``{prompt_id: {prompt, outputs, status, meta}}``; with ``max_items`` the newest N.
+
+        An unknown ``prompt_id`` gives ``{}`` (ComfyUI answers 200, not 404).
+        """
+        if prompt_id is not None:
+            return self._get_json(f"/history/{_segment(prompt_id)}")
+        params = {"max_items": int(max_items)} if max_items is not None else None
+        return self._get_json("/history", params=params)
+
+    def get_object_info(self, node: str | None = None) -> dict[str, Any]:
+        """Every node definition, or ``{node: definition}`` for one (``{}`` when unknown)."""
+        path = "/object_info" if node is None else f"/object_info/{_segment(node)}"
+        return self._get_json(path)
+
+    # -- transport -------------------------------------------------------------------------------
+
+    def _get_json(self, path: str, *, params: dict | None = None, timeout: float | None = None) -> Any:
+        resp = self.request("GET", path, params=params, timeout=timeout)
+        try:
+            return resp.json()
+        except ValueError:
+            raise ComfyError(f"ComfyUI at {self.base_url} sent a non-JSON answer to GET {path}: "
+                             f"{_clip(resp.text)}") from None
+
+    def request(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> Any:
+        """One HTTP call, logged with URL, status and elapsed time; errors become ComfyError subclasses."""
+        import requests
+
+        url = self.base_url + path
+        t = self.timeout if timeout is None else timeout
+        start = time.monotonic()
+        try:
+            resp = self.session.request(method, url, timeout=t, **kw)
+        except requests.Timeout:
+            # Checked before ConnectionError: ConnectTimeout is both.
+            log.debug("%s %s -> timeout after %.3fs", method, url, time.monotonic() - start)
+            raise ComfyTimeout(f"ComfyUI is not responding at {self.base_url} (no answer within {t:g}s); "
+                               "it may be busy loading models, or the pod is overloaded") from None
+        except requests.ConnectionError as e:
+            elapsed = time.monotonic() - start
+            log.debug("%s %s -> connection error after %.3fs: %s", method, url, elapsed, e)
+            raise ComfyUnreachable(_unreachable_msg(self.base_url, e)) from None
+        elapsed = time.monotonic() - start
+        log.debug("%s %s -> %d in %.3fs", method, resp.url, resp.status_code, elapsed)
+        if resp.status_code >= 400:
+            body = _body(resp)
+            raise ComfyHTTPError(f"ComfyUI {method} {path} failed: HTTP {resp.status_code}: {_describe(body)}",
+                                 status=resp.status_code, body=body)
+        return resp
+
+
+def _segment(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(str(value), safe="")
+
+
+def _unreachable_msg(base_url: str, exc: Exception) -> str:
+    text = str(exc)
+    if "refused" in text.lower():
+        return (f"cannot connect to ComfyUI at {base_url}: connection refused; the tunnel is not up "
+                "(start it with `autopod tunnel.start`, or let `autopod comfy.status` create it)")
+    # Through an SSH tunnel a ComfyUI that is not listening yet shows as a closed connection.
+    return (f"cannot reach ComfyUI at {base_url}: the connection was closed ({_clip(text, 200)}); "
+            "the tunnel is not up, or ComfyUI on the pod is not listening yet")
+
+
+def _body(resp: Any) -> Any:
+    if "json" in resp.headers.get("Content-Type", ""):
+        try:
+            return resp.json()
+        except ValueError:
+            pass
+    return resp.text
+
+
+def _describe(body: Any) -> str:
+    """The useful part of an error body: ComfyUI's {"error": {type, message, details}} or the text."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        parts = [f"{err.get('type', 'error')}: {err.get('message', '')}".strip()]
+        if err.get("details"):
+            parts.append(f"({err['details']})")
+        for node_id, ne in (body.get("node_errors") or {}).items():
+            for e in (ne or {}).get("errors", [])[:3]:
+                parts.append(f"node {node_id} ({ne.get('class_type', '?')}): {e.get('message', '')} {e.get('details', '')}".strip())
+        return _clip(" ".join(parts))
+    if body in ("", None):
+        return "(empty body)"
+    import json
+
+    return _clip(body if isinstance(body, str) else json.dumps(body))
+
+
+def _clip(text: str, limit: int = BODY_LIMIT) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit] + "…"
