@@ -225,7 +225,7 @@ def _unreachable_msg(base_url: str, exc: Exception) -> str:
     text = str(exc)
     if "refused" in text.lower():
         return (f"cannot connect to ComfyUI at {base_url}: connection refused; the tunnel is not up "
-                "(start it with `autopod tunnel.start`, or let `autopod comfy.status` create it)")
+                "(`autopod comfy.status` creates it), or nothing listens at that address")
     # Through an SSH tunnel a ComfyUI that is not listening yet shows as a closed connection.
     return (f"cannot reach ComfyUI at {base_url}: the connection was closed ({_clip(text, 200)}); "
             "the tunnel is not up, or ComfyUI on the pod is not listening yet")

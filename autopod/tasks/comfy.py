@@ -1,1 +1,84 @@
-"""comfy tasks."""
+"""ComfyUI on a pod: is it up, and what does it run. Tunnels are created as needed."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from ._base import command, exit_quietly
+
+_POD = "pod id or name, or an inventory host (default: the pod with the only live tunnel, or the only pod)"
+_NO_TUNNEL = "talk to the configured comfy_url as it is (default http://127.0.0.1:8188): no pod, no tunnel"
+
+
+def _seconds(value: Any, flag: str) -> float:
+    from ..errors import UsageError
+
+    if value in (None, ""):
+        return 0.0
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag} takes a number of seconds, got {value!r}") from None
+
+
+@command(help={"pod": _POD, "no-tunnel": _NO_TUNNEL,
+               "wait": "poll for up to S seconds until ComfyUI answers (default: one check)",
+               "json": "print one JSON document"})
+def status(c, pod=None, no_tunnel=False, wait=None, json=False):
+    """Print "Ready" (exit 0) or "Starting…" (exit 1) for ComfyUI on a pod."""
+    from ..comfy import FIRST_BOOT_HINT, comfy_status
+    from ..output import dump_json
+    from ..ui import progress
+
+    st = comfy_status(pod, no_tunnel=no_tunnel, wait=_seconds(wait, "--wait"), on_wait=progress)
+    if json:
+        dump_json(st.to_dict())
+    elif st.ready:
+        print("Ready")
+    else:
+        print("Starting…")
+        print(f"ComfyUI does not answer at {st.endpoint.url} yet ({st.detail}).\n"
+              f"Hint: {FIRST_BOOT_HINT}. To wait for it: autopod comfy.status --wait 600",
+              file=sys.stderr)
+    if not st.ready:
+        exit_quietly(1)
+
+
+@command(help={"pod": _POD, "no-tunnel": _NO_TUNNEL, "json": "print one JSON document"})
+def info(c, pod=None, no_tunnel=False, json=False):
+    """Show ComfyUI's versions, GPUs and VRAM, RAM, queue, history and node count, and the URL to open."""
+    from ..comfy import comfy_info
+    from ..output import dump_json, emit_object, table
+
+    doc = comfy_info(pod, no_tunnel=no_tunnel)
+    if json:
+        dump_json(doc)
+        return
+    view = dict(doc)
+    view["target"] = f"{doc['name']} ({doc['pod']})" if doc.get("pod") else "none (--no-tunnel)"
+    view["python_version"] = (doc.get("python_version") or "").split(" ")[0] or None
+    view["ram"] = _mem(doc.get("ram_free"), doc.get("ram_total"))
+    view["queue"] = f"{doc['queue']['running']} running, {doc['queue']['pending']} pending"
+    emit_object(view, as_json=False, fields=[
+        ("target", "Pod"), ("comfyui_version", "ComfyUI"), ("frontend_version", "Frontend"),
+        ("python_version", "Python"), ("pytorch_version", "PyTorch"), ("ram", "RAM"), ("queue", "Queue"),
+        ("history_size", "History"), ("node_types", "Node types"), ("url", "URL"),
+    ])
+    if doc["devices"]:
+        rows = [{"device": d["name"], "type": d["type"],
+                 "vram_total": _gib(d["vram_total"]), "vram_free": _gib(d["vram_free"])} for d in doc["devices"]]
+        print()
+        print(table(rows, [("device", "DEVICE"), ("type", "TYPE"), ("vram_total", "VRAM TOTAL"),
+                           ("vram_free", "VRAM FREE")]))
+    print(f"\nOpen {doc['url']} in a browser.")
+
+
+def _gib(n: Any) -> str | None:
+    return f"{n / 2**30:.1f} GiB" if isinstance(n, (int, float)) else None
+
+
+def _mem(free: Any, total: Any) -> str | None:
+    if not isinstance(total, (int, float)):
+        return None
+    return f"{_gib(free)} free of {_gib(total)}" if isinstance(free, (int, float)) else _gib(total)

@@ -1,0 +1,173 @@
+"""comfy.status and comfy.info: exit codes, output, JSON shape, waiting, and tunnels made on demand."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import sys
+import types
+
+import pytest
+
+from autopod import comfy
+from autopod.sim.comfyui_standin import ComfyUIStandin
+
+
+def use_url(home, url: str) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.yaml").write_text(f"comfy_url: {url}\n")
+
+
+@pytest.fixture
+def standin(autopod_home):
+    with ComfyUIStandin(state="busy") as s:
+        use_url(autopod_home, s.url)
+        yield s
+
+
+@pytest.fixture
+def refused(autopod_home):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    use_url(autopod_home, f"http://127.0.0.1:{s.getsockname()[1]}")
+    yield s
+    s.close()
+
+
+# -- comfy.status --no-tunnel ------------------------------------------------------------------------
+
+def test_status_ready_exits_0(cli, standin):
+    r = cli("comfy.status", "--no-tunnel")
+    assert (r.code, r.out) == (0, "Ready\n")
+
+
+def test_status_json_shape(cli, standin):
+    r = cli("comfy.status", "--no-tunnel", "--json")
+    assert r.code == 0
+    doc = r.json
+    assert doc["ready"] is True and doc["status"] == "ready" and doc["url"] == standin.url
+    assert doc["comfyui_version"] == "0.3.64" and doc["tunnel"] is None and doc["pod"] is None
+    assert set(doc) == {"ready", "status", "url", "pod", "name", "tunnel", "comfyui_version", "waited_s", "detail"}
+
+
+def test_status_starting_exits_1_with_first_boot_hint(cli, refused):
+    r = cli("comfy.status", "--no-tunnel")
+    assert r.code == 1
+    assert r.out == "Starting…\n"
+    assert "first boot" in r.err and "copies ComfyUI onto the network volume" in r.err
+    assert "connection refused" in r.err
+    j = cli("comfy.status", "--no-tunnel", "--json")
+    assert j.code == 1 and j.json["ready"] is False and j.json["status"] == "starting"
+    assert "connection refused" in j.json["detail"]
+
+
+def test_status_starting_then_ready_with_wait(cli, autopod_home):
+    with ComfyUIStandin(ready_after=1.0) as s:
+        use_url(autopod_home, s.url)
+        first = cli("comfy.status", "--no-tunnel")
+        assert (first.code, first.out) == (1, "Starting…\n")
+        waited = cli("comfy.status", "--no-tunnel", "--wait", "20", "--json")
+        assert waited.code == 0 and waited.json["ready"] is True
+        assert waited.json["waited_s"] > 0
+        assert "not answering yet; waiting up to 20s" in waited.err
+
+
+def test_wait_runs_out_exits_1(cli, refused):
+    r = cli("comfy.status", "--no-tunnel", "--wait", "0.5", "--json")
+    assert r.code == 1 and r.json["ready"] is False and r.json["waited_s"] >= 0.5
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--wait", "soon"], "--wait takes a number of seconds"),
+    (["--wait", "-3"], "--wait must be 0 or more"),
+    (["--pod", "p1"], "takes no --pod"),
+])
+def test_bad_input_exits_2(cli, standin, args, msg):
+    r = cli("comfy.status", "--no-tunnel", *args)
+    assert r.code == 2 and msg in r.err and "Traceback" not in r.err
+
+
+def test_status_polls_with_injected_clock(refused):
+    now = [0.0]
+    slept = []
+
+    def sleep(d):
+        slept.append(d)
+        now[0] += d
+
+    st = comfy.comfy_status(no_tunnel=True, wait=5, sleep=sleep, clock=lambda: now[0])
+    assert st.ready is False and slept == [2.0, 2.0, 1.0] and st.waited_s == 5.0
+
+
+# -- comfy.info --no-tunnel -------------------------------------------------------------------------
+
+def test_info_table_and_url(cli, standin):
+    r = cli("comfy.info", "--no-tunnel")
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    row = {ln.split("  ")[0]: ln.split("  ", 1)[1].strip() for ln in lines[:10] if "  " in ln}
+    assert row["ComfyUI"] == "0.3.64" and row["Python"] == "3.11.7" and row["PyTorch"] == "2.13.0+cpu"
+    assert row["RAM"] == "22.7 GiB free of 23.5 GiB"
+    assert row["Queue"] == "1 running, 4 pending" and row["History"] == "11" and row["Node types"] == "477"
+    assert any(ln.split()[:2] == ["cpu", "cpu"] and "23.5 GiB" in ln for ln in lines)  # the device table
+    assert lines[-1] == f"Open {standin.url} in a browser."
+
+
+def test_info_json_shape(cli, standin):
+    r = cli("comfy.info", "--no-tunnel", "--json")
+    assert r.code == 0
+    doc = r.json
+    assert doc["comfyui_version"] == "0.3.64" and doc["pytorch_version"] == "2.13.0+cpu"
+    assert doc["queue"] == {"running": 1, "pending": 4}
+    assert doc["history_size"] == 11 and doc["node_types"] == 477 and doc["url"] == standin.url
+    assert doc["devices"][0]["vram_total"] == 25276063744 and doc["devices"][0]["vram_free"] == 24386744320
+    assert doc["ram_total"] == 25276063744
+
+
+def test_info_when_down_exits_1_with_one_line(cli, refused):
+    r = cli("comfy.info", "--no-tunnel", "--json")
+    assert r.code == 1
+    assert r.json["failed"] is True and "connection refused" in r.json["msg"]
+    assert "first boot" in r.err and "Traceback" not in r.err
+
+
+# -- the tunnel path, with the tunnel layer replaced ------------------------------------------------
+
+@pytest.fixture
+def fake_tunnel(monkeypatch, standin):
+    """resolve_target/ensure_tunnel stand-ins: the first call creates, later calls reuse."""
+    from autopod.output import Outcome
+
+    calls = []
+
+    def resolve_target(ref, **kw):
+        calls.append(("resolve", ref))
+        return types.SimpleNamespace(id="pod123", name=ref or "my-pod")
+
+    def ensure_tunnel(target, **kw):
+        calls.append(("ensure", target.id))
+        changed = sum(1 for c in calls if c[0] == "ensure") == 1
+        return Outcome(changed, "tunnel", data=types.SimpleNamespace(local_port=standin.port))
+
+    for name, attr, fn in (("autopod.targets", "resolve_target", resolve_target),
+                           ("autopod.tunnel", "ensure_tunnel", ensure_tunnel)):
+        if importlib.util.find_spec(name) is None:
+            monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+        mod = importlib.import_module(name)
+        monkeypatch.setattr(mod, attr, fn, raising=False)
+    return calls
+
+
+def test_status_ensures_a_tunnel_and_talks_to_its_local_port(cli, fake_tunnel, standin):
+    first = cli("comfy.status", "--pod", "my-pod", "--json")
+    assert first.code == 0, first.err
+    assert first.json["tunnel"] == "created" and first.json["pod"] == "pod123"
+    assert first.json["url"] == f"http://127.0.0.1:{standin.port}"
+    again = cli("comfy.info", "--json")
+    assert again.code == 0 and again.json["tunnel"] == "reused" and again.json["name"] == "my-pod"
+    assert fake_tunnel == [("resolve", "my-pod"), ("ensure", "pod123"), ("resolve", None), ("ensure", "pod123")]
+
+
+def test_no_tunnel_never_resolves_a_target(cli, fake_tunnel, standin):
+    assert cli("comfy.info", "--no-tunnel").code == 0
+    assert fake_tunnel == []
