@@ -1,0 +1,781 @@
+"""Pods: settings resolution, GPU fallback, idempotent lifecycle operations, readiness waits.
+
+Library functions take explicit arguments (an ``api`` from ``runpod_api.connect()``)
+and return ``Pod``/``Outcome``/dicts; the ``pod`` task collection only renders them.
+Local state (``pods.json``, keyed by pod id) caches names, the ComfyUI address and
+the spec each pod was created from. The API is the source of truth: every
+listing drops pods gone from the account and adopts pods created elsewhere.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import re
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+from . import config as _config
+from .errors import AutopodError, ConfigError, NoCapacity, NotFound, RemoteError, Timeout, UsageError
+from .gpus import plan_gpu_order
+from .inventory import Inventory, load_inventory
+from .output import Outcome
+from .paths import autopod_home
+from .runpod_api import check_cloud_type, check_datacenter, check_id
+from .state import StateFile
+from .ui import progress, warn
+
+log = logging.getLogger(__name__)
+
+STATE = "pods.json"
+POLL_INTERVAL = 5.0  # seconds between status reads once a wait is under way (RunPod rate-limits)
+GONE_GRACE_S = 60.0  # a new pod may read as missing for a moment right after create
+KEEP_UNLISTED_S = 120.0  # a just-created pod may not be listed yet; keep its state entry
+PORT_RE = re.compile(r"^\d{1,5}/(http|tcp|udp)$")
+ADDRESS_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+# The pod created, started or used earlier in this process: `autopod pod.create ... tunnel.start`
+# on one command line targets the new pod without --pod.
+CHAIN_POD_ID: str | None = None
+
+
+# --- the pod record -------------------------------------------------------------
+
+
+@dataclass
+class Pod:
+    id: str
+    name: str
+    status: str
+    gpu: str | None = None
+    gpu_count: int = 0
+    datacenter: str | None = None
+    volume_id: str | None = None
+    volume_mount: str | None = None
+    cost_per_hr: float | None = None
+    uptime_s: int | None = None
+    image: str | None = None
+    ports: list[str] = field(default_factory=list)
+    disk_gb: int | None = None
+    ssh_direct: tuple[str, int] | None = None
+    ssh_proxy: str | None = None
+    comfy_address: str = "127.0.0.1:8188"
+
+    @classmethod
+    def from_api(cls, d: dict[str, Any], entry: dict[str, Any] | None = None) -> "Pod":
+        entry = entry or {}
+        machine = d.get("machine") or {}
+        runtime = d.get("runtime") or {}
+        direct = None
+        for p in runtime.get("ports") or []:
+            # HTTP ports report a private 100.65.x.x address; only the public tcp 22 is reachable.
+            if p.get("privatePort") == 22 and p.get("isIpPublic") and p.get("ip") and p.get("publicPort"):
+                direct = (str(p["ip"]), int(p["publicPort"]))
+                break
+        uptime = runtime.get("uptimeInSeconds") if d.get("runtime") else None
+        if uptime is None and d.get("runtime"):
+            uptime = d.get("uptimeSeconds")
+        host_id = machine.get("podHostId")
+        return cls(
+            id=d["id"],
+            name=d.get("name") or entry.get("name") or d["id"],
+            status=d.get("desiredStatus") or "UNKNOWN",
+            gpu=machine.get("gpuDisplayName"),
+            gpu_count=int(d.get("gpuCount") or 0),
+            datacenter=machine.get("dataCenterId"),
+            volume_id=d.get("networkVolumeId"),
+            volume_mount=d.get("volumeMountPath"),
+            cost_per_hr=d.get("costPerHr"),
+            uptime_s=int(uptime) if uptime is not None else None,
+            image=d.get("imageName"),
+            ports=[p for p in (d.get("ports") or "").split(",") if p],
+            disk_gb=d.get("containerDiskInGb"),
+            ssh_direct=direct,
+            # podHostId is already the full ssh.runpod.io user name (<podId>-<hex>)
+            ssh_proxy=f"{host_id}@ssh.runpod.io" if host_id else None,
+            comfy_address=entry.get("comfy_address") or _config.BUILTIN["comfy_address"],
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.status != "TERMINATED"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ssh_direct"] = {"host": self.ssh_direct[0], "port": self.ssh_direct[1]} if self.ssh_direct else None
+        return d
+
+    def row(self) -> dict[str, Any]:
+        """A human row for ``pod.list``."""
+        gpu = self.gpu and (f"{self.gpu_count}x {self.gpu}" if self.gpu_count > 1 else self.gpu)
+        return {"name": self.name, "id": self.id, "status": self.status, "gpu": gpu, "datacenter": self.datacenter,
+                "volume": self.volume_id, "uptime": fmt_duration(self.uptime_s),
+                "cost": f"{self.cost_per_hr:.3f}" if self.cost_per_hr is not None else None}
+
+
+LIST_COLUMNS = [("name", "NAME"), ("id", "ID"), ("status", "STATUS"), ("gpu", "GPU"), ("datacenter", "DATACENTER"),
+                ("volume", "VOLUME"), ("uptime", "UPTIME"), ("cost", "$/HR")]
+
+
+def fmt_duration(seconds: int | None) -> str | None:
+    if seconds is None:
+        return None
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+# --- settings -----------------------------------------------------------------
+
+
+@dataclass
+class PodSpec:
+    """Everything a create needs, after flags, inventory and defaults were merged."""
+
+    name: str | None
+    gpus: list[str]
+    gpu_count: int
+    cloud_type: str
+    datacenter: str | None
+    image: str | None
+    template_id: str | None
+    disk_gb: int
+    volume_id: str | None
+    volume_mount: str
+    ports: list[str]
+    env: dict[str, str]
+    comfy_address: str
+    timeout: int
+    ssh_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["env"] = {k: ("<set>" if k == "PUBLIC_KEY" else v) for k, v in self.env.items()}
+        return d
+
+
+def parse_env(items: Sequence[str] | dict[str, Any] | None) -> dict[str, str]:
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        return {str(k): "" if v is None else str(v) for k, v in items.items()}
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env expects KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _as_int(value: Any, what: str, *, minimum: int = 1) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} must be a whole number, got {value!r}") from None
+    if n < minimum:
+        raise UsageError(f"{what} must be at least {minimum}, got {n}")
+    return n
+
+
+def resolve_spec(flags: dict[str, Any], inventory: Inventory | None = None, config: dict[str, Any] | None = None) -> PodSpec:
+    """Merge one pod's settings: flag, then the inventory pod spec named by ``--name``, then
+    inventory defaults, then AUTOPOD_HOME/config.yaml, then built-in defaults. ``env`` maps
+    are merged key by key in the same order. Raises UsageError on bad values."""
+    inventory = inventory or Inventory()
+    config = config or {}
+    name = flags.get("name") or None
+    pod_spec = inventory.pods.get(name, {}) if name else {}
+
+    def r(key: str) -> Any:
+        return _config.resolve(key, flags.get(key), inventory=inventory, pod_spec=pod_spec, config=config)
+
+    if flags.get("image") and flags.get("template_id"):
+        raise UsageError("give --image or --template-id, not both")
+    template_id = r("template_id")
+    image = r("image")
+    if template_id and not any(layer.get("image") for layer in (flags, pod_spec, inventory.defaults, config)):
+        image = None  # the template brings its own image; the built-in default must not override it
+
+    gpus = r("gpus")
+    if isinstance(gpus, str):
+        gpus = [gpus]
+    ports = [str(p).strip() for p in (r("ports") or [])]
+    for p in ports:
+        if not PORT_RE.match(p):
+            raise UsageError(f"invalid port {p!r}: expected PORT/http or PORT/tcp, e.g. 8188/http")
+    if "22/tcp" not in ports:
+        ports.append("22/tcp")  # direct SSH: scp, port forwarding and the tunnel all need it
+
+    env: dict[str, str] = {}
+    for layer in (_config.BUILTIN.get("env") or {}, config.get("env") or {}, inventory.defaults.get("env") or {},
+                  pod_spec.get("env") or {}):
+        env.update(parse_env(layer))
+    env.update(parse_env(flags.get("env")))
+
+    comfy_address = str(r("comfy_address"))
+    if not ADDRESS_RE.match(comfy_address):
+        raise UsageError(f"invalid comfy_address {comfy_address!r}: expected HOST:PORT, e.g. 127.0.0.1:8188")
+    datacenter = r("datacenter")
+    volume_id = r("volume_id")
+    return PodSpec(
+        name=name,
+        gpus=[str(g) for g in gpus or []],
+        gpu_count=_as_int(r("gpu_count"), "--gpu-count"),
+        cloud_type=check_cloud_type(r("cloud_type")),
+        datacenter=check_datacenter(datacenter) if datacenter else None,
+        image=image,
+        template_id=template_id,
+        disk_gb=_as_int(r("disk_gb"), "--disk-gb"),
+        volume_id=check_id(volume_id, "volume id") if volume_id else None,
+        volume_mount=str(r("volume_mount")),
+        ports=ports,
+        env=env,
+        comfy_address=comfy_address,
+        timeout=_as_int(r("timeout"), "--timeout"),
+        ssh_key=r("ssh_key"),
+    )
+
+
+def load_settings(flags: dict[str, Any]) -> PodSpec:
+    return resolve_spec(flags, load_inventory(), _config.user_config())
+
+
+def generate_name(existing: Sequence[str], today: _dt.date | None = None) -> str:
+    """``autopod-YYYY-MM-DD-NNN``, the next number free among ``existing``."""
+    prefix = f"autopod-{(today or _dt.date.today()).isoformat()}-"
+    used = [int(n[len(prefix):]) for n in existing if n.startswith(prefix) and n[len(prefix):].isdigit()]
+    return f"{prefix}{max(used, default=0) + 1:03d}"
+
+
+def build_create_input(spec: PodSpec, name: str, gpu: dict[str, Any], datacenter: str | None,
+                       public_key: str | None) -> dict[str, Any]:
+    """The ``podFindAndDeployOnDemand`` input for one GPU choice (GraphQL field names)."""
+    env = dict(spec.env)
+    if public_key and "PUBLIC_KEY" not in env:
+        # Official images start sshd and authorise these keys only when PUBLIC_KEY is set.
+        env["PUBLIC_KEY"] = public_key
+    inp: dict[str, Any] = {
+        "name": name,
+        "imageName": spec.image or "",
+        "gpuTypeId": gpu["id"],
+        "gpuCount": spec.gpu_count,
+        "cloudType": spec.cloud_type,
+        "supportPublicIp": True,
+        "startSsh": True,
+        "volumeInGb": 0,
+        "containerDiskInGb": spec.disk_gb,
+        "minVcpuCount": 1,
+        "minMemoryInGb": 1,
+        "dockerArgs": "",
+        "ports": ",".join(spec.ports),
+        "volumeMountPath": spec.volume_mount,
+        "env": env,
+        "dataCenterId": datacenter,
+    }
+    if spec.template_id:
+        inp["templateId"] = spec.template_id
+    if spec.volume_id:
+        inp["networkVolumeId"] = spec.volume_id
+    return inp
+
+
+# --- state ----------------------------------------------------------------------
+
+
+def _state() -> StateFile:
+    return StateFile.named(STATE)
+
+
+def state_entries() -> dict[str, Any]:
+    return _state().read()
+
+
+def _remember(pod_id: str, **fields: Any) -> None:
+    with _state().update() as data:
+        entry = data.setdefault(pod_id, {})
+        entry.update({k: v for k, v in fields.items() if v is not None})
+
+
+def _chain(pod_id: str) -> None:
+    global CHAIN_POD_ID
+    CHAIN_POD_ID = pod_id
+
+
+def _sync_state(raw: list[dict[str, Any]]) -> dict[str, Any]:
+    now = time.time()
+    with _state().update() as data:
+        listed = {p["id"] for p in raw}
+        for pid in list(data):
+            if pid not in listed and now - float(data[pid].get("created_at") or 0) > KEEP_UNLISTED_S:
+                del data[pid]
+        for p in raw:
+            entry = data.setdefault(p["id"], {})
+            if not entry:
+                entry["adopted_at"] = now  # created elsewhere (web console, another machine)
+            entry["name"] = p.get("name") or entry.get("name")
+        return {k: dict(v) for k, v in data.items()}
+
+
+# --- reading --------------------------------------------------------------------
+
+
+def list_pods(api: Any) -> list[Pod]:
+    """Every pod on the account, with pods.json synced to it."""
+    raw = api.list_pods()
+    entries = _sync_state(raw)
+    return [Pod.from_api(p, entries.get(p["id"])) for p in raw]
+
+
+def get_pod(api: Any, pod_id: str) -> Pod | None:
+    raw = api.get_pod(pod_id)
+    return Pod.from_api(raw, state_entries().get(pod_id)) if raw else None
+
+
+def _candidates(pods: Sequence[Pod]) -> str:
+    return ", ".join(f"{p.name} ({p.id}, {p.status})" for p in pods) or "none"
+
+
+def resolve_pod(api: Any, ref: str | None, pods: list[Pod] | None = None) -> Pod:
+    """The pod ``--pod`` names: an id or a name. Without one: the pod created or started
+    earlier on this command line, else the only pod on the account, else exit 2 with the
+    candidates."""
+    if pods is None:
+        pods = list_pods(api)
+    live = [p for p in pods if p.alive]
+    if ref:
+        for p in pods:
+            if p.id == ref:
+                return p
+        named = [p for p in live if p.name == ref]
+        if len(named) == 1:
+            return named[0]
+        if len(named) > 1:
+            raise UsageError(f"several pods are named {ref!r}; pass an id with --pod: {_candidates(named)}")
+        raise NotFound(f"no pod {ref!r} on the account; pods: {_candidates(live)}", exit_code=2)
+    if CHAIN_POD_ID:
+        for p in live:
+            if p.id == CHAIN_POD_ID:
+                return p
+    if len(live) == 1:
+        return live[0]
+    if not live:
+        raise UsageError("no pods on the account; create one with `autopod pod.create`")
+    raise UsageError(f"several pods exist; choose one with --pod NAME_OR_ID: {_candidates(live)}")
+
+
+def pod_info(api: Any, ref: str | None) -> dict[str, Any]:
+    """Everything ``pod.list`` shows, plus image, ports, volume, SSH commands and spend so far."""
+    pod = resolve_pod(api, ref)
+    _chain(pod.id)
+    info = pod.to_dict()
+    volume = None
+    if pod.volume_id:
+        vols = {v["id"]: v for v in api.list_volumes()}
+        v = vols.get(pod.volume_id, {})
+        volume = {"id": pod.volume_id, "name": v.get("name"), "size_gb": v.get("size"),
+                  "mount": pod.volume_mount, "datacenter": v.get("dataCenterId") or pod.datacenter}
+    info["volume"] = volume
+    try:
+        key = str(_config.ssh_key_path(_settings_ssh_key()))
+    except ConfigError:
+        key = "~/.ssh/id_ed25519"
+    user = _config.pod_ssh_user()
+    info["ssh"] = {
+        "direct": (f"ssh -i {key} -p {pod.ssh_direct[1]} {user}@{pod.ssh_direct[0]}" if pod.ssh_direct else None),
+        "proxy": f"ssh -i {key} {pod.ssh_proxy}" if pod.ssh_proxy else None,
+    }
+    spend = None
+    if pod.cost_per_hr is not None and pod.uptime_s is not None:
+        spend = round(pod.cost_per_hr * pod.uptime_s / 3600, 4)
+    info["spend_usd"] = spend
+    return info
+
+
+INFO_FIELDS = [("name", "NAME"), ("id", "ID"), ("status", "STATUS"), ("gpu", "GPU"), ("gpu_count", "GPU COUNT"),
+               ("datacenter", "DATACENTER"), ("uptime", "UPTIME"), ("cost_per_hr", "$/HR"), ("spend", "SPENT (EST.)"),
+               ("image", "IMAGE"), ("ports", "PORTS"), ("volume", "VOLUME"), ("ssh", "SSH"),
+               ("ssh_fallback", "SSH (PROXY, SHELL ONLY)"), ("comfy_address", "COMFYUI (IN POD)")]
+
+
+def info_view(info: dict[str, Any]) -> dict[str, Any]:
+    """``pod_info`` flattened for the human KEY/VALUE table."""
+    v = info.get("volume")
+    return {
+        **info,
+        "uptime": fmt_duration(info.get("uptime_s")),
+        "spend": f"${info['spend_usd']:.2f}" if info.get("spend_usd") is not None else None,
+        "volume": (f"{v['id']} ({v.get('name') or '?'}, {v.get('size_gb') or '?'} GB, {v.get('datacenter')}) "
+                   f"at {v.get('mount')}") if v else None,
+        "ssh": info["ssh"]["direct"] or "(no direct endpoint yet: the pod is not running)",
+        "ssh_fallback": info["ssh"]["proxy"],
+    }
+
+
+def _settings_ssh_key() -> str | None:
+    return _config.resolve("ssh_key", None, inventory=load_inventory(), config=_config.user_config())
+
+
+# --- waiting --------------------------------------------------------------------
+
+
+def ssh_banner_ok(host: str, port: int, timeout: float = 3.0) -> bool:
+    """True when ``host:port`` accepts TCP and speaks SSH. RunPod's port mapping can accept
+    connections before sshd in the pod runs, so a bare connect is not enough."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def wait_ready(api: Any, pod_id: str, *, timeout: float, poll_interval: float | None = None,
+               sleep: Callable[[float], None] = time.sleep, connect: Callable[[str, int], bool] = ssh_banner_ok,
+               clock: Callable[[], float] = time.monotonic, label: str | None = None) -> Pod:
+    """Wait until the pod is RUNNING, has its runtime and its direct SSH endpoint answers.
+
+    Progress goes to stderr; raises Timeout after ``timeout`` seconds.
+    """
+    start = clock()
+    interval = POLL_INTERVAL if poll_interval is None else poll_interval
+    label = label or pod_id
+    last = None
+    n = 0
+    while True:
+        pod = get_pod(api, pod_id)
+        if pod is None:
+            if clock() - start > GONE_GRACE_S:
+                raise NotFound(f"pod {label} no longer exists")
+            state = "not visible yet"
+        else:
+            label = f"{pod.name} ({pod.id})"
+            if pod.status == "TERMINATED":
+                raise RemoteError(f"pod {label} was terminated")
+            if pod.status == "EXITED":
+                raise AutopodError(f"pod {label} is stopped; start it with `autopod pod.start --pod {pod.name}`")
+            if pod.status == "RUNNING" and pod.ssh_direct and connect(*pod.ssh_direct):
+                progress(f"pod {label} is ready: ssh {pod.ssh_direct[0]} port {pod.ssh_direct[1]}")
+                return pod
+            if pod.status != "RUNNING":
+                state = pod.status
+            elif not pod.ssh_direct:
+                state = "RUNNING, container starting (no SSH endpoint yet)"
+            else:
+                state = f"RUNNING, SSH {pod.ssh_direct[0]}:{pod.ssh_direct[1]} not answering yet"
+        elapsed = clock() - start
+        if state != last:
+            progress(f"waiting for pod {label}: {state} ({elapsed:.0f}s)")
+            last = state
+        if elapsed >= timeout:
+            raise Timeout(f"pod {label} not ready after {timeout:.0f}s ({state})")
+        # Quick first polls (a resumed pod is often back in seconds), then the steady interval.
+        sleep(max(0.0, min(interval, 0.5 * 2 ** n, timeout - elapsed)))
+        n += 1
+
+
+def _wait_or_stop(api: Any, pod: Pod | dict[str, Any], timeout: float, sleep: Callable[[float], None],
+                  connect: Callable[[str, int], bool] | None) -> Pod:
+    """Wait for readiness; on timeout or Ctrl-C stop the pod so it does not keep billing."""
+    pod_id = pod.id if isinstance(pod, Pod) else pod["id"]
+    name = pod.name if isinstance(pod, Pod) else pod.get("name") or pod_id
+    label = f"{name} ({pod_id})"
+    kw = {"connect": connect} if connect else {}
+    try:
+        return wait_ready(api, pod_id, timeout=timeout, sleep=sleep, label=label, **kw)
+    except Timeout as e:
+        raise Timeout(f"{e}; {_stop_after_failed_wait(api, pod_id, name)}") from None
+    except KeyboardInterrupt:
+        raise AutopodError(f"interrupted while waiting for pod {label}; {_stop_after_failed_wait(api, pod_id, name)}",
+                           exit_code=130) from None
+
+
+def _stop_after_failed_wait(api: Any, pod_id: str, name: str) -> str:
+    try:
+        api.stop_pod(pod_id)
+    except AutopodError as e:
+        return (f"stopping it failed too ({e}): it may still be billing, stop it with "
+                f"`autopod pod.stop --pod {pod_id}`")
+    _stop_tunnel(pod_id)
+    return (f"stopped it so it does not keep billing (start it again with `autopod pod.start --pod {name}`, "
+            f"or remove it with `autopod pod.kill --pod {name}`)")
+
+
+def wait(api: Any, ref: str | None, timeout: float | None = None) -> Pod:
+    pod = resolve_pod(api, ref)
+    _chain(pod.id)
+    return wait_ready(api, pod.id, timeout=float(timeout or _config.BUILTIN["timeout"]), label=f"{pod.name} ({pod.id})")
+
+
+# --- mutations ------------------------------------------------------------------
+
+
+def _volume_and_datacenter(api: Any, spec: PodSpec) -> tuple[dict[str, Any] | None, str | None]:
+    if not spec.volume_id:
+        return None, spec.datacenter
+    vols = api.list_volumes()
+    vol = next((v for v in vols if v.get("id") == spec.volume_id), None)
+    if vol is None:
+        known = ", ".join(f"{v['id']} ({v.get('name')}, {v.get('dataCenterId')})" for v in vols) or "none"
+        raise UsageError(f"network volume {spec.volume_id!r} does not exist on this account; volumes: {known}")
+    dc = vol.get("dataCenterId")
+    if spec.datacenter and dc and spec.datacenter != dc:
+        warn(f"volume {spec.volume_id} is in data center {dc}, not {spec.datacenter}: "
+             f"a pod must be in its volume's data center, so using {dc}")
+    if spec.cloud_type != "SECURE":
+        warn(f"network volumes need SECURE cloud; using SECURE instead of {spec.cloud_type}")
+        spec.cloud_type = "SECURE"
+    return vol, dc or spec.datacenter
+
+
+def _public_key(spec: PodSpec) -> tuple[str | None, str]:
+    """(key text, where it came from). An explicit PUBLIC_KEY env wins and needs no key file."""
+    if "PUBLIC_KEY" in spec.env:
+        return None, "PUBLIC_KEY setting"
+    key = _config.ssh_key_path(spec.ssh_key)
+    return _config.public_key_text(key), f"{key}.pub"
+
+
+def _redacted(inp: dict[str, Any], key_source: str) -> dict[str, Any]:
+    out = dict(inp)
+    out["env"] = {k: (f"<{key_source}>" if k == "PUBLIC_KEY" else v) for k, v in (inp.get("env") or {}).items()}
+    return out
+
+
+def ensure_pod(spec: PodSpec, api: Any, *, wait: bool = True, timeout: float | None = None, dry_run: bool = False,
+               sleep: Callable[[float], None] = time.sleep, connect: Callable[[str, int], bool] | None = None,
+               existing: list[Pod] | None = None) -> Outcome:
+    """Create the pod ``spec`` describes unless a live pod of that name exists (then ``ok``).
+
+    Tries each GPU in order on RunPod's no-capacity answer. Every input is checked
+    (GPU names, the volume) before anything is created.
+    """
+    plan = plan_gpu_order(spec.gpus, api.gpu_types())
+    volume, datacenter = _volume_and_datacenter(api, spec)
+    pods = existing if existing is not None else list_pods(api)
+    if spec.name:
+        same = [p for p in pods if p.name == spec.name and p.alive]
+        if same:
+            p = same[0]
+            _chain(p.id)
+            return Outcome(False, f"pod {p.name} ({p.id}) already exists ({p.status}, {p.gpu or 'GPU ?'})",
+                           key="pod", data=p.to_dict())
+    name = spec.name or generate_name([p.name for p in pods])
+    public_key, key_source = _public_key(spec)
+    requests_ = [build_create_input(spec, name, g, datacenter, public_key) for g in plan]
+    if dry_run:
+        first = _redacted(requests_[0], key_source)
+        return Outcome(True, f"would create pod {name} on {plan[0]['displayName'] or plan[0]['id']}"
+                       + (f" (fallback: {', '.join(g.get('displayName') or g['id'] for g in plan[1:])})" if plan[1:] else "")
+                       + f" in {datacenter or 'any data center'}; nothing was changed",
+                       key="request", data=first,
+                       extra={"dry_run": True, "gpu_order": [g["id"] for g in plan]})
+
+    attempts: list[dict[str, str]] = []
+    created = None
+    chosen = None
+    for gpu, inp in zip(plan, requests_):
+        label = gpu.get("displayName") or gpu["id"]
+        progress(f"creating pod {name} on {label} ({spec.cloud_type}{', ' + datacenter if datacenter else ''})")
+        try:
+            created = api.create_pod(inp)
+        except NoCapacity as e:
+            attempts.append({"gpu": gpu["id"], "result": "no capacity", "reason": str(e)})
+            progress(f"no capacity for {label}; trying the next GPU" if gpu is not plan[-1] else f"no capacity for {label}")
+            continue
+        attempts.append({"gpu": gpu["id"], "result": "created", "reason": ""})
+        chosen = gpu
+        break
+    if created is None:
+        lines = "; ".join(f"{a['gpu']}: {a['reason']}" for a in attempts)
+        raise NoCapacity(f"no GPU available for pod {name}, tried {len(attempts)}: {lines}")
+
+    pod_id = created["id"]
+    _remember(pod_id, name=name, comfy_address=spec.comfy_address, spec=spec.to_dict(), created_at=time.time())
+    _chain(pod_id)
+    gpu_label = chosen.get("displayName") or chosen["id"]
+    msg = f"created pod {name} ({pod_id}) on {gpu_label}"
+    if len(attempts) > 1:
+        msg += f" after {len(attempts) - 1} GPU(s) had no capacity"
+    if wait:
+        pod = _wait_or_stop(api, {"id": pod_id, "name": name}, float(timeout or spec.timeout), sleep, connect)
+    else:
+        pod = get_pod(api, pod_id) or Pod(id=pod_id, name=name, status=created.get("desiredStatus") or "CREATED",
+                                          gpu=gpu_label, comfy_address=spec.comfy_address)
+    if pod.datacenter:
+        msg += f" in {pod.datacenter}"
+    return Outcome(True, msg, key="pod", data=pod.to_dict(), extra={"gpu_attempts": attempts})
+
+
+def create(flags: dict[str, Any], *, wait: bool = True, dry_run: bool = False, api: Any = None) -> Outcome:
+    """``pod.create``: resolve the settings, then ``ensure_pod``."""
+    spec = load_settings(flags)
+    api = api or _connect()
+    return ensure_pod(spec, api, wait=wait, dry_run=dry_run)
+
+
+def up(flags: dict[str, Any], *, dry_run: bool = False, api: Any = None,
+       sleep: Callable[[float], None] = time.sleep, connect: Callable[[str, int], bool] | None = None) -> Outcome:
+    """Converge: create the pod if missing, start it if stopped, wait until it is ready.
+
+    With ``--name`` the pod of that name is the target; without, the one pod on the
+    account (several: exit 2), or a new one when there is none.
+    """
+    spec = load_settings(flags)
+    api = api or _connect()
+    pods = list_pods(api)
+    live = [p for p in pods if p.alive]
+    if spec.name:
+        target = next((p for p in live if p.name == spec.name), None)
+    elif len(live) > 1:
+        raise UsageError(f"several pods exist; name the one to bring up with --name: {_candidates(live)}")
+    else:
+        target = live[0] if live else None
+    if target is None:
+        return ensure_pod(spec, api, wait=True, dry_run=dry_run, sleep=sleep, connect=connect, existing=pods)
+    _chain(target.id)
+    if target.status == "RUNNING":
+        if dry_run:
+            return Outcome(False, f"pod {target.name} ({target.id}) is running", key="pod", data=target.to_dict())
+        pod = _wait_or_stop(api, target, float(spec.timeout), sleep, connect)
+        return Outcome(False, f"pod {pod.name} ({pod.id}) is running and reachable", key="pod", data=pod.to_dict())
+    if dry_run:
+        return Outcome(True, f"would start pod {target.name} ({target.id}); nothing was changed",
+                       key="pod", data=target.to_dict(), extra={"dry_run": True})
+    return start_pod(api, target.id, wait=True, timeout=spec.timeout, sleep=sleep, connect=connect, pods=pods)
+
+
+def _stop_tunnel(pod_id: str) -> None:
+    """Stopping or killing a pod also stops its SSH tunnel (imported late: the tunnel module
+    pulls in paramiko, which `--help` and `--list` should not pay for)."""
+    try:
+        from .tunnel import stop_tunnel_for
+    except ImportError:
+        return
+    try:
+        if stop_tunnel_for(pod_id):
+            progress(f"stopped the SSH tunnel to pod {pod_id}")
+    except AutopodError as e:
+        warn(f"could not stop the SSH tunnel to pod {pod_id}: {e}")
+
+
+def stop_pod(api: Any, ref: str | None) -> Outcome:
+    pod = resolve_pod(api, ref)
+    _stop_tunnel(pod.id)
+    if pod.status == "EXITED":
+        return Outcome(False, f"pod {pod.name} ({pod.id}) is already stopped", key="pod", data=pod.to_dict())
+    if not pod.alive:
+        raise RemoteError(f"pod {pod.name} ({pod.id}) is terminated")
+    api.stop_pod(pod.id)
+    after = get_pod(api, pod.id) or pod
+    return Outcome(True, f"stopped pod {pod.name} ({pod.id}); its volume and disk are kept", key="pod",
+                   data=after.to_dict())
+
+
+def start_pod(api: Any, ref: str | None, *, wait: bool = True, timeout: float | None = None,
+              sleep: Callable[[float], None] = time.sleep, connect: Callable[[str, int], bool] | None = None,
+              pods: list[Pod] | None = None) -> Outcome:
+    """Resume a stopped pod with its GPU count. A resumed pod gets a new SSH port."""
+    pod = resolve_pod(api, ref, pods)
+    _chain(pod.id)
+    if not pod.alive:
+        raise RemoteError(f"pod {pod.name} ({pod.id}) is terminated; create a new one")
+    timeout = float(timeout or _config.BUILTIN["timeout"])
+    if pod.status == "RUNNING":
+        return Outcome(False, f"pod {pod.name} ({pod.id}) is already running", key="pod", data=pod.to_dict())
+    spec = state_entries().get(pod.id, {}).get("spec") or {}
+    gpu_count = pod.gpu_count or int(spec.get("gpu_count") or 1)
+    progress(f"starting pod {pod.name} ({pod.id}) with {gpu_count} GPU(s)")
+    api.resume_pod(pod.id, gpu_count)
+    if wait:
+        after = _wait_or_stop(api, pod, timeout, sleep, connect)
+    else:
+        after = get_pod(api, pod.id) or pod
+    return Outcome(True, f"started pod {pod.name} ({pod.id})", key="pod", data=after.to_dict())
+
+
+def kill_pod(api: Any, ref: str | None, *, confirm: Callable[[Pod], bool] | None = None) -> Outcome:
+    """Terminate the pod. A pod that is already gone is ``ok``. ``confirm`` (when given) may refuse."""
+    try:
+        pod = resolve_pod(api, ref)
+    except NotFound:
+        gone = ref or "pod"
+        with _state().update() as data:
+            for pid in [k for k, v in data.items() if k == ref or v.get("name") == ref]:
+                del data[pid]
+        return Outcome(False, f"pod {gone} is already gone", key="pod", data=None)
+    if not pod.alive:
+        return Outcome(False, f"pod {pod.name} ({pod.id}) is already terminated", key="pod", data=pod.to_dict())
+    if confirm is not None and not confirm(pod):
+        raise UsageError(f"not terminating pod {pod.name} ({pod.id})")
+    _stop_tunnel(pod.id)
+    try:
+        api.terminate_pod(pod.id)
+    except RemoteError:
+        if api.get_pod(pod.id) is not None:  # RunPod answers an error for a pod it already removed
+            raise
+    with _state().update() as data:
+        data.pop(pod.id, None)
+    return Outcome(True, f"terminated pod {pod.name} ({pod.id})", key="pod", data={"id": pod.id, "name": pod.name})
+
+
+# --- SSH ------------------------------------------------------------------------
+
+
+def ssh_command(pod: Pod, key: Any, command: str | None = None, *, user: str | None = None,
+                known_hosts: Any = None) -> list[str]:
+    """The OpenSSH argv for the pod's direct endpoint. Host keys are pinned on first use in
+    AUTOPOD_HOME/known_hosts (the file the tunnel checks too); a changed key is refused."""
+    if not pod.ssh_direct:
+        hint = f" (proxy fallback, shell only: ssh -i {key} {pod.ssh_proxy})" if pod.ssh_proxy else ""
+        raise AutopodError(f"pod {pod.name} ({pod.id}) has no direct SSH endpoint ({pod.status}); "
+                           f"wait with `autopod pod.wait --pod {pod.name}`{hint}")
+    host, port = pod.ssh_direct
+    known_hosts = known_hosts or (autopod_home() / "known_hosts")
+    argv = ["ssh", "-i", str(key), "-p", str(port), "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=accept-new",
+            "-o", "ServerAliveInterval=30"]
+    if command is not None:
+        argv.append("-T")  # no terminal: exact output and the remote exit code, for scripts
+    argv += ["--", f"{user or _config.pod_ssh_user()}@{host}"]
+    if command is not None:
+        argv.append(command)
+    return argv
+
+
+def ssh(api: Any, ref: str | None, command: str | None = None) -> int:
+    """Run the system ``ssh`` against the pod; returns its exit code (the remote command's)."""
+    pod = resolve_pod(api, ref)
+    _chain(pod.id)
+    key = _config.ssh_key_path(_settings_ssh_key())
+    if not shutil.which("ssh"):
+        raise ConfigError("the OpenSSH client `ssh` is not installed")
+    argv = ssh_command(pod, key, command)
+    log.info("running %s", " ".join(argv if command is None else argv[:-1] + ["<command>"]))
+    return subprocess.call(argv)
+
+
+def gpus(api: Any) -> list[dict[str, Any]]:
+    from .gpus import gpu_rows
+
+    return gpu_rows(api.gpu_types(), api.gpu_stock())
+
+
+def _connect() -> Any:
+    from .runpod_api import connect
+
+    return connect()
+
+
+def connect() -> Any:
+    """The RunPod adapter for the configured account (see ``runpod_api.connect``)."""
+    return _connect()

@@ -1,0 +1,183 @@
+"""Pure parts of the pod library: settings resolution, names, the pod record, waits, SSH argv."""
+
+import datetime as dt
+
+import pytest
+
+from autopod import pods
+from autopod.errors import AutopodError, Timeout, UsageError
+from autopod.inventory import Inventory
+from autopod.pods import Pod, build_create_input, generate_name, resolve_spec, ssh_command
+
+
+def _inv():
+    return Inventory(
+        defaults={"gpus": ["RTX A5000"], "disk_gb": 80, "env": {"A": "defaults", "B": "defaults"},
+                  "datacenter": "US-KS-2"},
+        pods={"big": {"gpus": ["RTX A6000", "RTX A40"], "gpu_count": 2, "env": {"B": "spec"},
+                      "comfy_address": "127.0.0.1:8189"}},
+    )
+
+
+def test_builtin_defaults():
+    s = resolve_spec({})
+    assert s.image == "runpod/comfyui:latest"
+    assert s.gpus == ["RTX A40", "RTX A6000", "RTX A5000"]
+    assert s.cloud_type == "SECURE" and s.disk_gb == 50 and s.gpu_count == 1
+    assert s.ports == ["8188/http", "22/tcp"]
+    assert s.volume_mount == "/workspace"
+    assert s.comfy_address == "127.0.0.1:8188"
+
+
+def test_resolution_order_flag_spec_defaults_config_builtin():
+    cfg = {"disk_gb": 60, "image": "cfg/image:1", "env": {"C": "config", "A": "config"}}
+    s = resolve_spec({"name": "big"}, _inv(), cfg)
+    assert s.gpus == ["RTX A6000", "RTX A40"]  # pod spec beats defaults
+    assert s.gpu_count == 2
+    assert s.disk_gb == 80  # inventory defaults beat config.yaml
+    assert s.image == "cfg/image:1"  # config.yaml beats built-in
+    assert s.datacenter == "US-KS-2"
+    assert s.comfy_address == "127.0.0.1:8189"
+    assert s.env == {"C": "config", "A": "defaults", "B": "spec"}  # merged key by key
+    s = resolve_spec({"name": "big", "gpus": ["RTX 4090"], "gpu_count": "3", "disk_gb": "20",
+                      "env": ["B=flag", "D=x=y"]}, _inv(), cfg)
+    assert s.gpus == ["RTX 4090"] and s.gpu_count == 3 and s.disk_gb == 20
+    assert s.env["B"] == "flag" and s.env["D"] == "x=y"
+    other = resolve_spec({"name": "not-in-inventory"}, _inv(), cfg)
+    assert other.gpus == ["RTX A5000"] and other.gpu_count == 1
+
+
+def test_ssh_port_is_always_exposed():
+    assert resolve_spec({"ports": ["8188/http"]}).ports == ["8188/http", "22/tcp"]
+
+
+@pytest.mark.parametrize("flags", [
+    {"gpu_count": "two"}, {"gpu_count": "0"}, {"disk_gb": "-5"}, {"cloud_type": "CHEAP"},
+    {"ports": ["8188"]}, {"env": ["NOEQUALS"]}, {"datacenter": "eu ro"}, {"volume_id": 'v"1'},
+    {"image": "a", "template_id": "t"}, {"comfy_address": "nohost"},
+])
+def test_bad_settings_are_usage_errors(flags):
+    with pytest.raises(UsageError):
+        resolve_spec(flags)
+
+
+def test_template_replaces_the_builtin_image_but_not_an_explicit_one():
+    assert resolve_spec({"template_id": "cw3nka7d08"}).image is None
+    inv = Inventory(defaults={"image": "mine:1"})
+    assert resolve_spec({"template_id": "cw3nka7d08"}, inv).image == "mine:1"
+
+
+def test_generated_names_count_up_per_day():
+    day = dt.date(2026, 11, 28)
+    assert generate_name([], day) == "autopod-2026-11-28-001"
+    assert generate_name(["autopod-2026-11-28-001", "autopod-2026-11-28-007", "autopod-2026-11-27-009", "x"],
+                         day) == "autopod-2026-11-28-008"
+
+
+def test_create_input_carries_the_public_key_and_volume():
+    s = resolve_spec({"volume_id": "vol123", "env": ["X=1"]})
+    inp = build_create_input(s, "p1", {"id": "NVIDIA RTX A40"}, "EU-RO-1", "ssh-ed25519 AAAA k\nssh-rsa BBBB j")
+    assert inp["env"] == {"X": "1", "PUBLIC_KEY": "ssh-ed25519 AAAA k\nssh-rsa BBBB j"}
+    assert inp["networkVolumeId"] == "vol123" and inp["dataCenterId"] == "EU-RO-1"
+    assert inp["volumeMountPath"] == "/workspace" and inp["ports"] == "8188/http,22/tcp"
+    assert inp["gpuTypeId"] == "NVIDIA RTX A40" and inp["cloudType"] == "SECURE"
+    own = resolve_spec({"env": ["PUBLIC_KEY=ssh-ed25519 CCCC mine"]})
+    assert build_create_input(own, "p", {"id": "g"}, None, "other")["env"]["PUBLIC_KEY"] == "ssh-ed25519 CCCC mine"
+
+
+RAW = {
+    "id": "5xpma5eg46tqjq", "name": "probe", "desiredStatus": "RUNNING", "costPerHr": 0.72, "gpuCount": 1,
+    "imageName": "runpod/comfyui:latest", "ports": "8188/http,22/tcp", "networkVolumeId": "grvtso8ftn",
+    "volumeMountPath": "/workspace", "containerDiskInGb": 50,
+    "runtime": {"uptimeInSeconds": 3931, "ports": [
+        {"ip": "100.65.0.101", "isIpPublic": False, "privatePort": 8188, "publicPort": 60141, "type": "http"},
+        {"ip": "100.65.0.101", "isIpPublic": False, "privatePort": 22, "publicPort": 1, "type": "tcp"},
+        {"ip": "213.173.104.74", "isIpPublic": True, "privatePort": 22, "publicPort": 35558, "type": "tcp"}]},
+    "machine": {"podHostId": "5xpma5eg46tqjq-64410065", "gpuDisplayName": "RTX PRO 4500", "dataCenterId": "EU-RO-1"},
+}
+
+
+def test_pod_record_from_the_api():
+    p = Pod.from_api(RAW, {"comfy_address": "127.0.0.1:8189"})
+    assert p.ssh_direct == ("213.173.104.74", 35558)  # public tcp 22 only
+    assert p.ssh_proxy == "5xpma5eg46tqjq-64410065@ssh.runpod.io"  # podHostId is the whole user name
+    assert p.datacenter == "EU-RO-1" and p.volume_id == "grvtso8ftn" and p.uptime_s == 3931
+    assert p.comfy_address == "127.0.0.1:8189"
+    assert p.ports == ["8188/http", "22/tcp"]
+    row = p.row()
+    assert row["uptime"] == "1h05m" and row["cost"] == "0.720"
+    assert p.to_dict()["ssh_direct"] == {"host": "213.173.104.74", "port": 35558}
+    booting = Pod.from_api({**RAW, "runtime": None})
+    assert booting.ssh_direct is None and booting.uptime_s is None
+
+
+class ScriptedAPI:
+    def __init__(self, states):
+        self.states = list(states)
+
+    def get_pod(self, pod_id):
+        return self.states.pop(0) if len(self.states) > 1 else self.states[0]
+
+
+def test_wait_needs_running_runtime_and_an_answering_ssh_port():
+    api = ScriptedAPI([{**RAW, "runtime": None}, RAW, RAW])
+    answers = iter([False, True])
+    sleeps = []
+    pod = pods.wait_ready(api, RAW["id"], timeout=60, poll_interval=1, sleep=sleeps.append,
+                          connect=lambda h, p: next(answers), clock=lambda: 0.0)
+    assert pod.ssh_direct == ("213.173.104.74", 35558)
+    assert len(sleeps) == 2
+
+
+def test_wait_times_out_and_fails_fast_on_a_stopped_pod(capsys):
+    now = [0.0]
+
+    def sleep(s):
+        now[0] += s
+
+    with pytest.raises(Timeout, match="not ready after 10s"):
+        pods.wait_ready(ScriptedAPI([{**RAW, "runtime": None}]), RAW["id"], timeout=10, poll_interval=2,
+                        sleep=sleep, clock=lambda: now[0])
+    assert "waiting for pod probe" in capsys.readouterr().err  # progress on stderr
+    with pytest.raises(AutopodError, match="is stopped"):
+        pods.wait_ready(ScriptedAPI([{**RAW, "desiredStatus": "EXITED", "runtime": None}]), RAW["id"], timeout=10)
+
+
+def test_ssh_argv_uses_the_direct_endpoint_and_pins_host_keys(tmp_path):
+    p = Pod.from_api(RAW)
+    argv = ssh_command(p, tmp_path / "id", "nvidia-smi; echo ok", user="root", known_hosts=tmp_path / "kh")
+    assert argv[0] == "ssh" and argv[argv.index("-p") + 1] == "35558" and argv[argv.index("-i") + 1].endswith("id")
+    assert f"UserKnownHostsFile={tmp_path / 'kh'}" in argv and "StrictHostKeyChecking=accept-new" in argv
+    assert "-T" in argv
+    assert argv[-3:] == ["--", "root@213.173.104.74", "nvidia-smi; echo ok"]
+    interactive = ssh_command(p, "k", None, user="root")
+    assert "-T" not in interactive and interactive[-1] == "root@213.173.104.74"
+    with pytest.raises(AutopodError, match="no direct SSH endpoint"):
+        ssh_command(Pod.from_api({**RAW, "runtime": None}), "k")
+
+
+class ListAPI:
+    def __init__(self, *pods_):
+        self.pods = [{"id": f"id{n}", "name": n, "desiredStatus": s} for n, s in pods_]
+
+    def list_pods(self):
+        return self.pods
+
+
+def test_pod_reference_rules(monkeypatch):
+    monkeypatch.setattr(pods, "CHAIN_POD_ID", None)
+    one = ListAPI(("a", "RUNNING"), ("old", "TERMINATED"))
+    assert pods.resolve_pod(one, None).name == "a"  # the only live pod
+    two = ListAPI(("a", "RUNNING"), ("b", "EXITED"))
+    with pytest.raises(UsageError) as e:
+        pods.resolve_pod(two, None)
+    assert "a (ida" in str(e.value) and "b (idb" in str(e.value)
+    assert pods.resolve_pod(two, "b").id == "idb"
+    assert pods.resolve_pod(two, "ida").name == "a"
+    with pytest.raises(AutopodError) as e:
+        pods.resolve_pod(two, "zzz")
+    assert e.value.exit_code == 2
+    monkeypatch.setattr(pods, "CHAIN_POD_ID", "idb")  # created/started earlier on this command line
+    assert pods.resolve_pod(two, None).name == "b"
+    with pytest.raises(UsageError, match="no pods"):
+        pods.resolve_pod(ListAPI(), None)
