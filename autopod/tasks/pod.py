@@ -1,1 +1,143 @@
-"""pod tasks."""
+"""Create, inspect, reach and stop RunPod GPU pods (GPU fallback, network volume, direct SSH)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .. import pods
+from ..errors import UsageError
+from ..output import dump_json, emit_object, emit_outcome, emit_rows
+from ._base import command, exit_quietly
+
+CREATE_HELP = {
+    "name": "pod name; also selects the inventory pod spec of that name (default: autopod-YYYY-MM-DD-NNN)",
+    "gpu": "GPU type, by RunPod id or display name; repeat for fallback order (default: RTX A40, RTX A6000, RTX A5000)",
+    "gpu-count": "GPUs per pod (default 1)",
+    "cloud-type": "SECURE, COMMUNITY or ALL (default SECURE; network volumes need SECURE)",
+    "datacenter": "data center id, e.g. EU-RO-1 (with a volume, the volume's data center wins)",
+    "image": "container image (default runpod/comfyui:latest)",
+    "template-id": "RunPod template id instead of --image",
+    "disk-gb": "container disk in GB (default 50)",
+    "volume-id": "network volume to attach (must exist on the account)",
+    "volume-mount": "where the volume is mounted (default /workspace)",
+    "port": "port to expose, e.g. 8188/http; repeatable (default 8188/http and 22/tcp; 22/tcp is always added)",
+    "env": "KEY=VALUE environment variable; repeatable",
+    "comfy-address": "ComfyUI's HOST:PORT inside the pod, the tunnel's remote end (default 127.0.0.1:8188)",
+    "wait": "wait until the pod runs and its SSH endpoint answers (--no-wait to return at once)",
+    "timeout": "seconds to wait before stopping the pod and failing (default 900)",
+    "dry-run": "print the request that would be sent; change nothing",
+    "json": "print one JSON document",
+}
+POD_HELP = {"pod": "pod name or id (default: the only pod)", "json": "print one JSON document"}
+
+
+def _flags(gpu: list[str], port: list[str], env: list[str], **kw: Any) -> dict[str, Any]:
+    return {**kw, "gpus": list(gpu or []), "ports": list(port or []), "env": list(env or [])}
+
+
+def _emit_create(outcome: Any, as_json: bool) -> None:
+    if outcome.extra.get("dry_run") and not as_json and outcome.key == "request":
+        dump_json(outcome.data)
+    emit_outcome(outcome, as_json=as_json)
+
+
+@command(help=CREATE_HELP, iterable=["gpu", "port", "env"])
+def create(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=None, image=None, template_id=None,
+           disk_gb=None, volume_id=None, volume_mount=None, port=None, env=None, comfy_address=None, wait=True,
+           timeout=None, dry_run=False, json=False):
+    """Create a pod: GPU fallback, network volume, direct SSH; `ok` if a pod of that name exists."""
+    flags = _flags(gpu, port, env, name=name, gpu_count=gpu_count, cloud_type=cloud_type, datacenter=datacenter,
+                   image=image, template_id=template_id, disk_gb=disk_gb, volume_id=volume_id,
+                   volume_mount=volume_mount, comfy_address=comfy_address, timeout=timeout)
+    _emit_create(pods.create(flags, wait=wait, dry_run=dry_run), json)
+
+
+@command(help={k: v for k, v in CREATE_HELP.items() if k != "wait"}, iterable=["gpu", "port", "env"])
+def up(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=None, image=None, template_id=None,
+       disk_gb=None, volume_id=None, volume_mount=None, port=None, env=None, comfy_address=None, timeout=None,
+       dry_run=False, json=False):
+    """Converge: create the pod if missing, start it if stopped, wait until it is reachable."""
+    flags = _flags(gpu, port, env, name=name, gpu_count=gpu_count, cloud_type=cloud_type, datacenter=datacenter,
+                   image=image, template_id=template_id, disk_gb=disk_gb, volume_id=volume_id,
+                   volume_mount=volume_mount, comfy_address=comfy_address, timeout=timeout)
+    _emit_create(pods.up(flags, dry_run=dry_run), json)
+
+
+@command(name="list", help={"json": "print one JSON document (a list of pods)"})
+def list_(c, json=False):
+    """List pods: NAME, ID, STATUS, GPU, DATACENTER, VOLUME, UPTIME, $/HR."""
+    found = pods.list_pods(pods.connect())
+    if json:
+        dump_json([p.to_dict() for p in found])
+    else:
+        emit_rows([p.row() for p in found], pods.LIST_COLUMNS, as_json=False, empty="no pods")
+
+
+@command(help=POD_HELP)
+def info(c, pod=None, json=False):
+    """One pod in detail: image, ports, volume, SSH commands, estimated spend."""
+    data = pods.pod_info(pods.connect(), pod)
+    if json:
+        dump_json(data)
+    else:
+        emit_object(pods.info_view(data), as_json=False, fields=pods.INFO_FIELDS)
+
+
+@command(help={"pod": POD_HELP["pod"], "command": "run this command without a terminal; exit with its exit code"})
+def ssh(c, pod=None, command=None):
+    """Open a shell on the pod with OpenSSH over its direct endpoint (port forwarding and scp work)."""
+    code = pods.ssh(pods.connect(), pod, command)
+    if code:
+        exit_quietly(code)
+
+
+@command(help=POD_HELP)
+def stop(c, pod=None, json=False):
+    """Stop the pod (and its tunnel); `ok` if already stopped. Its volume and disk are kept."""
+    emit_outcome(pods.stop_pod(pods.connect(), pod), as_json=json)
+
+
+@command(help={**POD_HELP, "wait": "wait until reachable (--no-wait to return at once)",
+               "timeout": "seconds to wait before stopping it again and failing (default 900)"})
+def start(c, pod=None, wait=True, timeout=None, json=False):
+    """Resume a stopped pod with its GPU count; `ok` if already running."""
+    secs = pods._as_int(timeout, "--timeout") if timeout is not None else None
+    emit_outcome(pods.start_pod(pods.connect(), pod, wait=wait, timeout=secs), as_json=json)
+
+
+@command(help={**POD_HELP, "yes": "do not ask (needed when stdin is not a terminal)"})
+def kill(c, pod=None, yes=False, json=False):
+    """Terminate the pod; its container disk is lost (network volumes are kept). `ok` if already gone."""
+    if not yes and not sys.stdin.isatty():
+        raise UsageError("pod.kill terminates the pod for good; pass --yes to confirm (stdin is not a terminal)")
+    emit_outcome(pods.kill_pod(pods.connect(), pod, confirm=None if yes else _confirm_kill), as_json=json)
+
+
+def _confirm_kill(pod: pods.Pod) -> bool:
+    print(f"terminate pod {pod.name} ({pod.id}, {pod.status})? Its container disk is lost. [y/N] ",
+          end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+@command(help={"pod": POD_HELP["pod"], "timeout": "seconds to wait (default 900)", "json": POD_HELP["json"]})
+def wait(c, pod=None, timeout=None, json=False):
+    """Wait until the pod is RUNNING and its SSH endpoint answers; exit 1 on timeout."""
+    secs = pods._as_int(timeout, "--timeout") if timeout is not None else None
+    ready = pods.wait(pods.connect(), pod, secs)
+    if json:
+        dump_json(ready.to_dict())
+    else:
+        print(f"ok: pod {ready.name} ({ready.id}) is ready: ssh port {ready.ssh_direct[1]} on {ready.ssh_direct[0]}")
+
+
+@command(help={"json": "print one JSON document"})
+def gpus(c, json=False):
+    """GPU types with memory, secure/community $/hr and stock (best first)."""
+    rows = pods.gpus(pods.connect())
+    if json:
+        dump_json(rows)
+    else:
+        emit_rows(rows, [("name", "GPU"), ("id", "ID"), ("memory_gb", "MEM GB"), ("secure_price", "SECURE $/HR"),
+                         ("community_price", "COMMUNITY $/HR"), ("stock", "STOCK"), ("datacenters", "IN STOCK AT")],
+                  as_json=False)
