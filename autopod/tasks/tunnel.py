@@ -1,1 +1,110 @@
-"""tunnel tasks."""
+"""SSH tunnels to a pod's (or an inventory host's) ComfyUI on 127.0.0.1, kept alive in the background."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UsageError
+from ..output import Outcome, emit_object, emit_outcome, emit_rows
+from ._base import command, exit_quietly
+
+_TARGET_HELP = "pod id or name, or inventory host name (default: the only tunnel, or the only pod)"
+
+
+def _int(value: Any, flag: str) -> int | None:
+    """invoke hands a flag with a None default over as a string."""
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag} must be a number, got {value!r}") from None
+
+
+def _render(outcome: Outcome, as_json: bool) -> None:
+    data = outcome.data
+    if hasattr(data, "to_dict"):
+        outcome.data = data.to_dict()
+        outcome.extra.setdefault("local_port", data.local_port)
+        outcome.extra.setdefault("url", data.url)
+    emit_outcome(outcome, as_json=as_json)
+
+
+@command(help={
+    "pod": _TARGET_HELP,
+    "local_port": "port on 127.0.0.1 (default 8188; when taken, the next free one unless given explicitly)",
+    "remote_port": "port behind the SSH server (default: the target's ComfyUI port, 8188)",
+    "backend": "sshtunnel (default) or openssh (ssh -N -L); config key tunnel_backend",
+    "timeout": "seconds to wait for a working connection through the tunnel (default 30)",
+    "json": "print one JSON document",
+})
+def start(c, pod=None, local_port=None, remote_port=None, backend=None, timeout=None, json=False):
+    """Start (or reuse) a background tunnel; succeeds once a connection through it works."""
+    from ..tunnel import start_tunnel
+
+    t = _int(timeout, "--timeout")
+    outcome = start_tunnel(pod, local_port=_int(local_port, "--local-port"),
+                           remote_port=_int(remote_port, "--remote-port"), backend=backend or None,
+                           timeout=float(t) if t else 30.0)
+    _render(outcome, json)
+
+
+@command(help={"pod": _TARGET_HELP, "json": "print one JSON document"})
+def stop(c, pod=None, json=False):
+    """Stop the tunnel to a pod or host."""
+    from ..tunnel import stop_tunnel
+
+    _render(stop_tunnel(pod), json)
+
+
+@command(name="stop-all", help={"json": "print one JSON document"})
+def stop_all(c, json=False):
+    """Stop every recorded tunnel."""
+    from ..tunnel import stop_all as _stop_all
+
+    _render(_stop_all(), json)
+
+
+_FIELDS = [("name", "NAME"), ("target_id", "TARGET"), ("local", "LOCAL"), ("remote", "REMOTE"), ("ssh", "SSH"),
+           ("backend", "BACKEND"), ("pid", "PID"), ("state", "STATE"), ("healthy", "HEALTHY")]
+
+
+def _row(info: Any) -> dict[str, Any]:
+    d = info.to_dict()
+    d.update(local=info.local_address, remote=f"{info.remote_host}:{info.remote_port}",
+             ssh=f"{info.ssh_host}:{info.ssh_port}", url=info.url)
+    return d
+
+
+@command(help={"pod": _TARGET_HELP, "json": "print one JSON document"})
+def status(c, pod=None, json=False):
+    """Exit 0 when the tunnel runs and a connection through it works, else 1 (`tunnel.status || tunnel.start`)."""
+    from ..tunnel import tunnel_status
+
+    info = tunnel_status(pod)
+    if info is None:
+        doc = {"target_id": pod, "running": False, "healthy": False, "msg": f"no tunnel to {pod or 'any target'}"}
+        emit_object(doc, as_json=json, fields=[("msg", "STATUS")])
+        exit_quietly(1)
+    row = _row(info)
+    row["running"] = info.alive
+    fields = _FIELDS + [("url", "URL")] + ([("error", "ERROR")] if info.error and not info.healthy else [])
+    emit_object(row, as_json=json, fields=fields)
+    if not info.healthy:
+        exit_quietly(1)
+
+
+@command(name="list", help={"json": "print one JSON list"})
+def list_(c, json=False):
+    """Recorded tunnels, each health-checked."""
+    from ..tunnel import list_tunnels
+
+    emit_rows([_row(i) for i in list_tunnels()], _FIELDS, as_json=json, empty="no tunnels")
+
+
+@command(help={"json": "print one JSON document"})
+def cleanup(c, json=False):
+    """Drop recorded tunnels whose daemon is gone (never signals a pid that is not ours)."""
+    from ..tunnel import cleanup as _cleanup
+
+    _render(_cleanup(), json)

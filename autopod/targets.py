@@ -1,0 +1,151 @@
+"""What a tunnel connects to: a pod's direct SSH endpoint, or an inventory host.
+
+Resolution order for a reference (``--pod P``):
+
+1. an inventory host named P (a home GPU box, any server that runs ComfyUI);
+2. a tunnel that is already recorded and whose daemon still runs (no API call,
+   no ``runpod`` import: ``autopod comfy.status`` stays fast);
+3. a RunPod pod, looked up through the API, reached on the public IP and port
+   mapped to its private 22/tcp.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, NotFound, TunnelError, UsageError
+
+log = logging.getLogger(__name__)
+
+HOST_PREFIX = "host:"
+
+
+@dataclass
+class SSHTarget:
+    id: str  # pod id, or "host:<name>" for an inventory host
+    name: str  # pod name or host name
+    kind: str  # "pod" | "host"
+    host: str
+    port: int
+    user: str
+    key_path: Path
+    remote_host: str = "127.0.0.1"  # ComfyUI address as seen from the SSH server
+    remote_port: int = 8188
+    from_record: bool = False  # taken from tunnels.json: the endpoint may be stale
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["key_path"] = str(self.key_path)
+        d.pop("from_record")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SSHTarget":
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["key_path"] = Path(kw["key_path"])
+        kw["port"], kw["remote_port"] = int(kw["port"]), int(kw["remote_port"])
+        return cls(**kw)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+def split_address(addr: str, *, what: str = "comfy_address") -> tuple[str, int]:
+    """ "host:port" -> (host, port); "[::1]:8188" works too."""
+    host, sep, port = str(addr).rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{what} must look like host:port, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
+def resolve_target(ref: str | None, *, remote_port: int | None = None, fresh: bool = False) -> SSHTarget:
+    """The SSH target behind ``ref`` (see the module docstring for the order).
+
+    ``fresh=True`` skips the recorded tunnels, so a pod's endpoint is looked up
+    again (after ``pod.start`` its public SSH port may have changed).
+    """
+    from . import config
+    from .inventory import load_inventory
+
+    inv = load_inventory()
+    if ref is not None:
+        name = ref[len(HOST_PREFIX):] if ref.startswith(HOST_PREFIX) else ref
+        host = inv.hosts.get(name)
+        if host is not None:
+            return _host_target(host, inv, remote_port)
+        if ref.startswith(HOST_PREFIX):
+            raise NotFound(f"no host '{name}' in the inventory")
+
+    if not fresh:
+        rec = _recorded_target(ref)
+        if rec is not None:
+            if remote_port is not None:
+                rec.remote_port = int(remote_port)
+            return rec
+
+    return _pod_target(ref, inv, remote_port, config)
+
+
+def _host_target(host: Any, inv: Any, remote_port: int | None) -> SSHTarget:
+    from . import config
+
+    key = host.key or config.resolve("ssh_key", None, inventory=inv, config=config.user_config())
+    rhost, rport = split_address(host.comfy_address or config.BUILTIN["comfy_address"],
+                                 what=f"hosts.{host.name}.comfy_address")
+    return SSHTarget(id=HOST_PREFIX + host.name, name=host.name, kind="host", host=host.host, port=int(host.port),
+                     user=host.user, key_path=config.ssh_key_path(key), remote_host=rhost,
+                     remote_port=int(remote_port) if remote_port is not None else rport)
+
+
+def _recorded_target(ref: str | None) -> SSHTarget | None:
+    """The target of a live recorded tunnel: by id or name, or the only one when ``ref`` is None."""
+    from . import tunnel
+
+    live = [e for e in tunnel.recorded_entries() if tunnel.entry_process_alive(e)]
+    if ref is None:
+        chosen = live[0] if len(live) == 1 else None
+    else:
+        chosen = next((e for e in live if e.get("target_id") == ref), None) or \
+            next((e for e in live if e.get("name") == ref), None)
+    if chosen is None or not chosen.get("target"):
+        return None
+    try:
+        t = SSHTarget.from_dict(chosen["target"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    t.from_record = True
+    return t
+
+
+def _pod_target(ref: str | None, inv: Any, remote_port: int | None, config: Any) -> SSHTarget:
+    from .pods import resolve_pod
+    from .runpod_api import RunPodAPI
+
+    api = RunPodAPI(config.api_credentials())
+    try:
+        pod = resolve_pod(api, ref)
+    except TypeError:  # pragma: no cover - an older resolve_pod without a default reference
+        raise UsageError("name the pod with --pod") from None
+    direct = getattr(pod, "ssh_direct", None)
+    if not direct:
+        raise TunnelError(
+            f"pod {pod.name} ({pod.id}) has no direct SSH endpoint, only RunPod's proxied SSH "
+            f"({getattr(pod, 'ssh_proxy', None) or 'ssh.runpod.io'}), which cannot forward ports. "
+            "A tunnel needs the pod's 22/tcp exposed on a public port: recreate the pod with --port 22/tcp "
+            "(autopod's default ports include it) and a PUBLIC_KEY, or wait until the pod is RUNNING "
+            "and its ports are published"
+        )
+    ip, port = direct
+    spec = inv.pods.get(getattr(pod, "name", "") or "") or {}
+    cfg = config.user_config()
+    key = config.ssh_key_path(config.resolve("ssh_key", None, inventory=inv, pod_spec=spec, config=cfg))
+    rhost, rport = split_address(getattr(pod, "comfy_address", None)
+                                 or config.resolve("comfy_address", None, inventory=inv, pod_spec=spec, config=cfg))
+    return SSHTarget(id=pod.id, name=pod.name or pod.id, kind="pod", host=str(ip), port=int(port),
+                     user=config.pod_ssh_user(), key_path=key, remote_host=rhost,
+                     remote_port=int(remote_port) if remote_port is not None else rport)

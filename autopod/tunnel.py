@@ -1,0 +1,655 @@
+"""SSH tunnels that outlive the terminal, are found again by every autopod command, and recover.
+
+Each tunnel is one detached daemon (``python -m autopod.tunnel_daemon``, a new
+session from a fresh interpreter) that holds the forward on 127.0.0.1 and
+restarts it with backoff when the SSH connection dies. Daemons are recorded in
+``AUTOPOD_HOME/tunnels.json``; a recorded pid is only ever signalled after its
+command line proves it is our daemon for that target, because pids get reused.
+
+Two backends share the state, health checks and recovery: ``sshtunnel``
+(paramiko, pure Python) and ``openssh`` (a supervised ``ssh -N -L``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError, TunnelError, UsageError
+from .output import Outcome
+from .paths import autopod_home, log_dir
+from .state import StateFile
+from .targets import SSHTarget
+from .ui import progress
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "tunnels.json"
+DAEMON_MODULE = "autopod.tunnel_daemon"
+BACKENDS = ("sshtunnel", "openssh")
+DEFAULT_LOCAL_PORT = 8188
+PORT_SEARCH = 50  # how far past a taken default port to look for a free one
+PASSPHRASE_ENV = "AUTOPOD_SSH_PASSPHRASE"
+RECOVERY_GRACE_S = 10.0  # how long a start waits for a recovering daemon before replacing it
+
+
+@dataclass
+class TunnelInfo:
+    target_id: str
+    name: str
+    pid: int
+    local_port: int
+    remote_host: str
+    remote_port: int
+    ssh_host: str
+    ssh_port: int
+    started_at: float
+    backend: str
+    healthy: bool = False
+    state: str = ""  # daemon's view: starting | up | recovering | failed
+    alive: bool = False  # the recorded process runs and is our daemon
+    error: str | None = None
+
+    @property
+    def local_address(self) -> str:
+        return f"127.0.0.1:{self.local_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.local_port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- state -----------------------------------------------------------------------
+def state_file() -> StateFile:
+    return StateFile.named(STATE_NAME)
+
+
+def recorded_entries() -> list[dict[str, Any]]:
+    return list((state_file().read().get("tunnels") or {}).values())
+
+
+def recorded_entry(target_id: str) -> dict[str, Any] | None:
+    return (state_file().read().get("tunnels") or {}).get(target_id)
+
+
+def update_entry(target_id: str, *, pid: int, **fields: Any) -> bool:
+    """Merge ``fields`` into the entry of ``target_id`` when it still belongs to ``pid``.
+
+    Creates the entry when there is none. False when another process owns it.
+    """
+    with state_file().update() as data:
+        tunnels = data.setdefault("tunnels", {})
+        cur = tunnels.get(target_id)
+        if cur is not None and int(cur.get("pid", -1)) != pid:
+            return False
+        tunnels[target_id] = {**(cur or {}), **fields, "target_id": target_id, "pid": pid}
+    return True
+
+
+def drop_entry(target_id: str, *, pid: int | None = None) -> bool:
+    with state_file().update() as data:
+        tunnels = data.setdefault("tunnels", {})
+        cur = tunnels.get(target_id)
+        if cur is None or (pid is not None and int(cur.get("pid", -1)) != pid):
+            return False
+        del tunnels[target_id]
+    return True
+
+
+def _find_entry(ref: str | None) -> dict[str, Any] | None:
+    """A recorded entry by target id, name, or "host:<name>"; the only one when ``ref`` is None."""
+    entries = recorded_entries()
+    if ref is None:
+        if len(entries) > 1:
+            names = ", ".join(sorted(e.get("name") or e["target_id"] for e in entries))
+            raise UsageError(f"several tunnels are recorded ({names}); name one with --pod")
+        return entries[0] if entries else None
+    for key in ("target_id", "name"):
+        for e in entries:
+            if e.get(key) == ref:
+                return e
+    return None
+
+
+# -- processes -------------------------------------------------------------------
+def process_is_ours(pid: int | None, target_id: str) -> bool:
+    """True only for a live autopod tunnel daemon for ``target_id``: a reused pid is never ours."""
+    import psutil
+
+    if not pid:
+        return False
+    try:
+        p = psutil.Process(int(pid))
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmd = p.cmdline()
+    except (psutil.Error, ValueError):
+        return False
+    return DAEMON_MODULE in cmd and target_id in cmd
+
+
+def entry_process_alive(entry: dict[str, Any]) -> bool:
+    return process_is_ours(entry.get("pid"), entry.get("target_id", ""))
+
+
+def _child_is_ours(entry: dict[str, Any]) -> bool:
+    """The OpenSSH child of a daemon: ssh with our exact -L forward."""
+    import psutil
+
+    pid = entry.get("child_pid")
+    if not pid:
+        return False
+    try:
+        p = psutil.Process(int(pid))
+        cmd = p.cmdline()
+    except (psutil.Error, ValueError):
+        return False
+    fwd = f"127.0.0.1:{entry.get('local_port')}:"
+    return bool(cmd) and os.path.basename(cmd[0]) == "ssh" and any(a.startswith(fwd) for a in cmd)
+
+
+def _terminate(pid: int, timeout: float = 5.0) -> None:
+    import psutil
+
+    def gone() -> bool:  # a zombie (exited, not yet reaped by its parent) counts as gone
+        try:
+            return p.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    try:
+        p = psutil.Process(pid)
+        p.send_signal(signal.SIGTERM)
+        if not wait_for(gone, timeout, interval=0.02):
+            log.warning("tunnel process %d ignored SIGTERM; killing it", pid)
+            p.kill()
+            wait_for(gone, timeout, interval=0.02)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _kill_entry_processes(entry: dict[str, Any]) -> bool:
+    """Stop the daemon of ``entry`` (and an orphaned ssh child), only after proving they are ours."""
+    killed = False
+    if entry_process_alive(entry):
+        _terminate(int(entry["pid"]))
+        killed = True
+    elif entry.get("pid"):
+        log.info("recorded tunnel pid %s for %s is not our daemon any more; not signalling it",
+                 entry.get("pid"), entry.get("target_id"))
+    if _child_is_ours(entry):
+        _terminate(int(entry["child_pid"]))
+        killed = True
+    return killed
+
+
+# -- health ----------------------------------------------------------------------
+def probe(port: int, *, timeout: float = 3.0) -> bool:
+    """Does a TCP connection through the tunnel on 127.0.0.1:``port`` reach the far side?
+
+    Accepting is not proof: the forwarder accepts locally and then closes the
+    socket when the remote side refuses. So we send a harmless HTTP request and
+    count any answer, or a connection held open, as working.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(b"HEAD / HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            try:
+                return bool(s.recv(1))
+            except socket.timeout:
+                return True  # the far side accepted and keeps the connection open
+    except OSError:
+        return False
+
+
+def _info(entry: dict[str, Any], *, check: bool = True) -> TunnelInfo:
+    alive = entry_process_alive(entry)
+    state = entry.get("state", "")
+    healthy = bool(check and alive and state == "up" and probe(int(entry.get("local_port", 0))))
+    return TunnelInfo(
+        target_id=entry["target_id"], name=entry.get("name") or entry["target_id"], pid=int(entry.get("pid", 0)),
+        local_port=int(entry.get("local_port", 0)), remote_host=entry.get("remote_host", ""),
+        remote_port=int(entry.get("remote_port", 0)), ssh_host=entry.get("ssh_host", ""),
+        ssh_port=int(entry.get("ssh_port", 0)), started_at=float(entry.get("started_at", 0)),
+        backend=entry.get("backend", ""), healthy=healthy, state=state if alive else "gone", alive=alive,
+        error=entry.get("error"),
+    )
+
+
+def find_tunnel(target_id: str) -> TunnelInfo | None:
+    """The recorded tunnel for ``target_id`` when its daemon is ours and a connection through it works."""
+    entry = recorded_entry(target_id)
+    if entry is None:
+        return None
+    info = _info(entry)
+    return info if info.healthy else None
+
+
+def tunnel_status(target_id: str | None) -> TunnelInfo | None:
+    """The recorded tunnel (by target id or name; the only one if None), health-checked; None if none."""
+    entry = _find_entry(target_id)
+    return _info(entry) if entry else None
+
+
+def list_tunnels() -> list[TunnelInfo]:
+    return sorted((_info(e) for e in recorded_entries()), key=lambda i: (i.name, i.target_id))
+
+
+# -- local ports -----------------------------------------------------------------
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        # Same options as the forwarders: a TIME_WAIT leftover must not count as taken.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", int(port)))
+        except OSError:
+            return False
+    return True
+
+
+def port_holder(port: int) -> str:
+    """Who listens on ``port``, in words, for error messages."""
+    for e in recorded_entries():
+        if int(e.get("local_port", 0)) == int(port) and entry_process_alive(e):
+            return f"the autopod tunnel to {e.get('name') or e['target_id']} (pid {e['pid']})"
+    import psutil
+
+    try:
+        for c in psutil.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == int(port) and c.pid:
+                try:
+                    p = psutil.Process(c.pid)
+                    cmd = " ".join(p.cmdline())[:80] or p.name()
+                except psutil.Error:
+                    cmd = "?"
+                return f"pid {c.pid} ({cmd})"
+    except (psutil.Error, OSError):
+        pass
+    return "another program"
+
+
+def choose_local_port(want: int, *, explicit: bool) -> int:
+    if port_is_free(want):
+        return want
+    holder = port_holder(want)
+    if explicit:
+        raise TunnelError(f"local port {want} is already in use by {holder}; choose another with --local-port "
+                          "or stop that program")
+    for p in range(want + 1, want + 1 + PORT_SEARCH):
+        if p < 65536 and port_is_free(p):
+            progress(f"local port {want} is in use by {holder}; using {p} instead")
+            return p
+    raise TunnelError(f"no free local port in {want}..{want + PORT_SEARCH}; pass --local-port")
+
+
+# -- keys --------------------------------------------------------------------------
+def load_private_key(path: Path) -> Any:
+    """The paramiko key at ``path``; None means "use ssh-agent" (a protected key without a passphrase).
+
+    A passphrase comes from AUTOPOD_SSH_PASSPHRASE or ssh-agent; autopod never prompts.
+    """
+    import paramiko
+
+    from .log import register_secret
+
+    passphrase = os.environ.get(PASSPHRASE_ENV) or None
+    register_secret(passphrase)
+    try:
+        return paramiko.PKey.from_path(Path(path).expanduser(), password=passphrase)
+    except FileNotFoundError:
+        raise ConfigError(f"SSH key {path} does not exist") from None
+    except paramiko.PasswordRequiredException:
+        if os.environ.get("SSH_AUTH_SOCK"):
+            return None
+        raise ConfigError(f"SSH key {path} is protected by a passphrase: load it into ssh-agent (ssh-add {path}) "
+                          f"or export {PASSPHRASE_ENV}; autopod never prompts") from None
+    except (paramiko.SSHException, ValueError) as e:
+        hint = f" (wrong {PASSPHRASE_ENV}?)" if passphrase else ""
+        raise ConfigError(f"cannot read SSH key {path}: {e}{hint}") from None
+
+
+# -- start / stop ------------------------------------------------------------------
+def _backend_for(backend: str | None, target: SSHTarget) -> str:
+    if not backend:
+        from . import config
+        from .inventory import load_inventory
+
+        try:
+            backend = config.resolve("tunnel_backend", None, inventory=load_inventory(), config=config.user_config())
+        except ConfigError:
+            backend = config.BUILTIN["tunnel_backend"]
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown tunnel backend {backend!r} (choose {' or '.join(BACKENDS)})")
+    return backend
+
+
+def _matches(entry: dict[str, Any], target: SSHTarget, local_port: int | None, backend: str) -> bool:
+    """Does the recorded tunnel lead to the same place, the same way, as asked now?"""
+    rec = entry.get("target") or {}
+    same = (rec.get("host"), int(rec.get("port", 0)), rec.get("user"), rec.get("remote_host"),
+            int(rec.get("remote_port", 0))) == (target.host, target.port, target.user, target.remote_host,
+                                                target.remote_port)
+    return same and entry.get("backend") == backend and (local_port is None or int(entry.get("local_port", 0)) == local_port)
+
+
+def _describe(info: TunnelInfo) -> str:
+    return (f"tunnel to {info.name} on {info.local_address} -> {info.remote_host}:{info.remote_port} "
+            f"via {info.ssh_host}:{info.ssh_port} ({info.backend}, pid {info.pid})")
+
+
+def _start_lock(timeout: float) -> Any:
+    from filelock import FileLock
+
+    return FileLock(str(autopod_home() / "tunnels.start.lock"), timeout=timeout)
+
+
+def ensure_tunnel(target: SSHTarget, *, local_port: int | None = None, explicit_port: bool = False,
+                  backend: str | None = None, timeout: float = 30.0, require_remote: bool = False) -> Outcome:
+    """A running tunnel to ``target``: reuse the recorded one, or start (or replace) a daemon.
+
+    ``Outcome.data`` is the TunnelInfo; ``changed`` is False when a running tunnel was reused.
+    Concurrent calls for the same target end with one tunnel. The tunnel counts
+    as running once its daemon holds an SSH connection and the local port. With
+    ``require_remote`` (``tunnel.start``) a TCP connection through it must also
+    work, i.e. ComfyUI must answer; callers that probe ComfyUI themselves (the
+    comfy tasks, which report "starting" while it boots) leave it False.
+    """
+    from filelock import Timeout as LockTimeout
+
+    backend = _backend_for(backend, target)
+    want = int(local_port) if local_port else DEFAULT_LOCAL_PORT
+    pin_port = want if explicit_port else None
+
+    reused = _reuse(target, pin_port, backend, require_remote)  # lock-free: every comfy task comes here
+    if reused:
+        return reused
+    try:
+        with _start_lock(timeout + 30):
+            reused = _reuse(target, pin_port, backend, require_remote)  # a concurrent start may have finished
+            if reused:
+                return reused
+            return _replace_and_start(target, want, explicit_port, backend, timeout, require_remote)
+    except LockTimeout:
+        raise TunnelError("another autopod process is starting a tunnel and did not finish in time") from None
+
+
+def _reuse(target: SSHTarget, pin_port: int | None, backend: str, require_remote: bool) -> Outcome | None:
+    entry = recorded_entry(target.id)
+    if entry and _matches(entry, target, pin_port, backend) and entry.get("state") == "up":
+        info = _info(entry, check=require_remote)
+        if info.healthy or (info.alive and not require_remote):
+            log.info("reusing %s", _describe(info))
+            return Outcome(False, f"{_describe(info)} already runs", key="tunnel", data=info)
+    return None
+
+
+def _replace_and_start(target: SSHTarget, want: int, explicit: bool, backend: str, timeout: float,
+                       require_remote: bool) -> Outcome:
+    entry = recorded_entry(target.id)
+    deadline = time.monotonic() + timeout
+    note = ""
+    if entry is not None:
+        alive = entry_process_alive(entry)
+        if alive and _matches(entry, target, want if explicit else None, backend):
+            if entry.get("state") == "up":
+                # SSH is up, the far side does not answer yet (ComfyUI still loading): wait, don't churn.
+                info = _wait_healthy(entry, deadline, require_remote)
+                if info:
+                    return Outcome(False, f"{_describe(info)} already runs", key="tunnel", data=info)
+                if entry_process_alive(entry):
+                    raise _not_answering(target, entry)
+            else:
+                progress(f"tunnel to {target.name} is {entry.get('state') or 'starting'}; waiting for it")
+                info = _wait_healthy(entry, min(deadline, time.monotonic() + RECOVERY_GRACE_S), require_remote)
+                if info:
+                    return Outcome(False, f"{_describe(info)} recovered", key="tunnel", data=info)
+            progress(f"tunnel to {target.name} did not recover; replacing it")
+            note = "replaced a tunnel that did not recover"
+        elif alive:
+            progress(f"the tunnel to {target.name} leads elsewhere or uses other settings; restarting it")
+            note = "restarted with new settings"
+        else:
+            progress(f"the tunnel daemon for {target.name} (pid {entry.get('pid')}) is gone; starting a new one")
+            note = "recreated a tunnel whose daemon was gone"
+        log.info("replacing tunnel entry %s: %s", target.id, note)
+        _kill_entry_processes(entry)
+        drop_entry(target.id, pid=int(entry.get("pid", 0)))
+        if target.from_record:
+            # The recorded endpoint is what failed: look the pod up again (its SSH port may have changed).
+            from .targets import resolve_target
+
+            target = resolve_target(target.id, remote_port=target.remote_port, fresh=True)
+    info = _start_daemon(target, want, explicit, backend, deadline, require_remote)
+    msg = f"started {_describe(info)}" + (f"; {note}" if note else "")
+    if info.local_port != want:
+        msg += f" (local port {want} was in use)"
+    return Outcome(True, msg, key="tunnel", data=info)
+
+
+def _wait_healthy(entry: dict[str, Any], deadline: float, require_remote: bool) -> TunnelInfo | None:
+    while True:
+        cur = recorded_entry(entry["target_id"])
+        if cur is None or int(cur.get("pid", 0)) != int(entry.get("pid", 0)):
+            return None
+        info = _info(cur, check=require_remote)
+        if info.healthy or (not require_remote and info.alive and cur.get("state") == "up"):
+            return info
+        if not info.alive or cur.get("state") == "failed" or time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)
+
+
+def _not_answering(target: SSHTarget, entry: dict[str, Any]) -> TunnelError:
+    return TunnelError(
+        f"SSH to {target.name} works, but nothing answers on {target.remote_host}:{target.remote_port} behind it "
+        f"(is ComfyUI running?). The tunnel daemon keeps running on 127.0.0.1:{entry.get('local_port')}; "
+        "`autopod tunnel.status` tells when it works"
+    )
+
+
+def _start_daemon(target: SSHTarget, want: int, explicit: bool, backend: str, deadline: float,
+                  require_remote: bool) -> TunnelInfo:
+    from .hostkeys import pin_on_first_use
+
+    load_private_key(target.key_path)  # a clear error here beats a daemon that dies on it
+    progress(f"connecting to {target.endpoint} ({target.name})")
+    pin_on_first_use(target.host, target.port, timeout=max(1.0, min(15.0, deadline - time.monotonic())))
+    port = choose_local_port(want, explicit=explicit)
+    for _attempt in range(3):
+        proc = _spawn(target, port, backend)
+        now = time.time()
+        with state_file().update() as data:
+            tunnels = data.setdefault("tunnels", {})
+            cur = tunnels.get(target.id)
+            if cur is None or int(cur.get("pid", 0)) != proc.pid:  # the daemon may have recorded itself already
+                tunnels[target.id] = _new_entry(target, proc.pid, port, backend, now)
+        log.info("spawned tunnel daemon pid %d for %s on 127.0.0.1:%d (%s)", proc.pid, target.id, port, backend)
+        try:
+            return _wait_started(target, proc, port, deadline, require_remote)
+        except _PortTaken:
+            if explicit:
+                raise TunnelError(f"local port {port} is already in use by {port_holder(port)}; "
+                                  "choose another with --local-port") from None
+            port = choose_local_port(port + 1, explicit=False)
+    raise TunnelError(f"could not bind a local port for the tunnel to {target.name}")
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _wait_started(target: SSHTarget, proc: subprocess.Popen, port: int, deadline: float,
+                  require_remote: bool) -> TunnelInfo:
+    """Until the daemon says it is up (and, if required, a connection through the tunnel works)."""
+    last_state = ""
+    while True:
+        entry = recorded_entry(target.id) or {}
+        mine = int(entry.get("pid", 0)) == proc.pid
+        state = entry.get("state", "") if mine else ""
+        if state != last_state and state:
+            log.debug("tunnel daemon %d: %s", proc.pid, state)
+            last_state = state
+        if state == "failed" or proc.poll() is not None:
+            err = entry.get("error") if mine else None
+            kind = entry.get("error_kind") if mine else None
+            _reap(proc)
+            drop_entry(target.id, pid=proc.pid)
+            if kind == "port_in_use":
+                raise _PortTaken()
+            if kind == "host_key":
+                from .errors import HostKeyMismatch
+
+                raise HostKeyMismatch(err or "host key mismatch")
+            raise TunnelError(f"the tunnel to {target.name} failed: {err or _log_tail()}")
+        if state == "up" and (not require_remote or probe(port, timeout=min(3.0, max(0.5, deadline - time.monotonic())))):
+            info = _info(recorded_entry(target.id) or entry, check=False)
+            info.healthy = require_remote
+            log.info("tunnel up: %s", _describe(info))
+            return info
+        if time.monotonic() >= deadline:
+            if state == "up":
+                raise _not_answering(target, entry)
+            _kill_entry_processes(entry if mine else {"pid": proc.pid, "target_id": target.id})
+            _reap(proc)
+            drop_entry(target.id, pid=proc.pid)
+            raise TunnelError(f"the tunnel to {target.name} did not come up in time "
+                              f"(last state: {state or 'starting'}); see {daemon_log_path()}")
+        time.sleep(0.05)
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    try:
+        proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _new_entry(target: SSHTarget, pid: int, port: int, backend: str, now: float) -> dict[str, Any]:
+    return {
+        "target_id": target.id, "name": target.name, "kind": target.kind, "pid": pid, "local_port": port,
+        "remote_host": target.remote_host, "remote_port": target.remote_port, "ssh_host": target.host,
+        "ssh_port": target.port, "started_at": now, "backend": backend, "state": "starting",
+        "target": target.to_dict(),
+    }
+
+
+def daemon_log_path() -> Path:
+    return log_dir() / "tunneld.out"
+
+
+def _log_tail(n: int = 3) -> str:
+    try:
+        lines = daemon_log_path().read_text(errors="replace").strip().splitlines()
+        return " / ".join(lines[-n:]) or "no details (see the autopod log)"
+    except OSError:
+        return "no details (see the autopod log)"
+
+
+def daemon_argv(target: SSHTarget, port: int, backend: str) -> list[str]:
+    """No secrets here: argv is visible to every local user."""
+    return [sys.executable, "-m", DAEMON_MODULE, "--target-id", target.id, "--local-port", str(port),
+            "--backend", backend, "--target", json.dumps(target.to_dict(), sort_keys=True)]
+
+
+def _spawn(target: SSHTarget, port: int, backend: str) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["AUTOPOD_HOME"] = str(autopod_home().resolve())  # the daemon runs from / ; a relative home would move
+    pkg_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+    with open(daemon_log_path(), "ab") as out:
+        return subprocess.Popen(daemon_argv(target, port, backend), start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, close_fds=True,
+                                cwd="/", env=env)
+
+
+def stop_tunnel_for(target_id: str) -> bool:
+    """Stop the tunnel of ``target_id`` if one is recorded (pod.stop, pod.kill). True if a daemon was stopped."""
+    entry = recorded_entry(target_id)
+    if entry is None:
+        return False
+    killed = _kill_entry_processes(entry)
+    drop_entry(target_id, pid=int(entry.get("pid", 0)))
+    log.info("stopped tunnel to %s (pid %s)%s", entry.get("name") or target_id, entry.get("pid"),
+             "" if killed else "; its daemon was already gone")
+    return killed
+
+
+def stop_tunnel(target: SSHTarget | str | None) -> Outcome:
+    """Stop the tunnel for a target, a target id/name, or the only recorded one (None)."""
+    ref = target.id if isinstance(target, SSHTarget) else target
+    entry = _find_entry(ref)
+    if entry is None and isinstance(target, SSHTarget):
+        entry = _find_entry(target.name)
+    if entry is None:
+        return Outcome(False, f"no tunnel to {ref} is running" if ref else "no tunnel is running")
+    info = _info(entry, check=False)
+    killed = stop_tunnel_for(entry["target_id"])
+    what = f"stopped the tunnel to {info.name} on {info.local_address}"
+    return Outcome(True, what if killed else f"{what} (removed a stale entry: its daemon was already gone)",
+                   key="tunnel", data=info)
+
+
+def stop_all() -> Outcome:
+    stopped = []
+    for entry in recorded_entries():
+        stop_tunnel_for(entry["target_id"])
+        stopped.append(entry.get("name") or entry["target_id"])
+    if not stopped:
+        return Outcome(False, "no tunnel is running", key="stopped", data=[])
+    return Outcome(True, f"stopped {len(stopped)} tunnel(s): {', '.join(sorted(stopped))}", key="stopped",
+                   data=sorted(stopped))
+
+
+def cleanup() -> Outcome:
+    """Drop entries whose daemon is gone (or whose pid now belongs to another process)."""
+    dropped = []
+    for entry in recorded_entries():
+        if entry_process_alive(entry):
+            continue
+        if _child_is_ours(entry):  # an ssh left behind by a killed daemon still holds the port
+            _terminate(int(entry["child_pid"]))
+        if drop_entry(entry["target_id"], pid=int(entry.get("pid", 0))):
+            dropped.append(entry.get("name") or entry["target_id"])
+            log.info("cleanup: dropped stale tunnel entry %s (pid %s)", entry["target_id"], entry.get("pid"))
+    if not dropped:
+        return Outcome(False, "no stale tunnel entries", key="removed", data=[])
+    return Outcome(True, f"removed {len(dropped)} stale tunnel entr{'y' if len(dropped) == 1 else 'ies'}: "
+                         f"{', '.join(sorted(dropped))}", key="removed", data=sorted(dropped))
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, *, interval: float = 0.1,
+             sleep: Callable[[float], None] = time.sleep) -> bool:
+    end = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= end:
+            return False
+        sleep(interval)
+
+
+def start_tunnel(ref: str | None, *, local_port: int | None = None, remote_port: int | None = None,
+                 backend: str | None = None, timeout: float = 30.0) -> Outcome:
+    """``tunnel.start``: resolve ``ref`` (inventory host, recorded tunnel, or pod) and ensure its tunnel."""
+    from .targets import resolve_target
+
+    if local_port is not None and not 0 < int(local_port) < 65536:
+        raise UsageError(f"--local-port must be 1..65535, got {local_port}")
+    if remote_port is not None and not 0 < int(remote_port) < 65536:
+        raise UsageError(f"--remote-port must be 1..65535, got {remote_port}")
+    target = resolve_target(ref, remote_port=remote_port)
+    return ensure_tunnel(target, local_port=local_port, explicit_port=local_port is not None, backend=backend,
+                         timeout=timeout, require_remote=True)
