@@ -41,6 +41,16 @@ ADDRESS_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 # The pod created, started or used earlier in this process: `autopod pod.create ... tunnel.start`
 # on one command line targets the new pod without --pod.
 CHAIN_POD_ID: str | None = None
+_RUN: object | None = None
+
+
+def begin_task(run: object) -> None:
+    """Called by tasks with their invoke Config (one per command line): a new command line
+    starts without a chained pod, even when several run in one process (tests, scripts)."""
+    global _RUN, CHAIN_POD_ID
+    if run is not _RUN:
+        _RUN = run  # a strong reference, so the identity cannot be reused by a later Config
+        CHAIN_POD_ID = None
 
 
 # --- the pod record -------------------------------------------------------------
