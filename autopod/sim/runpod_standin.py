@@ -474,7 +474,7 @@ class PodBackend(Protocol):
     """What makes a pod's TCP ports reachable. ``start`` returns
     ``{"ip": "127.0.0.1", "ports": {22: 40123, ...}}``: public ports by private port."""
 
-    def start(self, pod: dict) -> dict: ...
+    def start(self, pod: dict) -> dict: ...  # {"ip", "ports": {private: public}, "env"?: {KEY: value}}
 
     def stop(self, pod: dict) -> None: ...
 
@@ -658,6 +658,10 @@ class _Api:
         """(Re)start a pod's container: new public ports, readiness counted afresh."""
         now = self._now()
         got = self.backend.start(copy.deepcopy(pod)) or {}
+        if got.get("env"):
+            # A backend can announce facts about the started container (the simulator's ComfyUI address).
+            env = [e for e in pod.get("env") or [] if str(e).partition("=")[0] not in got["env"]]
+            pod["env"] = env + [f"{k}={v}" for k, v in got["env"].items()]
         pod["public"] = {"ip": got.get("ip") or "127.0.0.1",
                          "ports": {str(k): int(v) for k, v in (got.get("ports") or {}).items()}}
         pod["boots"] = int(pod.get("boots") or 0) + 1
