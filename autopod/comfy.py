@@ -13,6 +13,7 @@ tunnel record and makes one HTTP request, without importing the RunPod SDK.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -59,6 +60,36 @@ class ComfyStatus:
                 "pod": self.endpoint.target_id, "name": self.endpoint.target_name,
                 "tunnel": self.endpoint.tunnel, "comfyui_version": self.comfyui_version,
                 "waited_s": round(self.waited_s, 1), "detail": self.detail}
+
+
+def parse_seconds(value: Any, flag: str = "--wait") -> float:
+    """A seconds flag as typed (invoke passes a None-default flag as a string); None/"" is 0."""
+    if value in (None, ""):
+        return 0.0
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag} takes a number of seconds, got {value!r}") from None
+
+
+def render_status(st: ComfyStatus, *, as_json: bool) -> int:
+    """Print a status the way ``comfy.status`` does and return its exit code (0 ready, 1 starting).
+
+    Kept free of invoke and tabulate so that the console script's quick path
+    (``autopod.launch``) and the invoke task print the same thing.
+    """
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(st.to_dict(), indent=2) + "\n")
+    elif st.ready:
+        print("Ready")
+    else:
+        print("Starting…")
+        print(f"ComfyUI does not answer at {st.endpoint.url} yet ({st.detail}).\n"
+              f"Hint: {FIRST_BOOT_HINT}. To wait for it: autopod comfy.status --wait 600", file=sys.stderr)
+    sys.stdout.flush()
+    return 0 if st.ready else 1
 
 
 def configured_url() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import socket
+import subprocess
 import sys
 import types
 
@@ -171,3 +172,52 @@ def test_status_ensures_a_tunnel_and_talks_to_its_local_port(cli, fake_tunnel, s
 def test_no_tunnel_never_resolves_a_target(cli, fake_tunnel, standin):
     assert cli("comfy.info", "--no-tunnel").code == 0
     assert fake_tunnel == []
+
+
+# -- the console script's quick path for comfy.status -----------------------------------------------
+
+@pytest.mark.parametrize("argv,expect", [
+    (["comfy.status"], {"pod": None, "no_tunnel": False, "wait": None, "json": False}),
+    (["comfy.status", "--pod", "p1", "--wait=30", "--json"], {"pod": "p1", "no_tunnel": False, "wait": "30", "json": True}),
+    (["comfy.status", "--no-tunnel", "--wait", "5"], {"pod": None, "no_tunnel": True, "wait": "5", "json": False}),
+    (["comfy.status", "comfy.info"], None),  # a chain: invoke runs it
+    (["comfy.status", "--help"], None),
+    (["comfy.status", "--pod"], None),  # missing value: invoke words the error
+    (["--debug", "comfy.status"], None),
+    (["comfy.info"], None),
+    ([], None),
+])
+def test_quick_path_takes_only_plain_status_command_lines(argv, expect):
+    from autopod.launch import parse_comfy_status
+
+    assert parse_comfy_status(argv) == expect
+
+
+def test_quick_path_matches_the_task_and_skips_invoke_and_runpod(run_autopod, cli, standin, refused_port_url,
+                                                                  autopod_home):
+    quick = run_autopod("comfy.status", "--no-tunnel", "--json")
+    task = cli("comfy.status", "--no-tunnel", "--json")
+    assert quick.code == task.code == 0
+    assert {k: v for k, v in quick.json.items() if k != "waited_s"} == \
+        {k: v for k, v in task.json.items() if k != "waited_s"}
+    r = run_autopod("comfy.status", "--no-tunnel")
+    assert (r.code, r.out) == (0, "Ready\n")
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "autopod", "comfy.status", "--no-tunnel"],
+                       capture_output=True, text=True, timeout=60)
+    mods = {ln.rsplit("|", 1)[-1].strip().split(".")[0] for ln in p.stderr.splitlines() if "|" in ln}
+    assert p.returncode == 0 and "requests" in mods
+    assert "runpod" not in mods and "invoke" not in mods and "tabulate" not in mods
+
+    use_url(autopod_home, refused_port_url)
+    down = run_autopod("comfy.status", "--no-tunnel")
+    assert (down.code, down.out) == (1, "Starting…\n") and "first boot" in down.err
+    bad = run_autopod("comfy.status", "--no-tunnel", "--wait", "soon", "--json")
+    assert bad.code == 2 and bad.json["failed"] is True and bad.err.strip() == "error: --wait takes a number of seconds, got 'soon'"
+
+
+@pytest.fixture
+def refused_port_url():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    yield f"http://127.0.0.1:{s.getsockname()[1]}"
+    s.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from ._base import command, exit_quietly
@@ -11,38 +10,18 @@ _POD = "pod id or name, or an inventory host (default: the pod with the only liv
 _NO_TUNNEL = "talk to the configured comfy_url as it is (default http://127.0.0.1:8188): no pod, no tunnel"
 
 
-def _seconds(value: Any, flag: str) -> float:
-    from ..errors import UsageError
-
-    if value in (None, ""):
-        return 0.0
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag} takes a number of seconds, got {value!r}") from None
-
-
 @command(help={"pod": _POD, "no-tunnel": _NO_TUNNEL,
                "wait": "poll for up to S seconds until ComfyUI answers (default: one check)",
                "json": "print one JSON document"})
 def status(c, pod=None, no_tunnel=False, wait=None, json=False):
     """Print "Ready" (exit 0) or "Starting…" (exit 1) for ComfyUI on a pod."""
-    from ..comfy import FIRST_BOOT_HINT, comfy_status
-    from ..output import dump_json
+    from ..comfy import comfy_status, parse_seconds, render_status
     from ..ui import progress
 
-    st = comfy_status(pod, no_tunnel=no_tunnel, wait=_seconds(wait, "--wait"), on_wait=progress)
-    if json:
-        dump_json(st.to_dict())
-    elif st.ready:
-        print("Ready")
-    else:
-        print("Starting…")
-        print(f"ComfyUI does not answer at {st.endpoint.url} yet ({st.detail}).\n"
-              f"Hint: {FIRST_BOOT_HINT}. To wait for it: autopod comfy.status --wait 600",
-              file=sys.stderr)
-    if not st.ready:
-        exit_quietly(1)
+    st = comfy_status(pod, no_tunnel=no_tunnel, wait=parse_seconds(wait, "--wait"), on_wait=progress)
+    code = render_status(st, as_json=json)
+    if code:
+        exit_quietly(code)
 
 
 @command(help={"pod": _POD, "no-tunnel": _NO_TUNNEL, "json": "print one JSON document"})
