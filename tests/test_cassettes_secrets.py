@@ -1,0 +1,47 @@
+"""No cassette may hold a secret: API keys, bearer tokens, SSH key material."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from test_pods_cassettes import CASSETTES, PLACEHOLDER, scrub_request, scrub_text
+
+FILES = sorted(p for p in CASSETTES.rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml", ".json"))
+FORBIDDEN = {
+    "bearer token": re.compile(r"Bearer\s", re.I),
+    "authorization header": re.compile(r"^\s*authorization:", re.I | re.M),
+    "api_key query parameter": re.compile(r"api_key=", re.I),
+    "SSH public key material": re.compile(r"ssh-(ed25519|rsa|dss) AAAA"),
+    "ECDSA key material": re.compile(r"ecdsa-sha2-nistp\d+ AAAA"),
+    "RunPod API key": re.compile(r"\brpa_[A-Za-z0-9]{16,}"),
+    "legacy RunPod API key": re.compile(r"\b[A-Z0-9]{32,}\b"),
+    "the key used while recording": re.compile(r"sim-key|replay-only"),
+}
+
+
+def test_there_are_cassettes_to_check():
+    names = {p.name for p in FILES}
+    assert {"test_volume_list.yaml", "test_create_with_volume_no_wait.yaml", "test_list_and_info.yaml",
+            "test_stop_and_start.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(CASSETTES)))
+def test_cassette_holds_no_secret(path: Path):
+    text = path.read_text(encoding="utf-8")
+    found = [what for what, rx in FORBIDDEN.items() if rx.search(text)]
+    assert not found, f"{path} holds: {', '.join(found)}"
+
+
+def test_the_scrubber_removes_keys_from_requests_and_responses():
+    keys = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5x me@a\\nssh-rsa AAAAB3NzaC1yc2EAAAADAQAB me@b"
+    query = 'mutation { x(input: {env: [{key: "PUBLIC_KEY", value: "' + keys + '"}, {key: "A", value: "1"}]}) }'
+    out = scrub_text(query)
+    assert "AAAA" not in out and f'value: "{PLACEHOLDER}"' in out and '{key: "A", value: "1"}' in out
+    response = '{"env": ["PUBLIC_KEY=ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5x me@a"], "pubKey": "ssh-rsa AAAAB3Nz x"}'
+    assert "AAAA" not in scrub_text(response)
+
+    class Req:
+        body = ('{"query": "' + query.replace('"', '\\"') + '"}').encode()
+
+    assert b"AAAA" not in scrub_request(Req()).body
