@@ -308,10 +308,13 @@ def load_private_key(path: Path) -> Any:
     passphrase = os.environ.get(PASSPHRASE_ENV) or None
     register_secret(passphrase)
     try:
-        return paramiko.PKey.from_path(Path(path).expanduser(), password=passphrase)
+        return paramiko.PKey.from_path(Path(path).expanduser(), password=passphrase.encode() if passphrase else None)
     except FileNotFoundError:
         raise ConfigError(f"SSH key {path} does not exist") from None
-    except paramiko.PasswordRequiredException:
+    except (paramiko.PasswordRequiredException, TypeError) as e:
+        # paramiko's from_path lets cryptography's TypeError through for protected OpenSSH-format keys.
+        if isinstance(e, TypeError) and "password" not in str(e).lower():
+            raise
         if os.environ.get("SSH_AUTH_SOCK"):
             return None
         raise ConfigError(f"SSH key {path} is protected by a passphrase: load it into ssh-agent (ssh-add {path}) "

@@ -70,3 +70,4 @@ def run_autopod():
         return CliResult(p.returncode, p.stdout, p.stderr)
 
     return run
+from sshd_server import *  # noqa: E402,F401,F403  (sshd, http_backend, ssh_box: real OpenSSH fixtures)

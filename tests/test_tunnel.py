@@ -1,0 +1,289 @@
+"""Tunnels against a real OpenSSH sshd on loopback, driven through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+import pytest
+
+from sshd_server import BODY
+
+pytestmark = pytest.mark.sshd
+
+
+def fetch(port: int, path: str = "/", timeout: float = 5.0) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        return r.read()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def entries(home) -> dict:
+    path = home / "tunnels.json"
+    return json.loads(path.read_text()).get("tunnels", {}) if path.exists() else {}
+
+
+def wait_until(pred, timeout: float = 10.0, interval: float = 0.1):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    return pred()
+
+
+def daemons_for(home) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "autopod.tunnel_daemon" in (p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE \
+                    and p.environ().get("AUTOPOD_HOME") == str(home.resolve()):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_tunnel_outlives_the_process_that_started_it(ssh_box, run_autopod, autopod_home):
+    port = free_port()
+    r = run_autopod("tunnel.start", "--pod", "box", "--local-port", str(port), "--json")
+    assert r.code == 0, r.err
+    doc = r.json
+    assert doc["changed"] is True and doc["local_port"] == port
+    info = doc["tunnel"]
+    assert info["healthy"] is True and info["target_id"] == "host:box"
+    # The CLI process has exited; the daemon it started still forwards.
+    assert fetch(port) == BODY
+    rec = entries(autopod_home)["host:box"]
+    assert rec["pid"] == info["pid"] and rec["local_port"] == port
+    assert (rec["ssh_host"], rec["ssh_port"], rec["remote_port"]) == ("127.0.0.1", ssh_box.ssh_port, ssh_box.http_port)
+    assert rec["started_at"] <= time.time() and rec["state"] == "up"
+    # A session of its own: closing the terminal sends it no SIGHUP.
+    assert os.getsid(rec["pid"]) == rec["pid"] != os.getsid(0)
+    # Every listening socket of the daemon is on 127.0.0.1, never 0.0.0.0.
+    listening = [c for c in psutil.Process(rec["pid"]).net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    assert listening and all(c.laddr.ip == "127.0.0.1" for c in listening)
+    # The operation is in the autopod log, the daemon's side included.
+    log_text = (autopod_home / "logs" / "autopod.log").read_text()
+    assert "spawned tunnel daemon" in log_text and "tunneld" in log_text
+
+
+def test_reuse_status_list_stop(ssh_box, cli, autopod_home):
+    port = free_port()
+    first = cli("tunnel.start", "--pod", "box", "--local-port", str(port), "--json")
+    assert first.code == 0, first.err
+    again = cli("tunnel.start", "--pod", "box", "--local-port", str(port), "--json")
+    assert again.code == 0 and again.json["changed"] is False and again.json["status"] == "ok"
+    assert again.json["tunnel"]["pid"] == first.json["tunnel"]["pid"]
+    # Without flags, the only tunnel is meant; the default port does not matter for reuse.
+    plain = cli("tunnel.start", "--pod", "box")
+    assert plain.code == 0 and plain.out.startswith("ok: ") and f"127.0.0.1:{port}" in plain.out
+    assert len(daemons_for(autopod_home)) == 1 and list(entries(autopod_home)) == ["host:box"]
+
+    st = cli("tunnel.status", "--json")
+    assert st.code == 0 and st.json["healthy"] is True and st.json["local_port"] == port
+    human = cli("tunnel.status", "--pod", "box")
+    assert human.code == 0 and "HEALTHY  yes" in human.out
+    rows = cli("tunnel.list", "--json").json
+    assert [(r["name"], r["local_port"], r["healthy"]) for r in rows] == [("box", port, True)]
+
+    stop = cli("tunnel.stop", "--pod", "box")
+    assert stop.code == 0 and stop.out.startswith("changed: stopped the tunnel to box")
+    assert wait_until(lambda: not daemons_for(autopod_home), 5)
+    assert entries(autopod_home) == {}
+    down = cli("tunnel.status", "--pod", "box", "--json")
+    assert down.code == 1 and down.json["healthy"] is False
+    assert cli("tunnel.stop", "--pod", "box").out.startswith("ok: ")
+    assert cli("tunnel.list", "--json").json == []
+
+
+def test_sigkill_of_the_daemon_then_start_recreates_it(ssh_box, cli, autopod_home):
+    port = free_port()
+    pid = cli("tunnel.start", "--pod", "box", "--local-port", str(port), "--json").json["tunnel"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 5)
+    assert cli("tunnel.status", "--pod", "box").code == 1
+    listed = cli("tunnel.list", "--json").json
+    assert listed[0]["alive"] is False and listed[0]["state"] == "gone"
+
+    r = cli("tunnel.start", "--pod", "box", "--local-port", str(port), "--json")
+    assert r.code == 0, r.err
+    assert r.json["changed"] is True and r.json["tunnel"]["pid"] != pid
+    assert "gone" in r.err and "recreated" in r.json["msg"]
+    assert fetch(port) == BODY
+
+
+def test_cleanup_drops_dead_entries_only(ssh_box, cli, autopod_home):
+    port = free_port()
+    pid = cli("tunnel.start", "--pod", "box", "--local-port", str(port), "--json").json["tunnel"]["pid"]
+    assert cli("tunnel.cleanup", "--json").json["changed"] is False  # alive: kept
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: cli("tunnel.status").code == 1, 5)
+    r = cli("tunnel.cleanup", "--json")
+    assert r.code == 0 and r.json["changed"] is True and r.json["removed"] == ["box"]
+    assert entries(autopod_home) == {}
+
+
+def test_daemon_reconnects_when_the_ssh_connection_dies(ssh_box, sshd, cli, autopod_home):
+    port = free_port()
+    pid = cli("tunnel.start", "--pod", "box", "--local-port", str(port), "--json").json["tunnel"]["pid"]
+    # Kill the per-connection sshd processes: the SSH session dies under the daemon.
+    sessions = psutil.Process(sshd.proc.pid).children(recursive=True)
+    assert sessions
+    for p in sessions:
+        p.kill()
+    assert wait_until(lambda: entries(autopod_home)["host:box"].get("restarts", 0) >= 1, 15), entries(autopod_home)
+    assert fetch(port) == BODY
+    assert entries(autopod_home)["host:box"]["pid"] == pid  # the same daemon recovered
+    log_text = (autopod_home / "logs" / "autopod.log").read_text()
+    assert "lost" in log_text and "is back" in log_text
+
+
+def test_taken_default_port_moves_to_the_next_free_one(ssh_box, cli):
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            squatter.bind(("127.0.0.1", 8188))
+            squatter.listen()
+        except OSError:
+            pass  # something else already holds 8188: the same situation
+        r = cli("tunnel.start", "--pod", "box", "--json")
+        assert r.code == 0, r.err
+        got = r.json["local_port"]
+        assert got != 8188
+        assert "local port 8188 is in use" in r.err and f"using {got}" in r.err
+        assert "(local port 8188 was in use)" in r.json["msg"]
+        assert fetch(got) == BODY
+
+
+def test_taken_explicit_port_fails_and_names_the_holder(ssh_box, cli, autopod_home):
+    port = free_port()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        r = cli("tunnel.start", "--pod", "box", "--local-port", str(port), "--json")
+    assert r.code == 1
+    assert f"local port {port} is already in use by pid {os.getpid()}" in r.err
+    assert r.json["failed"] is True
+    assert entries(autopod_home) == {} and not daemons_for(autopod_home)
+
+
+def test_port_held_by_another_tunnel_is_named(ssh_box, cli, tmp_path, monkeypatch):
+    from sshd_server import write_host_inventory
+
+    port = free_port()
+    assert cli("tunnel.start", "--pod", "box", "--local-port", str(port)).code == 0
+    hosts = {"box": {"host": "127.0.0.1", "port": ssh_box.ssh_port, "user": ssh_box.user, "key": str(ssh_box.key),
+                     "comfy_address": f"127.0.0.1:{ssh_box.http_port}"}}
+    hosts["box2"] = dict(hosts["box"])
+    monkeypatch.setenv("AUTOPOD_INVENTORY", str(write_host_inventory(tmp_path / "two.yml", hosts)))
+    r = cli("tunnel.start", "--pod", "box2", "--local-port", str(port))
+    assert r.code == 1 and "the autopod tunnel to box" in r.err
+
+
+def test_changed_host_key_is_refused(ssh_box, cli, autopod_home, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    other = (tmp_path / "other.pub").read_text().split()
+    autopod_home.mkdir(exist_ok=True)
+    (autopod_home / "known_hosts").write_text(f"[127.0.0.1]:{ssh_box.ssh_port} {other[0]} {other[1]}\n")
+    r = cli("tunnel.start", "--pod", "box", "--local-port", str(free_port()), "--json")
+    assert r.code == 1
+    assert "host key" in r.err and "CHANGED" in r.err and "ssh-keygen -R" in r.err
+    assert entries(autopod_home) == {} and not daemons_for(autopod_home)
+
+
+def test_concurrent_starts_give_one_tunnel(ssh_box, autopod_home):
+    port = free_port()
+    cmd = [sys.executable, "-m", "autopod", "tunnel.start", "--pod", "box", "--local-port", str(port), "--json"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL) for _ in range(3)]
+    docs = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        docs.append(json.loads(out))
+    assert sorted(d["changed"] for d in docs) == [False, False, True]
+    assert len({d["tunnel"]["pid"] for d in docs}) == 1
+    assert len(daemons_for(autopod_home)) == 1 and list(entries(autopod_home)) == ["host:box"]
+    assert fetch(port) == BODY
+
+
+def test_openssh_backend(ssh_box, cli, autopod_home):
+    port = free_port()
+    r = cli("tunnel.start", "--pod", "box", "--local-port", str(port), "--backend", "openssh", "--json")
+    assert r.code == 0, r.err
+    assert r.json["tunnel"]["backend"] == "openssh"
+    assert fetch(port) == BODY
+    rec = entries(autopod_home)["host:box"]
+    ssh = psutil.Process(rec["child_pid"])
+    argv = ssh.cmdline()
+    assert argv[0] == "ssh" and f"127.0.0.1:{port}:127.0.0.1:{ssh_box.http_port}" in argv
+    for opt in ("StrictHostKeyChecking=yes", f"UserKnownHostsFile={autopod_home.resolve() / 'known_hosts'}",
+                "ExitOnForwardFailure=yes", "BatchMode=yes", "IdentitiesOnly=yes", "ServerAliveInterval=15"):
+        assert opt in argv
+    assert "-F" in argv and argv[argv.index("-F") + 1] == "/dev/null"
+    # Recovery: ssh dies, the daemon starts a new one on the same port.
+    ssh.kill()
+    assert wait_until(lambda: entries(autopod_home)["host:box"].get("restarts", 0) >= 1, 15)
+    assert fetch(port) == BODY
+    # SIGKILL of the daemon takes its ssh along: nothing keeps holding the port.
+    child = entries(autopod_home)["host:box"]["child_pid"]
+    os.kill(rec["pid"], signal.SIGKILL)
+    assert wait_until(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE, 5)
+    r2 = cli("tunnel.start", "--pod", "box", "--local-port", str(port), "--backend", "openssh", "--json")
+    assert r2.code == 0 and r2.json["changed"] is True, r2.err
+
+
+def test_start_requires_a_working_connection_but_comfy_callers_do_not(ssh_box, cli, autopod_home):
+    from autopod.targets import resolve_target
+    from autopod.tunnel import ensure_tunnel
+
+    closed = free_port()  # nothing listens there behind the SSH server
+    port = free_port()
+    r = cli("tunnel.start", "--pod", "box", "--remote-port", str(closed), "--local-port", str(port), "--timeout", "2")
+    assert r.code == 1 and "nothing answers" in r.err
+    # SSH itself works, so the daemon stays for when the service comes up.
+    assert entries(autopod_home)["host:box"]["state"] == "up"
+    assert cli("tunnel.status").code == 1
+    o = ensure_tunnel(resolve_target("box", remote_port=closed), local_port=port, explicit_port=True)
+    assert o.changed is False and o.data.local_port == port
+
+
+def test_changed_endpoint_restarts_the_tunnel(ssh_box, cli, autopod_home):
+    from autopod.targets import resolve_target
+    from autopod.tunnel import ensure_tunnel
+
+    port = free_port()
+    first = ensure_tunnel(resolve_target("box"), local_port=port, explicit_port=True, require_remote=True)
+    moved = resolve_target("box", remote_port=free_port())
+    second = ensure_tunnel(moved, local_port=port, explicit_port=True)
+    assert second.changed is True and second.data.pid != first.data.pid
+    assert entries(autopod_home)["host:box"]["remote_port"] == moved.remote_port
+    assert not psutil.pid_exists(first.data.pid) or psutil.Process(first.data.pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_stop_all_and_pod_stop_hook(ssh_box, cli, autopod_home):
+    from autopod.tunnel import stop_tunnel_for
+
+    port = free_port()
+    assert cli("tunnel.start", "--pod", "box", "--local-port", str(port)).code == 0
+    assert stop_tunnel_for("host:box") is True
+    assert stop_tunnel_for("host:box") is False
+    assert cli("tunnel.start", "--pod", "box", "--local-port", str(port)).code == 0
+    r = cli("tunnel.stop-all", "--json")
+    assert r.code == 0 and r.json["stopped"] == ["box"]
+    assert cli("tunnel.stop-all").out.startswith("ok: ")
+    assert wait_until(lambda: not daemons_for(autopod_home), 5)

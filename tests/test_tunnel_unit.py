@@ -1,0 +1,185 @@
+"""Tunnel bookkeeping without an SSH server: state, pid ownership, ports, targets, flags."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from autopod import tunnel
+from autopod.errors import AuthError, ConfigError, NotFound, TunnelError
+from autopod.targets import SSHTarget, resolve_target, split_address
+
+
+def _record(target_id: str, pid: int, **extra) -> None:
+    t = SSHTarget(id=target_id, name=extra.pop("name", target_id), kind="pod", host="10.0.0.9", port=40022,
+                  user="root", key_path="/nonexistent/key", remote_port=8188)
+    entry = tunnel._new_entry(t, pid, extra.pop("local_port", 18188), "sshtunnel", time.time())
+    entry.update(state="up", **extra)
+    with tunnel.state_file().update() as data:
+        data.setdefault("tunnels", {})[target_id] = entry
+
+
+@pytest.fixture
+def stranger():
+    """A process that is not ours, for pid-reuse scenarios."""
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield p
+    p.kill()
+    p.wait()
+
+
+@pytest.fixture
+def fake_daemon():
+    """A process whose command line looks like our daemon for target pod123 (it only sleeps)."""
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "autopod.tunnel_daemon",
+                          "--target-id", "pod123"])
+    yield p
+    p.kill()
+    p.wait()
+
+
+def test_reused_pid_is_never_ours_and_never_signalled(stranger, cli):
+    _record("podX", stranger.pid)
+    assert tunnel.process_is_ours(stranger.pid, "podX") is False
+    r = cli("tunnel.stop", "--pod", "podX", "--json")
+    assert r.code == 0 and "already gone" in r.json["msg"]
+    time.sleep(0.2)
+    assert stranger.poll() is None  # still running: it was not ours to kill
+    _record("podX", stranger.pid)
+    r = cli("tunnel.cleanup", "--json")
+    assert r.json["removed"] == ["podX"] and stranger.poll() is None
+    assert tunnel.recorded_entries() == []
+
+
+def test_ownership_needs_the_module_and_the_target_id(fake_daemon):
+    assert tunnel.process_is_ours(fake_daemon.pid, "pod123") is True
+    assert tunnel.process_is_ours(fake_daemon.pid, "pod999") is False
+    assert tunnel.process_is_ours(999999999, "pod123") is False
+    assert tunnel.process_is_ours(None, "pod123") is False
+
+
+def test_status_without_tunnels_exits_1(cli):
+    r = cli("tunnel.status", "--json")
+    assert r.code == 1 and r.json["healthy"] is False and r.json["running"] is False
+    assert cli("tunnel.status").code == 1
+    assert cli("tunnel.list", "--json").json == []
+    assert cli("tunnel.cleanup").out.startswith("ok: ")
+
+
+def test_several_tunnels_need_a_name(fake_daemon, stranger, cli):
+    _record("pod123", fake_daemon.pid, name="one")
+    _record("pod456", stranger.pid, name="two")
+    r = cli("tunnel.stop")
+    assert r.code == 2 and "several tunnels" in r.err
+    # A live daemon whose local port does not answer is not healthy.
+    st = cli("tunnel.status", "--pod", "one", "--json")
+    assert st.code == 1 and st.json["running"] is True and st.json["healthy"] is False
+
+
+def test_bad_flags_are_usage_errors(cli):
+    assert cli("tunnel.start", "--local-port", "abc").code == 2
+    assert cli("tunnel.start", "--local-port", "70000").code == 2
+    r = cli("tunnel.start", "--pod", "nosuch", "--json")
+    assert r.code == 2 and "RUNPOD_API_KEY" in r.json["msg"]  # not a host, not recorded: a pod needs the API
+
+
+def test_unknown_backend_is_a_usage_error(tmp_path, monkeypatch, cli):
+    key = tmp_path / "k"
+    key.write_text("x")
+    inv = tmp_path / "inv.yml"
+    inv.write_text(f"hosts:\n  box: {{host: 127.0.0.1, port: 1, key: {key}}}\n")
+    monkeypatch.setenv("AUTOPOD_INVENTORY", str(inv))
+    r = cli("tunnel.start", "--pod", "box", "--backend", "putty")
+    assert r.code == 2 and "unknown tunnel backend" in r.err
+
+
+def test_choose_local_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        assert tunnel.port_is_free(taken) is False
+        with pytest.raises(TunnelError, match=f"local port {taken} is already in use by pid"):
+            tunnel.choose_local_port(taken, explicit=True)
+        got = tunnel.choose_local_port(taken, explicit=False)
+        assert got > taken and tunnel.port_is_free(got)
+
+
+def test_probe_tells_a_dead_port_from_a_live_service():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        assert tunnel.probe(port, timeout=1) is False  # bound, not listening: refused
+        s.listen()
+        assert tunnel.probe(port, timeout=0.3) is True  # accepts and holds the connection
+
+
+def test_inventory_host_target(tmp_path, monkeypatch):
+    key = tmp_path / "id_ed25519"
+    key.write_text("x")
+    inv = tmp_path / "inv.yml"
+    inv.write_text(f"hosts:\n  gpu: {{host: box.lan, port: 2222, user: me, key: {key}, "
+                   "comfy_address: '10.1.1.1:8190'}\n")
+    monkeypatch.setenv("AUTOPOD_INVENTORY", str(inv))
+    t = resolve_target("gpu")
+    assert (t.id, t.kind, t.host, t.port, t.user, t.key_path) == ("host:gpu", "host", "box.lan", 2222, "me", key)
+    assert (t.remote_host, t.remote_port) == ("10.1.1.1", 8190)
+    assert resolve_target("host:gpu", remote_port=9000).remote_port == 9000
+    with pytest.raises(NotFound):
+        resolve_target("host:nope")
+
+
+def test_split_address():
+    assert split_address("127.0.0.1:8188") == ("127.0.0.1", 8188)
+    assert split_address("[::1]:8188") == ("::1", 8188)
+    with pytest.raises(ConfigError):
+        split_address("nohost")
+
+
+def test_fast_path_uses_the_recorded_tunnel_without_runpod(fake_daemon, autopod_home):
+    _record("pod123", fake_daemon.pid, name="mypod")
+    code = ("import sys; from autopod.targets import resolve_target; t = resolve_target(None); "
+            "u = resolve_target('mypod'); print(t.id, u.id, t.host, t.port, t.from_record, 'runpod' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["pod123", "pod123", "10.0.0.9", "40022", "True", "False"]
+
+
+def test_dead_recorded_tunnel_is_not_a_fast_path(stranger):
+    _record("pod123", stranger.pid, name="mypod")
+    with pytest.raises(AuthError):  # falls through to the API, which has no key here
+        resolve_target("mypod")
+
+
+def test_passphrase_keys_never_prompt(tmp_path, monkeypatch):
+    key = tmp_path / "locked"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "s3cret-pass", "-f", str(key)], check=True)
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.delenv(tunnel.PASSPHRASE_ENV, raising=False)
+    with pytest.raises(ConfigError, match="ssh-agent") as e:
+        tunnel.load_private_key(key)
+    assert e.value.exit_code == 2
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/tmp/agent.sock")
+    assert tunnel.load_private_key(key) is None  # the daemon will ask the agent
+    monkeypatch.setenv(tunnel.PASSPHRASE_ENV, "wrong-pass")
+    with pytest.raises(ConfigError, match="wrong"):
+        tunnel.load_private_key(key)
+    monkeypatch.setenv(tunnel.PASSPHRASE_ENV, "s3cret-pass")
+    assert tunnel.load_private_key(key).get_name() == "ssh-ed25519"
+    from autopod.log import redact
+
+    assert redact("pass s3cret-pass") == "pass ***"
+
+
+def test_daemon_argv_carries_no_secrets(tmp_path, monkeypatch):
+    monkeypatch.setenv(tunnel.PASSPHRASE_ENV, "s3cret-pass")
+    t = SSHTarget(id="pod1", name="p", kind="pod", host="1.2.3.4", port=40022, user="root", key_path=tmp_path / "k")
+    argv = tunnel.daemon_argv(t, 8188, "sshtunnel")
+    assert argv[1:3] == ["-m", "autopod.tunnel_daemon"] and "pod1" in argv
+    assert "s3cret-pass" not in " ".join(argv)
+    assert SSHTarget.from_dict(json.loads(argv[argv.index("--target") + 1])) == t
