@@ -181,3 +181,25 @@ def test_pod_reference_rules(monkeypatch):
     assert pods.resolve_pod(two, None).name == "b"
     with pytest.raises(UsageError, match="no pods"):
         pods.resolve_pod(ListAPI(), None)
+
+
+def test_the_example_inventory_loads_empty_and_documents_every_key(tmp_path):
+    from pathlib import Path
+
+    from autopod.inventory import DEFAULT_KEYS, HOST_KEYS, POD_KEYS, TOP_KEYS, load_inventory
+
+    example = Path(__file__).resolve().parent.parent / "inventory" / "example.yml"
+    assert load_inventory(example) == Inventory(sources=[example])  # every line is a comment
+    # Uncommented from `defaults:` on, it is a valid inventory using every key the loader accepts.
+    lines = example.read_text().splitlines()
+    body = lines[next(i for i, ln in enumerate(lines) if ln.startswith("# defaults:")):]
+    live = tmp_path / "inv.yml"
+    live.write_text("\n".join(ln[2:] if ln.startswith("# ") else "" for ln in body) + "\n")
+    inv = load_inventory(live)
+    assert set(inv.defaults) == set(DEFAULT_KEYS)
+    assert inv.pods["flux"]["gpus"] == ["RTX 4090", "RTX A6000"]
+    assert vars(inv.hosts["homebox"]) == {"name": "homebox", "host": "192.168.1.20", "port": 22, "user": "me",
+                                          "key": "~/.ssh/id_ed25519", "comfy_address": "127.0.0.1:8188"}
+    text = example.read_text()
+    for key in {*TOP_KEYS, *POD_KEYS, *HOST_KEYS}:
+        assert f" {key}:" in text, key
