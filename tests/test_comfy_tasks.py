@@ -6,7 +6,9 @@ import importlib.util
 import socket
 import subprocess
 import sys
+import time
 import types
+from pathlib import Path
 
 import pytest
 
@@ -63,10 +65,13 @@ def test_status_starting_exits_1_with_first_boot_hint(cli, refused):
 
 
 def test_status_starting_then_ready_with_wait(cli, autopod_home):
-    with ComfyUIStandin(ready_after=1.0) as s:
+    import threading
+
+    with ComfyUIStandin(ready_after=3600) as s:
         use_url(autopod_home, s.url)
         first = cli("comfy.status", "--no-tunnel")
         assert (first.code, first.out) == (1, "Starting…\n")
+        threading.Timer(0.5, s.become_ready).start()  # ComfyUI starts listening while status waits
         waited = cli("comfy.status", "--no-tunnel", "--wait", "20", "--json")
         assert waited.code == 0 and waited.json["ready"] is True
         assert waited.json["waited_s"] > 0
@@ -221,3 +226,109 @@ def refused_port_url():
     s.bind(("127.0.0.1", 0))
     yield f"http://127.0.0.1:{s.getsockname()[1]}"
     s.close()
+
+
+# -- end to end: a real OpenSSH sshd in front of the ComfyUI stand-in --------------------------------
+
+HAVE_TUNNELS = importlib.util.find_spec("autopod.tunnel") is not None and \
+    (Path(__file__).with_name("sshd_server.py")).exists()
+needs_sshd = pytest.mark.skipif(not HAVE_TUNNELS, reason="the tunnel layer or tests/sshd_server.py is missing")
+
+
+@pytest.fixture
+def comfy_box(request, tmp_path, monkeypatch, autopod_home):
+    """Inventory host "gpu": the test sshd, with a ComfyUI stand-in behind it (``ready_after`` via indirect param)."""
+    from sshd_server import kill_tunnel_daemons, write_host_inventory
+
+    sshd = request.getfixturevalue("sshd")
+    key = request.getfixturevalue("ssh_user_key")
+    ready_after = getattr(request, "param", 0.0)
+    with ComfyUIStandin(ready_after=ready_after) as standin:
+        inv = write_host_inventory(tmp_path / "inventory.yml", {"gpu": {
+            "host": "127.0.0.1", "port": sshd.port, "user": sshd.user, "key": str(key),
+            "comfy_address": f"127.0.0.1:{standin.port}"}})
+        monkeypatch.setenv("AUTOPOD_INVENTORY", str(inv))
+        monkeypatch.setenv("AUTOPOD_TUNNEL_PING_S", "1")
+        monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+        try:
+            yield standin
+        finally:
+            from autopod.tunnel import stop_all
+
+            try:
+                stop_all()
+            finally:
+                kill_tunnel_daemons(autopod_home.resolve())
+
+
+def tunnel_entry(home) -> dict:
+    import json
+
+    return json.loads((home / "tunnels.json").read_text())["tunnels"]["host:gpu"]
+
+
+@needs_sshd
+@pytest.mark.sshd
+def test_status_creates_a_tunnel_then_reuses_it(comfy_box, cli, run_autopod, autopod_home):
+    first = cli("comfy.status", "--pod", "gpu", "--json")
+    assert first.code == 0, first.err
+    assert first.json["ready"] is True and first.json["tunnel"] == "created" and first.json["pod"] == "host:gpu"
+    rec = tunnel_entry(autopod_home)
+    assert first.json["url"] == f"http://127.0.0.1:{rec['local_port']}"
+    # The next call, in a fresh process on the quick path, reuses the same daemon.
+    again = run_autopod("comfy.status", "--pod", "gpu", "--json")
+    assert again.code == 0, again.err
+    assert again.json["tunnel"] == "reused" and again.json["url"] == first.json["url"]
+    assert tunnel_entry(autopod_home)["pid"] == rec["pid"]
+    plain = run_autopod("comfy.status")  # no --pod: the pod with the only live tunnel
+    assert (plain.code, plain.out) == (0, "Ready\n")
+    # With the tunnel up, neither the RunPod SDK nor invoke is loaded.
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "autopod", "comfy.status", "--pod", "gpu"],
+                       capture_output=True, text=True, timeout=60)
+    mods = {ln.rsplit("|", 1)[-1].strip().split(".")[0] for ln in p.stderr.splitlines() if "|" in ln}
+    assert p.returncode == 0 and "runpod" not in mods and "invoke" not in mods
+    assert ("GET", "/system_stats") in comfy_box.requests
+
+
+@needs_sshd
+@pytest.mark.sshd
+def test_sigkilled_tunnel_daemon_is_recreated_by_info(comfy_box, cli, autopod_home):
+    import os
+    import signal
+
+    import psutil
+
+    assert cli("comfy.status", "--pod", "gpu").code == 0
+    old = tunnel_entry(autopod_home)
+    os.kill(old["pid"], signal.SIGKILL)
+    end = time.monotonic() + 5
+    while psutil.pid_exists(old["pid"]) and psutil.Process(old["pid"]).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    r = cli("comfy.info", "--pod", "gpu", "--json")
+    assert r.code == 0, r.err
+    assert r.json["tunnel"] == "created" and r.json["comfyui_version"] == "0.3.64" and r.json["node_types"] == 477
+    new = tunnel_entry(autopod_home)
+    assert new["pid"] != old["pid"] and r.json["url"] == f"http://127.0.0.1:{new['local_port']}"
+    assert "gone" in r.err  # the tunnel layer says what it did, on stderr
+    human = cli("comfy.info", "--pod", "gpu")
+    assert human.code == 0 and human.out.splitlines()[-1] == f"Open http://127.0.0.1:{new['local_port']} in a browser."
+    assert "gpu (host:gpu)" in human.out
+
+
+@needs_sshd
+@pytest.mark.sshd
+@pytest.mark.parametrize("comfy_box", [3600.0], indirect=True)
+def test_late_comfyui_shows_starting_then_ready_through_the_tunnel(comfy_box, cli, autopod_home):
+    early = cli("comfy.status", "--pod", "gpu", "--json")
+    assert early.code == 1, early.err
+    assert early.json["ready"] is False and early.json["status"] == "starting" and early.json["tunnel"] == "created"
+    human = cli("comfy.status", "--pod", "gpu")
+    assert (human.code, human.out) == (1, "Starting…\n") and "first boot" in human.err
+    import threading
+
+    threading.Timer(1.0, comfy_box.become_ready).start()  # ComfyUI comes up while status waits
+    waited = cli("comfy.status", "--pod", "gpu", "--wait", "30", "--json")
+    assert waited.code == 0, waited.err
+    assert waited.json["ready"] is True and waited.json["tunnel"] == "reused"
+    assert comfy_box.ready
