@@ -200,8 +200,8 @@ class RunPodAPI:
             return fn(rp)
         except rp.error.AuthenticationError as e:
             raise AuthError(
-                f"API key rejected by RunPod ({self.creds.source or 'key'}): {e}. "
-                "Check RUNPOD_API_KEY or ~/.runpod/config.toml"
+                f"API key rejected by RunPod (key from {self.creds.source or 'configuration'}): "
+                f"{redact(str(e)).rstrip('.')}. Check RUNPOD_API_KEY or ~/.runpod/config.toml"
             ) from None
         except rp.error.QueryError as e:
             msg = redact(str(e) or "GraphQL error")

@@ -203,3 +203,27 @@ def test_the_example_inventory_loads_empty_and_documents_every_key(tmp_path):
     text = example.read_text()
     for key in {*TOP_KEYS, *POD_KEYS, *HOST_KEYS}:
         assert f" {key}:" in text, key
+
+
+class StopRecorder(ScriptedAPI):
+    def __init__(self, states):
+        super().__init__(states)
+        self.stopped = []
+
+    def stop_pod(self, pod_id):
+        self.stopped.append(pod_id)
+
+
+def test_ctrl_c_or_timeout_while_waiting_stops_the_pod():
+    def interrupt(_):
+        raise KeyboardInterrupt
+
+    api = StopRecorder([{**RAW, "runtime": None}])
+    with pytest.raises(AutopodError) as e:
+        pods._wait_or_stop(api, {"id": RAW["id"], "name": "probe"}, 60, interrupt, None)
+    assert e.value.exit_code == 130 and "stopped it so it does not keep billing" in str(e.value)
+    assert api.stopped == [RAW["id"]]
+    api = StopRecorder([{**RAW, "runtime": None}])
+    with pytest.raises(Timeout, match="stopped it"):
+        pods._wait_or_stop(api, {"id": RAW["id"], "name": "probe"}, 0, lambda s: None, None)
+    assert api.stopped == [RAW["id"]]

@@ -274,3 +274,13 @@ def test_help_and_list_do_not_import_runpod(argv):
             "print('RUNPOD_IMPORTED' if 'runpod' in sys.modules else 'RUNPOD_NOT_IMPORTED', file=sys.stderr)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "RUNPOD_NOT_IMPORTED" in p.stderr, p.stderr
+
+
+def test_invoke_list_in_a_checkout_does_not_import_runpod():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys\nfrom invoke import Program\n"
+            "try:\n    Program().run(['invoke', '--list'])\nexcept SystemExit:\n    pass\n"
+            "print('RUNPOD_IMPORTED' if 'runpod' in sys.modules else 'RUNPOD_NOT_IMPORTED', file=sys.stderr)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
+    assert "pod.create" in p.stdout and "volume.list" in p.stdout, p.stderr
+    assert "RUNPOD_NOT_IMPORTED" in p.stderr, p.stderr
