@@ -11,8 +11,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from tabulate import tabulate
-
 
 @dataclass
 class Outcome:
@@ -47,6 +45,8 @@ def dump_json(doc: Any) -> None:
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
     """``columns`` is (key, HEADER). Numbers are never reparsed: ids like "007" stay."""
+    from tabulate import tabulate  # deferred: ~40 ms, and status commands print no table
+
     body = [[_cell(r.get(k)) for k, _ in columns] for r in rows]
     return tabulate(body, headers=[h for _, h in columns], tablefmt="simple", missingval="-", disable_numparse=True)
 
@@ -76,6 +76,8 @@ def emit_object(obj: dict[str, Any], *, as_json: bool, fields: Iterable[tuple[st
     if as_json:
         dump_json(obj)
         return
+    from tabulate import tabulate
+
     pairs = fields or [(k, k.upper()) for k in obj]
     print(tabulate([[h, _cell(obj.get(k))] for k, h in pairs], tablefmt="plain", missingval="-", disable_numparse=True))
 

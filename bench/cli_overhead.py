@@ -11,12 +11,14 @@ inventory lookup. A plain `comfy.status` skips invoke (``autopod.launch``); for
 reference the bench also times the same task through invoke (what a chain such
 as ``autopod tunnel.start comfy.status`` pays; not part of the goal).
 
-With ``--pod P`` it also measures ``autopod comfy.status --pod P`` through a
-tunnel that is already up (start one first with ``autopod tunnel.start --pod P``),
-against B on the tunnel's local port, and checks that the RunPod SDK is not
-imported on that path.
+With ``--tunnel`` it also measures ``autopod comfy.status --pod gpu`` through a
+real SSH tunnel (OpenSSH's sshd on loopback, an inventory host in front of the
+stand-in; the tunnel is created once, then reused by every run) against B on
+the tunnel's local port. With ``--pod P`` it measures your own pod's tunnel
+(start it first with ``autopod tunnel.start --pod P``). Each case also says
+whether the command imported the RunPod SDK or invoke.
 
-    python bench/cli_overhead.py [--runs 15] [--pod P]
+    python bench/cli_overhead.py [--runs 15] [--tunnel] [--pod P]
 """
 
 from __future__ import annotations
@@ -75,10 +77,50 @@ def compare(label: str, a_cmd: list[str], b_cmd: list[str], env: dict[str, str],
     return res
 
 
+def tunnel_case(pod: str, env: dict[str, str], runs: int, label: str) -> dict:
+    cmd = [*autopod_cmd(), "comfy.status", "--pod", pod]
+    st = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True)  # creates the tunnel if needed
+    if st.returncode != 0:
+        raise SystemExit(f"comfy.status --pod {pod} is not Ready: {st.stdout or st.stderr}")
+    url = json.loads(st.stdout)["url"]
+    probe = [sys.executable, "-c", f"import requests; requests.get({url + '/system_stats'!r})"]
+    return compare(label, cmd, probe, env, runs)
+
+
+def loopback_tunnel_case(runs: int) -> dict:
+    import yaml
+
+    from autopod.sim.comfyui_standin import ComfyUIStandin
+    from autopod.sim.sshd import LocalSSHD, find_sshd
+
+    if not find_sshd():
+        raise SystemExit("--tunnel needs OpenSSH's sshd")
+    work = Path(tempfile.mkdtemp(prefix="autopod-bench-ssh-"))
+    home = work / "home"
+    home.mkdir()
+    key = work / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True,
+                   stdin=subprocess.DEVNULL)
+    env = {**os.environ, "AUTOPOD_HOME": str(home), "AUTOPOD_INVENTORY": str(work / "inventory.yml")}
+    env.pop("SSH_AUTH_SOCK", None)
+    try:
+        with ComfyUIStandin() as standin, LocalSSHD(work / "sshd", key.with_suffix(".pub").read_text()) as sshd:
+            (work / "inventory.yml").write_text(yaml.safe_dump({"hosts": {"gpu": {
+                "host": "127.0.0.1", "port": sshd.port, "user": sshd.user, "key": str(key),
+                "comfy_address": f"127.0.0.1:{standin.port}"}}}))
+            try:
+                return tunnel_case("gpu", env, runs, "comfy.status --pod (tunnel)")
+            finally:
+                subprocess.run([*autopod_cmd(), "tunnel.stop-all"], env=env, capture_output=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--pod", help="also measure through the live tunnel of this pod")
+    ap.add_argument("--tunnel", action="store_true", help="also measure through a tunnel to a loopback sshd")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON document")
     args = ap.parse_args(argv)
 
@@ -101,15 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
+    if args.tunnel:
+        results.append(loopback_tunnel_case(args.runs))
     if args.pod:
-        env = dict(os.environ)
-        cmd = [*autopod_cmd(), "comfy.status", "--pod", args.pod]
-        st = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True)
-        if st.returncode != 0:
-            raise SystemExit(f"comfy.status --pod {args.pod} is not Ready: {st.stdout or st.stderr}")
-        url = json.loads(st.stdout)["url"]
-        probe = [sys.executable, "-c", f"import requests; requests.get({url + '/system_stats'!r})"]
-        results.append(compare("comfy.status --pod (tunnel)", cmd, probe, env, args.runs))
+        results.append(tunnel_case(args.pod, dict(os.environ), args.runs, f"comfy.status --pod {args.pod}"))
 
     if args.json:
         print(json.dumps(results, indent=2))
