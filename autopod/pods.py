@@ -56,6 +56,22 @@ def begin_task(run: object) -> None:
 # --- the pod record -------------------------------------------------------------
 
 
+COMFY_ADDRESS_ENV = "AUTOPOD_COMFY_ADDRESS"
+
+
+def _comfy_address(configured: str | None, env: list[str] | None) -> str:
+    """Where ComfyUI listens inside the pod: a configured non-default address, else the one the pod
+    announces in its env (``AUTOPOD_COMFY_ADDRESS``: templates may set it, the simulator does), else 127.0.0.1:8188."""
+    default = _config.BUILTIN["comfy_address"]
+    if configured and configured != default:
+        return configured
+    for item in env or []:
+        key, _, value = str(item).partition("=")
+        if key == COMFY_ADDRESS_ENV and ADDRESS_RE.match(value):
+            return value
+    return configured or default
+
+
 @dataclass
 class Pod:
     id: str
@@ -107,7 +123,7 @@ class Pod:
             ssh_direct=direct,
             # podHostId is already the full ssh.runpod.io user name (<podId>-<hex>)
             ssh_proxy=f"{host_id}@ssh.runpod.io" if host_id else None,
-            comfy_address=entry.get("comfy_address") or _config.BUILTIN["comfy_address"],
+            comfy_address=_comfy_address(entry.get("comfy_address"), d.get("env")),
         )
 
     @property

@@ -227,3 +227,14 @@ def test_ctrl_c_or_timeout_while_waiting_stops_the_pod():
     with pytest.raises(Timeout, match="stopped it"):
         pods._wait_or_stop(api, {"id": RAW["id"], "name": "probe"}, 0, lambda s: None, None)
     assert api.stopped == [RAW["id"]]
+
+
+def test_comfy_address_configured_then_announced_by_pod_then_default():
+    from autopod.pods import _comfy_address
+
+    announced = ["PUBLIC_KEY=ssh-ed25519 AAAA x", "AUTOPOD_COMFY_ADDRESS=127.0.0.1:40001"]
+    assert _comfy_address("127.0.0.1:3000", announced) == "127.0.0.1:3000"
+    assert _comfy_address(None, announced) == "127.0.0.1:40001"
+    assert _comfy_address("127.0.0.1:8188", announced) == "127.0.0.1:40001"
+    assert _comfy_address(None, ["AUTOPOD_COMFY_ADDRESS=not an address"]) == "127.0.0.1:8188"
+    assert _comfy_address(None, None) == "127.0.0.1:8188"
