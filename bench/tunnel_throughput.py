@@ -1,0 +1,192 @@
+"""Tunnel throughput: autopod's tunnels against OpenSSH's `ssh -N -L`, in one run, to one sshd.
+
+Run by hand (not part of the test suite):
+
+    .venv/bin/python bench/tunnel_throughput.py            # 300 MB, all backends
+    .venv/bin/python bench/tunnel_throughput.py --mb 100 --runs 3
+
+It starts a loopback OpenSSH sshd (autopod.sim.sshd.LocalSSHD) and an HTTP
+server that streams N MB from memory behind it, then downloads through:
+
+  a) `ssh -N -L` (OpenSSH client, pinned known_hosts)      -- the reference
+  b) the autopod tunnel, sshtunnel backend, with sshtunnel's stock relay
+  c) the autopod tunnel, sshtunnel backend (autopod's relay: the default)
+  d) the autopod tunnel, openssh backend
+
+and prints MB/s and the ratio to (a), plus the time from `autopod tunnel.start`
+(a fresh process, as a user runs it) to the first byte through the tunnel.
+Everything stays on 127.0.0.1; AUTOPOD_HOME is a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CHUNK = memoryview(os.urandom(1 << 20))  # random: nothing along the way can compress it
+
+
+def http_server(total: int) -> tuple[http.server.ThreadingHTTPServer, int]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self) -> None:
+            n = total if self.path == "/big" else 16
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            left = n
+            while left > 0:
+                k = min(left, len(CHUNK))
+                self.wfile.write(CHUNK[:k])
+                left -= k
+
+        def do_HEAD(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, srv.server_address[1]
+
+
+def download(port: int, path: str = "/big") -> tuple[int, float, float]:
+    """(bytes, seconds to first byte, total seconds) for one HTTP GET through 127.0.0.1:port."""
+    buf = bytearray(1 << 20)
+    t0 = time.perf_counter()
+    first = None
+    got = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        while True:
+            n = s.recv_into(buf)
+            if not n:
+                break
+            if first is None:
+                first = time.perf_counter() - t0
+            got += n
+    return got, first or 0.0, time.perf_counter() - t0
+
+
+def autopod(*args: str, env: dict) -> dict:
+    p = subprocess.run([sys.executable, "-m", "autopod", *args], capture_output=True, text=True, env=env,
+                       cwd=ROOT, stdin=subprocess.DEVNULL)
+    if p.returncode:
+        raise SystemExit(f"autopod {' '.join(args)} failed: {p.stderr.strip()}")
+    return json.loads(p.stdout) if "--json" in args else {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, timeout: float = 15) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=int, default=300, help="download size in MB (default 300)")
+    ap.add_argument("--runs", type=int, default=1, help="downloads per variant; the best counts (default 1)")
+    args = ap.parse_args()
+    total = args.mb * (1 << 20)
+
+    from autopod.sim.sshd import LocalSSHD, find_sshd
+
+    if not find_sshd():
+        raise SystemExit("OpenSSH sshd not found (apt-get install openssh-server)")
+    work = Path(tempfile.mkdtemp(prefix="autopod-bench-"))
+    os.environ["AUTOPOD_HOME"] = str(work / "home")
+    key = work / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    srv, http_port = http_server(total)
+    results: list[tuple[str, float, float | None]] = []
+    with LocalSSHD(work / "sshd", (work / "id_ed25519.pub").read_text()) as sshd:
+        import yaml
+
+        from autopod.hostkeys import known_hosts_path, pin_on_first_use
+
+        inv = work / "inventory.yml"
+        inv.write_text(yaml.safe_dump({"hosts": {"bench": {
+            "host": "127.0.0.1", "port": sshd.port, "user": sshd.user, "key": str(key),
+            "comfy_address": f"127.0.0.1:{http_port}"}}}))
+        env = {**os.environ, "AUTOPOD_INVENTORY": str(inv)}
+        pin_on_first_use("127.0.0.1", sshd.port)
+
+        def best(port: int) -> float:
+            rates = []
+            for _ in range(args.runs):
+                got, _, secs = download(port)
+                assert got >= total, f"short download: {got} of {total} bytes"
+                rates.append(got / secs / 1e6)
+            return max(rates)
+
+        # a) OpenSSH's own client, the reference.
+        lp = free_port()
+        ssh = subprocess.Popen(
+            ["ssh", "-N", "-L", f"127.0.0.1:{lp}:127.0.0.1:{http_port}", "-p", str(sshd.port), "-i", str(key),
+             "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+             "-o", f"UserKnownHostsFile={known_hosts_path()}", "-o", "ExitOnForwardFailure=yes",
+             f"{sshd.user}@127.0.0.1"], stdin=subprocess.DEVNULL)
+        try:
+            wait_listening(lp)
+            ref = best(lp)
+        finally:
+            ssh.terminate()
+            ssh.wait()
+        results.append(("ssh -N -L (OpenSSH)", ref, None))
+
+        variants = [
+            ("autopod sshtunnel, stock relay", "sshtunnel", {"AUTOPOD_TUNNEL_RELAY": "stock"}),
+            ("autopod sshtunnel (default)", "sshtunnel", {}),
+            ("autopod openssh backend", "openssh", {}),
+        ]
+        for label, backend, extra in variants:
+            lp = free_port()
+            t0 = time.perf_counter()
+            autopod("tunnel.start", "--pod", "bench", "--local-port", str(lp), "--backend", backend, "--json",
+                    env={**env, **extra})
+            download(lp, "/small")
+            to_first_byte = time.perf_counter() - t0
+            rate = best(lp)
+            autopod("tunnel.stop", "--pod", "bench", env=env)
+            results.append((label, rate, to_first_byte))
+    srv.shutdown()
+
+    print(f"\n{args.mb} MB over loopback, best of {args.runs}; sshd {sshd.sshd_path}, Python {sys.version.split()[0]}")
+    print(f"{'variant':34} {'MB/s':>8} {'vs ssh':>7} {'start->first byte':>18}")
+    for label, rate, tfb in results:
+        print(f"{label:34} {rate:8.1f} {rate / ref:7.2f} {(f'{tfb:.2f} s' if tfb is not None else '-'):>18}")
+    print(json.dumps({"mb": args.mb, "runs": args.runs, "results": [
+        {"variant": label, "mb_per_s": round(rate, 1), "ratio": round(rate / ref, 3),
+         "start_to_first_byte_s": None if tfb is None else round(tfb, 3)} for label, rate, tfb in results]}))
+
+
+if __name__ == "__main__":
+    main()
