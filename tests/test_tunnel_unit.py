@@ -183,3 +183,28 @@ def test_daemon_argv_carries_no_secrets(tmp_path, monkeypatch):
     assert argv[1:3] == ["-m", "autopod.tunnel_daemon"] and "pod1" in argv
     assert "s3cret-pass" not in " ".join(argv)
     assert SSHTarget.from_dict(json.loads(argv[argv.index("--target") + 1])) == t
+
+
+def test_chained_pod_wins_over_an_older_tunnel(fake_daemon, monkeypatch):
+    """`pod.create ... tunnel.start`: without --pod the pod of this command line is meant."""
+    import autopod.pods as pods
+
+    _record("pod123", fake_daemon.pid, name="old")
+    monkeypatch.setattr(pods, "CHAIN_POD_ID", "pod123")
+    assert resolve_target(None).id == "pod123"
+    monkeypatch.setattr(pods, "CHAIN_POD_ID", "newpod")
+    with pytest.raises(AuthError):  # not the recorded tunnel: looked up through the API
+        resolve_target(None)
+
+
+def test_missing_sshd_skips_locally_but_fails_under_ci(monkeypatch):
+    import autopod.sim.sshd as sim_sshd
+    import sshd_server
+
+    monkeypatch.setattr(sim_sshd, "find_sshd", lambda: None)
+    monkeypatch.setattr(sshd_server, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match="openssh-server"):
+        sshd_server.require_sshd()
+    monkeypatch.setattr(sshd_server, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        sshd_server.require_sshd()
