@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, NotFound, TunnelError, UsageError
+from .errors import ConfigError, NotFound, TunnelError
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,7 @@ def _pod_target(ref: str | None, inv: Any, remote_port: int | None, config: Any)
     from .pods import resolve_pod
     from .runpod_api import RunPodAPI
 
-    api = RunPodAPI(config.api_credentials())
-    try:
-        pod = resolve_pod(api, ref)
-    except TypeError:  # pragma: no cover - an older resolve_pod without a default reference
-        raise UsageError("name the pod with --pod") from None
+    pod = resolve_pod(RunPodAPI(config.api_credentials()), ref)
     direct = getattr(pod, "ssh_direct", None)
     if not direct:
         raise TunnelError(

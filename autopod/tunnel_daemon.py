@@ -76,8 +76,6 @@ class SSHTunnelBackend:
         self._last_ping = 0.0
 
     def start(self) -> None:
-        import sshtunnel
-
         from .hostkeys import pin_on_first_use, pinned_key
         from .tunnel import load_private_key, port_is_free
 

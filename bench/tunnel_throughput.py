@@ -93,12 +93,6 @@ def autopod(*args: str, env: dict) -> dict:
     return json.loads(p.stdout) if "--json" in args else {}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_listening(port: int, timeout: float = 15) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -117,7 +111,7 @@ def main() -> None:
     args = ap.parse_args()
     total = args.mb * (1 << 20)
 
-    from autopod.sim.sshd import LocalSSHD, find_sshd
+    from autopod.sim.sshd import LocalSSHD, find_sshd, free_port
 
     if not find_sshd():
         raise SystemExit("OpenSSH sshd not found (apt-get install openssh-server)")

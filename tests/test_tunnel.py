@@ -14,6 +14,7 @@ import urllib.request
 import psutil
 import pytest
 
+from autopod.sim.sshd import free_port
 from sshd_server import BODY
 
 pytestmark = pytest.mark.sshd
@@ -22,12 +23,6 @@ pytestmark = pytest.mark.sshd
 def fetch(port: int, path: str = "/", timeout: float = 5.0) -> bytes:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
         return r.read()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def entries(home) -> dict:
