@@ -68,8 +68,9 @@ def api_credentials() -> ApiCredentials:
     sim = active_simulator()
     env_key = os.environ.get("RUNPOD_API_KEY")
     base = os.environ.get("RUNPOD_API_BASE_URL") or None
-    if sim and not base:
+    if sim and (not base or base == sim["base_url"]):
         # The simulator stays in force until `sim.stop`, unless the user points elsewhere.
+        # (The adapter exports the simulator's URL for the SDK, so a later task in the chain sees it set.)
         creds = ApiCredentials(sim["api_key"], sim["base_url"], "simulator")
     elif env_key:
         creds = ApiCredentials(env_key, base, "RUNPOD_API_KEY")

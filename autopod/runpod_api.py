@@ -55,6 +55,7 @@ POD_FIELDS = """
     lastStatusChange
     machineId
     networkVolumeId
+    env
     runtime {
       uptimeInSeconds
       ports { ip isIpPublic privatePort publicPort type }

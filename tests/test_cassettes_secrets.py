@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from test_pods_cassettes import CASSETTES, PLACEHOLDER, scrub_request, scrub_text
+from test_pods_cassettes import CASSETTES, PLACEHOLDER, scrub_request, scrub_response, scrub_text
 
 FILES = sorted(p for p in CASSETTES.rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml", ".json"))
 FORBIDDEN = {
@@ -37,9 +37,17 @@ def test_the_scrubber_removes_keys_from_requests_and_responses():
     keys = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5x me@a\\nssh-rsa AAAAB3NzaC1yc2EAAAADAQAB me@b"
     query = 'mutation { x(input: {env: [{key: "PUBLIC_KEY", value: "' + keys + '"}, {key: "A", value: "1"}]}) }'
     out = scrub_text(query)
-    assert "AAAA" not in out and f'value: "{PLACEHOLDER}"' in out and '{key: "A", value: "1"}' in out
+    assert "AAAA" not in out and f'value: "{PLACEHOLDER}"' in out and '{key: "A", value: "<scrubbed-env-value>"}' in out
+    kept = scrub_text('{env: [{key: "AUTOPOD_COMFY_ADDRESS", value: "127.0.0.1:3000"}]}')
+    assert 'value: "127.0.0.1:3000"' in kept
     response = '{"env": ["PUBLIC_KEY=ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5x me@a"], "pubKey": "ssh-rsa AAAAB3Nz x"}'
     assert "AAAA" not in scrub_text(response)
+    import json
+
+    scrubbed = scrub_response({"body": {"string": json.dumps(
+        {"data": {"pod": {"env": ["JUPYTER_PASSWORD=hunter2", "AUTOPOD_COMFY_ADDRESS=127.0.0.1:3000"]}}})}, "headers": {}})
+    body = scrubbed["body"]["string"].decode()
+    assert "hunter2" not in body and "JUPYTER_PASSWORD=<scrubbed-env-value>" in body and "127.0.0.1:3000" in body
 
     class Req:
         body = ('{"query": "' + query.replace('"', '\\"') + '"}').encode()

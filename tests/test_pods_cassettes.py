@@ -37,9 +37,40 @@ _KEY_MATERIAL = re.compile(r"(ssh-(?:ed25519|rsa|dss|ecdsa-sha2-nistp\d+|sk-[a-z
 _ENV_PUBLIC_KEY = re.compile(r'(key: "PUBLIC_KEY", value: )"(?:[^"\\]|\\.)*"')
 _RESPONSE_PUBLIC_KEY = re.compile(r'(PUBLIC_KEY=)(?:[^"\\]|\\.)*')
 _PUBKEY_FIELD = re.compile(r'("pubKey": )"(?:[^"\\]|\\.)*"')
+# Env values can hold any secret a user passes (tokens, passwords); only these plain facts are kept.
+ENV_KEPT = {"AUTOPOD_COMFY_ADDRESS"}
+ENV_PLACEHOLDER = "<scrubbed-env-value>"
+_ENV_INPUT = re.compile(r'(key: "([A-Za-z_][A-Za-z0-9_]*)", value: )"(?:[^"\\]|\\.)*"')
+
+
+def scrub_env_inputs(text: str) -> str:
+    return _ENV_INPUT.sub(lambda m: m.group(0) if m.group(2) in ENV_KEPT
+                          else f'{m.group(1)}"{PLACEHOLDER if m.group(2) == "PUBLIC_KEY" else ENV_PLACEHOLDER}"', text)
+
+
+def scrub_env_lists(doc):
+    """Every ``env`` list in a response: KEY=<scrubbed> except ENV_KEPT."""
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            if k == "env" and isinstance(v, list):
+                doc[k] = [_scrub_env_item(e) for e in v]
+            else:
+                scrub_env_lists(v)
+    elif isinstance(doc, list):
+        for v in doc:
+            scrub_env_lists(v)
+    return doc
+
+
+def _scrub_env_item(item):
+    key, sep, _ = str(item).partition("=")
+    if not sep or key in ENV_KEPT:
+        return item
+    return f"{key}={PLACEHOLDER if key == 'PUBLIC_KEY' else ENV_PLACEHOLDER}"
 
 
 def scrub_text(text: str) -> str:
+    text = scrub_env_inputs(text)
     text = _ENV_PUBLIC_KEY.sub(r'\1"' + PLACEHOLDER + '"', text)
     text = _RESPONSE_PUBLIC_KEY.sub(r"\1" + PLACEHOLDER, text)
     text = _PUBKEY_FIELD.sub(r'\1"' + PLACEHOLDER + '"', text)
@@ -61,6 +92,10 @@ def scrub_request(request):
 def scrub_response(response):
     body = response["body"]["string"]
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        text = json.dumps(scrub_env_lists(json.loads(text)))
+    except ValueError:
+        pass
     response["body"]["string"] = scrub_text(text).encode()
     for h in ("Set-Cookie", "set-cookie"):
         response["headers"].pop(h, None)

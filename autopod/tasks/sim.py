@@ -1,1 +1,81 @@
-"""sim tasks."""
+"""The offline simulator: RunPod's API, pods with real SSH servers and ComfyUI, all on this machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._base import command, exit_quietly
+
+
+def _number(value: Any, flag: str, kind: type = float) -> Any:
+    from ..errors import UsageError
+
+    if value in (None, ""):
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag} takes a number, got {value!r}") from None
+
+
+@command(help={
+    "world": "YAML/JSON merged over the default account: GPU stock per data center, network volumes, data centers",
+    "latency": "seconds of delay before every API answer",
+    "fail_every": "every Nth API call answers HTTP 502 (retries must cope); 0 turns it off",
+    "never_ready": "pods never become ready (pod.create then times out and stops the pod)",
+    "boot_seconds": "seconds after a (re)start before a pod reports its ports",
+    "comfy_ready_after": "seconds after a pod starts before its ComfyUI answers (default 3)",
+    "comfy_command": "command that starts a pod's ComfyUI instead of the stand-in; {port} and {host} are filled in",
+    "ssh_server": "auto (OpenSSH's sshd where installed), openssh, or python (needs autopod[sim-ssh])",
+    "json": "print one JSON document",
+})
+def start(c, world=None, latency=None, fail_every=None, never_ready=False, boot_seconds=None,
+          comfy_ready_after=None, comfy_command=None, ssh_server="auto", json=False):
+    """Start the offline simulator; every later command uses it until sim.stop. On a running one, apply the fault flags."""
+    from ..output import emit_outcome, table
+    from ..simulator import fault_settings, start_simulator
+
+    settings = fault_settings(latency=_number(latency, "--latency"),
+                              fail_every=_number(fail_every, "--fail-every", int),
+                              never_ready=True if never_ready else None,
+                              boot_seconds=_number(boot_seconds, "--boot-seconds"))
+    ready_after = _number(comfy_ready_after, "--comfy-ready-after")
+    outcome = start_simulator(world_file=world, settings=settings,
+                              comfy_ready_after=3.0 if ready_after is None else ready_after,
+                              comfy_command=comfy_command, ssh_server=ssh_server)
+    emit_outcome(outcome, as_json=json)
+    if not json and (outcome.data or {}).get("volumes"):
+        print("\nNetwork volumes in the simulated account (use one with pod.create --volume-id):")
+        print(table(outcome.data["volumes"], [("id", "ID"), ("name", "NAME"), ("size_gb", "SIZE GB"),
+                                              ("datacenter", "DATACENTER")]))
+
+
+@command(help={"json": "print one JSON document"})
+def stop(c, json=False):
+    """Stop the simulator and its pods; autopod talks to RunPod again."""
+    from ..output import emit_outcome
+    from ..simulator import stop_simulator
+
+    emit_outcome(stop_simulator(), as_json=json)
+
+
+@command(help={"json": "print one JSON document"})
+def status(c, json=False):
+    """Show whether the simulator runs (exit 0) or not (exit 1), with its pods, volumes and fault settings."""
+    from ..output import dump_json, table
+    from ..simulator import simulator_status
+
+    st = simulator_status()
+    if json:
+        dump_json(st)
+    elif st.get("running"):
+        print(f"running at {st['url']} (pid {st['pid']})")
+        print(f"faults: {st.get('faults') or 'none'}")
+        if st.get("pods"):
+            print("\n" + table(st["pods"], [("name", "POD"), ("id", "ID"), ("status", "STATUS")]))
+        print("\n" + table(st["volumes"], [("id", "VOLUME"), ("name", "NAME"), ("size_gb", "SIZE GB"),
+                                           ("datacenter", "DATACENTER")]))
+    else:
+        print("not running" + (f": {st['problem']}" if st.get("problem") else ""))
+    if not st.get("running"):
+        exit_quietly(1)

@@ -1,0 +1,232 @@
+"""The offline simulator: the whole workflow on one machine, with no RunPod account.
+
+``start_simulator`` runs ``autopod.sim.server`` as a detached process and records
+its endpoint and a dummy key in ``AUTOPOD_HOME/sim.json``; from then on every
+autopod command talks to it (``config.api_credentials``) until ``stop_simulator``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import SIM_STATE
+from .errors import AutopodError, ConfigError, UsageError
+from .log import register_secret
+from .output import Outcome
+from .paths import autopod_home, log_dir
+from .state import StateFile
+from .ui import progress
+
+log = logging.getLogger(__name__)
+SERVER_MODULE = "autopod.sim.server"
+
+
+def _state() -> StateFile:
+    return StateFile.named(SIM_STATE)
+
+
+def _ours(pid: int) -> bool:
+    """True only for a live simulator server process (never signal a recycled pid)."""
+    import psutil
+
+    try:
+        cmd = psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return SERVER_MODULE in cmd
+
+
+def _control(url: str, key: str, method: str = "GET", body: dict | None = None, timeout: float = 5.0) -> Any:
+    import requests
+
+    r = requests.request(method, f"{url}/_sim/world", json=body, timeout=timeout,
+                         headers={"Authorization": f"Bearer {key}"})
+    r.raise_for_status()
+    return r.json()
+
+
+def load_world_file(path: str) -> dict[str, Any]:
+    """A YAML or JSON merge-patch over the default world (stock, volumes, data centers, settings)."""
+    import yaml
+
+    p = Path(path).expanduser()
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the simulator world: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(f"{p}:{mark.line + 1 if mark else '?'}: invalid YAML in the simulator world") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the simulator world must be a mapping")
+    unknown = set(data) - {"settings", "gpu_types", "data_centers", "network_volumes", "user", "seed"}
+    if unknown:
+        raise ConfigError(f"{p}: unknown keys in the simulator world: {', '.join(sorted(unknown))}")
+    return data
+
+
+def fault_settings(*, latency: float | None = None, fail_every: int | None = None,
+                   never_ready: bool | None = None, boot_seconds: float | None = None) -> dict[str, Any]:
+    s: dict[str, Any] = {}
+    if latency is not None:
+        if latency < 0:
+            raise UsageError("--latency must be >= 0")
+        s["latency_s"] = latency
+    if fail_every is not None:
+        if fail_every < 0 or fail_every == 1:
+            raise UsageError("--fail-every must be 0 (off) or >= 2: every call failing leaves nothing to retry")
+        s["fail_every"] = fail_every
+    if never_ready is not None:
+        s["never_ready"] = never_ready
+    if boot_seconds is not None:
+        s["boot_seconds"] = boot_seconds
+    return s
+
+
+def simulator_status() -> dict[str, Any]:
+    """{"running": bool, "url", "pid", "pods", "volumes", "settings"} (no secrets)."""
+    data = _state().read()
+    if not data.get("base_url"):
+        return {"running": False}
+    doc: dict[str, Any] = {"running": False, "url": data["base_url"], "pid": data.get("pid")}
+    if not _ours(int(data.get("pid") or 0)):
+        doc["problem"] = "the simulator process is gone (run sim.stop, then sim.start)"
+        return doc
+    try:
+        world = _control(data["base_url"], data["api_key"])
+    except Exception as e:
+        doc["problem"] = f"the simulator does not answer: {type(e).__name__}"
+        return doc
+    from .sim.runpod_standin import DEFAULT_SETTINGS
+
+    settings = world.get("settings", {})
+    doc.update(running=True, settings=settings,
+               faults={k: v for k, v in settings.items() if DEFAULT_SETTINGS.get(k) != v},
+               pods=[{"id": pid, "name": p.get("name"), "status": p.get("desiredStatus")}
+                     for pid, p in (world.get("pods") or {}).items()],
+               volumes=[{"id": vid, "name": v.get("name"), "size_gb": v.get("size"), "datacenter": v.get("dataCenterId")}
+                        for vid, v in (world.get("network_volumes") or {}).items()])
+    return doc
+
+
+def start_simulator(*, world_file: str | None = None, settings: dict[str, Any] | None = None,
+                    comfy_ready_after: float = 3.0, comfy_command: str | None = None,
+                    ssh_server: str = "auto", timeout: float = 30.0) -> Outcome:
+    settings = settings or {}
+    if ssh_server not in ("auto", "openssh", "python"):
+        raise UsageError(f"--ssh-server must be auto, openssh or python, not {ssh_server!r}")
+    current = simulator_status()
+    if current.get("running"):
+        data = _state().read()
+        register_secret(data["api_key"])
+        if settings:
+            _control(data["base_url"], data["api_key"], "POST", {"settings": settings})
+            return Outcome(True, f"simulator at {data['base_url']} now runs with {settings}", key="simulator",
+                           data=simulator_status())
+        return Outcome(False, f"simulator already running at {data['base_url']}", key="simulator", data=current)
+    if current.get("url"):  # a dead one: its record goes, nothing else is touched
+        with _state().update() as d:
+            d.clear()
+
+    root = autopod_home() / "sim"
+    root.mkdir(exist_ok=True)
+    world: dict[str, Any] | None = None
+    if world_file or settings:
+        from .sim.runpod_standin import default_world, merge_patch
+
+        world = default_world()
+        if world_file:
+            merge_patch(world, load_world_file(world_file))
+        merge_patch(world, {"settings": settings})
+    argv = [sys.executable, "-m", SERVER_MODULE, "--root", str(root), "--ssh-server", ssh_server,
+            "--comfy-ready-after", str(comfy_ready_after)]
+    if world is not None:
+        wf = root / "world.json"
+        wf.write_text(json.dumps(world))
+        argv += ["--world", str(wf)]
+    if comfy_command:
+        argv += ["--comfy-command", comfy_command]
+    api_key = "sim-" + secrets.token_hex(16)
+    register_secret(api_key)
+    progress("starting the offline simulator")
+    logf = (log_dir() / "sim-server.log").open("ab")
+    try:
+        # A new session: the simulator outlives the shell that started it.
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logf,
+                                start_new_session=True, close_fds=True, cwd="/",
+                                env={**os.environ, "AUTOPOD_SIM_API_KEY": api_key})
+    finally:
+        logf.close()
+    line = _read_line(proc, timeout)
+    try:
+        info = json.loads(line)
+    except ValueError:
+        proc.kill()
+        raise AutopodError(f"the simulator did not start (see {log_dir() / 'sim-server.log'})") from None
+    proc.stdout.close()  # type: ignore[union-attr]
+    with _state().update() as d:
+        d.update(base_url=info["url"], api_key=api_key, pid=proc.pid, ssh_user=getpass.getuser(),
+                 started_at=time.time(), root=str(root))
+    return Outcome(True, f"simulator running at {info['url']}; autopod uses it until `autopod sim.stop`",
+                   key="simulator", data=simulator_status())
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+    if not sel.select(timeout):
+        proc.kill()
+        raise AutopodError(f"the simulator did not start within {timeout:.0f}s (see {log_dir() / 'sim-server.log'})")
+    return proc.stdout.readline().decode()  # type: ignore[union-attr]
+
+
+def stop_simulator(timeout: float = 20.0) -> Outcome:
+    data = _state().read()
+    if not data.get("base_url"):
+        return Outcome(False, "simulator not running")
+    pid = int(data.get("pid") or 0)
+    pod_ids: list[str] = []
+    if _ours(pid):
+        try:
+            pod_ids = list((_control(data["base_url"], data["api_key"]).get("pods") or {}))
+        except Exception:
+            pass
+        _stop_tunnels(pod_ids)
+        os.kill(pid, signal.SIGTERM)
+        _wait_gone(pid, timeout)
+    with _state().update() as d:
+        d.clear()
+    return Outcome(True, f"simulator stopped ({len(pod_ids)} simulated pods gone)")
+
+
+def _stop_tunnels(pod_ids: list[str]) -> None:
+    if not pod_ids:
+        return
+    from .tunnel import stop_tunnel_for
+
+    for pid in pod_ids:
+        stop_tunnel_for(pid)
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    import psutil
+
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:
+        log.warning("simulator %d did not stop in %.0fs; killing it", pid, timeout)
+        os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The chain a user's script runs, end to end, against the offline simulator:
+# create with a volume, tunnel, ComfyUI status and info, stop (tunnel gone),
+# start (new SSH port, tunnel resolved again), kill. The first part runs twice:
+# the second pass must be all `ok` with the same pod. Every exit code is checked
+# and every --json output goes through a JSON parser.
+#
+# Needs `autopod` on PATH, a scratch AUTOPOD_HOME and an SSH key in ~/.ssh.
+set -u -o pipefail
+
+PY=${PYTHON:-python3}
+fail() { echo "e2e FAIL: $*" >&2; exit 1; }
+step() { echo "--- $*" >&2; }
+
+# run WANT_CODE CMD... : run, keep stdout in $OUT, check the exit code.
+run() {
+    local want=$1; shift
+    OUT=$("$@"); local got=$?
+    [ "$got" -eq "$want" ] || fail "exit $got, wanted $want: $*"
+}
+# field PATH : read one value from the JSON in $OUT (a.b.0.c); fails on bad JSON.
+field() {
+    printf '%s' "$OUT" | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)
+for k in sys.argv[1].split(".") if sys.argv[1] else []:
+    d = d[int(k)] if isinstance(d, list) else d[k]
+print(json.dumps(d) if isinstance(d, (dict, list)) else d)' "$1" || fail "bad JSON or no '$1' in: $OUT"
+}
+expect_field() { local v; v=$(field "$1"); [ "$v" = "$2" ] || fail "$1 is '$v', wanted '$2'"; }
+
+step "sim.start"
+run 0 autopod sim.start --comfy-ready-after 2 --json
+expect_field status changed
+run 0 autopod volume.list --json
+VOL=$(printf '%s' "$OUT" | "$PY" -c 'import json,sys; print([v["id"] for v in json.load(sys.stdin) if v["name"] == "comfy-models"][0])') \
+    || fail "no comfy-models volume"
+
+step "bad input exits 2 and creates nothing"
+run 2 autopod pod.create --name e2e --gpu "No Such GPU" --volume-id "$VOL" --json
+run 2 autopod pod.create --name e2e --volume-id zzzzzzzzzz --json
+run 0 autopod pod.list --json
+expect_field "" "[]"
+
+POD=""
+for pass in 1 2; do
+    if [ "$pass" = 1 ]; then want=changed; else want=ok; fi
+    step "pass $pass: pod.create, tunnel.start, comfy.status, comfy.info (all $want)"
+    run 0 autopod pod.create --name e2e --volume-id "$VOL" --timeout 120 --json
+    expect_field status "$want"
+    id=$(field pod.id)
+    [ -z "$POD" ] || [ "$POD" = "$id" ] || fail "pass $pass made a new pod $id (had $POD)"
+    POD=$id
+    run 0 autopod tunnel.start --pod e2e --json
+    expect_field status "$want"
+    PORT=$(field tunnel.local_port)
+    run 0 autopod comfy.status --pod e2e --wait 60 --json
+    expect_field ready True
+    run 0 autopod comfy.info --pod e2e --json
+    expect_field comfyui_version 0.3.64
+    URL=$(field url)
+    case "$URL" in *":$PORT"*) ;; *) fail "comfy.info URL $URL is not the tunnel's port $PORT";; esac
+    "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/system_stats", timeout=10).read()' "$URL" \
+        || fail "ComfyUI does not answer at $URL"
+    run 0 autopod pod.list --json
+    n=$(printf '%s' "$OUT" | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)))')
+    [ "$n" = 1 ] || fail "pass $pass: $n pods, wanted 1"
+done
+
+run 0 autopod pod.info --pod e2e --json
+SSH1=$(field ssh_direct.port)
+
+step "pod.stop: the tunnel goes with it"
+run 0 autopod pod.stop --pod e2e --json
+expect_field status changed
+run 1 autopod tunnel.status --pod e2e
+run 0 autopod pod.stop --pod e2e --json
+expect_field status ok
+
+step "pod.start: a new SSH port, the tunnel is resolved again"
+run 0 autopod pod.start --pod e2e --json
+expect_field status changed
+run 0 autopod pod.wait --pod e2e --timeout 60
+run 0 autopod pod.info --pod e2e --json
+SSH2=$(field ssh_direct.port)
+[ "$SSH1" != "$SSH2" ] || fail "the SSH port did not change across stop/start ($SSH1)"
+run 0 autopod comfy.status --pod e2e --wait 60 --json
+expect_field ready True
+run 0 autopod tunnel.status --pod e2e --json
+
+step "pod.kill, twice"
+run 0 autopod pod.kill --pod e2e --yes --json
+expect_field status changed
+run 0 autopod pod.kill --pod e2e --yes --json
+expect_field status ok
+run 1 autopod tunnel.status --pod e2e
+run 0 autopod pod.list --json
+expect_field "" "[]"
+
+step "sim.stop"
+run 0 autopod sim.stop --json
+run 1 autopod sim.status
+echo "e2e OK" >&2
