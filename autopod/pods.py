@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
+from . import chain
 from . import config as _config
 from .errors import AutopodError, ConfigError, NoCapacity, NotFound, RemoteError, Timeout, UsageError
 from .gpus import plan_gpu_order
@@ -37,21 +38,6 @@ GONE_GRACE_S = 60.0  # a new pod may read as missing for a moment right after cr
 KEEP_UNLISTED_S = 120.0  # a just-created pod may not be listed yet; keep its state entry
 PORT_RE = re.compile(r"^\d{1,5}/(http|tcp|udp)$")
 ADDRESS_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
-
-# The pod created, started or used earlier in this process: `autopod pod.create ... tunnel.start`
-# on one command line targets the new pod without --pod.
-CHAIN_POD_ID: str | None = None
-_RUN: object | None = None
-
-
-def begin_task(run: object) -> None:
-    """Called by tasks with their invoke Config (one per command line): a new command line
-    starts without a chained pod, even when several run in one process (tests, scripts)."""
-    global _RUN, CHAIN_POD_ID
-    if run is not _RUN:
-        _RUN = run  # a strong reference, so the identity cannot be reused by a later Config
-        CHAIN_POD_ID = None
-
 
 # --- the pod record -------------------------------------------------------------
 
@@ -333,8 +319,8 @@ def _remember(pod_id: str, **fields: Any) -> None:
 
 
 def _chain(pod_id: str) -> None:
-    global CHAIN_POD_ID
-    CHAIN_POD_ID = pod_id
+    """Later tasks on this command line mean this pod (``autopod.chain``)."""
+    chain.set_pod(pod_id)
 
 
 def _sync_state(raw: list[dict[str, Any]]) -> dict[str, Any]:
@@ -388,9 +374,9 @@ def resolve_pod(api: Any, ref: str | None, pods: list[Pod] | None = None) -> Pod
         if len(named) > 1:
             raise UsageError(f"several pods are named {ref!r}; pass an id with --pod: {_candidates(named)}")
         raise NotFound(f"no pod {ref!r} on the account; pods: {_candidates(live)}", exit_code=2)
-    if CHAIN_POD_ID:
+    if chain.pod_id():
         for p in live:
-            if p.id == CHAIN_POD_ID:
+            if p.id == chain.pod_id():
                 return p
     if len(live) == 1:
         return live[0]
@@ -778,8 +764,13 @@ def ssh_command(pod: Pod, key: Any, command: str | None = None, *, user: str | N
     return argv
 
 
-def ssh(api: Any, ref: str | None, command: str | None = None) -> int:
-    """Run the system ``ssh`` against the pod; returns its exit code (the remote command's)."""
+def ssh(api: Any, ref: str | None, command: str | None = None, *, capture: bool = False) -> Any:
+    """Run the system ``ssh`` against the pod; returns its exit code (the remote command's).
+
+    With ``capture`` (``pod.ssh --command C --json``) returns a dict with the exit code and
+    the command's stdout and stderr instead of passing them through."""
+    if capture and command is None:
+        raise UsageError("--json needs --command: an interactive shell has no output to report")
     pod = resolve_pod(api, ref)
     _chain(pod.id)
     key = _config.ssh_key_path(_settings_ssh_key())
@@ -787,7 +778,11 @@ def ssh(api: Any, ref: str | None, command: str | None = None) -> int:
         raise ConfigError("the OpenSSH client `ssh` is not installed")
     argv = ssh_command(pod, key, command)
     log.info("running %s", " ".join(argv if command is None else argv[:-1] + ["<command>"]))
-    return subprocess.call(argv)
+    if not capture:
+        return subprocess.call(argv)
+    done = subprocess.run(argv, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
+    return {"pod": pod.id, "name": pod.name, "command": command, "exit_code": done.returncode,
+            "stdout": done.stdout, "stderr": done.stderr}
 
 
 def gpus(api: Any) -> list[dict[str, Any]]:

@@ -69,16 +69,12 @@ def resolve_target(ref: str | None, *, remote_port: int | None = None, fresh: bo
     ``fresh=True`` skips the recorded tunnels, so a pod's endpoint is looked up
     again (after ``pod.start`` its public SSH port may have changed).
     """
-    import sys
-
-    from . import config
+    from . import chain, config
     from .inventory import load_inventory
 
     if ref is None:
         # `autopod pod.create ... tunnel.start`: the pod of this command line, not an older tunnel.
-        # (Only when autopod.pods is already loaded: the fast path must not import it.)
-        pods_mod = sys.modules.get(f"{__package__}.pods")
-        ref = getattr(pods_mod, "CHAIN_POD_ID", None) or None
+        ref = chain.pod_id()
     inv = load_inventory()
     if ref is not None:
         name = ref[len(HOST_PREFIX):] if ref.startswith(HOST_PREFIX) else ref

@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from autopod import pods
+from autopod import chain, pods
 from autopod.errors import AutopodError, Timeout, UsageError
 from autopod.inventory import Inventory
 from autopod.pods import Pod, build_create_input, generate_name, resolve_spec, ssh_command
@@ -165,7 +165,7 @@ class ListAPI:
 
 
 def test_pod_reference_rules(monkeypatch):
-    monkeypatch.setattr(pods, "CHAIN_POD_ID", None)
+    monkeypatch.setattr(chain, "_pod_id", None)
     one = ListAPI(("a", "RUNNING"), ("old", "TERMINATED"))
     assert pods.resolve_pod(one, None).name == "a"  # the only live pod
     two = ListAPI(("a", "RUNNING"), ("b", "EXITED"))
@@ -177,7 +177,7 @@ def test_pod_reference_rules(monkeypatch):
     with pytest.raises(AutopodError) as e:
         pods.resolve_pod(two, "zzz")
     assert e.value.exit_code == 2
-    monkeypatch.setattr(pods, "CHAIN_POD_ID", "idb")  # created/started earlier on this command line
+    monkeypatch.setattr(chain, "_pod_id", "idb")  # created/started earlier on this command line
     assert pods.resolve_pod(two, None).name == "b"
     with pytest.raises(UsageError, match="no pods"):
         pods.resolve_pod(ListAPI(), None)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from autopod import pods, runpod_api
+from autopod import chain, pods, runpod_api
 
 CASSETTES = Path(__file__).resolve().parent.parent / "cassettes"
 # Read at import: the autouse fixture in conftest.py removes RUNPOD_API_KEY before each test.
@@ -127,7 +127,7 @@ def endpoint(record_mode, monkeypatch, tmp_path):
     key = tmp_path / "user-home" / ".ssh" / "id_ed25519"
     key.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    monkeypatch.setattr(pods, "CHAIN_POD_ID", None)
+    monkeypatch.setattr(chain, "_pod_id", None)
     monkeypatch.setattr(runpod_api, "DEFAULT_BASE_DELAY", 0.01 if not LIVE_KEY else 2.0)
     if record_mode == "none":
         monkeypatch.setenv("RUNPOD_API_KEY", "replay-only")

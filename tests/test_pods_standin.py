@@ -8,7 +8,7 @@ import sys
 import pytest
 import requests
 
-from autopod import pods, runpod_api
+from autopod import chain, pods, runpod_api
 from autopod.sim.runpod_standin import RunPodStandin
 
 
@@ -25,7 +25,7 @@ def ssh_key(tmp_path):
 def standin(monkeypatch, ssh_key):
     """A fresh stand-in account; the CLI points at it; waits and retries run fast."""
     monkeypatch.setattr(pods, "POLL_INTERVAL", 0.05)
-    monkeypatch.setattr(pods, "CHAIN_POD_ID", None)
+    monkeypatch.setattr(chain, "_pod_id", None)
     monkeypatch.setattr(runpod_api, "DEFAULT_BASE_DELAY", 0.01)
     with RunPodStandin(api_key="sim-key") as s:
         monkeypatch.setenv("RUNPOD_API_KEY", "sim-key")
@@ -265,6 +265,11 @@ def test_ssh_runs_openssh_and_returns_the_remote_exit_code(cli, standin, tmp_pat
     port = str(next(iter(standin.world.pods.values()))["public"]["ports"]["22"])
     assert argv[argv.index("-p") + 1] == port and "-T" in argv
     assert argv[-1] == "nvidia-smi" and argv[-2] == "root@127.0.0.1"
+    fake.write_text('#!/bin/sh\necho "GPU 0: RTX A40"\necho "warn" >&2\nexit 7\n')
+    r = cli("pod.ssh", "--command", "nvidia-smi", "--json")
+    assert r.code == 7
+    assert r.json["exit_code"] == 7 and r.json["stdout"] == "GPU 0: RTX A40\n" and r.json["stderr"] == "warn\n"
+    assert cli("pod.ssh", "--json").code == 2  # an interactive shell has no output to report
 
 
 @pytest.mark.parametrize("argv", [["--list"], ["--help"], ["--help", "pod.create"]])

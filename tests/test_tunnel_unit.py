@@ -187,12 +187,12 @@ def test_daemon_argv_carries_no_secrets(tmp_path, monkeypatch):
 
 def test_chained_pod_wins_over_an_older_tunnel(fake_daemon, monkeypatch):
     """`pod.create ... tunnel.start`: without --pod the pod of this command line is meant."""
-    import autopod.pods as pods
+    from autopod import chain
 
     _record("pod123", fake_daemon.pid, name="old")
-    monkeypatch.setattr(pods, "CHAIN_POD_ID", "pod123")
+    monkeypatch.setattr(chain, "_pod_id", "pod123")
     assert resolve_target(None).id == "pod123"
-    monkeypatch.setattr(pods, "CHAIN_POD_ID", "newpod")
+    monkeypatch.setattr(chain, "_pod_id", "newpod")
     with pytest.raises(AuthError):  # not the recorded tunnel: looked up through the API
         resolve_target(None)
 

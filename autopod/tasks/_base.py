@@ -11,14 +11,14 @@ import functools
 import logging
 import os
 import sys
-import traceback
 from typing import Any, Callable
 
 from invoke import Exit, task
 
+from .. import chain
 from ..errors import AutopodError, ExitCode
-from ..log import redact, setup_logging
-from ..output import dump_json
+from ..log import setup_logging
+from ..output import report_failure
 
 log = logging.getLogger("autopod.cli")
 _debug_flag = False
@@ -46,6 +46,7 @@ def command(*args: Any, **kwargs: Any) -> Callable:
         def wrapper(c: Any, *a: Any, **kw: Any) -> Any:
             debug = debug_enabled()
             setup_logging(debug=debug)
+            chain.begin(c.config)
             log.debug("task %s %s", fn.__name__, {k: v for k, v in kw.items() if k != "env"})
             try:
                 return fn(c, *a, **kw)
@@ -68,12 +69,7 @@ def command(*args: Any, **kwargs: Any) -> Callable:
 
 
 def _fail(msg: str, code: int, as_json: Any, debug: bool) -> None:
-    msg = redact(msg)
-    log.debug("failed (exit %d): %s\n%s", code, msg, traceback.format_exc())
-    if debug:
-        traceback.print_exc()
-    if as_json:
-        dump_json({"changed": False, "failed": True, "msg": msg, "exit_code": code})
+    msg = report_failure(msg, code, as_json=bool(as_json), debug=debug)
     raise Exit(f"error: {msg}", code=code)
 
 

@@ -47,7 +47,6 @@ def create(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=N
            disk_gb=None, volume_id=None, volume_mount=None, port=None, env=None, comfy_address=None, wait=True,
            timeout=None, dry_run=False, json=False):
     """Create a pod: GPU fallback, network volume, direct SSH; `ok` if a pod of that name exists."""
-    pods.begin_task(c.config)
     flags = _flags(gpu, port, env, name=name, gpu_count=gpu_count, cloud_type=cloud_type, datacenter=datacenter,
                    image=image, template_id=template_id, disk_gb=disk_gb, volume_id=volume_id,
                    volume_mount=volume_mount, comfy_address=comfy_address, timeout=timeout)
@@ -59,7 +58,6 @@ def up(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=None,
        disk_gb=None, volume_id=None, volume_mount=None, port=None, env=None, comfy_address=None, timeout=None,
        dry_run=False, json=False):
     """Converge: create the pod if missing, start it if stopped, wait until it is reachable."""
-    pods.begin_task(c.config)
     flags = _flags(gpu, port, env, name=name, gpu_count=gpu_count, cloud_type=cloud_type, datacenter=datacenter,
                    image=image, template_id=template_id, disk_gb=disk_gb, volume_id=volume_id,
                    volume_mount=volume_mount, comfy_address=comfy_address, timeout=timeout)
@@ -69,7 +67,6 @@ def up(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=None,
 @command(name="list", help={"json": "print one JSON document (a list of pods)"})
 def list_(c, json=False):
     """List pods: NAME, ID, STATUS, GPU, DATACENTER, VOLUME, UPTIME, $/HR."""
-    pods.begin_task(c.config)
     found = pods.list_pods(pods.connect())
     if json:
         dump_json([p.to_dict() for p in found])
@@ -80,7 +77,6 @@ def list_(c, json=False):
 @command(help=POD_HELP)
 def info(c, pod=None, json=False):
     """One pod in detail: image, ports, volume, SSH commands, estimated spend."""
-    pods.begin_task(c.config)
     data = pods.pod_info(pods.connect(), pod)
     if json:
         dump_json(data)
@@ -88,19 +84,21 @@ def info(c, pod=None, json=False):
         emit_object(pods.info_view(data), as_json=False, fields=pods.INFO_FIELDS)
 
 
-@command(help={"pod": POD_HELP["pod"], "command": "run this command without a terminal; exit with its exit code"})
-def ssh(c, pod=None, command=None):
+@command(help={"pod": POD_HELP["pod"], "command": "run this command without a terminal; exit with its exit code",
+               "json": "with --command: print one JSON document with exit_code, stdout and stderr"})
+def ssh(c, pod=None, command=None, json=False):
     """Open a shell on the pod with OpenSSH over its direct endpoint (port forwarding and scp work)."""
-    pods.begin_task(c.config)
-    code = pods.ssh(pods.connect(), pod, command)
-    if code:
-        exit_quietly(code)
+    result = pods.ssh(pods.connect(), pod, command, capture=json)
+    if json:
+        dump_json(result)
+        result = result["exit_code"]
+    if result:
+        exit_quietly(result)
 
 
 @command(help=POD_HELP)
 def stop(c, pod=None, json=False):
     """Stop the pod (and its tunnel); `ok` if already stopped. Its volume and disk are kept."""
-    pods.begin_task(c.config)
     emit_outcome(pods.stop_pod(pods.connect(), pod), as_json=json)
 
 
@@ -108,7 +106,6 @@ def stop(c, pod=None, json=False):
                "timeout": "seconds to wait before stopping it again and failing (default 900)"})
 def start(c, pod=None, wait=True, timeout=None, json=False):
     """Resume a stopped pod with its GPU count; `ok` if already running."""
-    pods.begin_task(c.config)
     secs = pods._as_int(timeout, "--timeout") if timeout is not None else None
     emit_outcome(pods.start_pod(pods.connect(), pod, wait=wait, timeout=secs), as_json=json)
 
@@ -116,7 +113,6 @@ def start(c, pod=None, wait=True, timeout=None, json=False):
 @command(help={**POD_HELP, "yes": "do not ask (needed when stdin is not a terminal)"})
 def kill(c, pod=None, yes=False, json=False):
     """Terminate the pod; its container disk is lost (network volumes are kept). `ok` if already gone."""
-    pods.begin_task(c.config)
     if not yes and not sys.stdin.isatty():
         raise UsageError("pod.kill terminates the pod for good; pass --yes to confirm (stdin is not a terminal)")
     emit_outcome(pods.kill_pod(pods.connect(), pod, confirm=None if yes else _confirm_kill), as_json=json)
@@ -131,7 +127,6 @@ def _confirm_kill(pod: pods.Pod) -> bool:
 @command(help={"pod": POD_HELP["pod"], "timeout": "seconds to wait (default 900)", "json": POD_HELP["json"]})
 def wait(c, pod=None, timeout=None, json=False):
     """Wait until the pod is RUNNING and its SSH endpoint answers; exit 1 on timeout."""
-    pods.begin_task(c.config)
     secs = pods._as_int(timeout, "--timeout") if timeout is not None else None
     ready = pods.wait(pods.connect(), pod, secs)
     if json:
@@ -143,7 +138,6 @@ def wait(c, pod=None, timeout=None, json=False):
 @command(help={"json": "print one JSON document"})
 def gpus(c, json=False):
     """GPU types with memory, secure/community $/hr and stock (best first)."""
-    pods.begin_task(c.config)
     rows = pods.gpus(pods.connect())
     if json:
         dump_json(rows)
