@@ -43,7 +43,7 @@ def parse_comfy_status(argv: list[str]) -> dict | None:
 def comfy_status_quick(opts: dict) -> int:
     """Run ``comfy.status`` like the task does (see ``autopod.tasks._base`` for the error contract)."""
     from .errors import AutopodError, ExitCode
-    from .log import redact, setup_logging
+    from .log import setup_logging
 
     debug = bool(os.environ.get("AUTOPOD_DEBUG"))
     setup_logging(debug=debug)
@@ -55,26 +55,18 @@ def comfy_status_quick(opts: dict) -> int:
                           on_wait=progress)
         return render_status(st, as_json=opts["json"])
     except AutopodError as e:
-        return _fail(redact(str(e)), int(e.exit_code), opts["json"], debug)
+        return _fail(str(e), int(e.exit_code), opts["json"], debug)
     except KeyboardInterrupt:
         return _fail("interrupted", ExitCode.INTERRUPTED, opts["json"], debug)
     except Exception as e:  # a bug: one line, the traceback in the log
-        return _fail(redact(f"internal error: {type(e).__name__}: {e} (see the log, or rerun with --debug)"),
+        return _fail(f"internal error: {type(e).__name__}: {e} (see the log, or rerun with --debug)",
                      ExitCode.FAILED, opts["json"], debug)
 
 
 def _fail(msg: str, code: int, as_json: bool, debug: bool) -> int:
-    import json
-    import logging
-    import traceback
+    from .output import report_failure
 
-    logging.getLogger("autopod.cli").debug("failed (exit %d): %s\n%s", code, msg, traceback.format_exc())
-    if debug:
-        traceback.print_exc()
-    if as_json:
-        sys.stdout.write(json.dumps({"changed": False, "failed": True, "msg": msg, "exit_code": code}, indent=2) + "\n")
-        sys.stdout.flush()
-    print(f"error: {msg}", file=sys.stderr)
+    print(f"error: {report_failure(msg, code, as_json=as_json, debug=debug)}", file=sys.stderr)
     return code
 
 

@@ -82,6 +82,24 @@ def emit_object(obj: dict[str, Any], *, as_json: bool, fields: Iterable[tuple[st
     print(tabulate([[h, _cell(obj.get(k))] for k, h in pairs], tablefmt="plain", missingval="-", disable_numparse=True))
 
 
+def report_failure(msg: str, code: int, *, as_json: bool, debug: bool) -> str:
+    """The failure half of the task contract, shared by every entry point: the traceback goes to
+    the log (and stderr with --debug), ``--json`` still gets one document. Returns the redacted
+    message for the caller's ``error: ...`` line."""
+    import logging
+    import traceback
+
+    from .log import redact
+
+    msg = redact(msg)
+    logging.getLogger("autopod.cli").debug("failed (exit %d): %s\n%s", code, msg, traceback.format_exc())
+    if debug:
+        traceback.print_exc()
+    if as_json:
+        dump_json({"changed": False, "failed": True, "msg": msg, "exit_code": code})
+    return msg
+
+
 def emit_outcome(outcome: Outcome, *, as_json: bool) -> None:
     """``changed: msg`` / ``ok: msg`` for people, the outcome document for scripts."""
     if as_json:
