@@ -67,6 +67,11 @@ for pass in 1 2; do
     [ "$n" = 1 ] || fail "pass $pass: $n pods, wanted 1"
 done
 
+step "pod.ssh runs commands over the direct endpoint and passes their exit code on"
+run 0 autopod pod.ssh --pod e2e --command "echo from-the-pod" --json
+expect_field stdout from-the-pod
+run 3 autopod pod.ssh --pod e2e --command "exit 3"
+
 run 0 autopod pod.info --pod e2e --json
 SSH1=$(field ssh_direct.port)
 
