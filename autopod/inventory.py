@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError
 
 # key -> (python type, description). Shared by inventory defaults, pod specs and config.yaml.
@@ -93,6 +91,8 @@ def load_inventory(path: Path | None = None) -> Inventory:
 
 def load_yaml_mapping(path: Path, schema: dict[str, Any]) -> dict[str, Any]:
     """Parse one YAML file whose top level is a mapping, validated with line numbers."""
+    import yaml  # only when there is a file to read: keeps commands without an inventory quick
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -130,6 +130,8 @@ class _Validator:
 
     @staticmethod
     def child(node: Any, key: str) -> Any:
+        import yaml
+
         if isinstance(node, yaml.MappingNode):
             for k, val in node.value:
                 if k.value == str(key):
@@ -137,6 +139,8 @@ class _Validator:
         return None
 
     def mapping(self, node: Any, data: Any, schema: dict[str, Any], where: str) -> None:
+        import yaml
+
         if not isinstance(data, dict):
             raise ConfigError(f"{self.path}:{self.line(node)}: {where} must be a mapping")
         for k, val in data.items():

@@ -10,14 +10,10 @@ it is copied aside and reported, and the user decides what to do with it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
-
-from filelock import FileLock, Timeout as LockTimeout
 
 from .errors import ConfigError
 from .paths import state_path
@@ -31,7 +27,7 @@ class StateFile:
     def __init__(self, path: Path | str, *, lock_timeout: float = LOCK_TIMEOUT_S):
         self.path = Path(path)
         self.lock_timeout = lock_timeout
-        self._lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout)
+        self._lock: Any = None  # a filelock.FileLock, made on first update()
 
     @classmethod
     def named(cls, name: str) -> "StateFile":
@@ -47,6 +43,11 @@ class StateFile:
 
         If the body raises, nothing is written.
         """
+        # Imported here: read-only commands (comfy.status on a live tunnel) never lock.
+        from filelock import FileLock, Timeout as LockTimeout
+
+        if self._lock is None:
+            self._lock = FileLock(str(self.path) + ".lock", timeout=self.lock_timeout)
         try:
             with self._lock:
                 data = self._load()
@@ -78,6 +79,8 @@ class StateFile:
         return data
 
     def _backup(self, raw: bytes) -> Path:
+        import hashlib
+
         # Content-addressed, so repeated runs against the same bad file keep one copy.
         digest = hashlib.sha256(raw).hexdigest()[:12]
         backup = self.path.with_name(f"{self.path.name}.corrupt-{digest}")
@@ -87,6 +90,8 @@ class StateFile:
         return backup
 
     def _write(self, data: dict[str, Any]) -> None:
+        import tempfile  # (and hashlib above) imported on use: read-only commands stay quick
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         try:

@@ -370,8 +370,6 @@ def ensure_tunnel(target: SSHTarget, *, local_port: int | None = None, explicit_
     work, i.e. ComfyUI must answer; callers that probe ComfyUI themselves (the
     comfy tasks, which report "starting" while it boots) leave it False.
     """
-    from filelock import Timeout as LockTimeout
-
     backend = _backend_for(backend, target)
     want = int(local_port) if local_port else DEFAULT_LOCAL_PORT
     pin_port = want if explicit_port else None
@@ -379,6 +377,8 @@ def ensure_tunnel(target: SSHTarget, *, local_port: int | None = None, explicit_
     reused = _reuse(target, pin_port, backend, require_remote)  # lock-free: every comfy task comes here
     if reused:
         return reused
+    from filelock import Timeout as LockTimeout
+
     try:
         with _start_lock(timeout + 30):
             reused = _reuse(target, pin_port, backend, require_remote)  # a concurrent start may have finished
