@@ -75,8 +75,10 @@ def load_world_file(path: str) -> dict[str, Any]:
     return data
 
 
-def fault_settings(*, latency: float | None = None, fail_every: int | None = None,
-                   never_ready: bool | None = None, boot_seconds: float | None = None) -> dict[str, Any]:
+def fault_settings(*, latency: float | None = None, fail_every: int | None = None, hang_every: int | None = None,
+                   never_ready: bool | None = None, boot_seconds: float | None = None,
+                   reject_key: bool | None = None) -> dict[str, Any]:
+    """The stand-in's fault settings from sim.start's flags (None: leave as is)."""
     s: dict[str, Any] = {}
     if latency is not None:
         if latency < 0:
@@ -86,8 +88,14 @@ def fault_settings(*, latency: float | None = None, fail_every: int | None = Non
         if fail_every < 0 or fail_every == 1:
             raise UsageError("--fail-every must be 0 (off) or >= 2: every call failing leaves nothing to retry")
         s["fail_every"] = fail_every
+    if hang_every is not None:
+        if hang_every < 0 or hang_every == 1:
+            raise UsageError("--hang-every must be 0 (off) or >= 2")
+        s["hang_every"] = hang_every
     if never_ready is not None:
         s["never_ready"] = never_ready
+    if reject_key is not None:
+        s["reject_key"] = reject_key
     if boot_seconds is not None:
         s["boot_seconds"] = boot_seconds
     return s

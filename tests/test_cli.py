@@ -52,3 +52,21 @@ def test_invoke_bad_flag_exits_2_in_checkout():
                        text=True, timeout=60, cwd=ROOT)
     assert p.returncode == 2, (p.returncode, p.stderr)
     assert "no-such-flag" in p.stderr
+
+
+def test_bad_inventory_is_a_usage_error_naming_file_and_line(cli, tmp_path, monkeypatch):
+    inv = tmp_path / "inv.yml"
+    inv.write_text("pods:\n  flux:\n    gpus: [RTX 4090]\n    colour: blue\n")
+    monkeypatch.setenv("AUTOPOD_INVENTORY", str(inv))
+    r = cli("pod.create", "--name", "flux", "--dry-run", "--json")
+    assert r.code == 2
+    assert f"{inv}:4: unknown key 'colour'" in r.err and "Traceback" not in r.err
+    assert r.json["failed"] is True  # --json still gets its one document
+
+
+def test_corrupt_state_file_is_a_usage_error_and_kept(cli, autopod_home):
+    autopod_home.mkdir(parents=True, exist_ok=True)
+    (autopod_home / "tunnels.json").write_text("{oops")
+    r = cli("tunnel.list")
+    assert r.code == 2 and "tunnels.json is corrupt" in r.err and "Traceback" not in r.err
+    assert (autopod_home / "tunnels.json").read_text() == "{oops"

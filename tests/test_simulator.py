@@ -123,6 +123,22 @@ def test_sim_start_rejects_bad_flags(cli):
     assert cli("sim.start", "--ssh-server", "telnet").code == 2
 
 
+def test_fault_flags_map_to_stand_in_settings():
+    from autopod.simulator import fault_settings
+
+    assert fault_settings(latency=0.5, fail_every=3, hang_every=5, never_ready=True, reject_key=True) == {
+        "latency_s": 0.5, "fail_every": 3, "hang_every": 5, "never_ready": True, "reject_key": True}
+    assert fault_settings() == {}
+
+
+def test_rejected_key_exits_2_with_a_clear_message(sim_env):
+    assert autopod(sim_env, "sim.start", "--reject-key").returncode == 0
+    p = autopod(sim_env, "pod.list", "--json")
+    assert p.returncode == 2 and "API key rejected" in p.stderr
+    assert json.loads(p.stdout)["failed"] is True
+    assert "sim-" not in p.stderr  # the (dummy) key is never printed
+
+
 def test_sim_world_file_errors_name_the_file(cli, tmp_path):
     bad = tmp_path / "world.yml"
     bad.write_text("stock: {}\n")

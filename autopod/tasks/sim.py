@@ -22,6 +22,8 @@ def _number(value: Any, flag: str, kind: type = float) -> Any:
     "world": "YAML/JSON merged over the default account: GPU stock per data center, network volumes, data centers",
     "latency": "seconds of delay before every API answer",
     "fail_every": "every Nth API call answers HTTP 502 (retries must cope); 0 turns it off",
+    "hang_every": "every Nth API call hangs past the SDK's 30 s timeout; 0 turns it off",
+    "reject_key": "answer 401 to every API call, as RunPod does for a bad key",
     "never_ready": "pods never become ready (pod.create then times out and stops the pod)",
     "boot_seconds": "seconds after a (re)start before a pod reports its ports",
     "comfy_ready_after": "seconds after a pod starts before its ComfyUI answers (default 3)",
@@ -29,15 +31,17 @@ def _number(value: Any, flag: str, kind: type = float) -> Any:
     "ssh_server": "auto (OpenSSH's sshd where installed), openssh, or python (needs autopod[sim-ssh])",
     "json": "print one JSON document",
 })
-def start(c, world=None, latency=None, fail_every=None, never_ready=False, boot_seconds=None,
-          comfy_ready_after=None, comfy_command=None, ssh_server="auto", json=False):
+def start(c, world=None, latency=None, fail_every=None, hang_every=None, never_ready=False, reject_key=False,
+          boot_seconds=None, comfy_ready_after=None, comfy_command=None, ssh_server="auto", json=False):
     """Start the offline simulator; every later command uses it until sim.stop. On a running one, apply the fault flags."""
     from ..output import emit_outcome, table
     from ..simulator import fault_settings, start_simulator
 
     settings = fault_settings(latency=_number(latency, "--latency"),
                               fail_every=_number(fail_every, "--fail-every", int),
+                              hang_every=_number(hang_every, "--hang-every", int),
                               never_ready=True if never_ready else None,
+                              reject_key=True if reject_key else None,
                               boot_seconds=_number(boot_seconds, "--boot-seconds"))
     ready_after = _number(comfy_ready_after, "--comfy-ready-after")
     outcome = start_simulator(world_file=world, settings=settings,
