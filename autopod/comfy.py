@@ -63,13 +63,10 @@ class ComfyStatus:
 
 
 def parse_seconds(value: Any, flag: str = "--wait") -> float:
-    """A seconds flag as typed (invoke passes a None-default flag as a string); None/"" is 0."""
-    if value in (None, ""):
-        return 0.0
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag} takes a number of seconds, got {value!r}") from None
+    """A seconds flag as typed; not given is 0."""
+    from .flags import number
+
+    return number(value, flag, float) or 0.0
 
 
 def render_status(st: ComfyStatus, *, as_json: bool) -> int:

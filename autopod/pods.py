@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 from . import chain
 from . import config as _config
 from .errors import AutopodError, ConfigError, NoCapacity, NotFound, RemoteError, Timeout, UsageError
+from .flags import number
 from .gpus import plan_gpu_order
 from .inventory import Inventory, load_inventory
 from .output import Outcome
@@ -190,12 +191,9 @@ def parse_env(items: Sequence[str] | dict[str, Any] | None) -> dict[str, str]:
 
 
 def _as_int(value: Any, what: str, *, minimum: int = 1) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{what} must be a whole number, got {value!r}") from None
-    if n < minimum:
-        raise UsageError(f"{what} must be at least {minimum}, got {n}")
+    n = number(value, what, int, minimum=minimum)
+    if n is None:
+        raise UsageError(f"{what} must be a whole number, got {value!r}")
     return n
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from autopod import chain, pods, runpod_api
+from autopod import chain, runpod_api
 
 CASSETTES = Path(__file__).resolve().parent.parent / "cassettes"
 # Read at import: the autouse fixture in conftest.py removes RUNPOD_API_KEY before each test.

@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..flags import number
 from ._base import command, exit_quietly
-
-
-def _number(value: Any, flag: str, kind: type = float) -> Any:
-    from ..errors import UsageError
-
-    if value in (None, ""):
-        return None
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag} takes a number, got {value!r}") from None
 
 
 @command(help={
@@ -37,13 +25,13 @@ def start(c, world=None, latency=None, fail_every=None, hang_every=None, never_r
     from ..output import emit_outcome, table
     from ..simulator import fault_settings, start_simulator
 
-    settings = fault_settings(latency=_number(latency, "--latency"),
-                              fail_every=_number(fail_every, "--fail-every", int),
-                              hang_every=_number(hang_every, "--hang-every", int),
+    settings = fault_settings(latency=number(latency, "--latency"),
+                              fail_every=number(fail_every, "--fail-every", int),
+                              hang_every=number(hang_every, "--hang-every", int),
                               never_ready=True if never_ready else None,
                               reject_key=True if reject_key else None,
-                              boot_seconds=_number(boot_seconds, "--boot-seconds"))
-    ready_after = _number(comfy_ready_after, "--comfy-ready-after")
+                              boot_seconds=number(boot_seconds, "--boot-seconds"))
+    ready_after = number(comfy_ready_after, "--comfy-ready-after")
     outcome = start_simulator(world_file=world, settings=settings,
                               comfy_ready_after=3.0 if ready_after is None else ready_after,
                               comfy_command=comfy_command, ssh_server=ssh_server)

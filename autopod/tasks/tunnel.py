@@ -4,21 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import UsageError
+from ..flags import number
 from ..output import Outcome, emit_object, emit_outcome, emit_rows
 from ._base import command, exit_quietly
 
 _TARGET_HELP = "pod id or name, or inventory host name (default: the only tunnel, or the only pod)"
-
-
-def _int(value: Any, flag: str) -> int | None:
-    """invoke hands a flag with a None default over as a string."""
-    if value in (None, ""):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag} must be a number, got {value!r}") from None
 
 
 def _render(outcome: Outcome, as_json: bool) -> None:
@@ -42,9 +32,9 @@ def start(c, pod=None, local_port=None, remote_port=None, backend=None, timeout=
     """Start (or reuse) a background tunnel; succeeds once a connection through it works."""
     from ..tunnel import start_tunnel
 
-    t = _int(timeout, "--timeout")
-    outcome = start_tunnel(pod, local_port=_int(local_port, "--local-port"),
-                           remote_port=_int(remote_port, "--remote-port"), backend=backend or None,
+    t = number(timeout, "--timeout", int, minimum=1)
+    outcome = start_tunnel(pod, local_port=number(local_port, "--local-port", int, minimum=1),
+                           remote_port=number(remote_port, "--remote-port", int, minimum=1), backend=backend or None,
                            timeout=float(t) if t else 30.0)
     _render(outcome, json)
 
