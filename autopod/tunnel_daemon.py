@@ -35,8 +35,9 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 GIVE_UP_S = float(os.environ.get("AUTOPOD_TUNNEL_GIVE_UP_S", "3600"))  # unreachable this long: stop trying
 CONNECT_TIMEOUT_S = 15.0
-# The relay copies in chunks of this size (sshtunnel's own is 16 KiB): fewer Python round trips
-# per MB. See bench/README.md for the measurements.
+# The relay reads the client and the channel's buffer in chunks of this size (sshtunnel's own is 16 KiB).
+# Most downloaded data never takes that path: paramiko's transport thread sends it to the client directly
+# (autopod/fastrelay.py). See bench/README.md for the measurements.
 RELAY_CHUNK = 256 * 1024
 # SSH channel window, the same as OpenSSH's (2 MiB). Wider windows measured slower on loopback:
 # paramiko then buffers more and copies more bytes objects.
@@ -149,7 +150,7 @@ _FWD_CLASS: Any = None
 
 
 def _forwarder_class() -> Any:
-    """SSHTunnelForwarder with a faster relay and wider SSH windows (bench/README.md has the numbers)."""
+    """SSHTunnelForwarder with a relay that costs about what OpenSSH costs per byte (bench/README.md)."""
     global _FWD_CLASS
     if _FWD_CLASS is not None:
         return _FWD_CLASS
@@ -157,10 +158,10 @@ def _forwarder_class() -> Any:
         import sshtunnel
 
         return sshtunnel.SSHTunnelForwarder
-    import select
-
     import paramiko
     import sshtunnel
+
+    from . import fastrelay
 
     class _Handler(sshtunnel._ForwardHandler):
         def handle(self) -> None:
@@ -171,28 +172,8 @@ def _forwarder_class() -> Any:
             except Exception as e:
                 self.logger.info("open channel to %s failed: %s", self.remote_address, e)
                 raise sshtunnel.HandlerSSHTunnelForwarderError(str(e))
-            sock = self.request
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                while True:
-                    r, _, _ = select.select([sock, chan], [], [], 5)
-                    if sock in r:
-                        data = sock.recv(RELAY_CHUNK)
-                        if not data:
-                            break
-                        chan.sendall(data)
-                    if chan in r:
-                        data = chan.recv(RELAY_CHUNK)
-                        if not data:
-                            break
-                        sock.sendall(data)
-                    if not r and (chan.closed or not self.ssh_transport.is_active()):
-                        break
-            except (OSError, EOFError, paramiko.SSHException):
-                pass  # a reset on either side ends this one connection only
-            finally:
-                chan.close()
-                sock.close()
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            fastrelay.relay(self.request, chan, RELAY_CHUNK)  # closes both when done
 
     class _Forwarder(sshtunnel.SSHTunnelForwarder):
         def _make_ssh_forward_handler_class(self, remote_address_: Any) -> Any:
@@ -206,7 +187,26 @@ def _forwarder_class() -> Any:
             return Handler
 
         def _get_transport(self) -> Any:
-            t = super()._get_transport()
+            if self.ssh_proxy:  # never set by autopod (ssh_config_file=None, no ssh_proxy)
+                return self._tune(super()._get_transport())
+            # What sshtunnel does for a (host, port), with our socket and Transport classes (fastrelay).
+            try:
+                sock = fastrelay.ReadAheadSocket.connect((self.ssh_host, self.ssh_port), CONNECT_TIMEOUT_S)
+            except OSError as e:  # worded as paramiko words it; sshtunnel logs args[0]
+                raise paramiko.SSHException(f"Unable to connect to {self.ssh_host}: {e}") from e
+            try:
+                t = fastrelay.DirectTransport(sock, default_window_size=WINDOW_SIZE,
+                                              default_max_packet_size=MAX_PACKET)
+            except BaseException:
+                sock.close()
+                raise
+            t.set_keepalive(self.set_keepalive)
+            t.use_compression(compress=self.compression)
+            t.daemon = self.daemon_transport
+            return self._tune(t)
+
+        @staticmethod
+        def _tune(t: paramiko.Transport) -> paramiko.Transport:
             t.default_window_size = WINDOW_SIZE
             # AES-GCM needs no separate MAC pass: the cheapest cipher paramiko offers.
             opts = t.get_security_options()

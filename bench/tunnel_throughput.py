@@ -13,8 +13,11 @@ server that streams N MB from memory behind it, then downloads through:
   c) the autopod tunnel, sshtunnel backend (autopod's relay: the default)
   d) the autopod tunnel, openssh backend
 
-and prints MB/s and the ratio to (a), plus the time from `autopod tunnel.start`
-(a fresh process, as a user runs it) to the first byte through the tunnel.
+and prints MB/s and the ratio to (a), the CPU seconds per GB the tunnel's own
+processes used (ssh, or the autopod daemon and its ssh child: a figure that moves
+much less than MB/s when other work shares the machine), plus the time from
+`autopod tunnel.start` (a fresh process, as a user runs it) to the first byte
+through the tunnel.
 Everything stays on 127.0.0.1; AUTOPOD_HOME is a temporary folder.
 """
 
@@ -25,13 +28,13 @@ import http.server
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -85,7 +88,35 @@ def download(port: int, path: str = "/big") -> tuple[int, float, float]:
     return got, first or 0.0, time.perf_counter() - t0
 
 
-def autopod(*args: str, env: dict) -> dict:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (0 for any that is gone)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def tunnel_pids(port: int, env: dict) -> list[int]:
+    """The daemon serving 127.0.0.1:port (from `autopod tunnel.list --json`) and its children (ssh)."""
+    import psutil
+
+    for entry in autopod("tunnel.list", "--json", env=env):
+        if entry.get("local_port") == port and entry.get("pid"):
+            try:
+                children = psutil.Process(entry["pid"]).children(recursive=True)
+            except psutil.Error:
+                children = []
+            return [entry["pid"]] + [c.pid for c in children]
+    raise SystemExit(f"no recorded tunnel on port {port}")
+
+
+def autopod(*args: str, env: dict) -> Any:
     p = subprocess.run([sys.executable, "-m", "autopod", *args], capture_output=True, text=True, env=env,
                        cwd=ROOT, stdin=subprocess.DEVNULL)
     if p.returncode:
@@ -120,7 +151,7 @@ def main() -> None:
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     srv, http_port = http_server(total)
-    results: list[tuple[str, float, float | None]] = []
+    results: list[tuple[str, float, float, float | None]] = []
     with LocalSSHD(work / "sshd", (work / "id_ed25519.pub").read_text()) as sshd:
         import yaml
 
@@ -133,13 +164,16 @@ def main() -> None:
         env = {**os.environ, "AUTOPOD_INVENTORY": str(inv)}
         pin_on_first_use("127.0.0.1", sshd.port)
 
-        def best(port: int) -> float:
-            rates = []
+        def best(port: int, pids: list[int]) -> tuple[float, float]:
+            """(best MB/s, fewest CPU seconds per GB of the tunnel's processes) over the runs."""
+            rates, cpus = [], []
             for _ in range(args.runs):
+                c0 = cpu_seconds(pids)
                 got, _, secs = download(port)
                 assert got >= total, f"short download: {got} of {total} bytes"
                 rates.append(got / secs / 1e6)
-            return max(rates)
+                cpus.append((cpu_seconds(pids) - c0) / (got / 1e9))
+            return max(rates), min(cpus)
 
         # a) OpenSSH's own client, the reference.
         lp = free_port()
@@ -150,11 +184,11 @@ def main() -> None:
              f"{sshd.user}@127.0.0.1"], stdin=subprocess.DEVNULL)
         try:
             wait_listening(lp)
-            ref = best(lp)
+            ref, cpu = best(lp, [ssh.pid])
         finally:
             ssh.terminate()
             ssh.wait()
-        results.append(("ssh -N -L (OpenSSH)", ref, None))
+        results.append(("ssh -N -L (OpenSSH)", ref, cpu, None))
 
         variants = [
             ("autopod sshtunnel, stock relay", "sshtunnel", {"AUTOPOD_TUNNEL_RELAY": "stock"}),
@@ -168,18 +202,19 @@ def main() -> None:
                     env={**env, **extra})
             download(lp, "/small")
             to_first_byte = time.perf_counter() - t0
-            rate = best(lp)
+            rate, cpu = best(lp, tunnel_pids(lp, env))
             autopod("tunnel.stop", "--pod", "bench", env=env)
-            results.append((label, rate, to_first_byte))
+            results.append((label, rate, cpu, to_first_byte))
     srv.shutdown()
 
     print(f"\n{args.mb} MB over loopback, best of {args.runs}; sshd {sshd.sshd_path}, Python {sys.version.split()[0]}")
-    print(f"{'variant':34} {'MB/s':>8} {'vs ssh':>7} {'start->first byte':>18}")
-    for label, rate, tfb in results:
-        print(f"{label:34} {rate:8.1f} {rate / ref:7.2f} {(f'{tfb:.2f} s' if tfb is not None else '-'):>18}")
+    print(f"{'variant':34} {'MB/s':>8} {'vs ssh':>7} {'CPU s/GB':>9} {'start->first byte':>18}")
+    for label, rate, cpu, tfb in results:
+        print(f"{label:34} {rate:8.1f} {rate / ref:7.2f} {cpu:9.2f} "
+              f"{(f'{tfb:.2f} s' if tfb is not None else '-'):>18}")
     print(json.dumps({"mb": args.mb, "runs": args.runs, "results": [
-        {"variant": label, "mb_per_s": round(rate, 1), "ratio": round(rate / ref, 3),
-         "start_to_first_byte_s": None if tfb is None else round(tfb, 3)} for label, rate, tfb in results]}))
+        {"variant": label, "mb_per_s": round(rate, 1), "ratio": round(rate / ref, 3), "cpu_s_per_gb": round(cpu, 2),
+         "start_to_first_byte_s": None if tfb is None else round(tfb, 3)} for label, rate, cpu, tfb in results]}))
 
 
 if __name__ == "__main__":
