@@ -119,6 +119,18 @@ def _ack(chan: Any, n: int) -> None:
         chan.transport._send_user_message(m)
 
 
+def direct_supported() -> bool:
+    """Whether this paramiko has the internals DirectTransport hooks (checked before each use).
+
+    They are private, so a paramiko release may move them; then the daemon uses paramiko's own
+    Transport and the relay still works, only slower.
+    """
+    table = getattr(paramiko.Transport, "_channel_handler_table", None)
+    return (isinstance(table, dict) and table.get(MSG_CHANNEL_DATA) is getattr(paramiko.Channel, "_feed", None)
+            and callable(getattr(paramiko.Channel, "_check_add_window", None))
+            and callable(getattr(paramiko.Transport, "_send_user_message", None)))
+
+
 class DirectTransport(paramiko.Transport):
     """paramiko's Transport with MSG_CHANNEL_DATA routed through ``_feed_direct`` (class-level table)."""
 

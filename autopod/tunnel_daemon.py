@@ -194,9 +194,11 @@ def _forwarder_class() -> Any:
                 sock = fastrelay.ReadAheadSocket.connect((self.ssh_host, self.ssh_port), CONNECT_TIMEOUT_S)
             except OSError as e:  # worded as paramiko words it; sshtunnel logs args[0]
                 raise paramiko.SSHException(f"Unable to connect to {self.ssh_host}: {e}") from e
+            transport_class = fastrelay.DirectTransport if fastrelay.direct_supported() else paramiko.Transport
+            if transport_class is paramiko.Transport:
+                self.logger.warning("this paramiko lacks the internals the direct relay uses; relaying through it")
             try:
-                t = fastrelay.DirectTransport(sock, default_window_size=WINDOW_SIZE,
-                                              default_max_packet_size=MAX_PACKET)
+                t = transport_class(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET)
             except BaseException:
                 sock.close()
                 raise

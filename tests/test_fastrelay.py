@@ -184,3 +184,34 @@ def test_key_re_exchange_during_a_download(forward, monkeypatch):
     assert _get(forward.local_bind_port, n, read_size=50000) == _payload(n)
     assert pk is forward._transport.packetizer and forward._transport.is_active()
     assert forward._transport.H != before  # new keys were exchanged on the same connection
+
+
+def test_this_paramiko_supports_the_direct_relay():
+    """The pinned paramiko range must keep the internals DirectTransport hooks; if not, this says so first."""
+    from autopod import fastrelay
+
+    assert fastrelay.direct_supported()
+
+
+def test_without_the_internals_the_relay_falls_back_to_paramikos_transport(forward_fallback):
+    port, fwd = forward_fallback
+    import paramiko
+
+    from autopod.fastrelay import DirectTransport
+
+    assert type(fwd._transport) is paramiko.Transport and not isinstance(fwd._transport, DirectTransport)
+    n = 3 * 1024 * 1024 + 17
+    assert _get(port, n) == _payload(n)
+
+
+@pytest.fixture
+def forward_fallback(sshd, ssh_user_key, backend, monkeypatch):
+    from autopod import fastrelay
+
+    monkeypatch.setattr(fastrelay, "direct_supported", lambda: False)
+    gen = forward.__wrapped__(sshd, ssh_user_key, backend)
+    fwd = next(gen)
+    try:
+        yield fwd.local_bind_port, fwd
+    finally:
+        gen.close()
