@@ -14,7 +14,8 @@ as ``autopod tunnel.start comfy.status`` pays; not part of the goal).
 With ``--tunnel`` it also measures ``autopod comfy.status --pod gpu`` through a
 real SSH tunnel (OpenSSH's sshd on loopback, an inventory host in front of the
 stand-in; the tunnel is created once, then reused by every run) against B on
-the tunnel's local port. With ``--pod P`` it measures your own pod's tunnel
+the tunnel's local port. With ``--sim`` it measures the same for a pod of the
+offline simulator (no inventory file: the usual RunPod case). With ``--pod P`` it measures your own pod's tunnel
 (start it first with ``autopod tunnel.start --pod P``). Each case also says
 whether the command imported the RunPod SDK or invoke.
 
@@ -116,11 +117,39 @@ def loopback_tunnel_case(runs: int) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def sim_pod_case(runs: int) -> dict:
+    """A pod of the offline simulator: real sshd, real tunnel daemon, no inventory (the usual case)."""
+    from autopod.sim.sshd import find_sshd
+
+    if not find_sshd():
+        raise SystemExit("--sim needs OpenSSH's sshd")
+    work = Path(tempfile.mkdtemp(prefix="autopod-bench-sim-"))
+    (work / "home" / ".ssh").mkdir(parents=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / "home" / ".ssh" / "id_ed25519")],
+                   check=True, stdin=subprocess.DEVNULL)
+    env = {**os.environ, "AUTOPOD_HOME": str(work / "autopod"), "HOME": str(work / "home"),
+           "AUTOPOD_INVENTORY": str(work / "none.yml")}
+    (work / "none.yml").write_text("")
+    for k in ("SSH_AUTH_SOCK", "RUNPOD_API_KEY", "RUNPOD_API_BASE_URL"):
+        env.pop(k, None)
+    try:
+        for step in (["sim.start", "--comfy-ready-after", "0"], ["pod.create", "--name", "bench", "--volume-id",
+                                                                 "otvpjuryez", "tunnel.start"]):
+            p = subprocess.run([*autopod_cmd(), *step], env=env, capture_output=True, text=True)
+            if p.returncode:
+                raise SystemExit(f"autopod {' '.join(step)} failed: {p.stderr.strip()}")
+        return tunnel_case("bench", env, runs, "comfy.status --pod (sim pod)")
+    finally:
+        subprocess.run([*autopod_cmd(), "sim.stop"], env=env, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--pod", help="also measure through the live tunnel of this pod")
     ap.add_argument("--tunnel", action="store_true", help="also measure through a tunnel to a loopback sshd")
+    ap.add_argument("--sim", action="store_true", help="also measure a simulated pod's tunnel (no inventory)")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON document")
     args = ap.parse_args(argv)
 
@@ -145,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.tunnel:
         results.append(loopback_tunnel_case(args.runs))
+    if args.sim:
+        results.append(sim_pod_case(args.runs))
     if args.pod:
         results.append(tunnel_case(args.pod, dict(os.environ), args.runs, f"comfy.status --pod {args.pod}"))
 
