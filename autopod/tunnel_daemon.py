@@ -296,15 +296,10 @@ class OpenSSHBackend:
         return None
 
     def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout=5)
-            self.proc = None
+        from .procs import stop_child
+
+        stop_child(self.proc)
+        self.proc = None
 
 
 def _die_with_parent() -> None:

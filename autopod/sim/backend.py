@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..procs import stop_child
 from .comfyui_standin import ComfyUIStandin
 from .sshd import LocalSSHD, find_sshd, free_port
 
@@ -136,11 +137,7 @@ def _halt(part: Any) -> None:
         return
     try:
         if isinstance(part, subprocess.Popen):
-            part.terminate()
-            try:
-                part.wait(10)
-            except subprocess.TimeoutExpired:
-                part.kill()
+            stop_child(part, timeout=10)
         else:
             part.stop()
     except Exception as e:  # one stuck part must not keep the others running

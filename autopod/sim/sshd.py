@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..procs import stop_child
+
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/opt/homebrew/sbin/sshd")
 
 
@@ -142,13 +144,5 @@ class LocalSSHD:
             return ""
 
     def _terminate(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_child(self.proc)
         self.proc = None
