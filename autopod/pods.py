@@ -509,6 +509,18 @@ def _wait_or_stop(api: Any, pod: Pod | dict[str, Any], timeout: float, sleep: Ca
                            exit_code=130) from None
 
 
+def _settle_interrupted_create(api: Any, name: str) -> str:
+    """Ctrl-C during the create request: RunPod may have made the pod anyway. Stop it, so nothing
+    bills unseen. (A pod of that name existing before would have made the create a no-op.)"""
+    try:
+        made = [p for p in api.list_pods() if p.get("name") == name and p.get("desiredStatus") != "TERMINATED"]
+    except (AutopodError, KeyboardInterrupt) as e:
+        return f"could not check whether it was created ({e or 'interrupted'}): look with `autopod pod.list`"
+    if not made:
+        return "no pod was created"
+    return "; ".join(f"pod {p['id']} was created: {_stop_after_failed_wait(api, p['id'], name)}" for p in made)
+
+
 def _stop_after_failed_wait(api: Any, pod_id: str, name: str) -> str:
     try:
         api.stop_pod(pod_id)
@@ -598,6 +610,9 @@ def ensure_pod(spec: PodSpec, api: Any, *, wait: bool = True, timeout: float | N
         progress(f"creating pod {name} on {label} ({spec.cloud_type}{', ' + datacenter if datacenter else ''})")
         try:
             created = api.create_pod(inp)
+        except KeyboardInterrupt:
+            raise AutopodError(f"interrupted while creating pod {name}; {_settle_interrupted_create(api, name)}",
+                               exit_code=130) from None
         except NoCapacity as e:
             attempts.append({"gpu": gpu["id"], "result": "no capacity", "reason": str(e)})
             progress(f"no capacity for {label}; trying the next GPU" if gpu is not plan[-1] else f"no capacity for {label}")

@@ -289,3 +289,19 @@ def test_invoke_list_in_a_checkout_does_not_import_runpod():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
     assert "pod.create" in p.stdout and "volume.list" in p.stdout, p.stderr
     assert "RUNPOD_NOT_IMPORTED" in p.stderr, p.stderr
+
+
+def test_ctrl_c_during_the_create_request_stops_what_it_made(cli, standin, monkeypatch):
+    """The request reached RunPod, then the user pressed Ctrl-C: the pod must not bill unseen."""
+    real = runpod_api.RunPodAPI.create_pod
+
+    def create_then_interrupt(self, inp):
+        real(self, inp)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runpod_api.RunPodAPI, "create_pod", create_then_interrupt)
+    r = cli("pod.create", "--name", "oops", "--json")
+    assert r.code == 130
+    assert "interrupted while creating pod oops" in r.json["msg"] and "stopped it" in r.json["msg"]
+    [pod] = standin.world.pods.values()
+    assert pod["name"] == "oops" and pod["desiredStatus"] == "EXITED"
