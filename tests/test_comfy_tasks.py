@@ -14,6 +14,7 @@ import pytest
 
 from autopod import comfy
 from autopod.sim.comfyui_standin import ComfyUIStandin
+from comfy_fixtures import refused_url  # noqa: F401  (fixture)
 
 
 def use_url(home, url: str) -> None:
@@ -198,7 +199,7 @@ def test_quick_path_takes_only_plain_status_command_lines(argv, expect):
     assert parse_comfy_status(argv) == expect
 
 
-def test_quick_path_matches_the_task_and_skips_invoke_and_runpod(run_autopod, cli, standin, refused_port_url,
+def test_quick_path_matches_the_task_and_skips_invoke_and_runpod(run_autopod, cli, standin, refused_url,
                                                                   autopod_home):
     quick = run_autopod("comfy.status", "--no-tunnel", "--json")
     task = cli("comfy.status", "--no-tunnel", "--json")
@@ -213,19 +214,12 @@ def test_quick_path_matches_the_task_and_skips_invoke_and_runpod(run_autopod, cl
     assert p.returncode == 0 and "requests" in mods
     assert "runpod" not in mods and "invoke" not in mods and "tabulate" not in mods
 
-    use_url(autopod_home, refused_port_url)
+    use_url(autopod_home, refused_url)
     down = run_autopod("comfy.status", "--no-tunnel")
     assert (down.code, down.out) == (1, "Starting…\n") and "first boot" in down.err
     bad = run_autopod("comfy.status", "--no-tunnel", "--wait", "soon", "--json")
     assert bad.code == 2 and bad.json["failed"] is True and bad.err.strip() == "error: --wait must be a number, got 'soon'"
 
-
-@pytest.fixture
-def refused_port_url():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    yield f"http://127.0.0.1:{s.getsockname()[1]}"
-    s.close()
 
 
 # -- end to end: a real OpenSSH sshd in front of the ComfyUI stand-in --------------------------------

@@ -12,31 +12,14 @@ import pytest
 from autopod.comfyui import (ComfyHTTPError, ComfyTimeout, ComfyUIClient, ComfyUnreachable, QueueItem)
 from autopod.errors import ComfyError
 from autopod.sim.comfyui_standin import DATA_DIR, ComfyUIStandin
+from comfy_fixtures import busy, refused_url, standin  # noqa: F401  (fixtures)
 
 
 def recorded(name: str):
     return json.loads((DATA_DIR / f"{name}.json").read_text())["body"]
 
 
-@pytest.fixture
-def standin():
-    with ComfyUIStandin() as s:
-        yield s
 
-
-@pytest.fixture
-def busy():
-    with ComfyUIStandin(state="busy") as s:
-        yield s
-
-
-@pytest.fixture
-def refused_url():
-    """A loopback port nobody listens on (bound, never listening, so nobody else takes it)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    yield f"http://127.0.0.1:{s.getsockname()[1]}"
-    s.close()
 
 
 @pytest.fixture

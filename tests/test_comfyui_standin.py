@@ -15,22 +15,13 @@ import pytest
 import requests
 
 from autopod.sim.comfyui_standin import DATA_DIR, ComfyUIStandin
+from comfy_fixtures import busy, standin  # noqa: F401  (fixtures)
 
 
 def recorded(name: str):
     return json.loads((DATA_DIR / f"{name}.json").read_text())
 
 
-@pytest.fixture
-def standin():
-    with ComfyUIStandin() as s:
-        yield s
-
-
-@pytest.fixture
-def busy():
-    with ComfyUIStandin(state="busy") as s:
-        yield s
 
 
 @pytest.mark.parametrize("path,name", [
