@@ -181,12 +181,39 @@ def relay(sock: socket.socket, chan: Any, chunk: int) -> None:
         sock.close()
 
 
+def half_close(chan: Any) -> None:
+    """Send SSH EOF on ``chan`` (the client stopped sending) unless the channel is closed already.
+
+    ``Channel.shutdown_write`` decides without the lock that orders outgoing messages. A client often
+    closes just as the response ends, i.e. while paramiko handles the server's CLOSE: our EOF can then
+    follow our CLOSE, and sshd drops the whole connection ("ieof packet referred to nonexistent
+    channel"), every tunnel with it. paramiko marks a channel closed before it sends CLOSE, and every
+    user message is sent holding ``clear_to_send_lock``; deciding and sending under that lock closes
+    the window. Without those internals, fall back to ``shutdown_write``.
+    """
+    t = chan.transport
+    if not all(hasattr(x, a) for x, a in ((t, "clear_to_send_lock"), (t, "clear_to_send"), (t, "_send_message"),
+                                         (chan, "_send_eof"), (chan, "lock"))):
+        chan.shutdown_write()
+        return
+    while t.is_active():
+        t.clear_to_send.wait(0.1)
+        with t.clear_to_send_lock:
+            if not t.clear_to_send.is_set():
+                continue  # a key exchange is running; user messages wait for it
+            with chan.lock:
+                m = None if chan.closed else chan._send_eof()
+            if m is not None:
+                t._send_message(m)
+            return
+
+
 def _client_to_channel(sock: socket.socket, chan: Any, chunk: int) -> None:
     try:
         while True:
             data = sock.recv(chunk)
             if not data:
-                chan.shutdown_write()
+                half_close(chan)
                 return
             chan.sendall(data)
     except Exception:  # OSError, EOFError, paramiko.SSHException: this connection is done

@@ -215,3 +215,23 @@ def forward_fallback(sshd, ssh_user_key, backend, monkeypatch):
         yield fwd.local_bind_port, fwd
     finally:
         gen.close()
+
+
+@pytest.mark.sshd
+def test_client_closing_as_the_server_closes_keeps_the_ssh_connection(forward):
+    """A client that closes right as the response ends makes the relay half-close a channel the server is
+    closing. An EOF sent after our CLOSE makes sshd drop the whole connection (every tunnel with it)."""
+    port = forward.local_bind_port
+
+    def burst(i: int) -> None:
+        for _ in range(40):
+            assert _get(port, 1000 + i) == _payload(1000 + i)
+
+    threads = [threading.Thread(target=burst, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert forward._transport.is_active(), f"sshd dropped the connection: {forward._transport.saved_exception!r}"
+    n = 1 << 20
+    assert _get(port, n) == _payload(n)
