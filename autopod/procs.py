@@ -1,8 +1,14 @@
-"""Stopping child processes we started (sshd, ssh, a real ComfyUI): politely, then for sure."""
+"""Processes autopod starts and stops: child processes, and detached daemons found again by pid.
+
+A recorded pid may belong to another process by now, so callers check its
+command line (``cmdline``) before ever signalling it.
+"""
 
 from __future__ import annotations
 
 import subprocess
+import time
+from typing import Callable
 
 
 def stop_child(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
@@ -16,3 +22,59 @@ def stop_child(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=timeout)
+
+
+def cmdline(pid: int | None) -> list[str]:
+    """The command line of a live process; [] when it is gone, a zombie, or not ours to inspect."""
+    import psutil
+
+    if not pid:
+        return []
+    try:
+        p = psutil.Process(int(pid))
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return []
+        return p.cmdline()
+    except (psutil.Error, ValueError):
+        return []
+
+
+def terminate_pid(pid: int, timeout: float = 5.0, *, on_kill: Callable[[], None] | None = None) -> None:
+    """SIGTERM a process that is not our child (a detached daemon), then SIGKILL after ``timeout``.
+
+    A zombie counts as gone: its parent, not us, reaps it.
+    """
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+
+    def gone() -> bool:
+        try:
+            return p.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    try:
+        p.terminate()
+        if not wait_for(gone, timeout, interval=0.02):
+            if on_kill:
+                on_kill()
+            p.kill()
+            wait_for(gone, timeout, interval=0.02)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, *, interval: float = 0.1,
+             sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    end = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= end:
+            return False
+        sleep(interval)

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from .errors import AutopodError, ConfigError, UsageError
 from .log import register_secret
 from .output import Outcome
 from .paths import autopod_home, log_dir
+from .procs import cmdline, terminate_pid
 from .state import StateFile
 from .ui import progress
 
@@ -37,13 +37,7 @@ def _state() -> StateFile:
 
 def _ours(pid: int) -> bool:
     """True only for a live simulator server process (never signal a recycled pid)."""
-    import psutil
-
-    try:
-        cmd = psutil.Process(pid).cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-    return SERVER_MODULE in cmd
+    return SERVER_MODULE in cmdline(pid)
 
 
 def _control(url: str, key: str, method: str = "GET", body: dict | None = None, timeout: float = 5.0) -> Any:
@@ -212,8 +206,8 @@ def stop_simulator(timeout: float = 20.0) -> Outcome:
         except Exception:
             pass
         _stop_tunnels(pod_ids)
-        os.kill(pid, signal.SIGTERM)
-        _wait_gone(pid, timeout)
+        terminate_pid(pid, timeout, on_kill=lambda: log.warning(
+            "simulator %d did not stop in %.0fs; killing it", pid, timeout))
     with _state().update() as d:
         d.clear()
     return Outcome(True, f"simulator stopped ({len(pod_ids)} simulated pods gone)")
@@ -226,15 +220,3 @@ def _stop_tunnels(pod_ids: list[str]) -> None:
 
     for pid in pod_ids:
         stop_tunnel_for(pid)
-
-
-def _wait_gone(pid: int, timeout: float) -> None:
-    import psutil
-
-    try:
-        psutil.Process(pid).wait(timeout)
-    except psutil.NoSuchProcess:
-        return
-    except psutil.TimeoutExpired:
-        log.warning("simulator %d did not stop in %.0fs; killing it", pid, timeout)
-        os.kill(pid, signal.SIGKILL)

@@ -15,18 +15,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ConfigError, TunnelError, UsageError
 from .output import Outcome
 from .paths import autopod_home, log_dir
+from .procs import cmdline, terminate_pid
 from .state import StateFile
 from .targets import SSHTarget
 from .ui import progress
@@ -126,17 +126,7 @@ def _find_entry(ref: str | None) -> dict[str, Any] | None:
 # -- processes -------------------------------------------------------------------
 def process_is_ours(pid: int | None, target_id: str) -> bool:
     """True only for a live autopod tunnel daemon for ``target_id``: a reused pid is never ours."""
-    import psutil
-
-    if not pid:
-        return False
-    try:
-        p = psutil.Process(int(pid))
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        cmd = p.cmdline()
-    except (psutil.Error, ValueError):
-        return False
+    cmd = cmdline(pid)
     return DAEMON_MODULE in cmd and target_id in cmd
 
 
@@ -146,38 +136,13 @@ def entry_process_alive(entry: dict[str, Any]) -> bool:
 
 def _child_is_ours(entry: dict[str, Any]) -> bool:
     """The OpenSSH child of a daemon: ssh with our exact -L forward."""
-    import psutil
-
-    pid = entry.get("child_pid")
-    if not pid:
-        return False
-    try:
-        p = psutil.Process(int(pid))
-        cmd = p.cmdline()
-    except (psutil.Error, ValueError):
-        return False
+    cmd = cmdline(entry.get("child_pid"))
     fwd = f"127.0.0.1:{entry.get('local_port')}:"
     return bool(cmd) and os.path.basename(cmd[0]) == "ssh" and any(a.startswith(fwd) for a in cmd)
 
 
 def _terminate(pid: int, timeout: float = 5.0) -> None:
-    import psutil
-
-    def gone() -> bool:  # a zombie (exited, not yet reaped by its parent) counts as gone
-        try:
-            return p.status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
-
-    try:
-        p = psutil.Process(pid)
-        p.send_signal(signal.SIGTERM)
-        if not wait_for(gone, timeout, interval=0.02):
-            log.warning("tunnel process %d ignored SIGTERM; killing it", pid)
-            p.kill()
-            wait_for(gone, timeout, interval=0.02)
-    except psutil.NoSuchProcess:
-        pass
+    terminate_pid(pid, timeout, on_kill=lambda: log.warning("tunnel process %d ignored SIGTERM; killing it", pid))
 
 
 def _kill_entry_processes(entry: dict[str, Any]) -> bool:
@@ -631,17 +596,6 @@ def cleanup() -> Outcome:
         return Outcome(False, "no stale tunnel entries", key="removed", data=[])
     return Outcome(True, f"removed {len(dropped)} stale tunnel entr{'y' if len(dropped) == 1 else 'ies'}: "
                          f"{', '.join(sorted(dropped))}", key="removed", data=sorted(dropped))
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, *, interval: float = 0.1,
-             sleep: Callable[[float], None] = time.sleep) -> bool:
-    end = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= end:
-            return False
-        sleep(interval)
 
 
 def start_tunnel(ref: str | None, *, local_port: int | None = None, remote_port: int | None = None,
