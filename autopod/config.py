@@ -124,6 +124,12 @@ def ssh_key_path(explicit: str | None = None) -> Path:
     )
 
 
+def configured_ssh_key(inventory: Inventory, explicit: str | None = None) -> Path:
+    """The private key for pods and hosts: ``explicit`` (a host's ``key``), else the ``ssh_key``
+    setting from the inventory defaults or config.yaml, else the ~/.ssh defaults."""
+    return ssh_key_path(explicit or resolve("ssh_key", None, inventory=inventory, config=user_config()))
+
+
 def public_key_text(private_key: Path) -> str:
     """The OpenSSH public key line for ``private_key`` (from its .pub file)."""
     pub = private_key.with_name(private_key.name + ".pub")

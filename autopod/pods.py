@@ -396,7 +396,7 @@ def pod_info(api: Any, ref: str | None) -> dict[str, Any]:
                   "mount": pod.volume_mount, "datacenter": v.get("dataCenterId") or pod.datacenter}
     info["volume"] = volume
     try:
-        key = str(_config.ssh_key_path(_settings_ssh_key()))
+        key = str(_config.configured_ssh_key(load_inventory()))
     except ConfigError:
         key = "~/.ssh/id_ed25519"
     user = _config.pod_ssh_user()
@@ -429,10 +429,6 @@ def info_view(info: dict[str, Any]) -> dict[str, Any]:
         "ssh": info["ssh"]["direct"] or "(no direct endpoint yet: the pod is not running)",
         "ssh_fallback": info["ssh"]["proxy"],
     }
-
-
-def _settings_ssh_key() -> str | None:
-    return _config.resolve("ssh_key", None, inventory=load_inventory(), config=_config.user_config())
 
 
 # --- waiting --------------------------------------------------------------------
@@ -786,7 +782,7 @@ def ssh(api: Any, ref: str | None, command: str | None = None, *, capture: bool 
         raise UsageError("--json needs --command: an interactive shell has no output to report")
     pod = resolve_pod(api, ref)
     _chain(pod.id)
-    key = _config.ssh_key_path(_settings_ssh_key())
+    key = _config.configured_ssh_key(load_inventory())
     if not shutil.which("ssh"):
         raise ConfigError("the OpenSSH client `ssh` is not installed")
     argv = ssh_command(pod, key, command)

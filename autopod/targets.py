@@ -97,11 +97,10 @@ def resolve_target(ref: str | None, *, remote_port: int | None = None, fresh: bo
 def _host_target(host: Any, inv: Any, remote_port: int | None) -> SSHTarget:
     from . import config
 
-    key = host.key or config.resolve("ssh_key", None, inventory=inv, config=config.user_config())
     rhost, rport = split_address(host.comfy_address or config.BUILTIN["comfy_address"],
                                  what=f"hosts.{host.name}.comfy_address")
     return SSHTarget(id=HOST_PREFIX + host.name, name=host.name, kind="host", host=host.host, port=int(host.port),
-                     user=host.user, key_path=config.ssh_key_path(key), remote_host=rhost,
+                     user=host.user, key_path=config.configured_ssh_key(inv, host.key), remote_host=rhost,
                      remote_port=int(remote_port) if remote_port is not None else rport)
 
 
@@ -142,7 +141,7 @@ def _pod_target(ref: str | None, inv: Any, remote_port: int | None, config: Any)
     ip, port = direct
     spec = inv.pods.get(getattr(pod, "name", "") or "") or {}
     cfg = config.user_config()
-    key = config.ssh_key_path(config.resolve("ssh_key", None, inventory=inv, pod_spec=spec, config=cfg))
+    key = config.configured_ssh_key(inv)  # ssh_key is a global setting: pod specs cannot set it
     rhost, rport = split_address(getattr(pod, "comfy_address", None)
                                  or config.resolve("comfy_address", None, inventory=inv, pod_spec=spec, config=cfg))
     return SSHTarget(id=pod.id, name=pod.name or pod.id, kind="pod", host=str(ip), port=int(port),
