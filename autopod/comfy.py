@@ -75,10 +75,10 @@ def render_status(st: ComfyStatus, *, as_json: bool) -> int:
     Kept free of invoke and tabulate so that the console script's quick path
     (``autopod.launch``) and the invoke task print the same thing.
     """
-    if as_json:
-        import json
+    from .output import dump_json
 
-        sys.stdout.write(json.dumps(st.to_dict(), indent=2) + "\n")
+    if as_json:
+        dump_json(st.to_dict())
     elif st.ready:
         print("Ready")
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .errors import Conflict, NotFound, UsageError
+from .flags import number
 from .output import Outcome
 from .runpod_api import check_datacenter, check_id
 
@@ -49,12 +50,9 @@ def ensure_volume(api: Any, name: str, size_gb: Any, datacenter: str) -> Outcome
     """Create the volume unless one of that name exists in that data center (then ``ok``)."""
     if not name:
         raise UsageError("--name is required")
-    try:
-        size = int(size_gb)
-    except (TypeError, ValueError):
-        raise UsageError(f"--size-gb must be a whole number, got {size_gb!r}") from None
-    if size < 1:
-        raise UsageError(f"--size-gb must be at least 1, got {size}")
+    size = number(size_gb, "--size-gb", int, minimum=1)
+    if size is None:
+        raise UsageError("--size-gb is required")
     check_datacenter(datacenter)
     for v in api.list_volumes():
         if v.get("name") == name and v.get("dataCenterId") == datacenter:
