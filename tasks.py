@@ -1,20 +1,59 @@
-"""Lets ``invoke pod.create ...`` work in a checkout; the installed command is ``autopod``."""
+"""Lets ``invoke pod.create ...`` work in a checkout; the installed command is ``autopod``.
 
-from invoke import Exit, ParseError, Program
+invoke's own Program runs here, so the parts of autopod's contract that belong to the
+command line (usage errors exit 2 with a JSON document under ``--json``, one JSON
+document for a chain, Ctrl-C is 130) are patched in. This file is loaded before task
+arguments are parsed, so the patches cover them. invoke's core flags that configure
+shell commands (``--dry``, ``--warn-only``, ...) would do nothing for autopod's tasks,
+so they are refused rather than silently ignored.
+"""
 
-from autopod.cli import ns  # noqa: F401  (invoke looks for `ns`)
-from autopod.errors import ExitCode
+from invoke import ParseError, Program
 
-# invoke's own Program exits 1 on a bad flag; the contract says 2 (bad input).
-# This file is loaded before task arguments are parsed, so wrapping here covers them.
+from autopod.cli import RUN_FLAGS, contract, ns  # noqa: F401  (invoke looks for `ns`)
+
 _parse_tasks = Program.parse_tasks
+_parse_cleanup = Program.parse_cleanup
+_execute = Program.execute
+_run = Program.run
 
 
-def _parse_tasks_usage_exit(self):  # type: ignore[no-untyped-def]
+def _parse_tasks_contract(self):  # type: ignore[no-untyped-def]
     try:
+        given = [f for f in RUN_FLAGS if f in self.args and self.args[f].value]
+        if given:
+            raise ParseError(f"--{given[0]} configures shell commands, which autopod's tasks never run; "
+                             "leave it out (the dry run of pod.create and pod.up is their --dry-run)")
+        problem = contract.repeated_flag(self)
+        if problem:
+            raise ParseError(problem)
         _parse_tasks(self)
     except ParseError as e:
-        raise Exit(f"error: {e}", code=ExitCode.USAGE) from None
+        contract.parse_failed(self, e)
 
 
-Program.parse_tasks = _parse_tasks_usage_exit
+def _parse_cleanup_contract(self):  # type: ignore[no-untyped-def]
+    try:
+        _parse_cleanup(self)
+    except ParseError as e:
+        contract.parse_failed(self, e)
+
+
+def _execute_contract(self):  # type: ignore[no-untyped-def]
+    contract.execute(self, lambda: _execute(self))
+
+
+def _run_contract(self, argv=None, exit=True):  # type: ignore[no-untyped-def]
+    import sys
+
+    try:
+        _run(self, argv, exit)
+    except KeyboardInterrupt:
+        if exit:
+            sys.exit(130)
+
+
+Program.parse_tasks = _parse_tasks_contract
+Program.parse_cleanup = _parse_cleanup_contract
+Program.execute = _execute_contract
+Program.run = _run_contract

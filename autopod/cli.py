@@ -1,38 +1,164 @@
 """The ``autopod`` command: the task namespace shipped as a binary, the way fabric ships ``fab``.
 
 ``tasks.py`` at the repository root re-exports ``ns`` so that ``invoke pod.list``
-works in a checkout too.
+works in a checkout too, with the same contract (see ``contract`` below, which
+both programs apply).
 """
 
 from __future__ import annotations
+
+import sys
+from typing import Any
 
 from invoke import Collection, Exit, ParseError, Program
 
 from . import __version__
 from .errors import ExitCode
 from .tasks import comfy, pod, sim, tunnel, volume
-from .tasks._base import set_debug
+from .tasks._base import set_debug, stdout_gone
 
 ns = Collection()
 for _module in (pod, volume, tunnel, comfy, sim):
     ns.add_collection(Collection.from_module(_module))
 
+# invoke's core flags that configure Context.run(): autopod tasks never run local shell commands, so
+# `--dry` or `--warn-only` would be accepted and silently ignored. The autopod program does not offer them.
+RUN_FLAGS = ("dry", "echo", "hide", "pty", "prompt-for-sudo-password", "warn-only", "command-timeout", "config")
+
+
+class contract:
+    """The parts of the task contract that belong to the command line as a whole, for any invoke Program."""
+
+    @staticmethod
+    def json_requested(argv: list[str]) -> bool:
+        return any(a == "--json" or a.startswith("--json=") for a in argv)
+
+    @staticmethod
+    def parse_failed(program: Program, e: Exception) -> None:
+        """A bad command line is a usage error (2), and ``--json`` still gets its one document."""
+        from .output import dump_json, safe_text
+
+        msg = contract.repeated_flag(program) or contract.explain(str(e))
+        if contract.json_requested(list(getattr(program, "argv", None) or [])):
+            try:
+                dump_json({"changed": False, "failed": True, "msg": msg, "exit_code": int(ExitCode.USAGE)})
+            except BrokenPipeError:
+                stdout_gone()
+        raise Exit(f"error: {safe_text(msg)}", code=ExitCode.USAGE) from None
+
+    @staticmethod
+    def explain(msg: str) -> str:
+        """invoke's parse errors in words a user of autopod's flags recognises."""
+        import re
+
+        m = re.match(r"Flag <Argument: ([^ >(]+)[^>]*> needed value and was not given one!", msg)
+        if m:
+            return f"--{m.group(1).replace('_', '-')} needs a value"
+        return msg
+
+    @staticmethod
+    def repeated_flag(program: Program) -> str | None:
+        """invoke words a repeated value flag as "No idea what '8' is!" (and takes ``--x=1 --x=2``
+        silently), and ``--json=yes`` as "No idea what 'yes' is!"; name the real problem.
+        Repeatable flags (``--gpu``) are fine."""
+        coll = getattr(program, "collection", None)
+        if coll is None:
+            return None
+        task_name, seen = None, set()
+        for tok in list(getattr(program, "argv", None) or [])[1:]:
+            if not tok.startswith("-") and tok in coll.task_names:
+                task_name, seen = tok, set()
+                continue
+            if task_name is None or not tok.startswith("--"):
+                continue
+            flag = tok[2:].split("=", 1)[0]
+            t = coll[task_name]
+            arg = next((a for a in t.get_arguments() if flag in a.names), None)
+            if arg is not None and arg.kind is bool and "=" in tok:
+                return f"--{flag} takes no value (got {tok!r}); give --{flag} alone"
+            if arg is None or arg.kind is list or arg.kind is bool:
+                continue
+            if flag in seen:
+                return f"--{flag} is given twice to {task_name}; give it once"
+            seen.add(flag)
+        return None
+
+    @staticmethod
+    def execute(program: Program, run: Any) -> None:
+        """Run the parsed tasks; a chain with ``--json`` anywhere prints one JSON document, an
+        array with each task's document in order (the failing task's document last)."""
+        from . import output
+
+        contexts = list(program.tasks or [])
+        chained_json = len(contexts) > 1 and any("json" in c.args and c.args["json"].value for c in contexts)
+        if not chained_json:
+            run()
+            return
+        for c in contexts:
+            if "json" in c.args:
+                c.args["json"].value = True
+        output.collect_json()
+        try:
+            run()
+        finally:
+            try:
+                output.flush_json()
+            except BrokenPipeError:
+                stdout_gone()
+
 
 class AutopodProgram(Program):
-    """Invoke's Program with autopod's exit codes: bad flags are usage errors (2), not failures (1)."""
+    """Invoke's Program with autopod's contract: bad flags are usage errors (2), ``--json``
+    always yields one document, Ctrl-C is 130, a closed stdout ends quietly, and the core
+    flags that only configure shell commands are gone."""
+
+    def core_args(self) -> list:
+        return [a for a in super().core_args() if not set(a.names) & set(RUN_FLAGS)]
+
+    def parse_core(self, argv: Any) -> None:
+        try:
+            super().parse_core(argv)
+        except ParseError as e:
+            contract.parse_failed(self, e)
 
     def parse_tasks(self) -> None:
         try:
+            problem = contract.repeated_flag(self)
+            if problem:
+                raise ParseError(problem)
             super().parse_tasks()
         except ParseError as e:
-            raise Exit(f"error: {e}", code=ExitCode.USAGE) from None
+            contract.parse_failed(self, e)
         set_debug(bool(self.args.debug.value))
 
     def parse_cleanup(self) -> None:
         try:
             super().parse_cleanup()
         except ParseError as e:
-            raise Exit(f"error: {e}", code=ExitCode.USAGE) from None
+            contract.parse_failed(self, e)
+
+    def update_config(self, merge: bool = True) -> None:
+        # Program.update_config maps the removed run flags and a runtime config file into the
+        # config; autopod reads neither (its settings are config.yaml and the inventory).
+        if merge:
+            self.config.merge()
+
+    def execute(self) -> None:
+        contract.execute(self, super().execute)
+
+    def run(self, argv: Any = None, exit: bool = True) -> None:
+        try:
+            super().run(argv, exit)
+        except BrokenPipeError:
+            try:
+                stdout_gone()
+            except Exit:
+                pass
+            if exit:
+                sys.exit(ExitCode.BROKEN_PIPE)
+        except KeyboardInterrupt:  # before or between tasks (a task maps its own)
+            if exit:
+                sys.exit(ExitCode.INTERRUPTED)
 
 
 def make_program() -> AutopodProgram:

@@ -5,8 +5,10 @@ than starting Python and making one HTTP request. Loading invoke and every task
 collection costs more than that request, so a plain ``comfy.status`` command
 line (only the flags ``--pod P``, ``--no-tunnel``, ``--wait S``, ``--json``) is
 answered here with the same library call, the same output and the same exit
-codes as the invoke task. Anything else, including chains, ``--help`` and core
-flags such as ``--debug``, goes to the full CLI (``autopod.cli``) unchanged.
+codes as the invoke task. Anything else, including chains, ``--help``, core
+flags such as ``--debug``, ``--flag=value`` forms, repeated flags and values that
+are empty or not UTF-8, goes to the full CLI (``autopod.cli``) unchanged, so the
+two can never disagree on an unusual command line.
 """
 
 from __future__ import annotations
@@ -23,51 +25,79 @@ def parse_comfy_status(argv: list[str]) -> dict | None:
     if not argv or argv[0] != "comfy.status":
         return None
     opts: dict = {"pod": None, "no_tunnel": False, "wait": None, "json": False}
+    seen: set[str] = set()
     rest = list(argv[1:])
     while rest:
         tok = rest.pop(0)
-        name, eq, value = tok.partition("=")
-        if name in _BOOL_FLAGS and not eq:
-            opts[_BOOL_FLAGS[name]] = True
-        elif name in _VALUE_FLAGS:
-            if not eq:
-                if not rest or rest[0].startswith("-"):
-                    return None  # let invoke word the error
-                value = rest.pop(0)
-            opts[_VALUE_FLAGS[name]] = value
+        if tok in seen:
+            return None  # a repeated flag: the full CLI says so
+        seen.add(tok)
+        if tok in _BOOL_FLAGS:
+            opts[_BOOL_FLAGS[tok]] = True
+        elif tok in _VALUE_FLAGS:
+            if not rest or not _plain_value(rest[0]):
+                return None  # let the full CLI word the error
+            opts[_VALUE_FLAGS[tok]] = rest.pop(0)
         else:
-            return None  # another task (a chain), help, or a flag we don't know
+            return None  # another task (a chain), help, --flag=value, or a flag we don't know
     return opts
+
+
+def _plain_value(value: str) -> bool:
+    """A value the fast path may take as is: non-empty, not flag-like, valid UTF-8."""
+    if not value.strip() or value.startswith("-"):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def comfy_status_quick(opts: dict) -> int:
     """Run ``comfy.status`` like the task does (see ``autopod.tasks._base`` for the error contract)."""
-    from .errors import AutopodError, ExitCode
+    from . import signals
+    from .errors import AutopodError, ExitCode, Interrupted
     from .log import setup_logging
 
     debug = bool(os.environ.get("AUTOPOD_DEBUG"))
-    setup_logging(debug=debug)
     try:
-        from .comfy import comfy_status, parse_seconds, render_status
-        from .ui import progress
+        with signals.handling():
+            setup_logging(debug=debug)
+            from .comfy import comfy_status, parse_seconds, render_status
+            from .ui import progress
 
-        st = comfy_status(opts["pod"], no_tunnel=opts["no_tunnel"], wait=parse_seconds(opts["wait"]),
-                          on_wait=progress)
-        return render_status(st, as_json=opts["json"])
+            st = comfy_status(opts["pod"], no_tunnel=opts["no_tunnel"], wait=parse_seconds(opts["wait"]),
+                              on_wait=progress)
+            return render_status(st, as_json=opts["json"])
     except AutopodError as e:
-        return _fail(str(e), int(e.exit_code), opts["json"], debug)
-    except KeyboardInterrupt:
-        return _fail("interrupted", ExitCode.INTERRUPTED, opts["json"], debug)
+        return _fail(str(e), int(e.exit_code), opts["json"], debug, e.data)
+    except KeyboardInterrupt as e:
+        sig = e if isinstance(e, Interrupted) else Interrupted()
+        return _fail(sig.what, sig.exit_code, opts["json"], debug)
+    except BrokenPipeError:
+        return _stdout_gone()
     except Exception as e:  # a bug: one line, the traceback in the log
         return _fail(f"internal error: {type(e).__name__}: {e} (see the log, or rerun with --debug)",
                      ExitCode.FAILED, opts["json"], debug)
 
 
-def _fail(msg: str, code: int, as_json: bool, debug: bool) -> int:
+def _fail(msg: str, code: int, as_json: bool, debug: bool, data: dict | None = None) -> int:
     from .output import report_failure
 
-    print(f"error: {report_failure(msg, code, as_json=as_json, debug=debug)}", file=sys.stderr)
+    try:
+        print(f"error: {report_failure(msg, code, as_json=as_json, debug=debug, data=data)}", file=sys.stderr)
+    except BrokenPipeError:
+        return _stdout_gone()
     return code
+
+
+def _stdout_gone() -> int:
+    from .errors import ExitCode
+    from .output import release_stdout
+
+    release_stdout()
+    return ExitCode.BROKEN_PIPE
 
 
 def main() -> None:

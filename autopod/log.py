@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 
+from .errors import ConfigError
 from .paths import log_dir
 
 LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -40,16 +42,34 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating log only its owner can read (0600), that never fails on odd characters."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+
+
+def private_log_handler(path: os.PathLike | str, *, max_bytes: int = LOG_MAX_BYTES,
+                        backups: int = LOG_BACKUPS) -> logging.Handler:
+    return PrivateRotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+
+
 _configured_for: tuple | None = None
 
 
 def setup_logging(*, debug: bool = False, stderr: bool = True, name: str = "autopod") -> None:
-    """Idempotent per (log folder, debug): a chained invocation runs several tasks in one process."""
+    """Idempotent per (AUTOPOD_HOME, debug): a chained invocation runs several tasks in one process.
+
+    An unusable AUTOPOD_HOME or log folder costs the log file, never the command: the
+    command itself then says what is wrong with the folder.
+    """
     global _configured_for
-    key = (str(log_dir()), debug, stderr, name)
+    key = (os.environ.get("AUTOPOD_HOME"), debug, stderr, name)
     if _configured_for == key:
         return
     _configured_for = key
+    logging.raiseExceptions = False  # a closed stderr or a full disk must not print logging tracebacks
     root = logging.getLogger("autopod")
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -58,15 +78,14 @@ def setup_logging(*, debug: bool = False, stderr: bool = True, name: str = "auto
     root.propagate = False
     redactor = RedactingFilter()
     try:
-        fh = logging.handlers.RotatingFileHandler(
-            log_dir() / "autopod.log", maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
-        )
+        fh = private_log_handler(log_dir() / "autopod.log")
         fh.setFormatter(logging.Formatter(f"%(asctime)s %(process)d {name} %(levelname)s %(name)s: %(message)s"))
         fh.setLevel(logging.DEBUG)
         fh.addFilter(redactor)
         root.addHandler(fh)
-    except OSError as e:  # an unwritable home must not stop a read-only command
-        print(f"warning: cannot write the autopod log: {e}", file=sys.stderr)
+    except (OSError, ConfigError) as e:  # an unwritable home must not stop a read-only command
+        if stderr:
+            print(f"warning: cannot write the autopod log: {e}", file=sys.stderr)
     if stderr:
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if debug else "warning: %(message)s"))

@@ -7,9 +7,19 @@ progress and warnings go to stderr (``autopod.ui``).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
+
+# C0 and C1 control characters: a pod named "a\x1b[2J" must not clear the user's screen.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_collected: list[Any] | None = None
+
+
+def safe_text(text: Any) -> str:
+    """``text`` for a terminal: control characters shown as escapes (``\\n``, ``\\x1b``)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 
 @dataclass
@@ -39,8 +49,37 @@ class Outcome:
 
 
 def dump_json(doc: Any) -> None:
+    """Print one JSON document, or keep it for the chain's single document (:func:`collect_json`)."""
+    if _collected is not None:
+        _collected.append(doc)
+        return
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
     sys.stdout.flush()
+
+
+def release_stdout() -> None:
+    """The reader of stdout went away (``autopod ... | head -1``): point stdout at /dev/null so
+    Python's final flush stays quiet; the caller exits 141, as a Unix tool killed by SIGPIPE does."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def collect_json() -> None:
+    """A chain under ``--json`` prints one document: each task's document is kept until
+    :func:`flush_json` prints them as one array, in task order."""
+    global _collected
+    _collected = []
+
+
+def flush_json() -> None:
+    global _collected
+    docs, _collected = _collected, None
+    if docs is not None:
+        dump_json(docs)
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
@@ -57,8 +96,8 @@ def _cell(v: Any) -> Any:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, (list, tuple)):
-        return ", ".join(str(x) for x in v) or None
-    return v
+        return safe_text(", ".join(str(x) for x in v)) or None
+    return safe_text(v) if isinstance(v, str) else v
 
 
 def emit_rows(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], *, as_json: bool, empty: str = "") -> None:
@@ -82,7 +121,7 @@ def emit_object(obj: dict[str, Any], *, as_json: bool, fields: Iterable[tuple[st
     print(tabulate([[h, _cell(obj.get(k))] for k, h in pairs], tablefmt="plain", missingval="-", disable_numparse=True))
 
 
-def report_failure(msg: str, code: int, *, as_json: bool, debug: bool) -> str:
+def report_failure(msg: str, code: int, *, as_json: bool, debug: bool, data: dict[str, Any] | None = None) -> str:
     """The failure half of the task contract, shared by every entry point: the traceback goes to
     the log (and stderr with --debug), ``--json`` still gets one document. Returns the redacted
     message for the caller's ``error: ...`` line."""
@@ -96,8 +135,8 @@ def report_failure(msg: str, code: int, *, as_json: bool, debug: bool) -> str:
     if debug:
         traceback.print_exc()
     if as_json:
-        dump_json({"changed": False, "failed": True, "msg": msg, "exit_code": code})
-    return msg
+        dump_json({"changed": False, "failed": True, "msg": msg, "exit_code": code, **(data or {})})
+    return safe_text(msg)
 
 
 def emit_outcome(outcome: Outcome, *, as_json: bool) -> None:
@@ -105,4 +144,4 @@ def emit_outcome(outcome: Outcome, *, as_json: bool) -> None:
     if as_json:
         dump_json(outcome.to_dict())
     else:
-        print(f"{outcome.status}: {outcome.msg}")
+        print(f"{outcome.status}: {safe_text(outcome.msg)}")

@@ -1,18 +1,48 @@
-"""Where autopod keeps its files. Everything lives under ``AUTOPOD_HOME``."""
+"""Where autopod keeps its files. Everything lives under ``AUTOPOD_HOME``, private to the user."""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
+
+from .errors import ConfigError
+
+PRIVATE_DIR = 0o700
 
 
 def autopod_home() -> Path:
-    """``$AUTOPOD_HOME`` or ``~/.autopod``, created private (0700) on first use."""
+    """``$AUTOPOD_HOME`` or ``~/.autopod``: created private (0700), tightened to 0700 when it exists.
+
+    A path that is not a folder, or one autopod cannot create, is a ConfigError (exit 2) naming it.
+    """
     home = Path(os.environ.get("AUTOPOD_HOME") or "~/.autopod").expanduser()
-    if not home.is_dir():
-        home.mkdir(parents=True, exist_ok=True)
-        home.chmod(0o700)
-    return home
+    return private_dir(home, "AUTOPOD_HOME")
+
+
+def private_dir(path: Path, what: str) -> Path:
+    """``path`` as a folder only its owner can enter (made if missing, tightened if looser)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+            path.chmod(PRIVATE_DIR)
+        except FileExistsError:  # a dangling symlink or a race with a file
+            raise ConfigError(f"{what} {path} exists but is not a folder") from None
+        except OSError as e:
+            raise ConfigError(f"cannot create {what} {path}: {e.strerror or e}") from None
+        return path
+    except OSError as e:
+        raise ConfigError(f"cannot use {what} {path}: {e.strerror or e}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{what} {path} is not a folder; point {what} elsewhere or move that file away")
+    if stat.S_IMODE(st.st_mode) & 0o077 and st.st_uid == os.getuid():
+        try:
+            path.chmod(stat.S_IMODE(st.st_mode) & ~0o077)  # others must not read keys, logs or state
+        except OSError:
+            pass  # a read-only file system: reading still works, writes will say why they fail
+    return path
 
 
 def state_path(name: str) -> Path:
@@ -20,6 +50,4 @@ def state_path(name: str) -> Path:
 
 
 def log_dir() -> Path:
-    d = autopod_home() / "logs"
-    d.mkdir(exist_ok=True)
-    return d
+    return private_dir(autopod_home() / "logs", "the log folder")

@@ -3,35 +3,44 @@
 Every change is read-modify-write under an exclusive ``filelock`` lock and lands
 through ``os.replace`` of a fsynced temporary file, so concurrent autopod
 processes (scripts, parallel shells, tunnel daemons) never lose an entry and a
-reader never sees half a file. A file that does not parse is never overwritten:
-it is copied aside and reported, and the user decides what to do with it.
+reader never sees half a file. A file that does not parse, or whose content has
+the wrong shape (each file names a ``validate`` function), is never
+overwritten: it is copied aside and reported, and the user decides what to do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from .errors import ConfigError
-from .paths import state_path
+from .errors import ConfigError, Conflict
+from .paths import autopod_home, state_path
 
 LOCK_TIMEOUT_S = 30.0
+PRIVATE = 0o600
 
 
 class StateFile:
-    """A JSON object on disk. ``read()`` for a snapshot, ``update()`` to change it."""
+    """A JSON object on disk. ``read()`` for a snapshot, ``update()`` to change it.
 
-    def __init__(self, path: Path | str, *, lock_timeout: float = LOCK_TIMEOUT_S):
+    ``validate(data)`` raises ValueError (or TypeError) when the parsed object has the
+    wrong shape; the file then counts as corrupt, like one that does not parse.
+    """
+
+    def __init__(self, path: Path | str, *, lock_timeout: float = LOCK_TIMEOUT_S,
+                 validate: Callable[[dict[str, Any]], None] | None = None):
         self.path = Path(path)
         self.lock_timeout = lock_timeout
+        self.validate = validate
         self._lock: Any = None  # a filelock.FileLock, made on first update()
 
     @classmethod
-    def named(cls, name: str) -> "StateFile":
-        return cls(state_path(name))
+    def named(cls, name: str, validate: Callable[[dict[str, Any]], None] | None = None) -> "StateFile":
+        return cls(state_path(name), validate=validate)
 
     def read(self) -> dict[str, Any]:
         # Writers replace the file atomically, so an unlocked read sees a whole version.
@@ -43,11 +52,10 @@ class StateFile:
 
         If the body raises, nothing is written.
         """
-        # Imported here: read-only commands (comfy.status on a live tunnel) never lock.
-        from filelock import FileLock, Timeout as LockTimeout
+        from filelock import Timeout as LockTimeout
 
         if self._lock is None:
-            self._lock = FileLock(str(self.path) + ".lock", timeout=self.lock_timeout)
+            self._lock = private_lock(str(self.path) + ".lock", self.lock_timeout)
         try:
             with self._lock:
                 data = self._load()
@@ -58,39 +66,48 @@ class StateFile:
                 f"state file {self.path} is locked by another autopod process "
                 f"(waited {self.lock_timeout:.0f}s); remove {self.path}.lock if no autopod runs"
             ) from None
+        except PermissionError as e:
+            raise ConfigError(f"cannot write {e.filename or self.path}: permission denied "
+                              f"(check the owner and mode of {self.path.parent})") from None
 
     def _load(self) -> dict[str, Any]:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return {}
+        except IsADirectoryError:
+            raise ConfigError(f"state file {self.path} is a folder, not a file; move it away and run again") from None
+        except PermissionError:
+            raise ConfigError(f"cannot read state file {self.path}: permission denied") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read state file {self.path}: {e.strerror or e}") from None
         if not raw.strip():
             return {}
         try:
             data = json.loads(raw)
             if not isinstance(data, dict):
                 raise ValueError("top level is not a JSON object")
-        except ValueError as e:
+            if self.validate is not None:
+                self.validate(data)
+        except (ValueError, TypeError) as e:
             backup = self._backup(raw)
-            raise ConfigError(
-                f"state file {self.path} is corrupt ({e}); a copy is kept at {backup}. "
-                f"Fix or remove {self.path} and run again"
-            ) from None
+            raise CorruptState(self.path, str(e), backup) from None
         return data
 
-    def _backup(self, raw: bytes) -> Path:
-        import hashlib
-
+    def _backup(self, raw: bytes) -> Path | None:
         # Content-addressed, so repeated runs against the same bad file keep one copy.
         digest = hashlib.sha256(raw).hexdigest()[:12]
         backup = self.path.with_name(f"{self.path.name}.corrupt-{digest}")
-        if not backup.exists():
-            backup.write_bytes(raw)
-            backup.chmod(0o600)
+        try:
+            if not backup.exists():
+                backup.write_bytes(raw)
+                backup.chmod(PRIVATE)
+        except OSError:  # a read-only home: the original stays untouched, which is what matters
+            return None
         return backup
 
     def _write(self, data: dict[str, Any]) -> None:
-        import tempfile  # (and hashlib above) imported on use: read-only commands stay quick
+        import tempfile
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
@@ -100,9 +117,76 @@ class StateFile:
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o600)
+            os.chmod(tmp, PRIVATE)
             os.replace(tmp, self.path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+    def set_aside(self) -> Path | None:
+        """Move a corrupt file out of the way (``sim.stop`` does, after saying so). Returns the backup."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        backup = self._backup(raw)
+        if backup is not None:
+            self.path.unlink()
+        return backup
+
+
+class CorruptState(ConfigError):
+    """A state file that does not parse or has the wrong shape; ``backup`` holds a copy of it."""
+
+    def __init__(self, path: Path, why: str, backup: Path | None):
+        kept = f"; a copy is kept at {backup}" if backup else ""
+        super().__init__(f"state file {path} is corrupt ({why}){kept}. Fix or remove {path} and run again")
+        self.path = path
+        self.backup = backup
+
+
+def private_lock(path: str, timeout: float) -> Any:
+    """A filelock whose lock file only the user can read (AUTOPOD_HOME is private)."""
+    from filelock import FileLock
+
+    return FileLock(path, timeout=timeout, mode=PRIVATE)
+
+
+@contextlib.contextmanager
+def exclusive(kind: str, key: str, *, timeout: float, what: str) -> Iterator[None]:
+    """Hold AUTOPOD_HOME/locks/<kind>-<hash of key>.lock: one autopod process at a time does
+    ``what`` for ``key`` (e.g. "create pod flux"), whatever the API answers meanwhile."""
+    from filelock import Timeout as LockTimeout
+
+    folder = autopod_home() / "locks"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {folder}: {e.strerror or e}") from None
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    try:
+        with private_lock(str(folder / f"{kind}-{digest}.lock"), timeout):
+            yield
+    except LockTimeout:
+        raise Conflict(f"another autopod process is still busy to {what} (waited {timeout:.0f}s); "
+                       "try again when it has finished") from None
+
+
+# -- shape checks shared by the state files ------------------------------------------------------------
+
+
+def require(cond: bool, why: str) -> None:
+    if not cond:
+        raise ValueError(why)
+
+
+def check_fields(entry: Any, where: str, types: dict[str, type | tuple[type, ...]]) -> None:
+    """``entry`` is an object whose listed fields, where present and not null, have these types."""
+    require(isinstance(entry, dict), f"{where} is not an object")
+    for key, want in types.items():
+        v = entry.get(key)
+        if v is None:
+            continue
+        ok = isinstance(v, want) and not (isinstance(v, bool) and want in (int, float, (int, float)))
+        require(ok, f"{where}.{key} has the wrong type ({type(v).__name__})")

@@ -184,7 +184,13 @@ def test_no_tunnel_never_resolves_a_target(cli, fake_tunnel, standin):
 
 @pytest.mark.parametrize("argv,expect", [
     (["comfy.status"], {"pod": None, "no_tunnel": False, "wait": None, "json": False}),
-    (["comfy.status", "--pod", "p1", "--wait=30", "--json"], {"pod": "p1", "no_tunnel": False, "wait": "30", "json": True}),
+    (["comfy.status", "--pod", "p1", "--wait", "30", "--json"], {"pod": "p1", "no_tunnel": False, "wait": "30", "json": True}),
+    (["comfy.status", "--pod", "p1", "--wait=30"], None),  # --flag=value: the full CLI parses it
+    (["comfy.status", "--wait", "5", "--wait", "8"], None),  # repeated: the full CLI refuses it
+    (["comfy.status", "--json", "--json"], None),
+    (["comfy.status", "--pod", ""], None),  # empty: the full CLI refuses it
+    (["comfy.status", "--pod", "\udcff"], None),  # not UTF-8
+    (["comfy.status", "--pod", "-x"], None),
     (["comfy.status", "--no-tunnel", "--wait", "5"], {"pod": None, "no_tunnel": True, "wait": "5", "json": False}),
     (["comfy.status", "comfy.info"], None),  # a chain: invoke runs it
     (["comfy.status", "--help"], None),

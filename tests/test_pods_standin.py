@@ -199,12 +199,17 @@ def test_list_and_info(cli, standin):
 
 def test_chained_tasks_target_the_new_pod(cli, standin):
     assert cli("pod.create", "--name", "old", "--no-wait").code == 0
-    r = cli("pod.create", "--name", "new", "--no-wait", "pod.info", "--json")
+    r = cli("pod.create", "--name", "new", "--no-wait", "pod.info")
     assert r.code == 0, r.err
-    # flags belong to the task before them: the create prints its line, pod.info its JSON
     line, _, rest = r.out.partition("\n")
     assert line.startswith("changed: created pod new")
-    assert json.loads(rest)["name"] == "new"
+    assert "new" in rest and "old" not in rest
+    # --json on any task of a chain: one document, an array with each task's document in order
+    r = cli("pod.create", "--name", "new", "--no-wait", "pod.info", "--json")
+    assert r.code == 0, r.err
+    created, info = json.loads(r.out)
+    assert created["changed"] is False and created["pod"]["name"] == "new"
+    assert info["name"] == "new"
 
 
 def test_rejected_key_exits_2(cli, standin):

@@ -72,10 +72,9 @@ def test_one_line_chain_targets_the_new_pod(sim_env):
     assert other.returncode == 0, other.stderr
     p = autopod(sim_env, "pod.create", "--name", "chained", "--volume-id", vol, "tunnel.start", "comfy.info", "--json")
     assert p.returncode == 0, p.stderr
-    lines = p.stdout.splitlines()
-    assert lines[0].startswith("changed: created pod chained")
-    assert lines[1].startswith("changed: started tunnel to chained")
-    info = json.loads("\n".join(lines[2:]))
+    created, tunnel, info = json.loads(p.stdout)  # --json in a chain: one array, a document per task
+    assert created["changed"] is True and created["msg"].startswith("created pod chained")
+    assert tunnel["changed"] is True and tunnel["msg"].startswith("started tunnel to chained")
     assert info["name"] == "chained" and info["comfyui_version"] == "0.3.64"
     assert requests.get(info["url"] + "/system_stats", timeout=10).json()["system"]["comfyui_version"] == "0.3.64"
 

@@ -1,4 +1,4 @@
-"""The decorator every autopod task uses: logging set-up and the exit-code contract.
+"""The decorator every autopod task uses: input checks, logging, signals and the exit-code contract.
 
 It lives on the task rather than only on ``autopod.cli.AutopodProgram`` so that
 ``invoke pod.create`` in a checkout (invoke's own Program) keeps the same
@@ -15,10 +15,11 @@ from typing import Any, Callable
 
 from invoke import Exit, task
 
-from .. import chain
-from ..errors import AutopodError, ExitCode
+from .. import chain, signals
+from ..errors import AutopodError, ExitCode, Interrupted, UsageError
+from ..flags import decodable
 from ..log import setup_logging
-from ..output import report_failure
+from ..output import release_stdout, report_failure
 
 log = logging.getLogger("autopod.cli")
 _debug_flag = False
@@ -33,32 +34,57 @@ def debug_enabled() -> bool:
     return _debug_flag or bool(os.environ.get("AUTOPOD_DEBUG")) or "--debug" in sys.argv
 
 
+def flag_name(param: str) -> str:
+    return "--" + param.replace("_", "-")
+
+
+def check_values(kw: dict[str, Any]) -> None:
+    """Refuse values that were given but say nothing: ``--pod "$UNSET"`` must never mean "the only pod".
+
+    Every string flag (and every item of a repeatable one) must be non-empty UTF-8.
+    """
+    for param, value in kw.items():
+        for v in value if isinstance(value, list) else [value]:
+            if not isinstance(v, str):
+                continue
+            if not v.strip():
+                raise UsageError(f"{flag_name(param)} was given an empty value; leave the flag out to use the default")
+            decodable(v, flag_name(param))
+
+
 def command(*args: Any, **kwargs: Any) -> Callable:
     """``@command(help={...}, iterable=[...])``: an invoke task with autopod's error contract.
 
     AutopodError becomes a one-line ``error: ...`` on stderr and its exit code;
     with ``--json`` a failure also prints one JSON document, so scripts always
     get exactly one. Tracebacks only with ``--debug`` (always in the log).
+    SIGTERM and SIGHUP are handled like Ctrl-C (exit 128 + the signal).
     """
 
     def deco(fn: Callable) -> Any:
         @functools.wraps(fn)
         def wrapper(c: Any, *a: Any, **kw: Any) -> Any:
             debug = debug_enabled()
-            setup_logging(debug=debug)
-            chain.begin(c.config)
-            log.debug("task %s %s", fn.__name__, {k: v for k, v in kw.items() if k != "env"})
+            as_json = bool(kw.get("json"))
             try:
-                return fn(c, *a, **kw)
+                with signals.handling():
+                    setup_logging(debug=debug)
+                    chain.begin(c.config)
+                    log.debug("task %s %s", fn.__name__, {k: v for k, v in kw.items() if k != "env"})
+                    check_values(kw)
+                    return fn(c, *a, **kw)
             except AutopodError as e:
-                _fail(str(e), int(e.exit_code), kw.get("json"), debug)
-            except KeyboardInterrupt:
-                _fail("interrupted", ExitCode.INTERRUPTED, kw.get("json"), debug)
+                _fail(str(e), int(e.exit_code), as_json, debug, e.data)
+            except KeyboardInterrupt as e:
+                sig = e if isinstance(e, Interrupted) else Interrupted()
+                _fail(sig.what, sig.exit_code, as_json, debug)
+            except BrokenPipeError:
+                stdout_gone()
             except Exit:
                 raise
             except Exception as e:  # a bug: say so in one line, keep the traceback in the log
                 _fail(f"internal error: {type(e).__name__}: {e} (see the log, or rerun with --debug)",
-                      ExitCode.FAILED, kw.get("json"), debug)
+                      ExitCode.FAILED, as_json, debug)
 
         kwargs.setdefault("auto_shortflags", False)
         return task(wrapper, **kwargs)
@@ -68,9 +94,18 @@ def command(*args: Any, **kwargs: Any) -> Callable:
     return deco
 
 
-def _fail(msg: str, code: int, as_json: Any, debug: bool) -> None:
-    msg = report_failure(msg, code, as_json=bool(as_json), debug=debug)
+def _fail(msg: str, code: int, as_json: bool, debug: bool, data: dict | None = None) -> None:
+    try:
+        msg = report_failure(msg, code, as_json=as_json, debug=debug, data=data)
+    except BrokenPipeError:
+        stdout_gone()
     raise Exit(f"error: {msg}", code=code)
+
+
+def stdout_gone() -> None:
+    """The reader of stdout went away (``autopod ... | head -1``): exit quietly, as a Unix tool does."""
+    release_stdout()
+    raise Exit(code=ExitCode.BROKEN_PIPE)
 
 
 def exit_quietly(code: int) -> None:

@@ -1,0 +1,66 @@
+"""SIGTERM and SIGHUP mean what Ctrl-C means, and cleanup that protects money is not cut short.
+
+``timeout``, CI cancellation and ``kill`` send SIGTERM; a closed terminal sends
+SIGHUP. Inside :func:`handling` all three raise :class:`~autopod.errors.Interrupted`
+(a KeyboardInterrupt), so every path written for Ctrl-C (stop the pod that was
+being created or waited for, say which) runs for them too. Inside
+:func:`shielded` a further signal is held back until the cleanup has finished:
+a second Ctrl-C must not leave a pod billing half way through stopping it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from typing import Any, Iterator
+
+from .errors import Interrupted
+
+SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None)
+
+_shield_depth = 0
+_held: list[int] = []
+
+
+def _handler(signum: int, _frame: Any) -> None:
+    if _shield_depth:
+        _held.append(signum)
+        with contextlib.suppress(OSError):  # os.write: safe inside a signal handler, unlike print
+            os.write(2, b"autopod: still cleaning up so nothing keeps billing; this takes a few seconds\n")
+        return
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def handling() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP raise Interrupted while inside (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, _handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            with contextlib.suppress(TypeError, ValueError):
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Signals that arrive inside are held, not raised, until the block ends."""
+    global _shield_depth
+    _shield_depth += 1
+    try:
+        yield
+    finally:
+        _shield_depth -= 1
+
+
+def held() -> list[int]:
+    """Signals that arrived while shielded (the exit code names the first)."""
+    return list(_held)
