@@ -310,6 +310,22 @@ def state_entries() -> dict[str, Any]:
     return _state().read()
 
 
+def known_refs() -> set[str]:
+    """Ids and names of every pod autopod has seen, gone ones included (``pods.json``).
+
+    Lets a command tell "that pod is gone" from "there never was such a pod" (a typo)
+    without asking the API. Empty when the file cannot be read: the caller then treats
+    every name as unknown, which errs on the side of refusing.
+    """
+    try:
+        entries = state_entries()
+    except ConfigError:
+        return set()
+    refs = set(entries)
+    refs.update(str(e["name"]) for e in entries.values() if isinstance(e, dict) and e.get("name"))
+    return refs
+
+
 def _remember(pod_id: str, **fields: Any) -> None:
     with _state().update() as data:
         entry = data.setdefault(pod_id, {})
