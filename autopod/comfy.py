@@ -66,7 +66,7 @@ def parse_seconds(value: Any, flag: str = "--wait") -> float:
     """A seconds flag as typed; not given is 0."""
     from .flags import number
 
-    return number(value, flag, float) or 0.0
+    return number(value, flag, float, minimum=0, maximum=7 * 86400) or 0.0
 
 
 def render_status(st: ComfyStatus, *, as_json: bool) -> int:

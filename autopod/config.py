@@ -19,7 +19,7 @@ from .errors import AuthError, ConfigError
 from .inventory import DEFAULT_KEYS, Inventory, load_yaml_mapping
 from .log import register_secret
 from .paths import autopod_home
-from .state import StateFile
+from .state import CorruptState, StateFile, check_fields
 
 BUILTIN: dict[str, Any] = {
     "image": "runpod/comfyui:latest",
@@ -98,12 +98,21 @@ def _runpod_config_key() -> str | None:
     return (data.get("default") or {}).get("api_key") or data.get("apiKey")
 
 
+def validate_sim_state(data: dict[str, Any]) -> None:
+    check_fields(data, "the simulator record", {"base_url": str, "api_key": str, "pid": int, "ssh_user": str,
+                                                "started_at": (int, float), "root": str})
+
+
+def sim_state() -> StateFile:
+    return StateFile(autopod_home() / SIM_STATE, validate=validate_sim_state)
+
+
 def active_simulator() -> dict[str, Any] | None:
     """The simulator's endpoint while `sim.start` is in force, else None."""
-    path = autopod_home() / SIM_STATE
-    if not path.exists():
-        return None
-    data = StateFile(path).read()
+    try:
+        data = sim_state().read()
+    except CorruptState as e:
+        raise ConfigError(f"{e} (`autopod sim.stop` stops the simulator and sets the file aside)") from None
     return data if data.get("base_url") and data.get("api_key") else None
 
 

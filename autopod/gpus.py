@@ -61,6 +61,25 @@ def plan_gpu_order(requested: Iterable[str], gpu_types: Sequence[dict[str, Any]]
     return plan
 
 
+def check_gpu_count(count: int, plan: Sequence[dict[str, Any]]) -> None:
+    """Each planned GPU type must take ``count`` GPUs in one pod (RunPod's ``maxGpuCount``)."""
+    for g in plan:
+        most = g.get("maxGpuCount")
+        if isinstance(most, int) and count > most:
+            raise UsageError(f"--gpu-count {count} is more than {g.get('displayName') or g['id']} offers in one pod "
+                             f"(at most {most})")
+
+
+def check_known_datacenter(dc: str, datacenters: Sequence[dict[str, Any]]) -> str:
+    """``dc`` must be one of the account's data centers (``dataCenters``); a typo is exit 2, not "no GPU"."""
+    known = sorted(str(d.get("id")) for d in datacenters if d.get("id"))
+    if known and dc not in known:
+        close = difflib.get_close_matches(dc, known, n=3, cutoff=0.5)
+        hint = f"closest: {', '.join(close)}" if close else f"known: {', '.join(known)}"
+        raise UsageError(f"unknown data center {dc!r}; {hint}")
+    return dc
+
+
 def stock_by_gpu(datacenters: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """gpu id -> {"best": "High"|..., "datacenters": {dc: stock}} from ``dataCenters.gpuAvailability``."""
     out: dict[str, dict[str, Any]] = {}

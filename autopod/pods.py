@@ -9,6 +9,7 @@ listing drops pods gone from the account and adopts pods created elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import re
@@ -17,18 +18,19 @@ import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from . import chain
+from . import chain, signals
 from . import config as _config
-from .errors import AutopodError, ConfigError, NoCapacity, NotFound, RemoteError, Timeout, UsageError
+from .errors import AutopodError, ConfigError, Interrupted, NoCapacity, NotFound, RemoteError, Timeout, UsageError
 from .flags import number
-from .gpus import plan_gpu_order
+from .flags import text as flags_text
+from .gpus import check_gpu_count, check_known_datacenter, plan_gpu_order
 from .inventory import Inventory, load_inventory
 from .output import Outcome
 from .paths import autopod_home
-from .runpod_api import check_cloud_type, check_datacenter, check_id
-from .state import StateFile
+from .runpod_api import ENV_KEY_RE, check_cloud_type, check_datacenter, check_id, pod_create_mutation
+from .state import StateFile, check_fields, exclusive
 from .ui import progress, warn
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ STATE = "pods.json"
 POLL_INTERVAL = 5.0  # seconds between status reads once a wait is under way (RunPod rate-limits)
 GONE_GRACE_S = 60.0  # a new pod may read as missing for a moment right after create
 KEEP_UNLISTED_S = 120.0  # a just-created pod may not be listed yet; keep its state entry
-PORT_RE = re.compile(r"^\d{1,5}/(http|tcp|udp)$")
+PORT_RE = re.compile(r"^(\d{1,5})/(http|tcp)$")
 ADDRESS_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
 # --- the pod record -------------------------------------------------------------
@@ -176,34 +178,70 @@ class PodSpec:
         return d
 
 
+# RunPod's limits, checked before anything is sent, so a typo is exit 2 rather than a failed request.
+MAX_GPU_COUNT = 16  # the API's own per-GPU maxGpuCount (8 for most types) is checked against the plan
+MAX_DISK_GB = 4000
+MAX_TIMEOUT_S = 7 * 86400
+MAX_NAME = 128
+IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+MOUNT_RE = re.compile(r"^/[A-Za-z0-9._/-]{0,254}$")
+
+
 def parse_env(items: Sequence[str] | dict[str, Any] | None) -> dict[str, str]:
     if not items:
         return {}
     if isinstance(items, dict):
-        return {str(k): "" if v is None else str(v) for k, v in items.items()}
-    out = {}
-    for item in items:
-        key, sep, value = str(item).partition("=")
-        if not sep or not key:
-            raise UsageError(f"--env expects KEY=VALUE, got {item!r}")
-        out[key] = value
+        pairs = [(str(k), "" if v is None else str(v)) for k, v in items.items()]
+    else:
+        pairs = []
+        for item in items:
+            key, sep, value = str(item).partition("=")
+            if not sep or not key:
+                raise UsageError(f"--env expects KEY=VALUE, got {item!r}")
+            pairs.append((key, value))
+    for key, _ in pairs:
+        if not ENV_KEY_RE.match(key):
+            raise UsageError(f"invalid environment variable name {key!r} in --env: "
+                             "letters, digits and '_', not starting with a digit")
+    return dict(pairs)
+
+
+def parse_ports(ports: Sequence[Any]) -> list[str]:
+    """``8188/http`` and ``22/tcp`` (RunPod exposes HTTP and TCP ports), each port 1-65535, no repeats."""
+    out: list[str] = []
+    for raw in ports:
+        p = str(raw).strip()
+        m = PORT_RE.match(p)
+        if not m or not 1 <= int(m.group(1)) <= 65535:
+            raise UsageError(f"invalid --port {p!r}: expected PORT/http or PORT/tcp with PORT 1-65535, e.g. 8188/http")
+        if p not in out:
+            out.append(p)
     return out
 
 
-def _as_int(value: Any, what: str, *, minimum: int = 1) -> int:
-    n = number(value, what, int, minimum=minimum)
-    if n is None:
-        raise UsageError(f"{what} must be a whole number, got {value!r}")
-    return n
+def check_name(name: Any, flag: str = "--name") -> str:
+    return flags_text(name, flag, max_len=MAX_NAME)
+
+
+def check_address(address: Any) -> str:
+    """``HOST:PORT`` where ComfyUI listens inside the pod."""
+    a = str(address)
+    if not ADDRESS_RE.match(a) or not 1 <= int(a.rpartition(":")[2]) <= 65535:
+        raise UsageError(f"invalid --comfy-address {a!r}: expected HOST:PORT with PORT 1-65535, e.g. 127.0.0.1:8188")
+    return a
 
 
 def resolve_spec(flags: dict[str, Any], inventory: Inventory | None = None, config: dict[str, Any] | None = None) -> PodSpec:
     """Merge one pod's settings: flag, then the inventory pod spec named by ``--name``, then
     inventory defaults, then AUTOPOD_HOME/config.yaml, then built-in defaults. ``env`` maps
-    are merged key by key in the same order. Raises UsageError on bad values."""
+    are merged key by key in the same order.
+
+    Every value is checked here, against the limits RunPod enforces, so a dry run
+    refuses exactly what the real run would refuse (UsageError, exit 2).
+    """
     inventory = inventory or Inventory()
     config = config or {}
-    name = flags.get("name") or None
+    name = check_name(flags["name"]) if flags.get("name") is not None else None
     pod_spec = inventory.pods.get(name, {}) if name else {}
 
     def r(key: str) -> Any:
@@ -215,14 +253,13 @@ def resolve_spec(flags: dict[str, Any], inventory: Inventory | None = None, conf
     image = r("image")
     if template_id and not any(layer.get("image") for layer in (flags, pod_spec, inventory.defaults, config)):
         image = None  # the template brings its own image; the built-in default must not override it
+    if image is not None:
+        flags_text(image, "--image", max_len=255, pattern=IMAGE_RE, expected="an image reference like runpod/comfyui:latest")
 
     gpus = r("gpus")
     if isinstance(gpus, str):
         gpus = [gpus]
-    ports = [str(p).strip() for p in (r("ports") or [])]
-    for p in ports:
-        if not PORT_RE.match(p):
-            raise UsageError(f"invalid port {p!r}: expected PORT/http or PORT/tcp, e.g. 8188/http")
+    ports = parse_ports(r("ports") or [])
     if "22/tcp" not in ports:
         ports.append("22/tcp")  # direct SSH: scp, port forwarding and the tunnel all need it
 
@@ -232,26 +269,25 @@ def resolve_spec(flags: dict[str, Any], inventory: Inventory | None = None, conf
         env.update(parse_env(layer))
     env.update(parse_env(flags.get("env")))
 
-    comfy_address = str(r("comfy_address"))
-    if not ADDRESS_RE.match(comfy_address):
-        raise UsageError(f"invalid comfy_address {comfy_address!r}: expected HOST:PORT, e.g. 127.0.0.1:8188")
     datacenter = r("datacenter")
     volume_id = r("volume_id")
+    volume_mount = flags_text(r("volume_mount"), "--volume-mount", max_len=255, pattern=MOUNT_RE,
+                              expected="an absolute path like /workspace")
     return PodSpec(
         name=name,
-        gpus=[str(g) for g in gpus or []],
-        gpu_count=_as_int(r("gpu_count"), "--gpu-count"),
+        gpus=[flags_text(g, "--gpu") for g in gpus or []],
+        gpu_count=number(r("gpu_count"), "--gpu-count", int, minimum=1, maximum=MAX_GPU_COUNT),
         cloud_type=check_cloud_type(r("cloud_type")),
-        datacenter=check_datacenter(datacenter) if datacenter else None,
+        datacenter=check_datacenter(datacenter) if datacenter is not None else None,
         image=image,
-        template_id=template_id,
-        disk_gb=_as_int(r("disk_gb"), "--disk-gb"),
-        volume_id=check_id(volume_id, "volume id") if volume_id else None,
-        volume_mount=str(r("volume_mount")),
+        template_id=check_id(template_id, "template id") if template_id is not None else None,
+        disk_gb=number(r("disk_gb"), "--disk-gb", int, minimum=1, maximum=MAX_DISK_GB),
+        volume_id=check_id(volume_id, "volume id") if volume_id is not None else None,
+        volume_mount=volume_mount,
         ports=ports,
         env=env,
-        comfy_address=comfy_address,
-        timeout=_as_int(r("timeout"), "--timeout"),
+        comfy_address=check_address(r("comfy_address")),
+        timeout=number(r("timeout"), "--timeout", int, minimum=1, maximum=MAX_TIMEOUT_S),
         ssh_key=r("ssh_key"),
     )
 
@@ -300,14 +336,48 @@ def build_create_input(spec: PodSpec, name: str, gpu: dict[str, Any], datacenter
 
 
 # --- state ----------------------------------------------------------------------
+#
+# pods.json is a cache of what autopod knows about pods (names, the spec each was
+# created from, when it was seen last). The API stays the source of truth, so a
+# damaged pods.json never stops a pod from being stopped or killed: lifecycle
+# commands warn about it and carry on without it (it is never overwritten).
+# Pods that left the account stay as tombstones for a while, so that killing a
+# pod twice is "already gone" while a misspelt name is an error.
+
+TOMBSTONE_S = 7 * 86400
+_ENTRY_TYPES: dict[str, Any] = {"name": str, "created_at": (int, float), "adopted_at": (int, float),
+                                "gone_at": (int, float), "comfy_address": str, "spec": dict}
+
+
+def _validate(data: dict[str, Any]) -> None:
+    for pod_id, entry in data.items():
+        check_fields(entry, f"pod {pod_id!r}", _ENTRY_TYPES)
 
 
 def _state() -> StateFile:
-    return StateFile.named(STATE)
+    return StateFile.named(STATE, validate=_validate)
 
 
 def state_entries() -> dict[str, Any]:
+    """Every entry, tombstones included (they carry ``gone_at``)."""
     return _state().read()
+
+
+def _entries_or_warn() -> dict[str, Any]:
+    try:
+        return state_entries()
+    except ConfigError as e:
+        _warn_bookkeeping(e)
+        return {}
+
+
+_warned: set[str] = set()
+
+
+def _warn_bookkeeping(e: Exception) -> None:
+    if str(e) not in _warned:
+        _warned.add(str(e))
+        warn(f"{e}; carrying on without autopod's pod records")
 
 
 def known_refs() -> set[str]:
@@ -322,14 +392,28 @@ def known_refs() -> set[str]:
     except ConfigError:
         return set()
     refs = set(entries)
-    refs.update(str(e["name"]) for e in entries.values() if isinstance(e, dict) and e.get("name"))
+    refs.update(str(e["name"]) for e in entries.values() if e.get("name"))
     return refs
 
 
 def _remember(pod_id: str, **fields: Any) -> None:
-    with _state().update() as data:
-        entry = data.setdefault(pod_id, {})
-        entry.update({k: v for k, v in fields.items() if v is not None})
+    """Record what autopod knows of a pod. Best effort: the pod exists whether or not this is written."""
+    try:
+        with _state().update() as data:
+            entry = data.setdefault(pod_id, {})
+            entry.pop("gone_at", None)
+            entry.update({k: v for k, v in fields.items() if v is not None})
+    except ConfigError as e:
+        _warn_bookkeeping(e)
+
+
+def _mark_gone(pod_id: str) -> None:
+    try:
+        with _state().update() as data:
+            if pod_id in data:
+                data[pod_id]["gone_at"] = time.time()
+    except ConfigError as e:
+        _warn_bookkeeping(e)
 
 
 def _chain(pod_id: str) -> None:
@@ -338,18 +422,31 @@ def _chain(pod_id: str) -> None:
 
 
 def _sync_state(raw: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bring pods.json in line with a listing: adopt pods made elsewhere, mark vanished ones gone,
+    forget tombstones after a week. Returns the live entries."""
     now = time.time()
-    with _state().update() as data:
-        listed = {p["id"] for p in raw}
-        for pid in list(data):
-            if pid not in listed and now - float(data[pid].get("created_at") or 0) > KEEP_UNLISTED_S:
-                del data[pid]
-        for p in raw:
-            entry = data.setdefault(p["id"], {})
-            if not entry:
-                entry["adopted_at"] = now  # created elsewhere (web console, another machine)
-            entry["name"] = p.get("name") or entry.get("name")
-        return {k: dict(v) for k, v in data.items()}
+    try:
+        with _state().update() as data:
+            listed = {p["id"] for p in raw}
+            for pid in list(data):
+                e = data[pid]
+                if pid in listed:
+                    continue
+                if e.get("gone_at"):
+                    if now - float(e["gone_at"]) > TOMBSTONE_S:
+                        del data[pid]
+                elif now - float(e.get("created_at") or 0) > KEEP_UNLISTED_S:
+                    e["gone_at"] = now
+            for p in raw:
+                entry = data.setdefault(p["id"], {})
+                if not entry:
+                    entry["adopted_at"] = now  # created elsewhere (web console, another machine)
+                entry.pop("gone_at", None)
+                entry["name"] = p.get("name") or entry.get("name")
+            return {k: dict(v) for k, v in data.items() if k in listed}
+    except ConfigError as e:
+        _warn_bookkeeping(e)
+        return {}
 
 
 # --- reading --------------------------------------------------------------------
@@ -364,7 +461,7 @@ def list_pods(api: Any) -> list[Pod]:
 
 def get_pod(api: Any, pod_id: str) -> Pod | None:
     raw = api.get_pod(pod_id)
-    return Pod.from_api(raw, state_entries().get(pod_id)) if raw else None
+    return Pod.from_api(raw, _entries_or_warn().get(pod_id)) if raw else None
 
 
 def _candidates(pods: Sequence[Pod]) -> str:
@@ -374,11 +471,14 @@ def _candidates(pods: Sequence[Pod]) -> str:
 def resolve_pod(api: Any, ref: str | None, pods: list[Pod] | None = None) -> Pod:
     """The pod ``--pod`` names: an id or a name. Without one: the pod created or started
     earlier on this command line, else the only pod on the account, else exit 2 with the
-    candidates."""
+    candidates. After a dry-run step on the same command line there is no implicit pod."""
+    if ref is None and chain.planned():
+        raise UsageError(f"an earlier task on this command line only pretended to act ({chain.planned()}); "
+                         "name the pod with --pod")
     if pods is None:
         pods = list_pods(api)
     live = [p for p in pods if p.alive]
-    if ref:
+    if ref is not None:
         for p in pods:
             if p.id == ref:
                 return p
@@ -477,14 +577,14 @@ def wait_ready(api: Any, pod_id: str, *, timeout: float, poll_interval: float | 
         pod = get_pod(api, pod_id)
         if pod is None:
             if clock() - start > GONE_GRACE_S:
-                raise NotFound(f"pod {label} no longer exists")
+                raise PodNotRunning(f"pod {label} no longer exists")
             state = "not visible yet"
         else:
             label = f"{pod.name} ({pod.id})"
             if pod.status == "TERMINATED":
-                raise RemoteError(f"pod {label} was terminated")
+                raise PodNotRunning(f"pod {label} was terminated")
             if pod.status == "EXITED":
-                raise AutopodError(f"pod {label} is stopped; start it with `autopod pod.start --pod {pod.name}`")
+                raise PodNotRunning(f"pod {label} is stopped; start it with `autopod pod.start --pod {pod.name}`")
             if pod.status == "RUNNING" and pod.ssh_direct and connect(*pod.ssh_direct):
                 progress(f"pod {label} is ready: ssh {pod.ssh_direct[0]} port {pod.ssh_direct[1]}")
                 return pod
@@ -505,43 +605,8 @@ def wait_ready(api: Any, pod_id: str, *, timeout: float, poll_interval: float | 
         n += 1
 
 
-def _wait_or_stop(api: Any, pod: Pod | dict[str, Any], timeout: float, sleep: Callable[[float], None],
-                  connect: Callable[[str, int], bool] | None) -> Pod:
-    """Wait for readiness; on timeout or Ctrl-C stop the pod so it does not keep billing."""
-    pod_id = pod.id if isinstance(pod, Pod) else pod["id"]
-    name = pod.name if isinstance(pod, Pod) else pod.get("name") or pod_id
-    label = f"{name} ({pod_id})"
-    kw = {"connect": connect} if connect else {}
-    try:
-        return wait_ready(api, pod_id, timeout=timeout, sleep=sleep, label=label, **kw)
-    except Timeout as e:
-        raise Timeout(f"{e}; {_stop_after_failed_wait(api, pod_id, name)}") from None
-    except KeyboardInterrupt:
-        raise AutopodError(f"interrupted while waiting for pod {label}; {_stop_after_failed_wait(api, pod_id, name)}",
-                           exit_code=130) from None
-
-
-def _settle_interrupted_create(api: Any, name: str) -> str:
-    """Ctrl-C during the create request: RunPod may have made the pod anyway. Stop it, so nothing
-    bills unseen. (A pod of that name existing before would have made the create a no-op.)"""
-    try:
-        made = [p for p in api.list_pods() if p.get("name") == name and p.get("desiredStatus") != "TERMINATED"]
-    except (AutopodError, KeyboardInterrupt) as e:
-        return f"could not check whether it was created ({e or 'interrupted'}): look with `autopod pod.list`"
-    if not made:
-        return "no pod was created"
-    return "; ".join(f"pod {p['id']} was created: {_stop_after_failed_wait(api, p['id'], name)}" for p in made)
-
-
-def _stop_after_failed_wait(api: Any, pod_id: str, name: str) -> str:
-    try:
-        api.stop_pod(pod_id)
-    except AutopodError as e:
-        return (f"stopping it failed too ({e}): it may still be billing, stop it with "
-                f"`autopod pod.stop --pod {pod_id}`")
-    _stop_tunnel(pod_id)
-    return (f"stopped it so it does not keep billing (start it again with `autopod pod.start --pod {name}`, "
-            f"or remove it with `autopod pod.kill --pod {name}`)")
+class PodNotRunning(RemoteError):
+    """The pod a wait was for stopped, was terminated or vanished: it does not bill, so nothing is stopped."""
 
 
 def wait(api: Any, ref: str | None, timeout: float | None = None) -> Pod:
@@ -550,10 +615,100 @@ def wait(api: Any, ref: str | None, timeout: float | None = None) -> Pod:
     return wait_ready(api, pod.id, timeout=float(timeout or _config.BUILTIN["timeout"]), label=f"{pod.name} ({pod.id})")
 
 
+# --- pods that bill before their user has them ------------------------------------
+#
+# From the request that makes a pod bill (create, resume) until the task hands the
+# pod to its user, any interruption (Ctrl-C, SIGTERM, SIGHUP) or failure stops the
+# pod, shielded from further signals, and the error names the pod and its state.
+
+
+@dataclass
+class _Billing:
+    """A pod this command made bill and has not handed over yet."""
+
+    pod_id: str
+    name: str
+    doing: str  # "creating pod x", "starting pod x": for the message
+
+
+def _stop_unhanded(api: Any, pod_id: str, name: str) -> tuple[str, str]:
+    """Stop a pod that was not handed over. Returns (what happened, the pod's status now)."""
+    with signals.shielded():
+        try:
+            api.stop_pod(pod_id)
+        except Exception as e:  # never let a failed stop hide the pod from the user
+            return (f"stopping it failed too ({e}): it may still be billing, stop it with "
+                    f"`autopod pod.stop --pod {pod_id}`", "unknown")
+        _stop_tunnel(pod_id)
+    return (f"stopped it so it does not keep billing (start it again with `autopod pod.start --pod {pod_id}`, "
+            f"or remove it with `autopod pod.kill --pod {pod_id} --yes`)", "EXITED")
+
+
+def _stopped_after(api: Any, b: _Billing, exc: BaseException) -> BaseException:
+    """The error to raise once ``exc`` cut short a pod's hand-over: the pod stopped, its id and state named."""
+    if isinstance(exc, PodNotRunning):
+        return exc
+    note, status = _stop_unhanded(api, b.pod_id, b.name)
+    data = {"pod": {"id": b.pod_id, "name": b.name, "status": status}}
+    label = f"pod {b.name} ({b.pod_id})"
+    if isinstance(exc, KeyboardInterrupt):
+        sig = exc if isinstance(exc, Interrupted) else Interrupted()
+        return AutopodError(f"{sig.what} while {b.doing}; {label} {note}", exit_code=sig.exit_code, data=data)
+    if isinstance(exc, AutopodError):
+        return type(exc)(f"{exc}; {label}: {note}", exit_code=exc.exit_code, data=data)
+    return AutopodError(f"internal error while {b.doing}: {type(exc).__name__}: {exc}; {label}: {note}", data=data)
+
+
+@contextlib.contextmanager
+def _until_handed_over(api: Any) -> Iterator[list[_Billing]]:
+    """Code inside appends a ``_Billing`` the moment a pod starts to bill; if the block then fails
+    or is interrupted, that pod is stopped before the error propagates."""
+    billing: list[_Billing] = []
+    try:
+        yield billing
+    except BaseException as e:
+        if not billing:
+            raise
+        raise _stopped_after(api, billing[0], e) from None
+
+
+def _settle_interrupted_create(api: Any, name: str) -> tuple[str, list[dict[str, Any]]]:
+    """The create request was interrupted: RunPod may have made the pod anyway. Stop what it made, so
+    nothing bills unseen. (A pod of that name existing before would have made the create a no-op.)"""
+    with signals.shielded():
+        try:
+            made = [p for p in api.list_pods() if p.get("name") == name and p.get("desiredStatus") != "TERMINATED"]
+        except Exception as e:
+            return (f"could not check whether pod {name} was created ({e}): look with `autopod pod.list` and "
+                    f"stop it with `autopod pod.stop --pod {name}`", [{"name": name, "status": "unknown"}])
+        if not made:
+            return "no pod was created", []
+        notes, refs = [], []
+        for p in made:
+            note, status = _stop_unhanded(api, p["id"], name)
+            notes.append(f"pod {name} ({p['id']}) was created: {note}")
+            refs.append({"id": p["id"], "name": name, "status": status})
+        return "; ".join(notes), refs
+
+
 # --- mutations ------------------------------------------------------------------
+
+CREATE_LOCK_TIMEOUT_S = 300.0
+GENERATED_NAME_RE = re.compile(r"^autopod-\d{4}-\d{2}-\d{2}-\d{3,}$")
+
+
+def _create_lock(name: str | None) -> Any:
+    """One create per pod name at a time, across processes, from the listing through the create
+    answer: whatever RunPod's listing shows meanwhile, a second process sees the first one's pod.
+    Generated names share one lock, so parallel unnamed creates each get their own number."""
+    key = "generated" if name is None or GENERATED_NAME_RE.match(name) else f"name:{name}"
+    return exclusive("pod-create", key, timeout=CREATE_LOCK_TIMEOUT_S,
+                     what=f"create pod {name}" if name else "create a pod")
 
 
 def _volume_and_datacenter(api: Any, spec: PodSpec) -> tuple[dict[str, Any] | None, str | None]:
+    if spec.datacenter:
+        check_known_datacenter(spec.datacenter, api.gpu_stock())
     if not spec.volume_id:
         return None, spec.datacenter
     vols = api.list_volumes()
@@ -571,6 +726,15 @@ def _volume_and_datacenter(api: Any, spec: PodSpec) -> tuple[dict[str, Any] | No
     return vol, dc or spec.datacenter
 
 
+def _checked_plan(spec: PodSpec, api: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """Everything a create needs to know before it may send anything: GPUs (and how many each
+    takes), the volume, the data center. A dry run runs exactly these checks."""
+    plan = plan_gpu_order(spec.gpus, api.gpu_types())
+    check_gpu_count(spec.gpu_count, plan)
+    _volume, datacenter = _volume_and_datacenter(api, spec)
+    return plan, datacenter
+
+
 def _public_key(spec: PodSpec) -> tuple[str | None, str]:
     """(key text, where it came from). An explicit PUBLIC_KEY env wins and needs no key file."""
     if "PUBLIC_KEY" in spec.env:
@@ -585,28 +749,49 @@ def _redacted(inp: dict[str, Any], key_source: str) -> dict[str, Any]:
     return out
 
 
-def ensure_pod(spec: PodSpec, api: Any, *, wait: bool = True, timeout: float | None = None, dry_run: bool = False,
-               sleep: Callable[[float], None] = time.sleep, connect: Callable[[str, int], bool] | None = None,
-               existing: list[Pod] | None = None) -> Outcome:
-    """Create the pod ``spec`` describes unless a live pod of that name exists (then ``ok``).
+def _live_named(api: Any, pods: Sequence[Pod], name: str) -> Pod | None:
+    """The live pod called ``name``: from the listing, or one this machine created moments ago that
+    RunPod does not list yet."""
+    same = [p for p in pods if p.name == name and p.alive]
+    if same:
+        return same[0]
+    listed = {p.id for p in pods}
+    now = time.time()
+    for pod_id, e in _entries_or_warn().items():
+        if (e.get("name") == name and pod_id not in listed and not e.get("gone_at")
+                and now - float(e.get("created_at") or 0) < KEEP_UNLISTED_S):
+            pod = get_pod(api, pod_id)
+            if pod is not None and pod.alive:
+                return pod
+    return None
 
-    Tries each GPU in order on RunPod's no-capacity answer. Every input is checked
-    (GPU names, the volume) before anything is created.
-    """
-    plan = plan_gpu_order(spec.gpus, api.gpu_types())
-    volume, datacenter = _volume_and_datacenter(api, spec)
-    pods = existing if existing is not None else list_pods(api)
+
+def _exists_outcome(pod: Pod, *, dry_run: bool) -> Outcome:
+    if dry_run:
+        chain.mark_planned(f"a dry run for pod {pod.name}")
+    else:
+        _chain(pod.id)
+    return Outcome(False, f"pod {pod.name} ({pod.id}) already exists ({pod.status}, {pod.gpu or 'GPU ?'})",
+                   key="pod", data=pod.to_dict())
+
+
+def _find_or_create(spec: PodSpec, api: Any, plan: list[dict[str, Any]], datacenter: str | None, *,
+                    dry_run: bool, billing: list[_Billing], pods: list[Pod] | None = None) -> Outcome | dict[str, Any]:
+    """Under the create lock: the live pod of that name (``ok``), the dry run's plan, or a new pod
+    (the create answer plus ``gpu`` and ``attempts``). A new pod goes into ``billing`` at once."""
+    pods = list_pods(api) if pods is None else pods
     if spec.name:
-        same = [p for p in pods if p.name == spec.name and p.alive]
-        if same:
-            p = same[0]
-            _chain(p.id)
-            return Outcome(False, f"pod {p.name} ({p.id}) already exists ({p.status}, {p.gpu or 'GPU ?'})",
-                           key="pod", data=p.to_dict())
-    name = spec.name or generate_name([p.name for p in pods])
+        found = _live_named(api, pods, spec.name)
+        if found is not None:
+            return _exists_outcome(found, dry_run=dry_run)
+    known = [p.name for p in pods] + [str(e.get("name")) for e in _entries_or_warn().values() if not e.get("gone_at")]
+    name = spec.name or generate_name(known)
     public_key, key_source = _public_key(spec)
     requests_ = [build_create_input(spec, name, g, datacenter, public_key) for g in plan]
+    for inp in requests_:
+        pod_create_mutation(inp)  # the adapter's own checks (ids, env names, enums), also for a dry run
     if dry_run:
+        chain.mark_planned(f"a dry run for pod {name}")
         first = _redacted(requests_[0], key_source)
         return Outcome(True, f"would create pod {name} on {plan[0]['displayName'] or plan[0]['id']}"
                        + (f" (fallback: {', '.join(g.get('displayName') or g['id'] for g in plan[1:])})" if plan[1:] else "")
@@ -615,42 +800,74 @@ def ensure_pod(spec: PodSpec, api: Any, *, wait: bool = True, timeout: float | N
                        extra={"dry_run": True, "gpu_order": [g["id"] for g in plan]})
 
     attempts: list[dict[str, str]] = []
-    created = None
-    chosen = None
     for gpu, inp in zip(plan, requests_):
         label = gpu.get("displayName") or gpu["id"]
         progress(f"creating pod {name} on {label} ({spec.cloud_type}{', ' + datacenter if datacenter else ''})")
         try:
             created = api.create_pod(inp)
-        except KeyboardInterrupt:
-            raise AutopodError(f"interrupted while creating pod {name}; {_settle_interrupted_create(api, name)}",
-                               exit_code=130) from None
+        except KeyboardInterrupt as e:
+            sig = e if isinstance(e, Interrupted) else Interrupted()
+            note, made = _settle_interrupted_create(api, name)
+            raise AutopodError(f"{sig.what} while creating pod {name}; {note}", exit_code=sig.exit_code,
+                               data={"pods": made}) from None
         except NoCapacity as e:
             attempts.append({"gpu": gpu["id"], "result": "no capacity", "reason": str(e)})
             progress(f"no capacity for {label}; trying the next GPU" if gpu is not plan[-1] else f"no capacity for {label}")
             continue
+        billing.append(_Billing(created["id"], name, f"waiting for the new pod {name}"))
         attempts.append({"gpu": gpu["id"], "result": "created", "reason": ""})
-        chosen = gpu
-        break
-    if created is None:
-        lines = "; ".join(f"{a['gpu']}: {a['reason']}" for a in attempts)
-        raise NoCapacity(f"no GPU available for pod {name}, tried {len(attempts)}: {lines}")
+        _remember(created["id"], name=name, comfy_address=spec.comfy_address, spec=spec.to_dict(),
+                  created_at=time.time())
+        return {**created, "name": name, "gpu": gpu, "attempts": attempts}
+    lines = "; ".join(f"{a['gpu']}: {a['reason']}" for a in attempts)
+    raise NoCapacity(f"no GPU available for pod {name}, tried {len(attempts)}: {lines}")
 
-    pod_id = created["id"]
-    _remember(pod_id, name=name, comfy_address=spec.comfy_address, spec=spec.to_dict(), created_at=time.time())
-    _chain(pod_id)
-    gpu_label = chosen.get("displayName") or chosen["id"]
+
+def _hand_over_created(api: Any, spec: PodSpec, created: dict[str, Any], *, wait: bool, timeout: float | None,
+                       sleep: Callable[[float], None], connect: Callable[[str, int], bool] | None) -> Outcome:
+    pod_id, name, attempts = created["id"], created["name"], created["attempts"]
+    gpu_label = created["gpu"].get("displayName") or created["gpu"]["id"]
     msg = f"created pod {name} ({pod_id}) on {gpu_label}"
     if len(attempts) > 1:
         msg += f" after {len(attempts) - 1} GPU(s) had no capacity"
     if wait:
-        pod = _wait_or_stop(api, {"id": pod_id, "name": name}, float(timeout or spec.timeout), sleep, connect)
+        pod = _wait(api, pod_id, name, float(timeout or spec.timeout), sleep, connect)
     else:
-        pod = get_pod(api, pod_id) or Pod(id=pod_id, name=name, status=created.get("desiredStatus") or "CREATED",
-                                          gpu=gpu_label, comfy_address=spec.comfy_address)
+        try:
+            pod = get_pod(api, pod_id)
+        except AutopodError as e:  # the pod exists; a failed look at it is no reason to stop it
+            warn(f"could not read pod {name} ({pod_id}) back: {e}")
+            pod = None
+        pod = pod or Pod(id=pod_id, name=name, status=created.get("desiredStatus") or "CREATED", gpu=gpu_label,
+                         comfy_address=spec.comfy_address)
     if pod.datacenter:
         msg += f" in {pod.datacenter}"
+    _chain(pod_id)
     return Outcome(True, msg, key="pod", data=pod.to_dict(), extra={"gpu_attempts": attempts})
+
+
+def _wait(api: Any, pod_id: str, name: str, timeout: float, sleep: Callable[[float], None],
+          connect: Callable[[str, int], bool] | None) -> Pod:
+    kw = {"connect": connect} if connect else {}
+    return wait_ready(api, pod_id, timeout=timeout, sleep=sleep, label=f"{name} ({pod_id})", **kw)
+
+
+def ensure_pod(spec: PodSpec, api: Any, *, wait: bool = True, timeout: float | None = None, dry_run: bool = False,
+               sleep: Callable[[float], None] = time.sleep, connect: Callable[[str, int], bool] | None = None) -> Outcome:
+    """Create the pod ``spec`` describes unless a live pod of that name exists (then ``ok``).
+
+    Tries each GPU in order on RunPod's no-capacity answer. Every input is checked
+    (GPU names and counts, the volume, the data center) before anything is created,
+    and a dry run checks the same. Until the new pod is handed over (ready, or
+    created with ``wait=False``), a timeout, failure or interrupt stops it.
+    """
+    plan, datacenter = _checked_plan(spec, api)
+    with _until_handed_over(api) as billing:
+        with _create_lock(spec.name):
+            found = _find_or_create(spec, api, plan, datacenter, dry_run=dry_run, billing=billing)
+        if isinstance(found, Outcome):
+            return found
+        return _hand_over_created(api, spec, found, wait=wait, timeout=timeout, sleep=sleep, connect=connect)
 
 
 def create(flags: dict[str, Any], *, wait: bool = True, dry_run: bool = False, api: Any = None) -> Outcome:
@@ -665,43 +882,69 @@ def up(flags: dict[str, Any], *, dry_run: bool = False, api: Any = None,
     """Converge: create the pod if missing, start it if stopped, wait until it is ready.
 
     With ``--name`` the pod of that name is the target; without, the one pod on the
-    account (several: exit 2), or a new one when there is none.
+    account (several: exit 2), or a new one when there is none. The decision and the
+    create or start request happen under the name's create lock, so parallel ``pod.up``
+    runs converge on one pod.
     """
     spec = load_settings(flags)
     api = api or _connect()
-    pods = list_pods(api)
-    live = [p for p in pods if p.alive]
-    if spec.name:
-        target = next((p for p in live if p.name == spec.name), None)
-    elif len(live) > 1:
-        raise UsageError(f"several pods exist; name the one to bring up with --name: {_candidates(live)}")
-    else:
-        target = live[0] if live else None
-    if target is None:
-        return ensure_pod(spec, api, wait=True, dry_run=dry_run, sleep=sleep, connect=connect, existing=pods)
-    _chain(target.id)
-    if target.status == "RUNNING":
-        if dry_run:
-            return Outcome(False, f"pod {target.name} ({target.id}) is running", key="pod", data=target.to_dict())
-        pod = _wait_or_stop(api, target, float(spec.timeout), sleep, connect)
-        return Outcome(False, f"pod {pod.name} ({pod.id}) is running and reachable", key="pod", data=pod.to_dict())
+    if not spec.name:
+        live = [p for p in list_pods(api) if p.alive]
+        if len(live) > 1:
+            raise UsageError(f"several pods exist; name the one to bring up with --name: {_candidates(live)}")
+        if not live:
+            return ensure_pod(spec, api, wait=True, dry_run=dry_run, sleep=sleep, connect=connect)
+        return _up_existing(api, spec, live[0], dry_run=dry_run, sleep=sleep, connect=connect)
+    plan, datacenter = _checked_plan(spec, api)
+    with _until_handed_over(api) as billing:
+        with _create_lock(spec.name):
+            pods = list_pods(api)
+            target = _live_named(api, pods, spec.name)
+            if target is None:
+                found = _find_or_create(spec, api, plan, datacenter, dry_run=dry_run, billing=billing, pods=pods)
+            elif target.status != "RUNNING" and not dry_run:
+                _resume(api, target, billing)
+                found = None
+            else:
+                found = None
+        if isinstance(found, Outcome):
+            return found
+        if found is not None:
+            return _hand_over_created(api, spec, found, wait=True, timeout=None, sleep=sleep, connect=connect)
+        if billing:
+            return _hand_over_started(api, target, wait=True, timeout=float(spec.timeout), sleep=sleep,
+                                      connect=connect)
+    return _up_existing(api, spec, target, dry_run=dry_run, sleep=sleep, connect=connect)
+
+
+def _up_existing(api: Any, spec: PodSpec, target: Pod, *, dry_run: bool, sleep: Callable[[float], None],
+                 connect: Callable[[str, int], bool] | None) -> Outcome:
+    """``pod.up`` on a pod that exists: running (wait until reachable) or stopped (start it)."""
     if dry_run:
+        chain.mark_planned(f"a dry run for pod {target.name}")
+        if target.status == "RUNNING":
+            return Outcome(False, f"pod {target.name} ({target.id}) is running", key="pod", data=target.to_dict())
         return Outcome(True, f"would start pod {target.name} ({target.id}); nothing was changed",
                        key="pod", data=target.to_dict(), extra={"dry_run": True})
-    return start_pod(api, target.id, wait=True, timeout=spec.timeout, sleep=sleep, connect=connect, pods=pods)
+    if target.status != "RUNNING":
+        return start_pod(api, target.id, wait=True, timeout=spec.timeout, sleep=sleep, connect=connect,
+                         pods=[target])
+    _chain(target.id)
+    # It was running before this command: not ours to stop if the wait fails.
+    pod = _wait(api, target.id, target.name, float(spec.timeout), sleep, connect)
+    return Outcome(False, f"pod {pod.name} ({pod.id}) is running and reachable", key="pod", data=pod.to_dict())
 
 
 def _stop_tunnel(pod_id: str) -> None:
-    """Stopping or killing a pod also stops its SSH tunnel (imported late: the tunnel module
-    pulls in paramiko, which `--help` and `--list` should not pay for)."""
+    """Stopping or killing a pod also stops its SSH tunnel. Never in the way of the stop itself:
+    a damaged tunnels.json or a stuck daemon is a warning. (Imported late: the tunnel module
+    pulls in paramiko, which `--help` and `--list` should not pay for.)"""
     try:
         from .tunnel import stop_tunnel_for
-    except ImportError:
-        return
-    try:
+
         if stop_tunnel_for(pod_id):
             progress(f"stopped the SSH tunnel to pod {pod_id}")
-    except AutopodError as e:
+    except Exception as e:
         warn(f"could not stop the SSH tunnel to pod {pod_id}: {e}")
 
 
@@ -718,38 +961,48 @@ def stop_pod(api: Any, ref: str | None) -> Outcome:
                    data=after.to_dict())
 
 
+def _resume(api: Any, pod: Pod, billing: list[_Billing]) -> None:
+    """Send the resume request; from here the pod bills, so it goes into ``billing`` first."""
+    spec = _entries_or_warn().get(pod.id, {}).get("spec") or {}
+    gpu_count = pod.gpu_count or int(spec.get("gpu_count") or 1)
+    progress(f"starting pod {pod.name} ({pod.id}) with {gpu_count} GPU(s)")
+    billing.append(_Billing(pod.id, pod.name, f"starting pod {pod.name}"))
+    api.resume_pod(pod.id, gpu_count)
+
+
+def _hand_over_started(api: Any, pod: Pod, *, wait: bool, timeout: float, sleep: Callable[[float], None],
+                       connect: Callable[[str, int], bool] | None) -> Outcome:
+    _chain(pod.id)
+    after = _wait(api, pod.id, pod.name, timeout, sleep, connect) if wait else (get_pod(api, pod.id) or pod)
+    return Outcome(True, f"started pod {pod.name} ({pod.id})", key="pod", data=after.to_dict())
+
+
 def start_pod(api: Any, ref: str | None, *, wait: bool = True, timeout: float | None = None,
               sleep: Callable[[float], None] = time.sleep, connect: Callable[[str, int], bool] | None = None,
               pods: list[Pod] | None = None) -> Outcome:
-    """Resume a stopped pod with its GPU count. A resumed pod gets a new SSH port."""
+    """Resume a stopped pod with its GPU count. A resumed pod gets a new SSH port. Until it is
+    ready (or, with ``wait=False``, until the request is answered) an interrupt or failure stops it again."""
     pod = resolve_pod(api, ref, pods)
     _chain(pod.id)
     if not pod.alive:
         raise RemoteError(f"pod {pod.name} ({pod.id}) is terminated; create a new one")
-    timeout = float(timeout or _config.BUILTIN["timeout"])
     if pod.status == "RUNNING":
         return Outcome(False, f"pod {pod.name} ({pod.id}) is already running", key="pod", data=pod.to_dict())
-    spec = state_entries().get(pod.id, {}).get("spec") or {}
-    gpu_count = pod.gpu_count or int(spec.get("gpu_count") or 1)
-    progress(f"starting pod {pod.name} ({pod.id}) with {gpu_count} GPU(s)")
-    api.resume_pod(pod.id, gpu_count)
-    if wait:
-        after = _wait_or_stop(api, pod, timeout, sleep, connect)
-    else:
-        after = get_pod(api, pod.id) or pod
-    return Outcome(True, f"started pod {pod.name} ({pod.id})", key="pod", data=after.to_dict())
+    with _until_handed_over(api) as billing:
+        _resume(api, pod, billing)
+        return _hand_over_started(api, pod, wait=wait, timeout=float(timeout or _config.BUILTIN["timeout"]),
+                                  sleep=sleep, connect=connect)
 
 
 def kill_pod(api: Any, ref: str | None, *, confirm: Callable[[Pod], bool] | None = None) -> Outcome:
-    """Terminate the pod. A pod that is already gone is ``ok``. ``confirm`` (when given) may refuse."""
+    """Terminate the pod. A pod autopod knew that is gone already is ``ok``; a name it never saw
+    is a usage error listing the pods (a typo must not read as success). ``confirm`` may refuse."""
     try:
         pod = resolve_pod(api, ref)
     except NotFound:
-        gone = ref or "pod"
-        with _state().update() as data:
-            for pid in [k for k, v in data.items() if k == ref or v.get("name") == ref]:
-                del data[pid]
-        return Outcome(False, f"pod {gone} is already gone", key="pod", data=None)
+        if ref is not None and ref in known_refs():
+            return Outcome(False, f"pod {ref} is already gone", key="pod", data=None)
+        raise
     if not pod.alive:
         return Outcome(False, f"pod {pod.name} ({pod.id}) is already terminated", key="pod", data=pod.to_dict())
     if confirm is not None and not confirm(pod):
@@ -760,8 +1013,7 @@ def kill_pod(api: Any, ref: str | None, *, confirm: Callable[[Pod], bool] | None
     except RemoteError:
         if api.get_pod(pod.id) is not None:  # RunPod answers an error for a pod it already removed
             raise
-    with _state().update() as data:
-        data.pop(pod.id, None)
+    _mark_gone(pod.id)
     return Outcome(True, f"terminated pod {pod.name} ({pod.id})", key="pod", data={"id": pod.id, "name": pod.name})
 
 

@@ -309,8 +309,8 @@ class RunPodAPI:
     # -- GPUs and data centers
 
     def gpu_types(self) -> list[dict[str, Any]]:
-        text = ("query GpuTypes {\n  gpuTypes {\n    id\n    displayName\n    memoryInGb\n    secureCloud\n"
-                "    communityCloud\n    securePrice\n    communityPrice\n  }\n}")
+        text = ("query GpuTypes {\n  gpuTypes {\n    id\n    displayName\n    memoryInGb\n    maxGpuCount\n"
+                "    secureCloud\n    communityCloud\n    securePrice\n    communityPrice\n  }\n}")
         return list(self.query("list GPU types", text).get("gpuTypes") or [])
 
     def gpu_stock(self) -> list[dict[str, Any]]:

@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import SIM_STATE
+from .config import sim_state
 from .errors import AutopodError, ConfigError, UsageError
 from .log import register_secret
 from .output import Outcome
 from .paths import autopod_home, log_dir
 from .procs import cmdline, terminate_pid
-from .state import StateFile
+from .state import CorruptState, StateFile, exclusive
 from .ui import progress
 
 log = logging.getLogger(__name__)
@@ -32,12 +32,50 @@ SERVER_MODULE = "autopod.sim.server"
 
 
 def _state() -> StateFile:
-    return StateFile.named(SIM_STATE)
+    return sim_state()
 
 
 def _ours(pid: int) -> bool:
     """True only for a live simulator server process (never signal a recycled pid)."""
     return SERVER_MODULE in cmdline(pid)
+
+
+def _sim_root() -> Path:
+    return autopod_home() / "sim"
+
+
+def _servers_of_this_home() -> list[int]:
+    """Simulator servers started for this AUTOPOD_HOME (``--root <home>/sim``), found without sim.json."""
+    import psutil
+
+    root = str(_sim_root())
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        if SERVER_MODULE in cmd and "--root" in cmd and cmd[cmd.index("--root") + 1:][:1] == [root]:
+            found.append(int(p.info["pid"]))
+    return found
+
+
+def _endpoint_of(pid: int) -> tuple[str, str] | None:
+    """(url, key) of a running server, read from the process itself: its listening port and the key
+    it was started with (its environment, readable only by the same user)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        key = proc.environ().get("AUTOPOD_SIM_API_KEY")
+        ports = [c.laddr.port for c in proc.net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.ip == "127.0.0.1"]
+    except (psutil.Error, OSError):
+        return None
+    for port in ports:  # the API port answers /_sim/world; pods' ports belong to child processes
+        try:
+            _control(f"http://127.0.0.1:{port}", key or "", timeout=2.0)
+            return f"http://127.0.0.1:{port}", key or ""
+        except Exception:
+            continue
+    return None
 
 
 def _control(url: str, key: str, method: str = "GET", body: dict | None = None, timeout: float = 5.0) -> Any:
@@ -127,6 +165,13 @@ def start_simulator(*, world_file: str | None = None, settings: dict[str, Any] |
     settings = settings or {}
     if ssh_server not in ("auto", "openssh", "python"):
         raise UsageError(f"--ssh-server must be auto, openssh or python, not {ssh_server!r}")
+    # Two sim.start at once must not start two servers, one of them unrecorded.
+    with exclusive("sim", "start", timeout=timeout + 30, what="start the simulator"):
+        return _start_locked(world_file, settings, comfy_ready_after, comfy_command, ssh_server, timeout)
+
+
+def _start_locked(world_file: str | None, settings: dict[str, Any], comfy_ready_after: float,
+                  comfy_command: str | None, ssh_server: str, timeout: float) -> Outcome:
     current = simulator_status()
     if current.get("running"):
         data = _state().read()
@@ -140,7 +185,7 @@ def start_simulator(*, world_file: str | None = None, settings: dict[str, Any] |
         with _state().update() as d:
             d.clear()
 
-    root = autopod_home() / "sim"
+    root = _sim_root()
     root.mkdir(exist_ok=True)
     world: dict[str, Any] | None = None
     if world_file or settings:
@@ -195,22 +240,42 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
 
 
 def stop_simulator(timeout: float = 20.0) -> Outcome:
-    data = _state().read()
-    if not data.get("base_url"):
-        return Outcome(False, "simulator not running")
+    """Stop the simulator and its pods. Works from sim.json, and without it: a missing or corrupt
+    record must not leave a simulator and its pods running with no way to stop them."""
+    corrupt: CorruptState | None = None
+    try:
+        data = _state().read()
+    except CorruptState as e:
+        data, corrupt = {}, e
     pid = int(data.get("pid") or 0)
-    pod_ids: list[str] = []
-    if _ours(pid):
-        try:
-            pod_ids = list((_control(data["base_url"], data["api_key"]).get("pods") or {}))
-        except Exception:
-            pass
+    servers = [pid] if _ours(pid) else []
+    servers += [p for p in _servers_of_this_home() if p not in servers]
+    if not servers and not data.get("base_url") and corrupt is None:
+        return Outcome(False, "simulator not running")
+    pod_count = 0
+    for server in servers:
+        if server == pid and data.get("base_url"):
+            endpoint: tuple[str, str] | None = (data["base_url"], data["api_key"])
+        else:
+            endpoint = _endpoint_of(server)
+        pod_ids: list[str] = []
+        if endpoint is not None:
+            try:
+                pod_ids = list((_control(*endpoint).get("pods") or {}))
+            except Exception:
+                pass
         _stop_tunnels(pod_ids)
-        terminate_pid(pid, timeout, on_kill=lambda: log.warning(
-            "simulator %d did not stop in %.0fs; killing it", pid, timeout))
-    with _state().update() as d:
-        d.clear()
-    return Outcome(True, f"simulator stopped ({len(pod_ids)} simulated pods gone)")
+        pod_count += len(pod_ids)
+        terminate_pid(server, timeout, on_kill=lambda s=server: log.warning(
+            "simulator %d did not stop in %.0fs; killing it", s, timeout))
+    msg = f"simulator stopped ({pod_count} simulated pods gone)"
+    if corrupt is not None:
+        backup = _state().set_aside()
+        msg += f"; its corrupt record {corrupt.path} was set aside" + (f" as {backup}" if backup else "")
+    else:
+        with _state().update() as d:
+            d.clear()
+    return Outcome(True, msg)
 
 
 def _stop_tunnels(pod_ids: list[str]) -> None:
@@ -219,4 +284,7 @@ def _stop_tunnels(pod_ids: list[str]) -> None:
     from .tunnel import stop_tunnel_for
 
     for pid in pod_ids:
-        stop_tunnel_for(pid)
+        try:
+            stop_tunnel_for(pid)
+        except Exception as e:  # a damaged tunnels.json must not keep the simulator running
+            log.warning("could not stop the tunnel to simulated pod %s: %s", pid, e)

@@ -86,7 +86,7 @@ def test_wait_runs_out_exits_1(cli, refused):
 
 @pytest.mark.parametrize("args,msg", [
     (["--wait", "soon"], "--wait must be a number"),
-    (["--wait", "-3"], "--wait must be 0 or more"),
+    (["--wait", "-3"], "--wait must be between 0 and"),
     (["--pod", "p1"], "takes no --pod"),
 ])
 def test_bad_input_exits_2(cli, standin, args, msg):

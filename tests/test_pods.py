@@ -214,19 +214,71 @@ class StopRecorder(ScriptedAPI):
         self.stopped.append(pod_id)
 
 
-def test_ctrl_c_or_timeout_while_waiting_stops_the_pod():
+def _wait_billing(api, timeout, sleep):
+    with pods._until_handed_over(api) as billing:
+        billing.append(pods._Billing(RAW["id"], "probe", "waiting for the new pod probe"))
+        pods._wait(api, RAW["id"], "probe", timeout, sleep, None)
+
+
+@pytest.mark.parametrize("signum,code", [(2, 130), (15, 143), (1, 129)])
+def test_ctrl_c_sigterm_or_sighup_while_waiting_stops_the_pod(signum, code):
+    from autopod.errors import Interrupted
+
     def interrupt(_):
-        raise KeyboardInterrupt
+        raise Interrupted(signum)
 
     api = StopRecorder([{**RAW, "runtime": None}])
     with pytest.raises(AutopodError) as e:
-        pods._wait_or_stop(api, {"id": RAW["id"], "name": "probe"}, 60, interrupt, None)
-    assert e.value.exit_code == 130 and "stopped it so it does not keep billing" in str(e.value)
+        _wait_billing(api, 60, interrupt)
+    assert e.value.exit_code == code and "stopped it so it does not keep billing" in str(e.value)
+    assert e.value.data["pod"] == {"id": RAW["id"], "name": "probe", "status": "EXITED"}
     assert api.stopped == [RAW["id"]]
+
+
+def test_timeout_or_a_failure_while_waiting_stops_the_pod_but_a_gone_pod_is_left_alone():
     api = StopRecorder([{**RAW, "runtime": None}])
     with pytest.raises(Timeout, match="stopped it"):
-        pods._wait_or_stop(api, {"id": RAW["id"], "name": "probe"}, 0, lambda s: None, None)
+        _wait_billing(api, 0, lambda s: None)
     assert api.stopped == [RAW["id"]]
+
+    class Broken(StopRecorder):
+        def get_pod(self, pod_id):
+            raise pods.RemoteError("RunPod get pod failed after 5 attempts")
+
+    api = Broken([])
+    with pytest.raises(pods.RemoteError, match="stopped it") as e:
+        _wait_billing(api, 60, lambda s: None)
+    assert api.stopped == [RAW["id"]] and e.value.data["pod"]["id"] == RAW["id"]
+
+    api = StopRecorder([{**RAW, "desiredStatus": "TERMINATED"}])
+    with pytest.raises(pods.PodNotRunning, match="terminated"):
+        _wait_billing(api, 60, lambda s: None)
+    assert api.stopped == []
+
+
+def test_a_second_signal_cannot_cut_short_the_stop(monkeypatch):
+    """A second Ctrl-C (or SIGTERM) while the pod is being stopped is held until the stop is done."""
+    import os
+    import signal
+
+    from autopod import signals
+    from autopod.errors import Interrupted
+
+    class SignalsDuringStop(StopRecorder):
+        def stop_pod(self, pod_id):
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the stop request
+            os.kill(os.getpid(), signal.SIGINT)
+            super().stop_pod(pod_id)
+
+    def interrupt(_):
+        raise Interrupted(2)
+
+    api = SignalsDuringStop([{**RAW, "runtime": None}])
+    with signals.handling():
+        with pytest.raises(AutopodError) as e:
+            _wait_billing(api, 60, interrupt)
+    assert api.stopped == [RAW["id"]] and e.value.exit_code == 130
+    assert "stopped it so it does not keep billing" in str(e.value)
 
 
 def test_comfy_address_configured_then_announced_by_pod_then_default():

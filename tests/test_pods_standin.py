@@ -114,11 +114,15 @@ def test_datacenter_mismatch_warns_and_uses_the_volume_dc(cli, standin):
 
 def test_env_values_arrive_intact(cli, standin):
     nasty = 'q"uote \\back\\slash\nline two é ✓ 🙂 "}) { x }'
-    r = cli("pod.create", "--name", 'we"ird\\name', "--env", f"NASTY={nasty}", "--image", 'img:"x"', "--no-wait")
+    r = cli("pod.create", "--name", 'we"ird\\name }', "--env", f"NASTY={nasty}", "--image", "ghcr.io/x/img:1.0@sha256",
+            "--no-wait")
     assert r.code == 0, r.err
     (pod,) = standin.world.pods.values()
     assert f"NASTY={nasty}" in pod["env"]
-    assert pod["name"] == 'we"ird\\name' and pod["imageName"] == 'img:"x"'
+    assert pod["name"] == 'we"ird\\name }' and pod["imageName"] == "ghcr.io/x/img:1.0@sha256"
+    # an image reference cannot hold quotes or spaces: refused before anything is sent
+    r = cli("pod.create", "--name", "x", "--image", 'img:"x"', "--no-wait")
+    assert r.code == 2 and "--image" in r.err and len(standin.world.pods) == 1
 
 
 def test_dry_run_changes_nothing_and_hides_the_key(cli, standin):

@@ -37,9 +37,15 @@ def test_create_is_idempotent_and_checks_input(cli, standin):  # noqa: F811
     assert len(standin.world.network_volumes) == 3
     assert cli("volume.create", "--name", "x", "--size-gb", "lots", "--datacenter", "US-KS-2").code == 2
     assert cli("volume.create", "--name", "x").code == 2
-    # A community "region" is not a data center that has volumes: RunPod's own error, exit 1.
+    # A data center the account does not list is a typo: exit 2 before anything is sent.
     cz = cli("volume.create", "--name", "x", "--size-gb", "5", "--datacenter", "CZ-PR-1")
-    assert cz.code == 1 and "Failed to find data center" in cz.err
+    assert cz.code == 2 and "unknown data center 'CZ-PR-1'" in cz.err
+    for bad in (["--size-gb", "999999"], ["--size-gb", "0"], ["--name", "a\nb"]):
+        args = {"--name": "x", "--size-gb": "5", "--datacenter": "US-KS-2"}
+        args.update(dict(zip(bad[::2], bad[1::2])))
+        r = cli("volume.create", *[t for kv in args.items() for t in kv])
+        assert r.code == 2, (bad, r.err)
+    assert len(standin.world.network_volumes) == 3
 
 
 def test_delete_is_refused_while_a_pod_uses_the_volume(cli, standin):  # noqa: F811
@@ -54,3 +60,6 @@ def test_delete_is_refused_while_a_pod_uses_the_volume(cli, standin):  # noqa: F
     assert done.code == 0 and done.out.startswith("changed: deleted volume comfy-models")
     assert vid not in standin.world.network_volumes
     assert cli("volume.delete", "--id", vid, "--yes").out.startswith("ok: volume")
+    # an id autopod never saw is a typo, not "already gone"
+    typo = cli("volume.delete", "--id", "nosuchvol1", "--yes")
+    assert typo.code == 2 and "no network volume 'nosuchvol1'" in typo.err

@@ -107,7 +107,7 @@ def stop(c, pod=None, json=False):
                "timeout": "seconds to wait before stopping it again and failing (default 900)"})
 def start(c, pod=None, wait=True, timeout=None, json=False):
     """Resume a stopped pod with its GPU count; `ok` if already running."""
-    secs = number(timeout, "--timeout", int, minimum=1)
+    secs = number(timeout, "--timeout", int, minimum=1, maximum=pods.MAX_TIMEOUT_S)
     emit_outcome(pods.start_pod(pods.connect(), pod, wait=wait, timeout=secs), as_json=json)
 
 
@@ -128,7 +128,7 @@ def _confirm_kill(pod: pods.Pod) -> bool:
 @command(help={"pod": POD_HELP["pod"], "timeout": "seconds to wait (default 900)", "json": POD_HELP["json"]})
 def wait(c, pod=None, timeout=None, json=False):
     """Wait until the pod is RUNNING and its SSH endpoint answers; exit 1 on timeout."""
-    secs = number(timeout, "--timeout", int, minimum=1)
+    secs = number(timeout, "--timeout", int, minimum=1, maximum=pods.MAX_TIMEOUT_S)
     ready = pods.wait(pods.connect(), pod, secs)
     if json:
         dump_json(ready.to_dict())

@@ -25,13 +25,13 @@ def start(c, world=None, latency=None, fail_every=None, hang_every=None, never_r
     from ..output import emit_outcome, table
     from ..simulator import fault_settings, start_simulator
 
-    settings = fault_settings(latency=number(latency, "--latency"),
-                              fail_every=number(fail_every, "--fail-every", int),
-                              hang_every=number(hang_every, "--hang-every", int),
+    settings = fault_settings(latency=number(latency, "--latency", minimum=0, maximum=3600),
+                              fail_every=number(fail_every, "--fail-every", int, minimum=0),
+                              hang_every=number(hang_every, "--hang-every", int, minimum=0),
                               never_ready=True if never_ready else None,
                               reject_key=True if reject_key else None,
-                              boot_seconds=number(boot_seconds, "--boot-seconds"))
-    ready_after = number(comfy_ready_after, "--comfy-ready-after")
+                              boot_seconds=number(boot_seconds, "--boot-seconds", minimum=0, maximum=86400))
+    ready_after = number(comfy_ready_after, "--comfy-ready-after", minimum=0, maximum=86400)
     outcome = start_simulator(world_file=world, settings=settings,
                               comfy_ready_after=3.0 if ready_after is None else ready_after,
                               comfy_command=comfy_command, ssh_server=ssh_server)
