@@ -203,3 +203,25 @@ def test_pure_python_ssh_server_forwards_and_runs_commands(tmp_path):
         base[4] = str(other)
         p = subprocess.run([*base, "true"], capture_output=True, text=True, timeout=30)
         assert p.returncode == 255
+
+
+@pytest.mark.parametrize("damage", ["{oops", '{"base_url": 5, "api_key": "k", "pid": 1}'])
+def test_sim_stop_finds_the_simulator_when_its_record_is_corrupt(sim_env, damage):
+    """A corrupt sim.json must not strand the simulator and its pods: sim.stop finds them anyway."""
+    import psutil
+
+    assert autopod(sim_env, "sim.start", "--comfy-ready-after", "0").returncode == 0
+    home = Path(sim_env["AUTOPOD_HOME"])
+    pid = json.loads((home / "sim.json").read_text())["pid"]
+    vol = volume_id(sim_env)
+    assert autopod(sim_env, "pod.create", "--name", "orphan", "--volume-id", vol, "--no-wait").returncode == 0
+    (home / "sim.json").write_text(damage)
+    p = autopod(sim_env, "pod.list")
+    assert p.returncode == 2 and "sim.stop" in p.stderr  # the error says how to get out
+    p = autopod(sim_env, "sim.stop", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["changed"] is True and "1 simulated pods gone" in doc["msg"] and "set aside" in doc["msg"]
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not (home / "sim.json").exists() and list(home.glob("sim.json.corrupt-*"))
+    assert autopod(sim_env, "sim.status").returncode == 1
