@@ -24,6 +24,7 @@ def _parse_tasks_contract(self):  # type: ignore[no-untyped-def]
         if given:
             raise ParseError(f"--{given[0]} configures shell commands, which autopod's tasks never run; "
                              "leave it out (the dry run of pod.create and pod.up is their --dry-run)")
+        contract.plain_args(self)
         problem = contract.repeated_flag(self)
         if problem:
             raise ParseError(problem)

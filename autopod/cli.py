@@ -26,6 +26,14 @@ for _module in (pod, volume, tunnel, comfy, sim):
 RUN_FLAGS = ("dry", "echo", "hide", "pty", "prompt-for-sudo-password", "warn-only", "command-timeout", "config")
 
 
+def _is_task(coll: Collection, tok: str) -> bool:
+    """``tok`` names a task or an alias (``Collection.__contains__`` raises on an empty name)."""
+    try:
+        return bool(tok.strip()) and not tok.startswith("-") and tok in coll
+    except ValueError:
+        return False
+
+
 class contract:
     """The parts of the task contract that belong to the command line as a whole, for any invoke Program."""
 
@@ -65,8 +73,10 @@ class contract:
         if coll is None:
             return None
         task_name, seen = None, set()
-        for tok in list(getattr(program, "argv", None) or [])[1:]:
-            if not tok.startswith("-") and tok in coll.task_names:
+        core = getattr(program, "core", None)
+        tokens = list(core.unparsed) if core is not None else list(getattr(program, "argv", None) or [])[1:]
+        for tok in tokens:
+            if _is_task(coll, tok):
                 task_name, seen = tok, set()
                 continue
             if task_name is None or not tok.startswith("--"):
@@ -79,9 +89,46 @@ class contract:
             if arg is None or arg.kind is list or arg.kind is bool:
                 continue
             if flag in seen:
-                return f"--{flag} is given twice to {task_name}; give it once"
+                plain = getattr(t, "plain_arg", None)
+                also = f" (or as the word after {task_name})" if flag == plain else ""
+                return f"--{flag} is given twice to {task_name}{also}; give it once"
             seen.add(flag)
         return None
+
+    @staticmethod
+    def plain_args(program: Program) -> None:
+        """``pod.info flux`` -> ``pod.info --pod flux`` for tasks with a ``plain_arg``: one bare word
+        right after the task's name or its flags, never a word that names a task (a chain)."""
+        coll = program.collection
+        core = getattr(program, "core", None)
+        if coll is None or core is None:
+            return
+        out: list[str] = []
+        tokens = list(core.unparsed)
+        task, plain, given = None, None, False
+        i = 0
+        while i < len(tokens):
+            tok = tokens[i]
+            i += 1
+            if _is_task(coll, tok):
+                task = coll[tok]
+                plain, given = getattr(task, "plain_arg", None), False
+                out.append(tok)
+            elif tok.startswith("--") and task is not None:
+                out.append(tok)
+                name = tok[2:].split("=", 1)[0]
+                arg = next((a for a in task.get_arguments() if name in a.names), None)
+                if name == plain:
+                    given = True
+                if arg is not None and arg.kind is not bool and "=" not in tok and i < len(tokens):
+                    out.append(tokens[i])  # the flag's value, whatever it looks like
+                    i += 1
+            elif plain and not given and not tok.startswith("-"):
+                out += [f"--{plain}", tok]
+                given = True
+            else:
+                out.append(tok)
+        core.unparsed = out
 
     @staticmethod
     def execute(program: Program, run: Any) -> None:
@@ -123,6 +170,7 @@ class AutopodProgram(Program):
 
     def parse_tasks(self) -> None:
         try:
+            contract.plain_args(self)
             problem = contract.repeated_flag(self)
             if problem:
                 raise ParseError(problem)

@@ -3,7 +3,8 @@
 ``autopod comfy.status`` is what scripts poll, so it should cost little more
 than starting Python and making one HTTP request. Loading invoke and every task
 collection costs more than that request, so a plain ``comfy.status`` command
-line (only the flags ``--pod P``, ``--no-tunnel``, ``--wait S``, ``--json``) is
+line (only the flags ``--pod P`` or the pod as a plain word, ``--no-tunnel``, ``--wait S``,
+``--json``) is
 answered here with the same library call, the same output and the same exit
 codes as the invoke task. Anything else, including chains, ``--help``, core
 flags such as ``--debug``, ``--flag=value`` forms, repeated flags and values that
@@ -38,6 +39,10 @@ def parse_comfy_status(argv: list[str]) -> dict | None:
             if not rest or not _plain_value(rest[0]):
                 return None  # let the full CLI word the error
             opts[_VALUE_FLAGS[tok]] = rest.pop(0)
+        elif "--pod" not in seen and _plain_value(tok) and "." not in tok:
+            # `comfy.status flux`: the pod as a plain word. A word with a dot may name a task (a chain).
+            seen.add("--pod")
+            opts["pod"] = tok
         else:
             return None  # another task (a chain), help, --flag=value, or a flag we don't know
     return opts

@@ -524,13 +524,30 @@ def pod_info(api: Any, ref: str | None) -> dict[str, Any]:
     if pod.cost_per_hr is not None and pod.uptime_s is not None:
         spend = round(pod.cost_per_hr * pod.uptime_s / 3600, 4)
     info["spend_usd"] = spend
+    info["http_proxy"] = proxy_urls(pod)
     return info
+
+
+PROXY_WARNING = "public: anyone with the URL can use it, no login"
+
+
+def proxy_urls(pod: Pod) -> list[dict[str, Any]]:
+    """RunPod's HTTPS proxy for each http port: ``https://<pod id>-<port>.proxy.runpod.net``. It is
+    public and unauthenticated (and capped at 100 s per request), which the user must be told."""
+    out = []
+    for p in pod.ports:
+        port, _, proto = p.partition("/")
+        if proto == "http" and port.isdigit():
+            out.append({"port": int(port), "url": f"https://{pod.id}-{port}.proxy.runpod.net", "public": True,
+                        "authenticated": False})
+    return out
 
 
 INFO_FIELDS = [("name", "NAME"), ("id", "ID"), ("status", "STATUS"), ("gpu", "GPU"), ("gpu_count", "GPU COUNT"),
                ("datacenter", "DATACENTER"), ("uptime", "UPTIME"), ("cost_per_hr", "$/HR"), ("spend", "SPENT (EST.)"),
                ("image", "IMAGE"), ("ports", "PORTS"), ("volume", "VOLUME"), ("ssh", "SSH"),
-               ("ssh_fallback", "SSH (PROXY, SHELL ONLY)"), ("comfy_address", "COMFYUI (IN POD)")]
+               ("ssh_fallback", "SSH (PROXY, SHELL ONLY)"), ("comfy_address", "COMFYUI (IN POD)"),
+               ("proxy", "HTTP PROXY (PUBLIC, NO LOGIN)")]
 
 
 def info_view(info: dict[str, Any]) -> dict[str, Any]:
@@ -544,6 +561,7 @@ def info_view(info: dict[str, Any]) -> dict[str, Any]:
                    f"at {v.get('mount')}") if v else None,
         "ssh": info["ssh"]["direct"] or "(no direct endpoint yet: the pod is not running)",
         "ssh_fallback": info["ssh"]["proxy"],
+        "proxy": [u["url"] for u in info.get("http_proxy") or []],
     }
 
 

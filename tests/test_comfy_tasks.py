@@ -191,6 +191,9 @@ def test_no_tunnel_never_resolves_a_target(cli, fake_tunnel, standin):
     (["comfy.status", "--pod", ""], None),  # empty: the full CLI refuses it
     (["comfy.status", "--pod", "\udcff"], None),  # not UTF-8
     (["comfy.status", "--pod", "-x"], None),
+    (["comfy.status", "flux", "--json"], {"pod": "flux", "no_tunnel": False, "wait": None, "json": True}),
+    (["comfy.status", "flux", "--pod", "flux"], None),  # given twice: the full CLI refuses it
+    (["comfy.status", "flux.v2"], None),  # a dot: could be a task, the full CLI decides
     (["comfy.status", "--no-tunnel", "--wait", "5"], {"pod": None, "no_tunnel": True, "wait": "5", "json": False}),
     (["comfy.status", "comfy.info"], None),  # a chain: invoke runs it
     (["comfy.status", "--help"], None),

@@ -52,8 +52,13 @@ def check_values(kw: dict[str, Any]) -> None:
             decodable(v, flag_name(param))
 
 
-def command(*args: Any, **kwargs: Any) -> Callable:
+def command(*args: Any, plain_arg: str | None = None, **kwargs: Any) -> Callable:
     """``@command(help={...}, iterable=[...])``: an invoke task with autopod's error contract.
+
+    ``plain_arg="pod"`` lets the first bare word after the task name stand for that flag
+    (``autopod pod.info flux`` is ``autopod pod.info --pod flux``); the command line is
+    rewritten before invoke parses it (``autopod.cli.contract.plain_args``), because an
+    invoke positional would be required and would swallow the next task's name.
 
     AutopodError becomes a one-line ``error: ...`` on stderr and its exit code;
     with ``--json`` a failure also prints one JSON document, so scripts always
@@ -87,9 +92,11 @@ def command(*args: Any, **kwargs: Any) -> Callable:
                       ExitCode.FAILED, as_json, debug)
 
         kwargs.setdefault("auto_shortflags", False)
-        return task(wrapper, **kwargs)
+        t = task(wrapper, **kwargs)
+        t.plain_arg = plain_arg
+        return t
 
-    if args and callable(args[0]) and not kwargs:
+    if args and callable(args[0]) and not kwargs and plain_arg is None:
         return deco(args[0])
     return deco
 

@@ -6,13 +6,14 @@ from typing import Any
 
 from ._base import command, exit_quietly
 
-_POD = "pod id or name, or an inventory host (default: the pod with the only live tunnel, or the only pod)"
+_POD = ("pod id or name, or an inventory host, also as the word after the task "
+        "(default: the pod with the only live tunnel, or the only pod)")
 _NO_TUNNEL = "talk to the configured comfy_url as it is (default http://127.0.0.1:8188): no pod, no tunnel"
 
 
 @command(help={"pod": _POD, "no-tunnel": _NO_TUNNEL,
                "wait": "poll for up to S seconds until ComfyUI answers (default: one check)",
-               "json": "print one JSON document"})
+               "json": "print one JSON document"}, plain_arg="pod")
 def status(c, pod=None, no_tunnel=False, wait=None, json=False):
     """Print "Ready" (exit 0) or "Starting…" (exit 1) for ComfyUI on a pod."""
     from ..comfy import comfy_status, parse_seconds, render_status
@@ -24,7 +25,7 @@ def status(c, pod=None, no_tunnel=False, wait=None, json=False):
         exit_quietly(code)
 
 
-@command(help={"pod": _POD, "no-tunnel": _NO_TUNNEL, "json": "print one JSON document"})
+@command(help={"pod": _POD, "no-tunnel": _NO_TUNNEL, "json": "print one JSON document"}, plain_arg="pod")
 def info(c, pod=None, no_tunnel=False, json=False):
     """Show ComfyUI's versions, GPUs and VRAM, RAM, queue, history and node count, and the URL to open."""
     from ..comfy import comfy_info

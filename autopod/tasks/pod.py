@@ -12,7 +12,8 @@ from ..output import dump_json, emit_object, emit_outcome, emit_rows
 from ._base import command, exit_quietly
 
 CREATE_HELP = {
-    "name": "pod name; also selects the inventory pod spec of that name (default: autopod-YYYY-MM-DD-NNN)",
+    "name": "pod name, also as the word after the task; selects the inventory pod spec of that name "
+            "(default: autopod-YYYY-MM-DD-NNN)",
     "gpu": "GPU type, by RunPod id or display name; repeat for fallback order (default: RTX A40, RTX A6000, RTX A5000)",
     "gpu-count": "GPUs per pod (default 1)",
     "cloud-type": "SECURE, COMMUNITY or ALL (default SECURE; network volumes need SECURE)",
@@ -30,7 +31,8 @@ CREATE_HELP = {
     "dry-run": "print the request that would be sent; change nothing",
     "json": "print one JSON document",
 }
-POD_HELP = {"pod": "pod name or id (default: the only pod)", "json": "print one JSON document"}
+POD_HELP = {"pod": "pod name or id, also as the word after the task (default: the only pod)",
+            "json": "print one JSON document"}
 
 
 def _flags(gpu: list[str], port: list[str], env: list[str], **kw: Any) -> dict[str, Any]:
@@ -43,7 +45,7 @@ def _emit_create(outcome: Any, as_json: bool) -> None:
     emit_outcome(outcome, as_json=as_json)
 
 
-@command(help=CREATE_HELP, iterable=["gpu", "port", "env"])
+@command(help=CREATE_HELP, iterable=["gpu", "port", "env"], plain_arg="name")
 def create(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=None, image=None, template_id=None,
            disk_gb=None, volume_id=None, volume_mount=None, port=None, env=None, comfy_address=None, wait=True,
            timeout=None, dry_run=False, json=False):
@@ -54,7 +56,8 @@ def create(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=N
     _emit_create(pods.create(flags, wait=wait, dry_run=dry_run), json)
 
 
-@command(help={k: v for k, v in CREATE_HELP.items() if k != "wait"}, iterable=["gpu", "port", "env"])
+@command(help={k: v for k, v in CREATE_HELP.items() if k != "wait"}, iterable=["gpu", "port", "env"],
+         plain_arg="name")
 def up(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=None, image=None, template_id=None,
        disk_gb=None, volume_id=None, volume_mount=None, port=None, env=None, comfy_address=None, timeout=None,
        dry_run=False, json=False):
@@ -65,7 +68,7 @@ def up(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=None,
     _emit_create(pods.up(flags, dry_run=dry_run), json)
 
 
-@command(name="list", help={"json": "print one JSON document (a list of pods)"})
+@command(name="list", aliases=["ls"], help={"json": "print one JSON document (a list of pods)"})
 def list_(c, json=False):
     """List pods: NAME, ID, STATUS, GPU, DATACENTER, VOLUME, UPTIME, $/HR."""
     found = pods.list_pods(pods.connect())
@@ -75,7 +78,7 @@ def list_(c, json=False):
         emit_rows([p.row() for p in found], pods.LIST_COLUMNS, as_json=False, empty="no pods")
 
 
-@command(help=POD_HELP)
+@command(help=POD_HELP, plain_arg="pod")
 def info(c, pod=None, json=False):
     """One pod in detail: image, ports, volume, SSH commands, estimated spend."""
     data = pods.pod_info(pods.connect(), pod)
@@ -86,7 +89,7 @@ def info(c, pod=None, json=False):
 
 
 @command(help={"pod": POD_HELP["pod"], "command": "run this command without a terminal; exit with its exit code",
-               "json": "with --command: print one JSON document with exit_code, stdout and stderr"})
+               "json": "with --command: print one JSON document with exit_code, stdout and stderr"}, plain_arg="pod")
 def ssh(c, pod=None, command=None, json=False):
     """Open a shell on the pod with OpenSSH over its direct endpoint (port forwarding and scp work)."""
     result = pods.ssh(pods.connect(), pod, command, capture=json)
@@ -97,21 +100,22 @@ def ssh(c, pod=None, command=None, json=False):
         exit_quietly(result)
 
 
-@command(help=POD_HELP)
+@command(help=POD_HELP, plain_arg="pod")
 def stop(c, pod=None, json=False):
     """Stop the pod (and its tunnel); `ok` if already stopped. Its volume and disk are kept."""
     emit_outcome(pods.stop_pod(pods.connect(), pod), as_json=json)
 
 
 @command(help={**POD_HELP, "wait": "wait until reachable (--no-wait to return at once)",
-               "timeout": "seconds to wait before stopping it again and failing (default 900)"})
+               "timeout": "seconds to wait before stopping it again and failing (default 900)"}, plain_arg="pod")
 def start(c, pod=None, wait=True, timeout=None, json=False):
     """Resume a stopped pod with its GPU count; `ok` if already running."""
     secs = number(timeout, "--timeout", int, minimum=1, maximum=pods.MAX_TIMEOUT_S)
     emit_outcome(pods.start_pod(pods.connect(), pod, wait=wait, timeout=secs), as_json=json)
 
 
-@command(help={**POD_HELP, "yes": "do not ask (needed when stdin is not a terminal)"})
+@command(aliases=["rm"], help={**POD_HELP, "yes": "do not ask (needed when stdin is not a terminal)"},
+         plain_arg="pod")
 def kill(c, pod=None, yes=False, json=False):
     """Terminate the pod; its container disk is lost (network volumes are kept). `ok` if already gone."""
     if not yes and not sys.stdin.isatty():
@@ -125,7 +129,8 @@ def _confirm_kill(pod: pods.Pod) -> bool:
     return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
-@command(help={"pod": POD_HELP["pod"], "timeout": "seconds to wait (default 900)", "json": POD_HELP["json"]})
+@command(help={"pod": POD_HELP["pod"], "timeout": "seconds to wait (default 900)", "json": POD_HELP["json"]},
+         plain_arg="pod")
 def wait(c, pod=None, timeout=None, json=False):
     """Wait until the pod is RUNNING and its SSH endpoint answers; exit 1 on timeout."""
     secs = number(timeout, "--timeout", int, minimum=1, maximum=pods.MAX_TIMEOUT_S)

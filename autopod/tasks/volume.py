@@ -16,7 +16,7 @@ def _api():
     return connect()
 
 
-@command(name="list", help={"json": "print one JSON document (a list of volumes)"})
+@command(name="list", aliases=["ls"], help={"json": "print one JSON document (a list of volumes)"})
 def list_(c, json=False):
     """List network volumes: ID, NAME, SIZE, DATACENTER and the PODS using each."""
     vols = volumes.list_volumes(_api())
@@ -26,7 +26,8 @@ def list_(c, json=False):
         emit_rows(volumes.rows(vols), volumes.LIST_COLUMNS, as_json=False, empty="no network volumes")
 
 
-@command(help={"id": "volume id", "json": "print one JSON document"})
+@command(help={"id": "volume id, also as the word after the task", "json": "print one JSON document"},
+         plain_arg="id")
 def info(c, id=None, json=False):
     """One network volume and the pods using it."""
     if not id:
@@ -48,8 +49,9 @@ def create(c, name=None, size_gb=None, datacenter=None, json=False):
     emit_outcome(volumes.ensure_volume(_api(), name, size_gb, datacenter), as_json=json)
 
 
-@command(help={"id": "volume id", "yes": "do not ask (needed when stdin is not a terminal)",
-               "json": "print one JSON document"})
+@command(aliases=["rm"], help={"id": "volume id, also as the word after the task",
+                               "yes": "do not ask (needed when stdin is not a terminal)",
+                               "json": "print one JSON document"}, plain_arg="id")
 def delete(c, id=None, yes=False, json=False):
     """Delete a network volume and its files; refused while a pod uses it. `ok` if already gone."""
     if not id:
