@@ -7,7 +7,7 @@ else ``./inventory``. A folder contributes every ``*.yml``/``*.yaml`` in it.
 YAML is read strictly (``load_yaml_document``): aliases, anchors and merge keys
 are refused (an alias bomb would otherwise expand without bound), so are
 duplicate keys (YAML would keep the last one silently). Values are checked on
-the parsed nodes, before anything is built from them.
+the parsed nodes, before YAML 1.1 turns ``010`` into 8 or ``1_0`` into 10.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ConfigError
 
@@ -52,6 +52,10 @@ HOST_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 TOP_KEYS = {"defaults": dict, "pods": dict, "hosts": dict}
 
+# Allowed ranges of the whole-number keys (RunPod's and TCP's limits; a week for timeout).
+INT_RANGES = {"gpu_count": (1, 16), "disk_gb": (1, 4000), "timeout": (1, 604_800), "port": (1, 65_535)}
+CLOUD_TYPES = ("SECURE", "COMMUNITY", "ALL")
+TUNNEL_BACKENDS = ("sshtunnel", "openssh")
 NAME_MAX = 128
 
 # Sections of the inventory: the schema of each entry, and whether entries are named (pods, hosts).
@@ -59,9 +63,16 @@ _SECTIONS = {"defaults": (DEFAULT_KEYS, False), "pods": (POD_KEYS, True), "hosts
 _LABELS = {"pods": "pod spec", "hosts": "host"}
 
 _T = "tag:yaml.org,2002:"
-_STR, _INT, _NULL, _MERGE = (_T + t for t in ("str", "int", "null", "merge"))
+_STR, _INT, _FLOAT, _BOOL, _NULL, _MERGE = (_T + t for t in ("str", "int", "float", "bool", "null", "merge"))
+_KINDS = {_INT: "a number", _FLOAT: "a number", _BOOL: "true/false", _NULL: "null", _T + "timestamp": "a date"}
 
+_DIGITS = re.compile(r"^[0-9]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # they corrupt tables, logs and shell commands
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PORT_SPEC = re.compile(r"^([0-9]{1,5})/(http|tcp)$")  # RunPod exposes http and tcp ports, not udp
+# Not starting with "-": ssh would read the value as an option (-oProxyCommand=...).
+_HOST = re.compile(r"^(?!-)[A-Za-z0-9.:-]{1,253}$")
+_USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$", re.IGNORECASE)
 
 
 @dataclass
@@ -260,6 +271,66 @@ def _show(text: str) -> str:
     return repr(text if len(text) <= 60 else text[:57] + "...")
 
 
+# -- formats of string values: each returns None when fine, else what is allowed ------------------------
+def _cloud_type(s: str) -> str | None:
+    return None if s.upper() in CLOUD_TYPES else f"must be one of {', '.join(CLOUD_TYPES)}"
+
+
+def _tunnel_backend(s: str) -> str | None:
+    return None if s in TUNNEL_BACKENDS else f"must be one of {', '.join(TUNNEL_BACKENDS)}"
+
+
+def _port_ok(text: str) -> bool:
+    return bool(_DIGITS.match(text)) and len(text) <= 5 and 1 <= int(text) <= 65_535
+
+
+def _address(s: str) -> str | None:
+    host, _, port = s.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host_ok = bool(re.match(r"^\[[0-9A-Fa-f:.]+\]$", host))
+    else:
+        host_ok = bool(_HOST.match(host)) and ":" not in host
+    return None if host_ok and _port_ok(port) else "must be HOST:PORT with PORT 1-65535 (IPv6 as [::1]:8188)"
+
+
+def _url(s: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    problem = "must be an http:// or https:// URL with a host (port 1-65535), e.g. http://127.0.0.1:8188"
+    if any(c.isspace() for c in s):
+        return problem
+    try:
+        u = urlsplit(s)
+        port = u.port
+    except ValueError:  # a port that is not a number or above 65535
+        return problem
+    ok = u.scheme in ("http", "https") and bool(u.hostname) and _HOST.match(u.hostname) and port != 0
+    return None if ok else problem
+
+
+def _host(s: str) -> str | None:
+    return None if _HOST.match(s) else "must be a host name or IP address (letters, digits, '.', '-', ':'; " \
+                                       "not starting with '-')"
+
+
+def _user(s: str) -> str | None:
+    return None if _USER.match(s) else "must be a user name (letters, digits, '_', '.', '-'; at most 32; " \
+                                       "starting with a letter or '_')"
+
+
+def _port_spec(s: str) -> str | None:
+    m = _PORT_SPEC.match(s)
+    ok = m is not None and 1 <= int(m.group(1)) <= 65_535
+    return None if ok else "must be PORT/http or PORT/tcp with PORT 1-65535 (RunPod has no udp)"
+
+
+_FORMATS: dict[str, Callable[[str], str | None]] = {
+    "cloud_type": _cloud_type, "tunnel_backend": _tunnel_backend, "comfy_address": _address, "comfy_url": _url,
+    "host": _host, "user": _user,
+}
+_ITEM_FORMATS: dict[str, Callable[[str], str | None]] = {"ports": _port_spec}
+
+
 class _Validator:
     """Checks the node tree against a schema before anything is built from it.
 
@@ -343,22 +414,107 @@ class _Validator:
     def value(self, key: str, want: Any, knode: Any, vnode: Any, where: str) -> None:
         import yaml
 
+        what = f"{key!r} in {where}"
         if vnode.tag == _NULL:
-            return
-        ok = {
-            int: lambda n: isinstance(n, yaml.ScalarNode) and n.tag == _INT,
-            str: lambda n: isinstance(n, yaml.ScalarNode) and n.tag == _STR,
-            list: lambda n: isinstance(n, yaml.SequenceNode),
-            dict: lambda n: isinstance(n, yaml.MappingNode),
-        }[want](vnode)
-        if not ok:
-            raise self.fail(knode, f"'{key}' in {where} must be a {want.__name__}")
+            raise self.fail(knode, f"{what} has no value; leave the key out to use the default")
+        if want is int:
+            self.whole_number(key, vnode, what)
+        elif want is str:
+            self.string(vnode, what, _FORMATS.get(key))
+        elif want is list:
+            if not isinstance(vnode, yaml.SequenceNode):
+                raise self.fail(vnode, f"{what} must be a list, e.g. [a, b], got {self.kind(vnode)}")
+            if not vnode.value:
+                raise self.fail(vnode, f"{what} must not be empty; leave the key out to use the default")
+            for i, item in enumerate(vnode.value, 1):
+                self.string(item, f"item {i} of {what}", _ITEM_FORMATS.get(key))
+        elif key == "env":
+            self.env(vnode, what)
+        else:  # a schema type this validator does not know: a bug here, not in the file
+            raise TypeError(f"no check for {key!r} ({want!r})")
+
+    def kind(self, node: Any) -> str:
+        import yaml
+
+        if isinstance(node, yaml.SequenceNode):
+            return "a list"
+        if isinstance(node, yaml.MappingNode):
+            return "a mapping"
+        return _show(node.value)
+
+    def whole_number(self, key: str, node: Any, what: str) -> None:
+        import yaml
+
+        text = node.value if isinstance(node, yaml.ScalarNode) else ""
+        # Plain digits only: YAML 1.1 reads 1_0 as 10, +2 as 2, 0x10 as 16 and 010 as 8.
+        plain = isinstance(node, yaml.ScalarNode) and not node.style and node.tag == _INT
+        if not (plain and _DIGITS.match(text)) or (len(text) > 1 and text.startswith("0")):
+            hint = " (without quotes)" if isinstance(node, yaml.ScalarNode) and node.style else ""
+            raise self.fail(node, f"{what} must be a whole number like 2{hint}, got {self.kind(node)}")
+        lo, hi = INT_RANGES[key]
+        if len(text) > len(str(hi)) or not lo <= int(text) <= hi:
+            shown = text if len(text) <= 20 else text[:17] + "..."
+            raise self.fail(node, f"{what} must be between {lo} and {hi}, got {shown}")
+
+    def string(self, node: Any, what: str, fmt: Callable[[str], str | None] | None = None) -> str:
+        import yaml
+
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, f"{what} must be a string, got {self.kind(node)}")
+        if node.tag != _STR:
+            kind = _KINDS.get(node.tag, f"the tag {node.tag}")
+            raise self.fail(node, f"{what} must be a string, got {_show(node.value)} "
+                                  f"(YAML reads it as {kind}; put it in quotes)")
+        s = node.value
+        if not s.strip():
+            raise self.fail(node, f"{what} must not be empty; leave the key out to use the default")
+        if _CONTROL.search(s):
+            raise self.fail(node, f"{what} must not contain control characters (newline, tab, escape), got {_show(s)}")
+        problem = fmt(s) if fmt else None
+        if problem:
+            raise self.fail(node, f"{what} {problem}, got {_show(s)}")
+        return s
+
+    def env(self, node: Any, what: str) -> None:
+        import yaml
+
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{what} must be a mapping of NAME: value, got {self.kind(node)}")
+        for knode, vnode in node.value:
+            if knode.tag != _STR or not _ENV_NAME.match(knode.value):
+                raise self.fail(knode, f"variable name {_show(knode.value)} in {what} must be letters, digits "
+                                       "and '_', not starting with a digit")
+            var = f"{knode.value!r} in {what}"
+            if vnode.tag == _NULL:
+                raise self.fail(knode, f"{var} has no value (empty values are not allowed); leave the variable out")
+            if isinstance(vnode, yaml.ScalarNode) and vnode.tag == _STR:
+                self.string(vnode, var)
+            elif isinstance(vnode, yaml.ScalarNode) and vnode.tag in (_INT, _FLOAT, _BOOL):
+                self.env_scalar(vnode, var)
+            else:
+                raise self.fail(vnode, f"{var} must be a string, number or true/false, got {self.kind(vnode)}")
+
+    def env_scalar(self, node: Any, what: str) -> None:
+        """A number or true/false reaches the pod as text: refuse those YAML 1.1 would rewrite (010 -> 8)."""
+        text = node.value
+        if node.tag == _BOOL:
+            as_written = text.lower() in ("true", "false")
+        elif node.tag == _INT:
+            as_written = bool(re.match(r"^-?(0|[1-9][0-9]{0,17})$", text))
+        else:
+            try:
+                as_written = repr(float(text)) == text
+            except ValueError:  # .inf, 1_0.5: forms only YAML reads
+                as_written = False
+        if not as_written:
+            raise self.fail(node, f"{what} must be written as the pod should see it: YAML would rewrite "
+                                  f"{_show(text)}; put it in quotes")
 
 
 def _merge(inv: Inventory, path: Path, data: dict[str, Any], lines: dict[tuple[str, str], int],
            first: dict[tuple[str, str], str]) -> None:
     inv.sources.append(path)
-    inv.defaults.update({k: v for k, v in (data.get("defaults") or {}).items() if v is not None})
+    inv.defaults.update(data.get("defaults") or {})
     for section in ("pods", "hosts"):
         for name, spec in (data.get(section) or {}).items():
             here = f"{path}:{lines[section, name]}"
@@ -367,6 +523,6 @@ def _merge(inv: Inventory, path: Path, data: dict[str, Any], lines: dict[tuple[s
                                   f"(first at {first[section, name]})")
             first[section, name] = here
             if section == "pods":
-                inv.pods[name] = {k: v for k, v in (spec or {}).items() if v is not None}
+                inv.pods[name] = dict(spec or {})
             else:
-                inv.hosts[name] = Host(name=name, **{k: v for k, v in spec.items() if v is not None})
+                inv.hosts[name] = Host(name=name, **spec)

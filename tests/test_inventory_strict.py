@@ -9,7 +9,7 @@ import pytest
 
 from autopod import config
 from autopod.errors import ConfigError
-from autopod.inventory import load_inventory, load_yaml_document
+from autopod.inventory import load_inventory, load_yaml_document, load_yaml_mapping
 
 
 def write(folder: Path, text: str | bytes, name: str = "inv.yml") -> Path:
@@ -201,7 +201,124 @@ def test_duplicate_keys_in_one_file(tmp_path, yaml_flavour, text, msg):
     assert error(p) == f"{p}{msg}"
 
 
-# -- names and shapes -------------------------------------------------------------------------------
+# -- values -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["1_0", "+2", "0x10", "010", "0o10", "1:30", "2.0", "'2'", "true", "[2]"])
+def test_whole_numbers_are_plain_digits(tmp_path, value):
+    p = write(tmp_path, f"pods:\n  flux:\n    gpus: [RTX 4090]\n    gpu_count: {value}\n")
+    msg = error(p)
+    assert msg.startswith(f"{p}:4: 'gpu_count' in pods.flux must be a whole number like 2"), msg
+    shown = {"'2'": "'2'", "[2]": "a list"}.get(value, repr(value))
+    assert msg.endswith(f", got {shown}"), msg
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("defaults:\n  gpu_count: 17\n", "'gpu_count' in defaults must be between 1 and 16, got 17"),
+    ("defaults:\n  gpu_count: 0\n", "'gpu_count' in defaults must be between 1 and 16, got 0"),
+    ("defaults:\n  disk_gb: 4001\n", "'disk_gb' in defaults must be between 1 and 4000, got 4001"),
+    ("defaults:\n  timeout: 604801\n", "'timeout' in defaults must be between 1 and 604800, got 604801"),
+    ("defaults:\n  timeout: " + "9" * 5000 + "\n", "'timeout' in defaults must be between 1 and 604800, got 9999"),
+    ("hosts:\n  h:\n    host: h\n    port: 65536\n", "'port' in hosts.h must be between 1 and 65535, got 65536"),
+])
+def test_whole_number_ranges(tmp_path, text, msg):
+    p = write(tmp_path, text)
+    got = error(p)
+    assert msg in got and len(got) < 200, got
+
+
+BAD_VALUES = [
+    ("ports", "[8188/http, 53/udp]", "item 2 of 'ports' in @ must be PORT/http or PORT/tcp with PORT 1-65535"),
+    ("ports", "[70000/tcp]", "item 1 of 'ports' in @ must be PORT/http"),
+    ("ports", "[0/http]", "item 1 of 'ports' in @ must be PORT/http"),
+    ("ports", "[8188]", "item 1 of 'ports' in @ must be a string, got '8188' (YAML reads it as a number"),
+    ("ports", "[]", "'ports' in @ must not be empty; leave the key out to use the default"),
+    ("ports", "8188/http", "'ports' in @ must be a list, e.g. [a, b], got '8188/http'"),
+    ("gpus", "['']", "item 1 of 'gpus' in @ must not be empty"),
+    ("gpus", "[RTX 4090, {a: 1}]", "item 2 of 'gpus' in @ must be a string, got a mapping"),
+    ("cloud_type", "CHEAP", "'cloud_type' in @ must be one of SECURE, COMMUNITY, ALL, got 'CHEAP'"),
+    ("tunnel_backend", "ssh", "'tunnel_backend' in @ must be one of sshtunnel, openssh, got 'ssh'"),
+    ("comfy_address", "localhost", "'comfy_address' in @ must be HOST:PORT with PORT 1-65535"),
+    ("comfy_address", "127.0.0.1:0", "'comfy_address' in @ must be HOST:PORT"),
+    ("comfy_address", "127.0.0.1:65536", "'comfy_address' in @ must be HOST:PORT"),
+    ("comfy_address", "::1:8188", "'comfy_address' in @ must be HOST:PORT"),
+    ("comfy_address", "-oProxyCommand=x:22", "'comfy_address' in @ must be HOST:PORT"),
+    ("comfy_url", "not a url", "'comfy_url' in @ must be an http:// or https:// URL with a host"),
+    ("comfy_url", "ftp://host", "'comfy_url' in @ must be an http:// or https:// URL"),
+    ("comfy_url", "http://", "'comfy_url' in @ must be an http:// or https:// URL"),
+    ("comfy_url", "http://host:99999", "'comfy_url' in @ must be an http:// or https:// URL"),
+    ("comfy_url", "http://host:0", "'comfy_url' in @ must be an http:// or https:// URL"),
+    ("comfy_url", "http://host:port", "'comfy_url' in @ must be an http:// or https:// URL"),
+    ("env", "{1X: a}", "variable name '1X' in 'env' in @ must be letters, digits and '_'"),
+    ("env", "{A-B: a}", "variable name 'A-B' in 'env' in @ must be letters"),
+    ("env", "{A: [1, 2]}", "'A' in 'env' in @ must be a string, number or true/false, got a list"),
+    ("env", "{A: {b: 1}}", "'A' in 'env' in @ must be a string, number or true/false, got a mapping"),
+    ("env", "{A: }", "'A' in 'env' in @ has no value"),
+    ("env", "{A: ''}", "'A' in 'env' in @ must not be empty"),
+    ("env", "{A: 010}", "'A' in 'env' in @ must be written as the pod should see it: YAML would rewrite '010'"),
+    ("env", "{A: 1_000}", "YAML would rewrite '1_000'; put it in quotes"),
+    ("env", "{A: yes}", "YAML would rewrite 'yes'"),
+    ("env", "{A: 1.0e+3}", "YAML would rewrite '1.0e+3'"),
+    ("env", "{A: .inf}", "YAML would rewrite '.inf'"),
+    ("env", "{A: 2024-01-01}", "'A' in 'env' in @ must be a string, number or true/false, got '2024-01-01'"),
+    ("env", "[A=1]", "'env' in @ must be a mapping of NAME: value, got a list"),
+    ("volume_id", "''", "'volume_id' in @ must not be empty; leave the key out to use the default"),
+    ("volume_id", "'   '", "'volume_id' in @ must not be empty"),
+    ("volume_id", "", "'volume_id' in @ has no value; leave the key out to use the default"),
+    ("volume_id", "12345", "'volume_id' in @ must be a string, got '12345' (YAML reads it as a number; put it"),
+    ("image", "\"a\\tb\"", "'image' in @ must not contain control characters (newline, tab, escape), got 'a\\tb'"),
+    ("image", "\"a\\x9bb\"", "'image' in @ must not contain control characters"),
+    ("image", "\"a\\e[31m\"", "'image' in @ must not contain control characters"),
+    ("datacenter", "true", "'datacenter' in @ must be a string, got 'true' (YAML reads it as true/false"),
+    ("ssh_key", "''", "'ssh_key' in @ must not be empty"),
+]
+
+
+@pytest.mark.parametrize("key, value, msg", BAD_VALUES)
+def test_bad_values_in_defaults(tmp_path, key, value, msg):
+    p = write(tmp_path, f"defaults:\n  disk_gb: 5\n  {key}: {value}\n")
+    got = error(p)
+    assert got.startswith(f"{p}:3: ") and msg.replace("@", "defaults") in got, got
+
+
+@pytest.mark.parametrize("key, value, msg", [v for v in BAD_VALUES if v[0] not in ("ssh_key", "tunnel_backend",
+                                                                                   "comfy_url")])
+def test_bad_values_in_pod_specs(tmp_path, key, value, msg):
+    p = write(tmp_path, f"pods:\n  flux:\n    {key}: {value}\n")
+    got = error(p)
+    assert got.startswith(f"{p}:3: ") and msg.replace("@", "pods.flux") in got, got
+
+
+@pytest.mark.parametrize("key, value, msg", [
+    ("comfy_url", "not a url", "'comfy_url' in top level must be an http:// or https:// URL"),
+    ("volume_id", "''", "'volume_id' in top level must not be empty"),
+    ("gpu_count", "0x2", "'gpu_count' in top level must be a whole number like 2, got '0x2'"),
+])
+def test_bad_values_in_user_config(autopod_home, key, value, msg):
+    autopod_home.mkdir(parents=True)
+    (autopod_home / "config.yaml").write_text(f"{key}: {value}\n")
+    with pytest.raises(ConfigError) as e:
+        config.user_config()
+    assert str(e.value).startswith(f"{autopod_home / 'config.yaml'}:1: ") and msg in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("field, value, msg", [
+    ("host", "-oProxyCommand=x", "'host' in hosts.box must be a host name or IP address"),
+    ("host", "a b", "'host' in hosts.box must be a host name or IP address"),
+    ("host", "''", "'host' in hosts.box must not be empty"),
+    ("user", "-oProxyCommand=evil", "'user' in hosts.box must be a user name"),
+    ("user", "me@host", "'user' in hosts.box must be a user name"),
+    ("user", "a" * 33, "'user' in hosts.box must be a user name"),
+    ("key", "''", "'key' in hosts.box must not be empty"),
+    ("port", "+22", "'port' in hosts.box must be a whole number like 2, got '+22'"),
+    ("comfy_address", "127.0.0.1", "'comfy_address' in hosts.box must be HOST:PORT"),
+])
+def test_bad_host_fields(tmp_path, field, value, msg):
+    fields = {"host": "192.168.1.20", "user": "me", field: value}
+    p = write(tmp_path, "hosts:\n  box:\n" + "".join(f"    {k}: {v}\n" for k, v in fields.items()))
+    got = error(p)
+    line = 3 + list(fields).index(field)
+    assert got.startswith(f"{p}:{line}: ") and msg in got, got
+
+
 @pytest.mark.parametrize("text, msg", [
     ("pods:\n  '': {}\n", ":2: a pod spec name in pods must not be empty"),
     ("pods:\n  ~: {}\n", ":2: a pod spec name in pods is empty or null"),
@@ -221,8 +338,37 @@ def test_bad_names_and_shapes(tmp_path, text, msg):
     assert error(p).startswith(f"{p}{msg}")
 
 
+def test_good_values_still_load(tmp_path):
+    p = write(tmp_path, """\
+defaults:
+  cloud_type: community
+  tunnel_backend: openssh
+  comfy_url: https://[::1]:8443/comfy
+  comfy_address: "[::1]:8188"
+  ports: [8188/http, 22/tcp, 65535/tcp]
+  gpu_count: 16
+  disk_gb: 4000
+  timeout: 604800
+  env: {A: 1, B: 0, C: -3, D: 1.5, E: true, F: False, G: "010", _H: x}
+pods:
+  flux:
+    comfy_address: comfy.internal:8188
+hosts:
+  box:
+    host: fe80::1
+    user: Ubuntu.admin-1
+    port: 65535
+    key: ~/.ssh/id_ed25519
+""")
+    inv = load_inventory(p)
+    assert inv.defaults["env"] == {"A": 1, "B": 0, "C": -3, "D": 1.5, "E": True, "F": False, "G": "010", "_H": "x"}
+    assert inv.defaults["gpu_count"] == 16 and inv.hosts["box"].port == 65535
+    assert load_yaml_mapping(p, {"defaults": dict, "pods": dict, "hosts": dict})["pods"] == {"flux": {
+        "comfy_address": "comfy.internal:8188"}}
+
+
 # -- through the CLI: exit 2, one line, no traceback ----------------------------------------------------
-@pytest.mark.parametrize("content", [b"\xff\xfe\x00", bomb(levels=4).encode()])
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00", bomb(levels=4).encode(), b"pods:\n  flux: {gpu_count: 1_0}\n"])
 def test_cli_exits_2_with_one_line(cli, tmp_path, monkeypatch, content):
     p = write(tmp_path, content)
     monkeypatch.setenv("AUTOPOD_INVENTORY", str(p))
