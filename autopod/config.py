@@ -39,10 +39,14 @@ SIM_STATE = "sim.json"
 
 
 def user_config() -> dict[str, Any]:
+    """``AUTOPOD_HOME/config.yaml``, read and checked like the inventory defaults ({} when absent)."""
     path = autopod_home() / "config.yaml"
-    if not path.exists():
-        return {}
-    return load_yaml_mapping(path, DEFAULT_KEYS)
+    try:
+        if not path.exists():
+            return {}
+    except OSError as e:  # AUTOPOD_HOME itself cannot be searched
+        raise ConfigError(f"{path}: cannot read the settings: {e.strerror or e}") from None
+    return load_yaml_mapping(path, DEFAULT_KEYS, "settings")
 
 
 def resolve(key: str, flag: Any = None, *, inventory: Inventory | None = None, pod_spec: dict | None = None,
@@ -50,6 +54,7 @@ def resolve(key: str, flag: Any = None, *, inventory: Inventory | None = None, p
     """One setting through the layers. ``None``/empty flags fall through."""
     if flag not in (None, "", [], ()):
         return flag
+    # The loader refuses empty values in files; layers built in code may still hold them.
     for layer in (pod_spec or {}, (inventory.defaults if inventory else {}), config or {}):
         if layer.get(key) not in (None, "", []):
             return layer[key]
@@ -87,15 +92,36 @@ def api_credentials() -> ApiCredentials:
 
 
 def _runpod_config_key() -> str | None:
+    """``[default] api_key`` (else the older top-level ``apiKey``) from ~/.runpod/config.toml, or None.
+    Errors never show the key."""
     path = Path("~/.runpod/config.toml").expanduser()
-    if not path.exists():
-        return None
     try:
+        if not path.exists():
+            return None
         with path.open("rb") as f:
             data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the RunPod config: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: cannot read the RunPod config: {e}") from None
-    return (data.get("default") or {}).get("api_key") or data.get("apiKey")
+    except UnicodeDecodeError:  # tomllib decodes the whole file before parsing
+        raise ConfigError(f"{path}: the RunPod config is not UTF-8 text") from None
+    default = data.get("default", {})
+    if not isinstance(default, dict):
+        raise ConfigError(f"{path}: 'default' in the RunPod config must be a table ([default])")
+    for where, table, name in (("[default] api_key", default, "api_key"), ("apiKey", data, "apiKey")):
+        key = table.get(name)
+        if key is None:
+            continue
+        if not isinstance(key, str):
+            kind = {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "a table"}.get(
+                type(key), "a date")
+            raise ConfigError(f"{path}: {where} in the RunPod config must be a string in quotes, got {kind}")
+        if not key.strip() or any(c.isspace() or not c.isprintable() for c in key):
+            raise ConfigError(f"{path}: {where} in the RunPod config must be the key alone: not empty, "
+                              "no spaces or control characters")
+        return key
+    return None
 
 
 def validate_sim_state(data: dict[str, Any]) -> None:

@@ -62,7 +62,11 @@ def test_unknown_key_names_file_and_line(tmp_path):
 
 def test_wrong_type_names_line(tmp_path):
     p = write(tmp_path, "defaults:\n  disk_gb: lots\n")
-    with pytest.raises(ConfigError, match=r"inv.yml:2: 'disk_gb' in defaults must be a int"):
+    msg = r"inv.yml:2: 'disk_gb' in defaults must be a whole number like 2, got 'lots'$"
+    with pytest.raises(ConfigError, match=msg):
+        load_inventory(p)
+    p = write(tmp_path, "defaults:\n  image: [a, b]\n")
+    with pytest.raises(ConfigError, match=r"inv.yml:2: 'image' in defaults must be a string, got a list$"):
         load_inventory(p)
 
 
