@@ -88,17 +88,15 @@ def _control(url: str, key: str, method: str = "GET", body: dict | None = None, 
 
 
 def load_world_file(path: str) -> dict[str, Any]:
-    """A YAML or JSON merge-patch over the default world (stock, volumes, data centers, settings)."""
-    import yaml
+    """A YAML or JSON merge-patch over the default world (stock, volumes, data centers, settings).
+
+    Read with the inventory's strict reader: aliases, duplicate keys and non-UTF-8 text are errors."""
+    from .inventory import load_yaml_document
 
     p = Path(path).expanduser()
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read the simulator world: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"{p}:{mark.line + 1 if mark else '?'}: invalid YAML in the simulator world") from None
+    if not p.exists():
+        raise ConfigError(f"{p}: cannot read the simulator world: no such file")
+    data = load_yaml_document(p, "simulator world")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the simulator world must be a mapping")
     unknown = set(data) - {"settings", "gpu_types", "data_centers", "network_volumes", "user", "seed"}
