@@ -14,11 +14,11 @@ from invoke import Collection, Exit, ParseError, Program
 
 from . import __version__
 from .errors import ExitCode
-from .tasks import comfy, pod, sim, tunnel, volume
+from .tasks import comfy, config, pod, sim, tunnel, volume
 from .tasks._base import set_debug, stdout_gone
 
 ns = Collection()
-for _module in (pod, volume, tunnel, comfy, sim):
+for _module in (pod, volume, tunnel, comfy, sim, config):
     ns.add_collection(Collection.from_module(_module))
 
 # invoke's core flags that configure Context.run(): autopod tasks never run local shell commands, so

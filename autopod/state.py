@@ -107,22 +107,7 @@ class StateFile:
         return backup
 
     def _write(self, data: dict[str, Any]) -> None:
-        import tempfile
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, PRIVATE)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_private(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def set_aside(self) -> Path | None:
         """Move a corrupt file out of the way (``sim.stop`` does, after saying so). Returns the backup."""
@@ -144,6 +129,26 @@ class CorruptState(ConfigError):
         super().__init__(f"state file {path} is corrupt ({why}){kept}. Fix or remove {path} and run again")
         self.path = path
         self.backup = backup
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with ``text``, mode 0600: a reader never sees half a file, and
+    nobody else can read it (state, settings, the RunPod key file)."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, PRIVATE)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def private_lock(path: str, timeout: float) -> Any:
