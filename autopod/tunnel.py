@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, TunnelError, UsageError
+from .errors import AutopodError, ConfigError, TunnelError, UsageError
 from .output import Outcome
 from .paths import autopod_home, log_dir
 from .procs import cmdline, terminate_pid
-from .state import StateFile
+from .state import StateFile, check_fields, require
 from .targets import SSHTarget
 from .ui import progress
 
@@ -72,16 +72,61 @@ class TunnelInfo:
 
 
 # -- state -----------------------------------------------------------------------
+# What each recorded field must be; anything else makes tunnels.json corrupt (CorruptState, exit 2),
+# so no reader has to guess what a string pid or a list of tunnels means.
+_NUMBER = (int, float)
+ENTRY_TYPES: dict[str, Any] = {
+    "target_id": str, "name": str, "kind": str, "state": str, "backend": str, "remote_host": str, "ssh_host": str,
+    "error": str, "error_kind": str, "pid": int, "child_pid": int, "local_port": int, "remote_port": int,
+    "ssh_port": int, "restarts": int, "started_at": _NUMBER, "updated_at": _NUMBER, "up_since": _NUMBER,
+    "target": dict,
+}
+TARGET_TYPES: dict[str, Any] = {
+    "id": str, "name": str, "kind": str, "host": str, "user": str, "key_path": str, "remote_host": str,
+    "port": int, "remote_port": int,
+}
+
+
+def validate_state(data: dict[str, Any]) -> None:
+    """The shape of tunnels.json: ``{"tunnels": {target_id: entry}}``; ValueError names what is wrong."""
+    tunnels = data.get("tunnels")
+    if tunnels is None:
+        return
+    require(isinstance(tunnels, dict), "'tunnels' is not an object")
+    for tid, entry in tunnels.items():
+        where = f"tunnels[{tid!r}]"
+        check_fields(entry, where, ENTRY_TYPES)
+        require(entry.get("target_id") in (None, tid), f"{where}.target_id is not {tid!r}")
+        for key in ("pid", "child_pid"):
+            require(entry.get(key) is None or entry[key] > 0, f"{where}.{key} is not a process id")
+        for key in ("local_port", "remote_port", "ssh_port"):
+            require(entry.get(key) is None or 0 < entry[key] < 65536, f"{where}.{key} is not a port (1..65535)")
+        target = entry.get("target")
+        if target is not None:
+            check_fields(target, f"{where}.target", TARGET_TYPES)
+            for key in ("port", "remote_port"):
+                require(target.get(key) is None or 0 < target[key] < 65536,
+                        f"{where}.target.{key} is not a port (1..65535)")
+
+
 def state_file() -> StateFile:
-    return StateFile.named(STATE_NAME)
+    return StateFile.named(STATE_NAME, validate=validate_state)
+
+
+def _int(entry: dict[str, Any] | None, key: str) -> int:
+    """A recorded integer field (pid, port), 0 when absent or null (validate_state vouches for the type)."""
+    v = (entry or {}).get(key)
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
 
 def recorded_entries() -> list[dict[str, Any]]:
-    return list((state_file().read().get("tunnels") or {}).values())
+    tunnels = state_file().read().get("tunnels") or {}
+    return [{**e, "target_id": tid} for tid, e in tunnels.items()]
 
 
 def recorded_entry(target_id: str) -> dict[str, Any] | None:
-    return (state_file().read().get("tunnels") or {}).get(target_id)
+    e = (state_file().read().get("tunnels") or {}).get(target_id)
+    return None if e is None else {**e, "target_id": target_id}
 
 
 def update_entry(target_id: str, *, pid: int, **fields: Any) -> bool:
@@ -92,7 +137,7 @@ def update_entry(target_id: str, *, pid: int, **fields: Any) -> bool:
     with state_file().update() as data:
         tunnels = data.setdefault("tunnels", {})
         cur = tunnels.get(target_id)
-        if cur is not None and int(cur.get("pid", -1)) != pid:
+        if cur is not None and _int(cur, "pid") != pid:
             return False
         tunnels[target_id] = {**(cur or {}), **fields, "target_id": target_id, "pid": pid}
     return True
@@ -102,7 +147,7 @@ def drop_entry(target_id: str, *, pid: int | None = None) -> bool:
     with state_file().update() as data:
         tunnels = data.setdefault("tunnels", {})
         cur = tunnels.get(target_id)
-        if cur is None or (pid is not None and int(cur.get("pid", -1)) != pid):
+        if cur is None or (pid is not None and _int(cur, "pid") != pid):
             return False
         del tunnels[target_id]
     return True
@@ -149,13 +194,13 @@ def _kill_entry_processes(entry: dict[str, Any]) -> bool:
     """Stop the daemon of ``entry`` (and an orphaned ssh child), only after proving they are ours."""
     killed = False
     if entry_process_alive(entry):
-        _terminate(int(entry["pid"]))
+        _terminate(_int(entry, "pid"))
         killed = True
     elif entry.get("pid"):
         log.info("recorded tunnel pid %s for %s is not our daemon any more; not signalling it",
                  entry.get("pid"), entry.get("target_id"))
     if _child_is_ours(entry):
-        _terminate(int(entry["child_pid"]))
+        _terminate(_int(entry, "child_pid"))
         killed = True
     return killed
 
@@ -182,14 +227,15 @@ def probe(port: int, *, timeout: float = 3.0) -> bool:
 
 def _info(entry: dict[str, Any], *, check: bool = True) -> TunnelInfo:
     alive = entry_process_alive(entry)
-    state = entry.get("state", "")
-    healthy = bool(check and alive and state == "up" and probe(int(entry.get("local_port", 0))))
+    state = entry.get("state") or ""
+    healthy = bool(check and alive and state == "up" and probe(_int(entry, "local_port")))
+    started = entry.get("started_at")
     return TunnelInfo(
-        target_id=entry["target_id"], name=entry.get("name") or entry["target_id"], pid=int(entry.get("pid", 0)),
-        local_port=int(entry.get("local_port", 0)), remote_host=entry.get("remote_host", ""),
-        remote_port=int(entry.get("remote_port", 0)), ssh_host=entry.get("ssh_host", ""),
-        ssh_port=int(entry.get("ssh_port", 0)), started_at=float(entry.get("started_at", 0)),
-        backend=entry.get("backend", ""), healthy=healthy, state=state if alive else "gone", alive=alive,
+        target_id=entry["target_id"], name=entry.get("name") or entry["target_id"], pid=_int(entry, "pid"),
+        local_port=_int(entry, "local_port"), remote_host=entry.get("remote_host") or "",
+        remote_port=_int(entry, "remote_port"), ssh_host=entry.get("ssh_host") or "",
+        ssh_port=_int(entry, "ssh_port"), started_at=float(started) if isinstance(started, (int, float)) else 0.0,
+        backend=entry.get("backend") or "", healthy=healthy, state=state if alive else "gone", alive=alive,
         error=entry.get("error"),
     )
 
@@ -228,7 +274,7 @@ def port_is_free(port: int) -> bool:
 def port_holder(port: int) -> str:
     """Who listens on ``port``, in words, for error messages."""
     for e in recorded_entries():
-        if int(e.get("local_port", 0)) == int(port) and entry_process_alive(e):
+        if _int(e, "local_port") == int(port) and entry_process_alive(e):
             return f"the autopod tunnel to {e.get('name') or e['target_id']} (pid {e['pid']})"
     import psutil
 
@@ -307,10 +353,10 @@ def _backend_for(backend: str | None, target: SSHTarget) -> str:
 def _matches(entry: dict[str, Any], target: SSHTarget, local_port: int | None, backend: str) -> bool:
     """Does the recorded tunnel lead to the same place, the same way, as asked now?"""
     rec = entry.get("target") or {}
-    same = (rec.get("host"), int(rec.get("port", 0)), rec.get("user"), rec.get("remote_host"),
-            int(rec.get("remote_port", 0))) == (target.host, target.port, target.user, target.remote_host,
-                                                target.remote_port)
-    return same and entry.get("backend") == backend and (local_port is None or int(entry.get("local_port", 0)) == local_port)
+    same = (rec.get("host"), _int(rec, "port"), rec.get("user"), rec.get("remote_host"),
+            _int(rec, "remote_port")) == (target.host, target.port, target.user, target.remote_host,
+                                           target.remote_port)
+    return same and entry.get("backend") == backend and (local_port is None or _int(entry, "local_port") == local_port)
 
 
 def _describe(info: TunnelInfo) -> str:
@@ -394,7 +440,7 @@ def _replace_and_start(target: SSHTarget, want: int, explicit: bool, backend: st
             note = "recreated a tunnel whose daemon was gone"
         log.info("replacing tunnel entry %s: %s", target.id, note)
         _kill_entry_processes(entry)
-        drop_entry(target.id, pid=int(entry.get("pid", 0)))
+        drop_entry(target.id, pid=_int(entry, "pid"))
         if target.from_record:
             # The recorded endpoint is what failed: look the pod up again (its SSH port may have changed).
             from .targets import resolve_target
@@ -410,7 +456,7 @@ def _replace_and_start(target: SSHTarget, want: int, explicit: bool, backend: st
 def _wait_healthy(entry: dict[str, Any], deadline: float, require_remote: bool) -> TunnelInfo | None:
     while True:
         cur = recorded_entry(entry["target_id"])
-        if cur is None or int(cur.get("pid", 0)) != int(entry.get("pid", 0)):
+        if cur is None or _int(cur, "pid") != _int(entry, "pid"):
             return None
         info = _info(cur, check=require_remote)
         if info.healthy or (not require_remote and info.alive and cur.get("state") == "up"):
@@ -442,7 +488,7 @@ def _start_daemon(target: SSHTarget, want: int, explicit: bool, backend: str, de
         with state_file().update() as data:
             tunnels = data.setdefault("tunnels", {})
             cur = tunnels.get(target.id)
-            if cur is None or int(cur.get("pid", 0)) != proc.pid:  # the daemon may have recorded itself already
+            if cur is None or _int(cur, "pid") != proc.pid:  # the daemon may have recorded itself already
                 tunnels[target.id] = _new_entry(target, proc.pid, port, backend, now)
         log.info("spawned tunnel daemon pid %d for %s on 127.0.0.1:%d (%s)", proc.pid, target.id, port, backend)
         try:
@@ -465,8 +511,8 @@ def _wait_started(target: SSHTarget, proc: subprocess.Popen, port: int, deadline
     last_state = ""
     while True:
         entry = recorded_entry(target.id) or {}
-        mine = int(entry.get("pid", 0)) == proc.pid
-        state = entry.get("state", "") if mine else ""
+        mine = _int(entry, "pid") == proc.pid
+        state = (entry.get("state") or "") if mine else ""
         if state != last_state and state:
             log.debug("tunnel daemon %d: %s", proc.pid, state)
             last_state = state
@@ -544,12 +590,26 @@ def _spawn(target: SSHTarget, port: int, backend: str) -> subprocess.Popen:
 
 
 def stop_tunnel_for(target_id: str) -> bool:
-    """Stop the tunnel of ``target_id`` if one is recorded (pod.stop, pod.kill). True if a daemon was stopped."""
+    """Stop the tunnel of ``target_id`` if one is recorded (pod.stop, pod.kill). True if a daemon was stopped.
+
+    Raises only AutopodError (CorruptState for a damaged tunnels.json), so the pod command
+    that calls it can warn and carry on.
+    """
+    try:
+        return _stop_tunnel_for(target_id)
+    except AutopodError:
+        raise
+    except Exception as e:  # e.g. psutil refusing to signal: still only a warning for pod.stop
+        log.debug("stopping the tunnel to %s failed", target_id, exc_info=True)
+        raise TunnelError(f"could not stop the tunnel to {target_id}: {type(e).__name__}: {e}") from None
+
+
+def _stop_tunnel_for(target_id: str) -> bool:
     entry = recorded_entry(target_id)
     if entry is None:
         return False
     killed = _kill_entry_processes(entry)
-    drop_entry(target_id, pid=int(entry.get("pid", 0)))
+    drop_entry(target_id, pid=_int(entry, "pid"))
     log.info("stopped tunnel to %s (pid %s)%s", entry.get("name") or target_id, entry.get("pid"),
              "" if killed else "; its daemon was already gone")
     return killed
@@ -588,8 +648,8 @@ def cleanup() -> Outcome:
         if entry_process_alive(entry):
             continue
         if _child_is_ours(entry):  # an ssh left behind by a killed daemon still holds the port
-            _terminate(int(entry["child_pid"]))
-        if drop_entry(entry["target_id"], pid=int(entry.get("pid", 0))):
+            _terminate(_int(entry, "child_pid"))
+        if drop_entry(entry["target_id"], pid=_int(entry, "pid")):
             dropped.append(entry.get("name") or entry["target_id"])
             log.info("cleanup: dropped stale tunnel entry %s (pid %s)", entry["target_id"], entry.get("pid"))
     if not dropped:

@@ -207,3 +207,59 @@ def test_missing_sshd_skips_locally_but_fails_under_ci(monkeypatch):
     monkeypatch.setattr(sshd_server, "IN_CI", True)
     with pytest.raises(pytest.fail.Exception, match="CI=true"):
         sshd_server.require_sshd()
+
+
+BAD_STATES = {
+    "list": '{"tunnels": [1, 2]}',
+    "string pid": '{"tunnels": {"x": {"pid": "abc"}}}',
+    "string port": '{"tunnels": {"x": {"pid": 123, "local_port": "8188", "target_id": "x"}}}',
+    "bool pid": '{"tunnels": {"x": {"pid": true}}}',
+    "entry not an object": '{"tunnels": {"x": 5}}',
+    "port out of range": '{"tunnels": {"x": {"pid": 123, "local_port": 99999}}}',
+    "target of the wrong type": '{"tunnels": {"x": {"pid": 123, "target": {"port": "22"}}}}',
+    "key and target_id differ": '{"tunnels": {"x": {"pid": 123, "target_id": "y"}}}',
+}
+TUNNEL_COMMANDS = [("tunnel.start", "--pod", "box"), ("tunnel.start",), ("tunnel.stop", "--pod", "x"), ("tunnel.stop",),
+                   ("tunnel.status", "--pod", "x"), ("tunnel.status",), ("tunnel.list",), ("tunnel.cleanup",),
+                   ("tunnel.stop-all",), ("comfy.status", "--pod", "x")]
+
+
+@pytest.mark.parametrize("content", list(BAD_STATES.values()), ids=list(BAD_STATES))
+def test_damaged_state_is_reported_by_every_tunnel_command(content, cli, autopod_home):
+    autopod_home.mkdir(exist_ok=True)
+    path = autopod_home / "tunnels.json"
+    path.write_text(content)
+    for argv in TUNNEL_COMMANDS:
+        r = cli(*argv, "--json")
+        assert r.code == 2, (argv, r.err)
+        lines = r.err.strip().splitlines()
+        assert len(lines) == 1 and str(path) in lines[0] and "corrupt" in lines[0], (argv, r.err)
+        assert "internal error" not in r.err and r.json["failed"] is True
+        assert path.read_text() == content  # never overwritten
+    assert [p.read_text() for p in autopod_home.glob("tunnels.json.corrupt-*")] == [content]
+
+
+@pytest.mark.parametrize("content", list(BAD_STATES.values()), ids=list(BAD_STATES))
+def test_stop_tunnel_for_raises_only_autopod_errors(content, autopod_home):
+    """pod.stop and pod.kill call it and warn on AutopodError; anything else would abort them."""
+    from autopod.errors import AutopodError
+    from autopod.state import CorruptState
+
+    autopod_home.mkdir(exist_ok=True)
+    (autopod_home / "tunnels.json").write_text(content)
+    with pytest.raises(CorruptState) as e:
+        tunnel.stop_tunnel_for("x")
+    assert isinstance(e.value, AutopodError) and e.value.exit_code == 2
+
+
+def test_null_fields_are_not_a_crash(stranger, cli, autopod_home):
+    """null is "not recorded yet" (the shape check allows it); no reader may int() it."""
+    autopod_home.mkdir(exist_ok=True)
+    (autopod_home / "tunnels.json").write_text(json.dumps({"tunnels": {"x": {
+        "pid": stranger.pid, "local_port": None, "remote_port": None, "ssh_port": None, "started_at": None,
+        "name": None, "state": None, "target": None}}}))
+    rows = cli("tunnel.list", "--json")
+    assert rows.code == 0 and rows.json[0]["target_id"] == "x" and rows.json[0]["local_port"] == 0
+    assert cli("tunnel.status", "--pod", "x").code == 1
+    assert tunnel.stop_tunnel_for("x") is False and stranger.poll() is None
+    assert tunnel.recorded_entries() == []
