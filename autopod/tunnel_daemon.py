@@ -28,7 +28,9 @@ from .targets import SSHTarget
 
 log = logging.getLogger("autopod.tunneld")
 
-CHECK_INTERVAL_S = 1.0
+CHECK_INTERVAL_S = float(os.environ.get("AUTOPOD_TUNNEL_CHECK_S", "1"))  # how often the forward is checked
+# How often the daemon checks that tunnels.json still names it, and retries a write that failed.
+RECORD_INTERVAL_S = float(os.environ.get("AUTOPOD_TUNNEL_RECORD_S", "5"))
 PING_INTERVAL_S = float(os.environ.get("AUTOPOD_TUNNEL_PING_S", "10"))  # SSH-level liveness probe
 PING_TIMEOUT_S = 10.0
 BACKOFF_START_S = 0.5
@@ -326,29 +328,49 @@ class Daemon:
         self.stop_event = threading.Event()
         self.pid = os.getpid()
         self.state = ""
+        self._unsaved: dict[str, Any] = {}  # fields a failed record() still has to write
+        self._trouble = ""  # the last state-file problem logged
 
     def record(self, **fields: Any) -> bool:
+        """Write our state to tunnels.json. A failure (a damaged or locked file) is only a warning:
+        the forward matters more than the bookkeeping, and the fields are written on a later try."""
         from .tunnel import update_entry
 
         if "state" in fields:
             self.state = fields["state"]
         t = self.target
+        fields = {**self._unsaved, **fields}
         base = {
             "name": t.name, "kind": t.kind, "local_port": self.local_port, "remote_host": t.remote_host,
             "remote_port": t.remote_port, "ssh_host": t.host, "ssh_port": t.port, "backend": self.backend_name,
             "target": t.to_dict(), "child_pid": self.backend.child_pid, "updated_at": time.time(),
         }
-        return update_entry(t.id, pid=self.pid, **base, **fields)
+        try:
+            ok = update_entry(t.id, pid=self.pid, **base, **fields)
+        except Exception as e:
+            self._unsaved = fields
+            self._state_trouble("cannot record the tunnel state (will retry)", e)
+            return False
+        self._unsaved = {}
+        self._trouble = ""
+        return ok
 
     def still_recorded(self) -> bool:
-        from .tunnel import recorded_entry
+        """False once our entry was removed or taken over; True while the state cannot be read."""
+        from .tunnel import _int, recorded_entry
 
         try:
             entry = recorded_entry(self.target.id)
-        except Exception as e:  # a corrupt state file is the user's to fix; keep the tunnel up meanwhile
-            log.warning("cannot read tunnel state: %s", e)
+        except Exception as e:  # a damaged state file is the user's to fix; keep the tunnel up meanwhile
+            self._state_trouble("cannot read the tunnel state", e)
             return True
-        return entry is not None and int(entry.get("pid", 0)) == self.pid
+        return entry is not None and _int(entry, "pid") == self.pid
+
+    def _state_trouble(self, what: str, e: BaseException) -> None:
+        # Once at WARNING, then DEBUG while the same trouble lasts: a broken file must not flood the log.
+        msg = f"{what}: {e}"
+        log.log(logging.DEBUG if msg == self._trouble else logging.WARNING, "%s", msg)
+        self._trouble = msg
 
     def run(self) -> int:
         t = self.target
@@ -385,11 +407,13 @@ class Daemon:
         restarts = 0
         last_seen = time.monotonic()
         while not self.stop_event.wait(CHECK_INTERVAL_S):
-            if time.monotonic() - last_seen >= 5:
+            if time.monotonic() - last_seen >= RECORD_INTERVAL_S:
                 last_seen = time.monotonic()
                 if not self.still_recorded():
                     log.info("tunnel entry for %s was removed or taken over; stopping", self.target.id)
                     return 0
+                if self._unsaved:
+                    self.record()
             why = self.backend.check()
             if why is None:
                 continue

@@ -282,3 +282,39 @@ def test_stop_all_and_pod_stop_hook(ssh_box, cli, autopod_home):
     assert r.code == 0 and r.json["stopped"] == ["box"]
     assert cli("tunnel.stop-all").out.startswith("ok: ")
     assert wait_until(lambda: not daemons_for(autopod_home), 5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_daemon_keeps_its_forward_while_the_state_file_is_damaged(ssh_box, sshd, cli, autopod_home, monkeypatch):
+    monkeypatch.setenv("AUTOPOD_TUNNEL_CHECK_S", "0.1")
+    monkeypatch.setenv("AUTOPOD_TUNNEL_RECORD_S", "0.2")
+    port = free_port()
+    r = cli("tunnel.start", "--pod", "box", "--local-port", str(port), "--json")
+    assert r.code == 0, r.err
+    pid = r.json["tunnel"]["pid"]
+    path = autopod_home / "tunnels.json"
+    good = path.read_text()
+    bad = json.dumps({"tunnels": {"host:box": {"pid": "abc", "local_port": str(port)}}})
+    path.write_text(bad)
+    log_file = autopod_home / "logs" / "autopod.log"
+    # The daemon read the damaged file at least once (a supervision cycle went by) and is still there.
+    wait_until(lambda: "cannot read the tunnel state" in log_file.read_text() or not _alive(pid), 10)
+    assert _alive(pid), log_file.read_text()[-2000:]
+    assert "cannot read the tunnel state" in log_file.read_text() and fetch(port) == BODY
+    # The SSH connection dies while the file is damaged: the daemon reconnects, its writes only warn.
+    for p in psutil.Process(sshd.proc.pid).children(recursive=True):
+        p.kill()
+    assert wait_until(lambda: "is back" in log_file.read_text(), 15)
+    assert "cannot record the tunnel state" in log_file.read_text()
+    assert _alive(pid) and fetch(port) == BODY
+    assert path.read_text() == bad  # the daemon never overwrites what it cannot read
+    # Once the file is repaired, the daemon writes what it could not write meanwhile.
+    path.write_text(good)
+    assert wait_until(lambda: entries(autopod_home)["host:box"].get("restarts") == 1, 10), entries(autopod_home)
+    assert entries(autopod_home)["host:box"]["state"] == "up" and _alive(pid)
