@@ -12,9 +12,11 @@ Two backends share the state, health checks and recovery: ``sshtunnel``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -483,7 +485,7 @@ def _start_daemon(target: SSHTarget, want: int, explicit: bool, backend: str, de
     pin_on_first_use(target.host, target.port, timeout=max(1.0, min(15.0, deadline - time.monotonic())))
     port = choose_local_port(want, explicit=explicit)
     for _attempt in range(3):
-        proc = _spawn(target, port, backend)
+        proc, log_offset = _spawn(target, port, backend)
         now = time.time()
         with state_file().update() as data:
             tunnels = data.setdefault("tunnels", {})
@@ -492,7 +494,7 @@ def _start_daemon(target: SSHTarget, want: int, explicit: bool, backend: str, de
                 tunnels[target.id] = _new_entry(target, proc.pid, port, backend, now)
         log.info("spawned tunnel daemon pid %d for %s on 127.0.0.1:%d (%s)", proc.pid, target.id, port, backend)
         try:
-            return _wait_started(target, proc, port, deadline, require_remote)
+            return _wait_started(target, proc, port, deadline, require_remote, log_offset)
         except _PortTaken:
             if explicit:
                 raise TunnelError(f"local port {port} is already in use by {port_holder(port)}; "
@@ -506,7 +508,7 @@ class _PortTaken(Exception):
 
 
 def _wait_started(target: SSHTarget, proc: subprocess.Popen, port: int, deadline: float,
-                  require_remote: bool) -> TunnelInfo:
+                  require_remote: bool, log_offset: int = 0) -> TunnelInfo:
     """Until the daemon says it is up (and, if required, a connection through the tunnel works)."""
     last_state = ""
     while True:
@@ -527,7 +529,7 @@ def _wait_started(target: SSHTarget, proc: subprocess.Popen, port: int, deadline
                 from .errors import HostKeyMismatch
 
                 raise HostKeyMismatch(err or "host key mismatch")
-            raise TunnelError(f"the tunnel to {target.name} failed: {err or _log_tail()}")
+            raise TunnelError(f"the tunnel to {target.name} failed: {err or _log_tail(target.id, log_offset)}")
         if state == "up" and (not require_remote or probe(port, timeout=min(3.0, max(0.5, deadline - time.monotonic())))):
             info = _info(recorded_entry(target.id) or entry, check=False)
             info.healthy = require_remote
@@ -540,7 +542,7 @@ def _wait_started(target: SSHTarget, proc: subprocess.Popen, port: int, deadline
             _reap(proc)
             drop_entry(target.id, pid=proc.pid)
             raise TunnelError(f"the tunnel to {target.name} did not come up in time "
-                              f"(last state: {state or 'starting'}); see {daemon_log_path()}")
+                              f"(last state: {state or 'starting'}); see {tunnel_log_path(target.id)}")
         time.sleep(0.05)
 
 
@@ -560,16 +562,46 @@ def _new_entry(target: SSHTarget, pid: int, port: int, backend: str, now: float)
     }
 
 
-def daemon_log_path() -> Path:
-    return log_dir() / "tunneld.out"
+# Each tunnel logs to a file of its own, rotated by size, so an error quotes only that tunnel's lines.
+LOG_MAX_BYTES = 1024 * 1024
+LOG_BACKUPS = 2
+_LOG_RECORD = re.compile(r"^\S+ \S+ \d+ \S+ (?P<level>[A-Z]+) \S+: (?P<msg>.*)$")  # see log_format()
 
 
-def _log_tail(n: int = 3) -> str:
+def tunnel_log_path(target_id: str) -> Path:
+    """``logs/tunnel-<id>.log``; an id with characters unfit for a file name gets a hash to stay unique."""
+    name = target_id[len("host:"):] if target_id.startswith("host:") else target_id
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80]
+    if safe != name or safe.startswith("."):
+        safe += "-" + hashlib.sha256(target_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return log_dir() / f"tunnel-{'host-' if target_id.startswith('host:') else ''}{safe}.log"
+
+
+def log_format() -> str:
+    return "%(asctime)s %(process)d tunneld %(levelname)s %(name)s: %(message)s"
+
+
+def _log_tail(target_id: str, offset: int, n: int = 3) -> str:
+    """The last warnings and raw output (a traceback) that the daemon spawned at ``offset`` wrote."""
+    path = tunnel_log_path(target_id)
+    none = f"no details (see {path})"
     try:
-        lines = daemon_log_path().read_text(errors="replace").strip().splitlines()
-        return " / ".join(lines[-n:]) or "no details (see the autopod log)"
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size >= offset:  # smaller: rotated since, all of it is new
+                f.seek(offset)
+            text = f.read().decode("utf-8", "replace")
     except OSError:
-        return "no details (see the autopod log)"
+        return none
+    lines = []
+    for line in text.splitlines():
+        m = _LOG_RECORD.match(line)
+        if m and m["level"] in ("DEBUG", "INFO"):
+            continue
+        if m:
+            lines.append(m["msg"])
+        elif line.strip() and not line[0].isspace() and not line.startswith("Traceback "):
+            lines.append(line.strip())  # raw output; of a traceback only its last line, the error
+    return " / ".join(lines[-n:]) or none
 
 
 def daemon_argv(target: SSHTarget, port: int, backend: str) -> list[str]:
@@ -578,15 +610,23 @@ def daemon_argv(target: SSHTarget, port: int, backend: str) -> list[str]:
             "--backend", backend, "--target", json.dumps(target.to_dict(), sort_keys=True)]
 
 
-def _spawn(target: SSHTarget, port: int, backend: str) -> subprocess.Popen:
+def _spawn(target: SSHTarget, port: int, backend: str) -> tuple[subprocess.Popen, int]:
+    """The daemon, and the size of its log before it started (where its own lines begin)."""
     env = dict(os.environ)
     env["AUTOPOD_HOME"] = str(autopod_home().resolve())  # the daemon runs from / ; a relative home would move
     pkg_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-    with open(daemon_log_path(), "ab") as out:
-        return subprocess.Popen(daemon_argv(target, port, backend), start_new_session=True,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, close_fds=True,
+    # Raw stdout/stderr (a crash before logging is set up) go to the same file as the daemon's log records.
+    fd = os.open(tunnel_log_path(target.id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        offset = os.fstat(fd).st_size
+        proc = subprocess.Popen(daemon_argv(target, port, backend), start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, close_fds=True,
                                 cwd="/", env=env)
+    finally:
+        os.close(fd)
+    return proc, offset
 
 
 def stop_tunnel_for(target_id: str) -> bool:

@@ -451,6 +451,23 @@ class Daemon:
         return 0
 
 
+def _log_to_own_file(target_id: str) -> None:
+    """This tunnel's own rotated log (``autopod tunnel.start`` quotes it when the daemon fails)."""
+    from .errors import ConfigError
+    from .log import RedactingFilter, private_log_handler
+    from .tunnel import LOG_BACKUPS, LOG_MAX_BYTES, log_format, tunnel_log_path
+
+    try:
+        h = private_log_handler(tunnel_log_path(target_id), max_bytes=LOG_MAX_BYTES, backups=LOG_BACKUPS)
+    except (OSError, ConfigError) as e:  # the shared autopod.log still has everything
+        log.warning("cannot open this tunnel's log: %s", e)
+        return
+    h.setFormatter(logging.Formatter(log_format()))
+    h.setLevel(logging.INFO)
+    h.addFilter(RedactingFilter())
+    logging.getLogger("autopod").addHandler(h)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m autopod.tunnel_daemon", description=__doc__.splitlines()[0])
     p.add_argument("--target-id", required=True)
@@ -462,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     from .log import setup_logging
 
     setup_logging(stderr=False, name="tunneld")
+    _log_to_own_file(args.target_id)
     target = SSHTarget.from_dict(json.loads(args.target))
     if target.id != args.target_id:
         log.error("--target-id %s does not match the target %s", args.target_id, target.id)

@@ -318,3 +318,37 @@ def test_daemon_keeps_its_forward_while_the_state_file_is_damaged(ssh_box, sshd,
     path.write_text(good)
     assert wait_until(lambda: entries(autopod_home)["host:box"].get("restarts") == 1, 10), entries(autopod_home)
     assert entries(autopod_home)["host:box"]["state"] == "up" and _alive(pid)
+
+
+def test_each_tunnel_has_its_own_private_log(ssh_box, cli, autopod_home):
+    from autopod.tunnel import tunnel_log_path
+
+    port = free_port()
+    assert cli("tunnel.start", "--pod", "box", "--local-port", str(port)).code == 0
+    path = tunnel_log_path("host:box")
+    assert path.parent == autopod_home.resolve() / "logs" and path.name.startswith("tunnel-host-box")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert "tunnel to box is up" in path.read_text()
+    assert not (autopod_home / "logs" / "tunneld.out").exists()
+    assert tunnel_log_path("host:a/b") != tunnel_log_path("host:a_b")  # unfit characters cannot collide
+    assert "/" not in tunnel_log_path("host:../x").name
+
+
+def test_a_failed_start_quotes_only_lines_of_its_own_daemon(ssh_box, cli, autopod_home, monkeypatch):
+    from autopod import tunnel
+
+    real_argv = tunnel.daemon_argv
+    # A daemon that fails on its command line, leaving a line in the log.
+    monkeypatch.setattr(tunnel, "daemon_argv", lambda *a: real_argv(*a) + ["--stale-marker"])
+    r = cli("tunnel.start", "--pod", "box", "--local-port", str(free_port()))
+    assert r.code == 1 and "--stale-marker" in r.err
+    # A daemon that dies without a word (OOM killer): the stale line is not its story.
+    monkeypatch.setattr(tunnel, "daemon_argv", lambda *a: [
+        sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    r = cli("tunnel.start", "--pod", "box", "--local-port", str(free_port()))
+    assert r.code == 1 and "stale-marker" not in r.err
+    assert f"no details (see {tunnel.tunnel_log_path('host:box')})" in r.err
+    monkeypatch.setattr(tunnel, "daemon_argv", lambda *a: real_argv(*a) + ["--fresh-marker"])
+    r = cli("tunnel.start", "--pod", "box", "--local-port", str(free_port()))
+    assert r.code == 1 and "--fresh-marker" in r.err and "stale-marker" not in r.err
+    assert entries(autopod_home) == {} and not daemons_for(autopod_home)
