@@ -11,7 +11,9 @@ Resolution order for a reference (``--pod P``):
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,38 @@ from .errors import ConfigError, NotFound, TunnelError
 log = logging.getLogger(__name__)
 
 HOST_PREFIX = "host:"
+# What a user and a host may look like. Both reach ssh's command line, where "-oProxyCommand=..."
+# would be an option (a command run on this machine), so they are checked wherever a target is made.
+USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")  # fullmatch: "$" would let "root\n" through
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+ADDRESS_CHARS_RE = re.compile(r"[A-Za-z0-9_.:%-]{1,253}")
+
+
+def check_user(user: Any, where: str = "") -> str:
+    """``user`` when it is a plain login name; else a ConfigError (exit 2) naming the value."""
+    if not isinstance(user, str) or not USER_RE.fullmatch(user):
+        raise ConfigError(f"invalid SSH user {user!r}{where}: use letters, digits, '_', '.' and '-', "
+                          "starting with a letter or '_' (at most 32)")
+    return user
+
+
+def check_host(host: Any, where: str = "", *, what: str = "SSH host") -> str:
+    """``host`` when it is a host name, an IPv4 or an IPv6 address (never starting with '-')."""
+    # ipaddress takes any text as an IPv6 scope ("fe80::1%a b"); a host also lands in known_hosts lines.
+    if isinstance(host, str) and ADDRESS_CHARS_RE.fullmatch(host) and not host.startswith("-"):
+        try:
+            ipaddress.ip_address(host)
+            return host
+        except ValueError:
+            if HOSTNAME_RE.fullmatch(host):
+                return host
+    raise ConfigError(f"invalid {what} {host!r}{where}: expected a host name, an IPv4 or an IPv6 address")
+
+
+def check_port(port: Any, where: str = "", *, what: str = "SSH port") -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError(f"invalid {what} {port!r}{where}: expected 1..65535")
+    return port
 
 
 @dataclass
@@ -36,6 +70,14 @@ class SSHTarget:
     remote_port: int = 8188
     from_record: bool = False  # taken from tunnels.json: the endpoint may be stale
 
+    def __post_init__(self) -> None:
+        where = f" for {self.name}"
+        check_user(self.user, where)
+        check_host(self.host, where)
+        check_host(self.remote_host, where, what="ComfyUI host")
+        check_port(self.port, where)
+        check_port(self.remote_port, where, what="ComfyUI port")
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["key_path"] = str(self.key_path)
@@ -47,8 +89,7 @@ class SSHTarget:
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         kw["key_path"] = Path(kw["key_path"])
-        kw["port"], kw["remote_port"] = int(kw["port"]), int(kw["remote_port"])
-        return cls(**kw)
+        return cls(**kw)  # __post_init__ checks every field that reaches ssh
 
     @property
     def endpoint(self) -> str:
@@ -118,7 +159,7 @@ def _recorded_target(ref: str | None) -> SSHTarget | None:
         return None
     try:
         t = SSHTarget.from_dict(chosen["target"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, ConfigError):
         return None
     t.from_record = True
     return t

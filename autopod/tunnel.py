@@ -30,7 +30,7 @@ from .output import Outcome
 from .paths import autopod_home, log_dir
 from .procs import cmdline, terminate_pid
 from .state import StateFile, check_fields, require
-from .targets import SSHTarget
+from .targets import SSHTarget, check_host, check_user
 from .ui import progress
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,15 @@ def validate_state(data: dict[str, Any]) -> None:
             for key in ("port", "remote_port"):
                 require(target.get(key) is None or 0 < target[key] < 65536,
                         f"{where}.target.{key} is not a port (1..65535)")
+            # Recorded targets are handed to ssh again: what could not be configured cannot be recorded.
+            try:
+                if target.get("user") is not None:
+                    check_user(target["user"])
+                for key in ("host", "remote_host"):
+                    if target.get(key) is not None:
+                        check_host(target[key], what=key)
+            except ConfigError as e:
+                raise ValueError(f"{where}.target: {e}") from None
 
 
 def state_file() -> StateFile:

@@ -241,14 +241,16 @@ class OpenSSHBackend:
         from .hostkeys import known_hosts_path
 
         t = self.target
+        remote = f"[{t.remote_host}]" if ":" in t.remote_host else t.remote_host  # an IPv6 address
         return [
-            "ssh", "-N", "-L", f"127.0.0.1:{self.local_port}:{t.remote_host}:{t.remote_port}",
+            "ssh", "-N", "-L", f"127.0.0.1:{self.local_port}:{remote}:{t.remote_port}",
             "-p", str(t.port), "-i", str(t.key_path),
             "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3",
             "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts_path()}",
             "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no",
             "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", f"ConnectTimeout={int(CONNECT_TIMEOUT_S)}",
-            "-o", "LogLevel=ERROR", "-F", "/dev/null", f"{t.user}@{t.host}",
+            # "--": nothing after it is an option, whatever the inventory says (SSHTarget checks it too).
+            "-o", "LogLevel=ERROR", "-F", "/dev/null", "--", f"{t.user}@{t.host}",
         ]
 
     def start(self) -> None:
@@ -480,7 +482,11 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(stderr=False, name="tunneld")
     _log_to_own_file(args.target_id)
-    target = SSHTarget.from_dict(json.loads(args.target))
+    try:
+        target = SSHTarget.from_dict(json.loads(args.target))
+    except Exception as e:  # only autopod writes --target; say what is wrong, not a traceback
+        log.error("bad --target: %s: %s", type(e).__name__, e)
+        return 2
     if target.id != args.target_id:
         log.error("--target-id %s does not match the target %s", args.target_id, target.id)
         return 2

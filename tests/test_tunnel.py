@@ -230,6 +230,7 @@ def test_openssh_backend(ssh_box, cli, autopod_home):
                 "ExitOnForwardFailure=yes", "BatchMode=yes", "IdentitiesOnly=yes", "ServerAliveInterval=15"):
         assert opt in argv
     assert "-F" in argv and argv[argv.index("-F") + 1] == "/dev/null"
+    assert argv[-2:] == ["--", f"{ssh_box.user}@127.0.0.1"]  # the destination can never be read as an option
     # Recovery: ssh dies, the daemon starts a new one on the same port.
     ssh.kill()
     assert wait_until(lambda: entries(autopod_home)["host:box"].get("restarts", 0) >= 1, 15)
@@ -352,3 +353,20 @@ def test_a_failed_start_quotes_only_lines_of_its_own_daemon(ssh_box, cli, autopo
     r = cli("tunnel.start", "--pod", "box", "--local-port", str(free_port()))
     assert r.code == 1 and "--fresh-marker" in r.err and "stale-marker" not in r.err
     assert entries(autopod_home) == {} and not daemons_for(autopod_home)
+
+
+@pytest.mark.parametrize("backend", ["openssh", "sshtunnel"])
+@pytest.mark.parametrize("field", ["user", "host"])
+def test_option_like_user_or_host_is_refused_before_ssh_runs(field, backend, ssh_box, cli, autopod_home, tmp_path,
+                                                             monkeypatch):
+    from sshd_server import write_host_inventory
+
+    marker = tmp_path / "pwned"
+    evil = f"-oProxyCommand=touch {marker}"
+    spec = {"host": "127.0.0.1", "port": ssh_box.ssh_port, "user": ssh_box.user, "key": str(ssh_box.key),
+            "comfy_address": f"127.0.0.1:{ssh_box.http_port}", field: evil}
+    monkeypatch.setenv("AUTOPOD_INVENTORY", str(write_host_inventory(tmp_path / "evil.yml", {"box": spec})))
+    r = cli("tunnel.start", "--pod", "box", "--backend", backend, "--local-port", str(free_port()), "--json")
+    assert r.code == 2, r.err
+    assert f"invalid SSH {field} {evil!r} for box" in r.err
+    assert not marker.exists() and entries(autopod_home) == {} and not daemons_for(autopod_home)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -263,3 +265,60 @@ def test_null_fields_are_not_a_crash(stranger, cli, autopod_home):
     assert cli("tunnel.status", "--pod", "x").code == 1
     assert tunnel.stop_tunnel_for("x") is False and stranger.poll() is None
     assert tunnel.recorded_entries() == []
+
+
+GOOD_USERS = ["root", "ubuntu", "_svc", "a.b-c_d", "User1", "x" * 32]
+BAD_USERS = ["-oProxyCommand=id", "", "1root", "a b", "a@b", "x" * 33, "r\u00f6ot", "root\n", None, 0]
+GOOD_HOSTS = ["127.0.0.1", "::1", "fe80::1%eth0", "2001:db8::2", "box.lan", "my_box", "a-b.example.com", "10.0.0.9"]
+BAD_HOSTS = ["-oProxyCommand=id", "-1.2.3.4", "", "a b", "user@host", "[::1]", "host;id", "h\tx", "fe80::1%a b",
+             "fe80::1%a\nb", None, 22]
+
+
+@pytest.mark.parametrize("user", GOOD_USERS)
+def test_plain_users_make_targets(user):
+    assert SSHTarget(id="p", name="p", kind="pod", host="1.2.3.4", port=22, user=user, key_path="k").user == user
+
+
+@pytest.mark.parametrize("user", BAD_USERS)
+def test_option_like_or_odd_users_are_config_errors(user):
+    with pytest.raises(ConfigError, match=f"invalid SSH user {re.escape(repr(user))} for p") as e:
+        SSHTarget(id="p", name="p", kind="pod", host="1.2.3.4", port=22, user=user, key_path="k")
+    assert e.value.exit_code == 2
+
+
+@pytest.mark.parametrize("host", GOOD_HOSTS)
+def test_names_and_addresses_make_targets(host):
+    t = SSHTarget(id="p", name="p", kind="pod", host=host, port=22, user="root", key_path=Path("k"),
+                  remote_host=host)
+    assert SSHTarget.from_dict(t.to_dict()) == t
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS)
+def test_option_like_or_odd_hosts_are_config_errors(host):
+    with pytest.raises(ConfigError, match=f"invalid SSH host {re.escape(repr(host))}"):
+        SSHTarget(id="p", name="p", kind="pod", host=host, port=22, user="root", key_path="k")
+    with pytest.raises(ConfigError, match="invalid ComfyUI host"):
+        SSHTarget(id="p", name="p", kind="pod", host="h", port=22, user="root", key_path="k", remote_host=host)
+
+
+def test_loaded_targets_are_checked_too(autopod_home):
+    from autopod.state import CorruptState
+
+    good = SSHTarget(id="p", name="p", kind="pod", host="1.2.3.4", port=22, user="root", key_path="k").to_dict()
+    for bad in ({"user": "-oProxyCommand=id"}, {"host": "-x"}, {"port": 0}, {"remote_port": "8188"}):
+        with pytest.raises(ConfigError):
+            SSHTarget.from_dict({**good, **bad})
+        autopod_home.mkdir(exist_ok=True)
+        (autopod_home / "tunnels.json").write_text(json.dumps({"tunnels": {"p": {"pid": 1, "target": {**good, **bad}}}}))
+        with pytest.raises(CorruptState):
+            tunnel.recorded_entries()
+
+
+def test_openssh_argv_ends_the_options_before_the_destination(tmp_path):
+    from autopod.tunnel_daemon import OpenSSHBackend
+
+    t = SSHTarget(id="p", name="p", kind="pod", host="::1", port=2222, user="root", key_path=tmp_path / "k",
+                  remote_host="::1", remote_port=8188)
+    argv = OpenSSHBackend(t, 18188).argv()
+    assert argv[-2:] == ["--", "root@::1"]
+    assert argv[argv.index("-L") + 1] == "127.0.0.1:18188:[::1]:8188"
