@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import shlex
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -172,13 +173,7 @@ def _pod_target(ref: str | None, inv: Any, remote_port: int | None, config: Any)
     pod = resolve_pod(RunPodAPI(config.api_credentials()), ref)
     direct = getattr(pod, "ssh_direct", None)
     if not direct:
-        raise TunnelError(
-            f"pod {pod.name} ({pod.id}) has no direct SSH endpoint, only RunPod's proxied SSH "
-            f"({getattr(pod, 'ssh_proxy', None) or 'ssh.runpod.io'}), which cannot forward ports. "
-            "A tunnel needs the pod's 22/tcp exposed on a public port: recreate the pod with --port 22/tcp "
-            "(autopod's default ports include it) and a PUBLIC_KEY, or wait until the pod is RUNNING "
-            "and its ports are published"
-        )
+        raise no_direct_ssh(pod)
     ip, port = direct
     spec = inv.pods.get(getattr(pod, "name", "") or "") or {}
     cfg = config.user_config()
@@ -188,3 +183,25 @@ def _pod_target(ref: str | None, inv: Any, remote_port: int | None, config: Any)
     return SSHTarget(id=pod.id, name=pod.name or pod.id, kind="pod", host=str(ip), port=int(port),
                      user=config.pod_ssh_user(), key_path=key, remote_host=rhost,
                      remote_port=int(remote_port) if remote_port is not None else rport)
+
+
+def no_direct_ssh(pod: Any) -> TunnelError:
+    """Why ``pod`` offers no endpoint to tunnel through, and what to do, by its state (exit 1)."""
+    name = getattr(pod, "name", None) or pod.id
+    cmd_ref = shlex.quote(name)
+    status = getattr(pod, "status", "") or ""
+    if status == "TERMINATED":
+        return TunnelError(f"pod {name} ({pod.id}) is terminated: it is gone, and no tunnel can reach it; "
+                           "create a new one with `autopod pod.create`")
+    if not any(str(p).strip().lower() == "22/tcp" for p in getattr(pod, "ports", None) or []):
+        # Checked before "stopped": starting such a pod would not help.
+        return TunnelError(
+            f"pod {name} ({pod.id}) has no direct SSH endpoint, only RunPod's proxied SSH "
+            f"({getattr(pod, 'ssh_proxy', None) or 'ssh.runpod.io'}), which cannot forward ports. "
+            "A tunnel needs the pod's 22/tcp exposed on a public port: recreate the pod with --port 22/tcp "
+            "(autopod's default ports include it) and a PUBLIC_KEY"
+        )
+    if status == "EXITED":
+        return TunnelError(f"pod {name} is stopped: start it with `autopod pod.start --pod {cmd_ref}`")
+    return TunnelError(f"pod {name} is still starting ({status or 'status unknown'}, its SSH port is not "
+                       f"published yet): wait with `autopod pod.wait --pod {cmd_ref}`")

@@ -322,3 +322,46 @@ def test_openssh_argv_ends_the_options_before_the_destination(tmp_path):
     argv = OpenSSHBackend(t, 18188).argv()
     assert argv[-2:] == ["--", "root@::1"]
     assert argv[argv.index("-L") + 1] == "127.0.0.1:18188:[::1]:8188"
+
+
+def _fake_pod(status: str, ports: list[str], direct=None, name: str = "flux"):
+    from autopod.pods import Pod
+
+    return Pod(id="abc123", name=name, status=status, ports=ports, ssh_direct=direct,
+               ssh_proxy="abc123-64411c8f@ssh.runpod.io")
+
+
+@pytest.fixture
+def fake_pod(monkeypatch):
+    """``tunnel.start --pod flux`` finds the pod put in ``box[0]``, with no API call."""
+    import autopod.pods
+    import autopod.runpod_api
+
+    box = []
+    monkeypatch.setenv("RUNPOD_API_KEY", "dummy-key-for-tests")
+    monkeypatch.setattr(autopod.runpod_api, "RunPodAPI", lambda *a, **k: object())
+    monkeypatch.setattr(autopod.pods, "resolve_pod", lambda api, ref, pods=None: box[0])
+    return box
+
+
+@pytest.mark.parametrize("status, ports, want, not_want", [
+    ("EXITED", ["8188/http", "22/tcp"], "pod flux is stopped: start it with `autopod pod.start --pod flux`",
+     "recreate"),
+    ("RUNNING", ["8188/http", "22/tcp"], "pod flux is still starting", "recreate"),
+    ("RUNNING", ["8188/http", "22/tcp"], "wait with `autopod pod.wait --pod flux`", "stopped"),
+    ("TERMINATED", ["22/tcp"], "is terminated: it is gone", "recreate the pod"),
+    ("RUNNING", ["8188/http"], "recreate the pod with --port 22/tcp", "wait"),
+    ("EXITED", ["8188/http"], "cannot forward ports", "start it"),
+    ("RUNNING", [], "and a PUBLIC_KEY", "wait"),
+])
+def test_advice_for_a_pod_without_direct_ssh_follows_its_state(status, ports, want, not_want, fake_pod, cli):
+    fake_pod.append(_fake_pod(status, ports))
+    r = cli("tunnel.start", "--pod", "flux", "--json")
+    assert r.code == 1, r.err  # a state, not bad input
+    assert want in r.err and not_want not in r.err, r.err
+    assert tunnel.recorded_entries() == []
+
+
+def test_advice_quotes_a_pod_name_for_the_shell(fake_pod, cli):
+    fake_pod.append(_fake_pod("EXITED", ["22/tcp"], name="my pod"))
+    assert "`autopod pod.start --pod 'my pod'`" in cli("tunnel.start", "--pod", "my pod").err
