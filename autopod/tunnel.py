@@ -30,7 +30,7 @@ from .output import Outcome
 from .paths import autopod_home, log_dir
 from .procs import cmdline, terminate_pid
 from .state import StateFile, check_fields, require
-from .targets import SSHTarget, check_host, check_user
+from .targets import HOST_PREFIX, SSHTarget, check_host, check_user
 from .ui import progress
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,24 @@ def _find_entry(ref: str | None) -> dict[str, Any] | None:
     return None
 
 
+def check_known_ref(ref: str, entries: list[dict[str, Any]] | None = None) -> None:
+    """UsageError (exit 2) when ``ref`` names no recorded tunnel, no inventory host and no pod autopod
+    has seen: a typo must not read as "no tunnel is running" (exit 0). No API call."""
+    entries = recorded_entries() if entries is None else entries
+    if any(ref in (e.get("target_id"), e.get("name")) for e in entries):
+        return
+    from .pods import known_refs
+
+    if not ref.startswith(HOST_PREFIX) and ref in known_refs():
+        return
+    from .inventory import load_inventory
+
+    if (ref[len(HOST_PREFIX):] if ref.startswith(HOST_PREFIX) else ref) in load_inventory().hosts:
+        return
+    names = ", ".join(sorted(e.get("name") or e["target_id"] for e in entries)) or "none"
+    raise UsageError(f"no tunnel, inventory host or known pod is called {ref!r} (recorded tunnels: {names})")
+
+
 # -- processes -------------------------------------------------------------------
 def process_is_ours(pid: int | None, target_id: str) -> bool:
     """True only for a live autopod tunnel daemon for ``target_id``: a reused pid is never ours."""
@@ -261,8 +279,13 @@ def find_tunnel(target_id: str) -> TunnelInfo | None:
 
 
 def tunnel_status(target_id: str | None) -> TunnelInfo | None:
-    """The recorded tunnel (by target id or name; the only one if None), health-checked; None if none."""
+    """The recorded tunnel (by target id or name; the only one if None), health-checked; None if none.
+
+    A ref that names nothing autopod knows is a UsageError (see check_known_ref).
+    """
     entry = _find_entry(target_id)
+    if entry is None and target_id is not None:
+        check_known_ref(target_id)
     return _info(entry) if entry else None
 
 
@@ -671,6 +694,8 @@ def stop_tunnel(target: SSHTarget | str | None) -> Outcome:
     if entry is None and isinstance(target, SSHTarget):
         entry = _find_entry(target.name)
     if entry is None:
+        if ref and not isinstance(target, SSHTarget):
+            check_known_ref(ref)
         return Outcome(False, f"no tunnel to {ref} is running" if ref else "no tunnel is running")
     info = _info(entry, check=False)
     killed = stop_tunnel_for(entry["target_id"])

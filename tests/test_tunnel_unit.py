@@ -365,3 +365,28 @@ def test_advice_for_a_pod_without_direct_ssh_follows_its_state(status, ports, wa
 def test_advice_quotes_a_pod_name_for_the_shell(fake_pod, cli):
     fake_pod.append(_fake_pod("EXITED", ["22/tcp"], name="my pod"))
     assert "`autopod pod.start --pod 'my pod'`" in cli("tunnel.start", "--pod", "my pod").err
+
+
+def test_a_ref_nobody_knows_is_a_usage_error_not_a_quiet_success(stranger, cli, autopod_home, tmp_path, monkeypatch):
+    _record("pod456", stranger.pid, name="two")
+    for argv in (("tunnel.stop", "--pod", "nosuch"), ("tunnel.status", "--pod", "nosuch"),
+                 ("tunnel.stop", "--pod", "host:nosuch")):
+        r = cli(*argv, "--json")
+        assert r.code == 2, (argv, r.err)
+        assert "'nosuch'" in r.err or "'host:nosuch'" in r.err
+        assert "recorded tunnels: two" in r.err and r.json["failed"] is True
+    assert len(tunnel.recorded_entries()) == 1
+
+
+def test_a_known_pod_or_host_without_a_tunnel_is_fine(cli, autopod_home, tmp_path, monkeypatch):
+    autopod_home.mkdir(exist_ok=True)
+    (autopod_home / "pods.json").write_text(json.dumps({"abc123": {"name": "flux"}}))
+    inv = tmp_path / "inv.yml"
+    inv.write_text("hosts:\n  homebox: {host: box.lan}\n")
+    monkeypatch.setenv("AUTOPOD_INVENTORY", str(inv))
+    for ref in ("flux", "abc123", "homebox", "host:homebox"):
+        r = cli("tunnel.stop", "--pod", ref)
+        assert r.code == 0 and r.out.startswith(f"ok: no tunnel to {ref} is running"), (ref, r.err)
+        st = cli("tunnel.status", "--pod", ref, "--json")
+        assert st.code == 1 and st.json["running"] is False, (ref, st.err)
+    assert cli("tunnel.status", "--pod", "host:flux").code == 2  # a pod is not an inventory host
