@@ -518,21 +518,41 @@ def _start_daemon(target: SSHTarget, want: int, explicit: bool, backend: str, de
     port = choose_local_port(want, explicit=explicit)
     for _attempt in range(3):
         proc, log_offset = _spawn(target, port, backend)
-        now = time.time()
-        with state_file().update() as data:
-            tunnels = data.setdefault("tunnels", {})
-            cur = tunnels.get(target.id)
-            if cur is None or _int(cur, "pid") != proc.pid:  # the daemon may have recorded itself already
-                tunnels[target.id] = _new_entry(target, proc.pid, port, backend, now)
-        log.info("spawned tunnel daemon pid %d for %s on 127.0.0.1:%d (%s)", proc.pid, target.id, port, backend)
         try:
+            with state_file().update() as data:
+                tunnels = data.setdefault("tunnels", {})
+                cur = tunnels.get(target.id)
+                if cur is None or _int(cur, "pid") != proc.pid:  # the daemon may have recorded itself already
+                    tunnels[target.id] = _new_entry(target, proc.pid, port, backend, time.time())
+            log.info("spawned tunnel daemon pid %d for %s on 127.0.0.1:%d (%s)", proc.pid, target.id, port, backend)
             return _wait_started(target, proc, port, deadline, require_remote, log_offset)
         except _PortTaken:
             if explicit:
                 raise TunnelError(f"local port {port} is already in use by {port_holder(port)}; "
                                   "choose another with --local-port") from None
             port = choose_local_port(port + 1, explicit=False)
+        except TunnelError:
+            raise  # _wait_started stopped the daemon, or left it on purpose (SSH up, ComfyUI not yet)
+        except BaseException:
+            # Ctrl-C, SIGTERM/SIGHUP (Interrupted), or tunnels.json broke meanwhile: nobody would be
+            # told about this daemon, so it must not outlive the command that spawned it.
+            _abandon(target, proc)
+            raise
     raise TunnelError(f"could not bind a local port for the tunnel to {target.name}")
+
+
+def _abandon(target: SSHTarget, proc: subprocess.Popen) -> None:
+    """Stop the daemon this command spawned and drop its entry; a further signal waits until done."""
+    from .procs import stop_child
+    from .signals import shielded
+
+    with shielded():
+        log.info("start of the tunnel to %s did not finish; stopping its daemon (pid %d)", target.id, proc.pid)
+        stop_child(proc, timeout=5.0)  # our own child: no pid-reuse question
+        try:
+            drop_entry(target.id, pid=proc.pid)
+        except AutopodError as e:
+            log.warning("could not remove the tunnel entry of %s: %s", target.id, e)
 
 
 class _PortTaken(Exception):

@@ -51,6 +51,10 @@ class PortInUse(TunnelError):
     pass
 
 
+class _Stop(BaseException):
+    """Raised by SIGTERM while connecting, which can take CONNECT_TIMEOUT_S: stop now, not after."""
+
+
 class _ErrorTrap(logging.Handler):
     """sshtunnel only logs the cause of a failed start; keep the last messages for the error."""
 
@@ -332,6 +336,16 @@ class Daemon:
         self.state = ""
         self._unsaved: dict[str, Any] = {}  # fields a failed record() still has to write
         self._trouble = ""  # the last state-file problem logged
+        self.connecting = False  # inside backend.start(): a stop request interrupts it
+
+    def _start_backend(self) -> None:
+        self.connecting = True
+        try:
+            if self.stop_event.is_set():
+                raise _Stop()
+            self.backend.start()
+        finally:
+            self.connecting = False
 
     def record(self, **fields: Any) -> bool:
         """Write our state to tunnels.json. A failure (a damaged or locked file) is only a warning:
@@ -381,7 +395,7 @@ class Daemon:
         self.record(state="starting", started_at=time.time())
         try:
             try:
-                self.backend.start()
+                self._start_backend()
             except Exception as e:
                 return self._fail(e)
             self.record(state="up", up_since=time.time(), error=None, error_kind=None, restarts=0)
@@ -437,7 +451,7 @@ class Daemon:
         delay = BACKOFF_START_S
         while not self.stop_event.is_set():
             try:
-                self.backend.start()
+                self._start_backend()
                 return None
             except HostKeyMismatch as e:  # never retried: it would keep knocking on a possibly hostile host
                 return self._fail(e)
@@ -495,12 +509,17 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s", signal.Signals(signum).name)
         daemon.stop_event.set()
+        if daemon.connecting:
+            raise _Stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no terminal to hang up on, but be sure
     try:
         return daemon.run()
+    except _Stop:
+        log.info("stopped while connecting")
+        return 0
     except Exception:
         log.exception("tunnel daemon crashed")
         return 1

@@ -370,3 +370,21 @@ def test_option_like_user_or_host_is_refused_before_ssh_runs(field, backend, ssh
     assert r.code == 2, r.err
     assert f"invalid SSH {field} {evil!r} for box" in r.err
     assert not marker.exists() and entries(autopod_home) == {} and not daemons_for(autopod_home)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_interrupted_start_leaves_no_daemon_behind(sig, code, ssh_box, autopod_home):
+    port, closed = free_port(), free_port()  # nothing answers behind the tunnel: the start keeps waiting
+    cmd = [sys.executable, "-m", "autopod", "tunnel.start", "--pod", "box", "--local-port", str(port),
+           "--remote-port", str(closed), "--timeout", "60"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: entries(autopod_home).get("host:box", {}).get("state") == "up", 20)
+        pid = entries(autopod_home)["host:box"]["pid"]
+        p.send_signal(sig)
+        _out, err = p.communicate(timeout=20)
+    finally:
+        p.kill()
+    assert p.returncode == code, err
+    assert wait_until(lambda: not _alive(pid), 5)
+    assert entries(autopod_home) == {} and not daemons_for(autopod_home)

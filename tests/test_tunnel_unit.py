@@ -390,3 +390,32 @@ def test_a_known_pod_or_host_without_a_tunnel_is_fine(cli, autopod_home, tmp_pat
         st = cli("tunnel.status", "--pod", ref, "--json")
         assert st.code == 1 and st.json["running"] is False, (ref, st.err)
     assert cli("tunnel.status", "--pod", "host:flux").code == 2  # a pod is not an inventory host
+
+
+def test_daemon_stops_at_once_when_told_to_while_connecting(autopod_home, tmp_path):
+    """SIGTERM (tunnel.stop, an interrupted start) must not wait out a 15 s connect timeout."""
+    import os
+
+    from autopod.sim.sshd import free_port
+
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen()  # the kernel accepts, nobody ever sends an SSH banner
+        t = SSHTarget(id="host:hole", name="hole", kind="host", host="127.0.0.1", port=hole.getsockname()[1],
+                      user="root", key_path=tmp_path / "k")
+        p = subprocess.Popen(tunnel.daemon_argv(t, free_port(), "sshtunnel"), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            end = time.monotonic() + 10
+            while not (tunnel.recorded_entry("host:hole") or {}).get("state") == "starting":
+                assert time.monotonic() < end and p.poll() is None
+                time.sleep(0.05)
+            t0 = time.monotonic()
+            p.terminate()
+            assert p.wait(timeout=5) == 0
+            assert time.monotonic() - t0 < 3
+        finally:
+            if p.poll() is None:
+                os.kill(p.pid, 9)
+                p.wait()
+    assert tunnel.recorded_entries() == []
