@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from autopod import tunnel
-from autopod.errors import AuthError, ConfigError, NotFound, TunnelError
+from autopod.errors import AuthError, ConfigError, NotFound, TunnelError, UsageError
 from autopod.targets import SSHTarget, resolve_target, split_address
 
 
@@ -97,7 +97,10 @@ def test_unknown_backend_is_a_usage_error(tmp_path, monkeypatch, cli):
     inv.write_text(f"hosts:\n  box: {{host: 127.0.0.1, port: 1, key: {key}}}\n")
     monkeypatch.setenv("AUTOPOD_INVENTORY", str(inv))
     r = cli("tunnel.start", "--pod", "box", "--backend", "putty")
-    assert r.code == 2 and "unknown tunnel backend" in r.err
+    assert r.code == 2 and "--backend must be sshtunnel or openssh" in r.err
+    # The same check for a value from the config key tunnel_backend.
+    with pytest.raises(UsageError, match="unknown tunnel backend 'putty'"):
+        tunnel._backend_for("putty", resolve_target("box"))
 
 
 def test_choose_local_port():
@@ -419,3 +422,19 @@ def test_daemon_stops_at_once_when_told_to_while_connecting(autopod_home, tmp_pa
                 os.kill(p.pid, 9)
                 p.wait()
     assert tunnel.recorded_entries() == []
+
+
+@pytest.mark.parametrize("argv, says", [
+    (("--local-port", "0"), "--local-port must be between 1 and 65535"),
+    (("--local-port", "65536"), "--local-port must be between 1 and 65535"),
+    (("--remote-port", "70000"), "--remote-port must be between 1 and 65535"),
+    (("--remote-port", "-1"), "--remote-port must be between 1 and 65535"),
+    (("--timeout", "0"), "--timeout must be between 1 and 3600"),
+    (("--timeout", "3601"), "--timeout must be between 1 and 3600"),
+    (("--timeout", "1.5"), "--timeout must be a whole number"),
+    (("--backend", "putty"), "--backend must be sshtunnel or openssh, got 'putty'"),
+])
+def test_start_flags_out_of_range_exit_2_before_any_lookup(argv, says, cli):
+    r = cli("tunnel.start", "--pod", "nosuch", *argv, "--json")
+    assert r.code == 2 and says in r.err, r.err
+    assert "RUNPOD_API_KEY" not in r.err  # refused before resolving the pod
