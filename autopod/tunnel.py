@@ -198,21 +198,70 @@ def check_known_ref(ref: str, entries: list[dict[str, Any]] | None = None) -> No
 
 
 # -- processes -------------------------------------------------------------------
+def _arg(cmd: list[str], flag: str) -> str | None:
+    try:
+        return cmd[cmd.index(flag) + 1]
+    except (ValueError, IndexError):
+        return None
+
+
+def _runs_in_our_home(pid: Any) -> bool:
+    """The process has our AUTOPOD_HOME: a daemon of another home (another user, a test) for the same
+    pod is not ours to signal. One we may not inspect is not ours either."""
+    import psutil
+
+    try:
+        home = psutil.Process(int(pid)).environ().get("AUTOPOD_HOME")
+        return bool(home) and Path(home).resolve() == autopod_home().resolve()
+    except (psutil.Error, ValueError, OSError):
+        return False
+
+
+def _is_daemon_for(cmd: list[str], target_id: str) -> bool:
+    return DAEMON_MODULE in cmd and _arg(cmd, "--target-id") == target_id
+
+
 def process_is_ours(pid: int | None, target_id: str) -> bool:
-    """True only for a live autopod tunnel daemon for ``target_id``: a reused pid is never ours."""
-    cmd = cmdline(pid)
-    return DAEMON_MODULE in cmd and target_id in cmd
+    """True only for a live autopod tunnel daemon for ``target_id`` in our AUTOPOD_HOME: a reused pid is never ours."""
+    return _is_daemon_for(cmdline(pid), target_id) and _runs_in_our_home(pid)
+
+
+_TARGET_KEYS = ("host", "port", "user", "remote_host", "remote_port")
 
 
 def entry_process_alive(entry: dict[str, Any]) -> bool:
-    return process_is_ours(entry.get("pid"), entry.get("target_id", ""))
+    """The recorded daemon runs, is ours, and serves what the entry says (port, backend, endpoint).
+
+    The daemon's command line is the truth: a recorded port that was edited since must not
+    send ComfyUI requests to whatever else listens there.
+    """
+    pid = entry.get("pid")
+    cmd = cmdline(pid)
+    if not _is_daemon_for(cmd, entry.get("target_id") or ""):
+        return False
+    for key, flag in (("local_port", "--local-port"), ("backend", "--backend")):
+        if entry.get(key) is not None and _arg(cmd, flag) != str(entry[key]):
+            return False
+    rec = entry.get("target")
+    if rec is not None:
+        try:
+            real = json.loads(_arg(cmd, "--target") or "")
+        except ValueError:
+            return False
+        if not isinstance(real, dict) or any(real.get(k) != rec.get(k) for k in _TARGET_KEYS):
+            return False
+    return _runs_in_our_home(pid)
 
 
 def _child_is_ours(entry: dict[str, Any]) -> bool:
-    """The OpenSSH child of a daemon: ssh with our exact -L forward."""
+    """The OpenSSH child of one of our daemons: ssh with our exact -L forward and our known_hosts
+    (a user's own ``ssh -L`` on a reused pid has not)."""
+    from .hostkeys import known_hosts_path
+
     cmd = cmdline(entry.get("child_pid"))
     fwd = f"127.0.0.1:{entry.get('local_port')}:"
-    return bool(cmd) and os.path.basename(cmd[0]) == "ssh" and any(a.startswith(fwd) for a in cmd)
+    ours = f"UserKnownHostsFile={known_hosts_path().resolve()}"
+    return bool(cmd) and os.path.basename(cmd[0]) == "ssh" and any(a.startswith(fwd) for a in cmd) and ours in cmd
 
 
 def _terminate(pid: int, timeout: float = 5.0) -> None:
@@ -307,7 +356,11 @@ def port_is_free(port: int) -> bool:
 
 def port_holder(port: int) -> str:
     """Who listens on ``port``, in words, for error messages."""
-    for e in recorded_entries():
+    try:
+        entries = recorded_entries()
+    except AutopodError:  # a damaged tunnels.json must not replace the error being reported
+        entries = []
+    for e in entries:
         if _int(e, "local_port") == int(port) and entry_process_alive(e):
             return f"the autopod tunnel to {e.get('name') or e['target_id']} (pid {e['pid']})"
     import psutil
@@ -316,11 +369,10 @@ def port_holder(port: int) -> str:
         for c in psutil.net_connections(kind="tcp"):
             if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == int(port) and c.pid:
                 try:
-                    p = psutil.Process(c.pid)
-                    cmd = " ".join(p.cmdline())[:80] or p.name()
+                    what = psutil.Process(c.pid).name()  # not its command line: it may hold a password
                 except psutil.Error:
-                    cmd = "?"
-                return f"pid {c.pid} ({cmd})"
+                    what = "?"
+                return f"pid {c.pid} ({what})"
     except (psutil.Error, OSError):
         pass
     return "another program"

@@ -17,13 +17,23 @@ from autopod.errors import AuthError, ConfigError, NotFound, TunnelError, UsageE
 from autopod.targets import SSHTarget, resolve_target, split_address
 
 
+def _target(target_id: str, name: str | None = None) -> SSHTarget:
+    return SSHTarget(id=target_id, name=name or target_id, kind="pod", host="10.0.0.9", port=40022,
+                     user="root", key_path="/nonexistent/key", remote_port=8188)
+
+
 def _record(target_id: str, pid: int, **extra) -> None:
-    t = SSHTarget(id=target_id, name=extra.pop("name", target_id), kind="pod", host="10.0.0.9", port=40022,
-                  user="root", key_path="/nonexistent/key", remote_port=8188)
+    t = _target(target_id, extra.pop("name", target_id))
     entry = tunnel._new_entry(t, pid, extra.pop("local_port", 18188), "sshtunnel", time.time())
     entry.update(state="up", **extra)
     with tunnel.state_file().update() as data:
         data.setdefault("tunnels", {})[target_id] = entry
+
+
+def _sleeper(argv: list[str], **kw) -> subprocess.Popen:
+    """A process that sleeps with ``argv`` as its command line (argv[0] included)."""
+    return subprocess.Popen([argv[0], "-c", "import time; time.sleep(60)", *argv[1:]], executable=sys.executable,
+                            **kw)
 
 
 @pytest.fixture
@@ -37,9 +47,8 @@ def stranger():
 
 @pytest.fixture
 def fake_daemon():
-    """A process whose command line looks like our daemon for target pod123 (it only sleeps)."""
-    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "autopod.tunnel_daemon",
-                          "--target-id", "pod123"])
+    """A process whose command line is our daemon's for target pod123 on port 18188 (it only sleeps)."""
+    p = _sleeper(tunnel.daemon_argv(_target("pod123"), 18188, "sshtunnel"))
     yield p
     p.kill()
     p.wait()
@@ -438,3 +447,83 @@ def test_start_flags_out_of_range_exit_2_before_any_lookup(argv, says, cli):
     r = cli("tunnel.start", "--pod", "nosuch", *argv, "--json")
     assert r.code == 2 and says in r.err, r.err
     assert "RUNPOD_API_KEY" not in r.err  # refused before resolving the pod
+
+
+def test_a_daemon_of_another_autopod_home_is_not_ours(cli, tmp_path):
+    import os
+
+    argv = tunnel.daemon_argv(_target("pod123"), 18188, "sshtunnel")
+    other = _sleeper(argv, env={**os.environ, "AUTOPOD_HOME": str(tmp_path / "other-home")})
+    try:
+        _record("pod123", other.pid)
+        assert tunnel.process_is_ours(other.pid, "pod123") is False
+        r = cli("tunnel.stop", "--pod", "pod123", "--json")
+        assert r.code == 0 and "already gone" in r.json["msg"]
+        assert other.poll() is None  # not signalled
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_the_target_id_must_be_the_daemons_own(tmp_path):
+    p = _sleeper([sys.executable, "-m", "autopod.tunnel_daemon", "--target-id", "other", "--x", "pod123"])
+    try:
+        assert tunnel.process_is_ours(p.pid, "other") is True
+        assert tunnel.process_is_ours(p.pid, "pod123") is False
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_recorded_port_or_endpoint_the_daemon_does_not_serve_is_not_trusted(fake_daemon, cli):
+    _record("pod123", fake_daemon.pid, name="one")  # the daemon's own: 127.0.0.1:18188
+    assert tunnel.entry_process_alive(tunnel.recorded_entry("pod123")) is True
+    for change in ({"local_port": 22}, {"backend": "openssh"}, {"target": {**_target("pod123").to_dict(),
+                                                                           "host": "10.6.6.6"}}):
+        with tunnel.state_file().update() as data:
+            data["tunnels"]["pod123"].update(change)
+        assert tunnel.entry_process_alive(tunnel.recorded_entry("pod123")) is False, change
+        st = cli("tunnel.status", "--pod", "one", "--json")
+        assert st.code == 1 and st.json["running"] is False and st.json["state"] == "gone"
+        _record("pod123", fake_daemon.pid, name="one")
+
+
+def test_cleanup_never_kills_a_users_own_ssh_on_a_recorded_child_pid(stranger, cli):
+    users_ssh = _sleeper(["ssh", "-N", "-L", "127.0.0.1:18188:127.0.0.1:8188", "me@example.com"])
+    try:
+        _record("pod123", stranger.pid, child_pid=users_ssh.pid)
+        assert tunnel._child_is_ours(tunnel.recorded_entry("pod123")) is False
+        r = cli("tunnel.cleanup", "--json")
+        assert r.code == 0 and r.json["removed"] == ["pod123"]
+        assert users_ssh.poll() is None
+    finally:
+        users_ssh.kill()
+        users_ssh.wait()
+
+
+def test_port_holder_survives_a_damaged_state_file(autopod_home):
+    import os
+
+    autopod_home.mkdir(exist_ok=True)
+    (autopod_home / "tunnels.json").write_text('{"tunnels": [1]}')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(TunnelError, match=f"in use by pid {os.getpid()} \\("):
+            tunnel.choose_local_port(port, explicit=True)
+
+
+def test_unreadable_known_hosts_is_a_config_error(autopod_home):
+    from autopod.hostkeys import pin_on_first_use, pinned_keys
+
+    autopod_home.mkdir(exist_ok=True)
+    (autopod_home / "known_hosts").write_bytes(b"[10.0.0.9]:40022 ssh-ed25519 \xff\xfe\n")
+    with pytest.raises(ConfigError, match="known_hosts is not UTF-8"):
+        pinned_keys("10.0.0.9", 40022)
+    (autopod_home / "known_hosts").unlink()
+    (autopod_home / "known_hosts").mkdir()
+    with pytest.raises(ConfigError, match="cannot read"):
+        pinned_keys("10.0.0.9", 40022)
+    with pytest.raises(ConfigError, match="invalid SSH host"):
+        pin_on_first_use("evil\n[10.0.0.9]:40022", 22)
