@@ -777,10 +777,17 @@ def stop_tunnel(target: SSHTarget | str | None) -> Outcome:
 
 
 def stop_all() -> Outcome:
-    stopped = []
+    stopped, failed = [], []
     for entry in recorded_entries():
-        stop_tunnel_for(entry["target_id"])
+        try:
+            stop_tunnel_for(entry["target_id"])
+        except TunnelError as e:  # one tunnel that resists must not keep the others running
+            failed.append(str(e))
+            continue
         stopped.append(entry.get("name") or entry["target_id"])
+    if failed:
+        done = f"stopped {', '.join(sorted(stopped))}; " if stopped else ""
+        raise TunnelError(done + "; ".join(failed))
     if not stopped:
         return Outcome(False, "no tunnel is running", key="stopped", data=[])
     return Outcome(True, f"stopped {len(stopped)} tunnel(s): {', '.join(sorted(stopped))}", key="stopped",

@@ -527,3 +527,19 @@ def test_unreadable_known_hosts_is_a_config_error(autopod_home):
         pinned_keys("10.0.0.9", 40022)
     with pytest.raises(ConfigError, match="invalid SSH host"):
         pin_on_first_use("evil\n[10.0.0.9]:40022", 22)
+
+
+def test_stop_all_stops_the_others_when_one_resists(stranger, monkeypatch, cli):
+    _record("pod1", stranger.pid, name="one")
+    _record("pod2", stranger.pid, name="two")
+    real = tunnel._stop_tunnel_for
+
+    def flaky(target_id):
+        if target_id == "pod1":
+            raise PermissionError("operation not permitted")
+        return real(target_id)
+
+    monkeypatch.setattr(tunnel, "_stop_tunnel_for", flaky)
+    r = cli("tunnel.stop-all")
+    assert r.code == 1 and "stopped two" in r.err and "could not stop the tunnel to pod1" in r.err
+    assert [e["target_id"] for e in tunnel.recorded_entries()] == ["pod1"]
