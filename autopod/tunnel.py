@@ -569,7 +569,7 @@ def _start_daemon(target: SSHTarget, want: int, explicit: bool, backend: str, de
     pin_on_first_use(target.host, target.port, timeout=max(1.0, min(15.0, deadline - time.monotonic())))
     port = choose_local_port(want, explicit=explicit)
     for _attempt in range(3):
-        proc, log_offset = _spawn(target, port, backend)
+        proc, log_start = _spawn(target, port, backend)
         try:
             with state_file().update() as data:
                 tunnels = data.setdefault("tunnels", {})
@@ -577,7 +577,7 @@ def _start_daemon(target: SSHTarget, want: int, explicit: bool, backend: str, de
                 if cur is None or _int(cur, "pid") != proc.pid:  # the daemon may have recorded itself already
                     tunnels[target.id] = _new_entry(target, proc.pid, port, backend, time.time())
             log.info("spawned tunnel daemon pid %d for %s on 127.0.0.1:%d (%s)", proc.pid, target.id, port, backend)
-            return _wait_started(target, proc, port, deadline, require_remote, log_offset)
+            return _wait_started(target, proc, port, deadline, require_remote, log_start)
         except _PortTaken:
             if explicit:
                 raise TunnelError(f"local port {port} is already in use by {port_holder(port)}; "
@@ -612,7 +612,7 @@ class _PortTaken(Exception):
 
 
 def _wait_started(target: SSHTarget, proc: subprocess.Popen, port: int, deadline: float,
-                  require_remote: bool, log_offset: int = 0) -> TunnelInfo:
+                  require_remote: bool, log_start: tuple[int, int] = (0, 0)) -> TunnelInfo:
     """Until the daemon says it is up (and, if required, a connection through the tunnel works)."""
     last_state = ""
     while True:
@@ -633,7 +633,7 @@ def _wait_started(target: SSHTarget, proc: subprocess.Popen, port: int, deadline
                 from .errors import HostKeyMismatch
 
                 raise HostKeyMismatch(err or "host key mismatch")
-            raise TunnelError(f"the tunnel to {target.name} failed: {err or _log_tail(target.id, log_offset)}")
+            raise TunnelError(f"the tunnel to {target.name} failed: {err or _log_tail(target.id, log_start)}")
         if state == "up" and (not require_remote or probe(port, timeout=min(3.0, max(0.5, deadline - time.monotonic())))):
             info = _info(recorded_entry(target.id) or entry, check=False)
             info.healthy = require_remote
@@ -674,28 +674,35 @@ _LOG_RECORD = re.compile(r"^\S+ \S+ \d+ \S+ (?P<level>[A-Z]+) \S+: (?P<msg>.*)$"
 
 def tunnel_log_path(target_id: str) -> Path:
     """``logs/tunnel-<id>.log``; an id with characters unfit for a file name gets a hash to stay unique."""
-    name = target_id[len("host:"):] if target_id.startswith("host:") else target_id
+    host = target_id.startswith(HOST_PREFIX)
+    name = target_id[len(HOST_PREFIX):] if host else target_id
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80]
     if safe != name or safe.startswith("."):
         safe += "-" + hashlib.sha256(target_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return log_dir() / f"tunnel-{'host-' if target_id.startswith('host:') else ''}{safe}.log"
+    return log_dir() / f"tunnel-{'host-' if host else ''}{safe}.log"
 
 
 def log_format() -> str:
     return "%(asctime)s %(process)d tunneld %(levelname)s %(name)s: %(message)s"
 
 
-def _log_tail(target_id: str, offset: int, n: int = 3) -> str:
-    """The last warnings and raw output (a traceback) that the daemon spawned at ``offset`` wrote."""
+def _log_tail(target_id: str, start: tuple[int, int], n: int = 3) -> str:
+    """The last warnings and raw output (a traceback) of the daemon spawned when the log was at
+    ``start`` (inode, size): only its own lines, also when the log was rotated meanwhile."""
     path = tunnel_log_path(target_id)
     none = f"no details (see {path})"
-    try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size >= offset:  # smaller: rotated since, all of it is new
-                f.seek(offset)
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return none
+    text = ""
+    for part in (Path(f"{path}.1"), path):  # a rotation moved our start into path.1
+        try:
+            with open(part, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_ino == start[0]:
+                    f.seek(start[1])
+                elif part != path:
+                    continue  # not the file we started in: older lines
+                text += f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
     lines = []
     for line in text.splitlines():
         m = _LOG_RECORD.match(line)
@@ -714,8 +721,8 @@ def daemon_argv(target: SSHTarget, port: int, backend: str) -> list[str]:
             "--backend", backend, "--target", json.dumps(target.to_dict(), sort_keys=True)]
 
 
-def _spawn(target: SSHTarget, port: int, backend: str) -> tuple[subprocess.Popen, int]:
-    """The daemon, and the size of its log before it started (where its own lines begin)."""
+def _spawn(target: SSHTarget, port: int, backend: str) -> tuple[subprocess.Popen, tuple[int, int]]:
+    """The daemon, and where its own lines begin in its log: (inode, size) before it started."""
     env = dict(os.environ)
     env["AUTOPOD_HOME"] = str(autopod_home().resolve())  # the daemon runs from / ; a relative home would move
     pkg_root = str(Path(__file__).resolve().parent.parent)
@@ -724,13 +731,14 @@ def _spawn(target: SSHTarget, port: int, backend: str) -> tuple[subprocess.Popen
     fd = os.open(tunnel_log_path(target.id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        offset = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        start = (st.st_ino, st.st_size)
         proc = subprocess.Popen(daemon_argv(target, port, backend), start_new_session=True,
                                 stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, close_fds=True,
                                 cwd="/", env=env)
     finally:
         os.close(fd)
-    return proc, offset
+    return proc, start
 
 
 def stop_tunnel_for(target_id: str) -> bool:

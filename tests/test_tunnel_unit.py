@@ -543,3 +543,19 @@ def test_stop_all_stops_the_others_when_one_resists(stranger, monkeypatch, cli):
     r = cli("tunnel.stop-all")
     assert r.code == 1 and "stopped two" in r.err and "could not stop the tunnel to pod1" in r.err
     assert [e["target_id"] for e in tunnel.recorded_entries()] == ["pod1"]
+
+
+def test_log_tail_reads_only_this_spawns_lines_across_a_rotation(autopod_home):
+    path = tunnel.tunnel_log_path("host:box")
+    path.with_name(path.name + ".1").write_text("rotated long ago\n")
+    path.write_text("earlier spawn failed\n2026-01-01 10:00:00,000 42 tunneld ERROR autopod.tunneld: old error\n")
+    st = path.stat()
+    start = (st.st_ino, st.st_size)
+    with path.open("a") as f:
+        f.write("2026-01-01 10:00:01,000 43 tunneld INFO autopod.tunneld: chatter\nmine before rotation\n")
+    assert tunnel._log_tail("host:box", start) == "mine before rotation"
+    path.rename(path.with_name(path.name + ".1"))  # what RotatingFileHandler does
+    path.write_text("2026-01-01 10:00:02,000 43 tunneld ERROR autopod.tunneld: mine after rotation\n"
+                    "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nValueError: boom\n")
+    assert tunnel._log_tail("host:box", start) == "mine before rotation / mine after rotation / ValueError: boom"
+    assert tunnel._log_tail("host:nothing", (0, 0)).startswith("no details (see ")
