@@ -335,7 +335,7 @@ class Daemon:
         self.pid = os.getpid()
         self.state = ""
         self._unsaved: dict[str, Any] = {}  # fields a failed record() still has to write
-        self._trouble = ""  # the last state-file problem logged
+        self._trouble: set[str] = set()  # state-file problems logged since the file last worked
         self.connecting = False  # inside backend.start(): a stop request interrupts it
 
     def _start_backend(self) -> None:
@@ -368,7 +368,7 @@ class Daemon:
             self._state_trouble("cannot record the tunnel state (will retry)", e)
             return False
         self._unsaved = {}
-        self._trouble = ""
+        self._trouble.clear()
         return ok
 
     def still_recorded(self) -> bool:
@@ -380,13 +380,15 @@ class Daemon:
         except Exception as e:  # a damaged state file is the user's to fix; keep the tunnel up meanwhile
             self._state_trouble("cannot read the tunnel state", e)
             return True
+        if not self._unsaved:
+            self._trouble.clear()
         return entry is not None and _int(entry, "pid") == self.pid
 
     def _state_trouble(self, what: str, e: BaseException) -> None:
-        # Once at WARNING, then DEBUG while the same trouble lasts: a broken file must not flood the log.
+        # Once at WARNING, then DEBUG while the trouble lasts: a broken file must not flood the log.
         msg = f"{what}: {e}"
-        log.log(logging.DEBUG if msg == self._trouble else logging.WARNING, "%s", msg)
-        self._trouble = msg
+        log.log(logging.DEBUG if msg in self._trouble else logging.WARNING, "%s", msg)
+        self._trouble.add(msg)
 
     def run(self) -> int:
         t = self.target

@@ -315,6 +315,8 @@ def test_daemon_keeps_its_forward_while_the_state_file_is_damaged(ssh_box, sshd,
     assert "cannot record the tunnel state" in log_file.read_text()
     assert _alive(pid) and fetch(port) == BODY
     assert path.read_text() == bad  # the daemon never overwrites what it cannot read
+    warnings = [ln for ln in log_file.read_text().splitlines() if " WARNING " in ln and "tunnel state" in ln]
+    assert len(warnings) <= 3, warnings  # once per kind of trouble, not once per cycle
     # Once the file is repaired, the daemon writes what it could not write meanwhile.
     path.write_text(good)
     assert wait_until(lambda: entries(autopod_home)["host:box"].get("restarts") == 1, 10), entries(autopod_home)
