@@ -321,7 +321,8 @@ def test_loaded_targets_are_checked_too(autopod_home):
         with pytest.raises(ConfigError):
             SSHTarget.from_dict({**good, **bad})
         autopod_home.mkdir(exist_ok=True)
-        (autopod_home / "tunnels.json").write_text(json.dumps({"tunnels": {"p": {"pid": 1, "target": {**good, **bad}}}}))
+        doc = {"tunnels": {"p": {"pid": 1, "target": {**good, **bad}}}}
+        (autopod_home / "tunnels.json").write_text(json.dumps(doc))
         with pytest.raises(CorruptState):
             tunnel.recorded_entries()
 
