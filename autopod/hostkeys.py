@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
-from .errors import HostKeyMismatch, TunnelError
+from .errors import ConfigError, HostKeyMismatch, TunnelError
 from .paths import autopod_home
 
 if TYPE_CHECKING:  # paramiko costs ~0.2 s to import; only connections need it
@@ -42,6 +42,11 @@ def _read_entries() -> list[tuple[str, str, str]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
+    except UnicodeDecodeError:
+        # Not skipped line by line: a garbled pinned key must not turn into a fresh trust-on-first-use.
+        raise ConfigError(f"{path} is not UTF-8 text; fix it, or remove it to pin every host key again") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
     out = []
     for line in text.splitlines():
         parts = line.split()
@@ -118,6 +123,9 @@ def pin_on_first_use(host: str, port: int, *, timeout: float = 10.0) -> "paramik
 
     Raises HostKeyMismatch when the server shows a key other than the pinned one.
     """
+    from .targets import check_host
+
+    check_host(host)  # it becomes part of a known_hosts line: no spaces, no newlines
     pinned = pinned_keys(host, port)
     got = fetch_host_key(host, port, timeout=timeout, key_types=[k.get_name() for k in pinned] or None)
     if pinned:

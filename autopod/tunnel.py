@@ -12,9 +12,11 @@ Two backends share the state, health checks and recovery: ``sshtunnel``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,12 +25,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, TunnelError, UsageError
+from .errors import AutopodError, ConfigError, TunnelError, UsageError
 from .output import Outcome
 from .paths import autopod_home, log_dir
 from .procs import cmdline, terminate_pid
-from .state import StateFile
-from .targets import SSHTarget
+from .state import StateFile, check_fields, require
+from .targets import HOST_PREFIX, SSHTarget, check_host, check_user
 from .ui import progress
 
 log = logging.getLogger(__name__)
@@ -72,16 +74,70 @@ class TunnelInfo:
 
 
 # -- state -----------------------------------------------------------------------
+# What each recorded field must be; anything else makes tunnels.json corrupt (CorruptState, exit 2),
+# so no reader has to guess what a string pid or a list of tunnels means.
+_NUMBER = (int, float)
+ENTRY_TYPES: dict[str, Any] = {
+    "target_id": str, "name": str, "kind": str, "state": str, "backend": str, "remote_host": str, "ssh_host": str,
+    "error": str, "error_kind": str, "pid": int, "child_pid": int, "local_port": int, "remote_port": int,
+    "ssh_port": int, "restarts": int, "started_at": _NUMBER, "updated_at": _NUMBER, "up_since": _NUMBER,
+    "target": dict,
+}
+TARGET_TYPES: dict[str, Any] = {
+    "id": str, "name": str, "kind": str, "host": str, "user": str, "key_path": str, "remote_host": str,
+    "port": int, "remote_port": int,
+}
+
+
+def validate_state(data: dict[str, Any]) -> None:
+    """The shape of tunnels.json: ``{"tunnels": {target_id: entry}}``; ValueError names what is wrong."""
+    tunnels = data.get("tunnels")
+    if tunnels is None:
+        return
+    require(isinstance(tunnels, dict), "'tunnels' is not an object")
+    for tid, entry in tunnels.items():
+        where = f"tunnels[{tid!r}]"
+        check_fields(entry, where, ENTRY_TYPES)
+        require(entry.get("target_id") in (None, tid), f"{where}.target_id is not {tid!r}")
+        for key in ("pid", "child_pid"):
+            require(entry.get(key) is None or entry[key] > 0, f"{where}.{key} is not a process id")
+        for key in ("local_port", "remote_port", "ssh_port"):
+            require(entry.get(key) is None or 0 < entry[key] < 65536, f"{where}.{key} is not a port (1..65535)")
+        target = entry.get("target")
+        if target is not None:
+            check_fields(target, f"{where}.target", TARGET_TYPES)
+            for key in ("port", "remote_port"):
+                require(target.get(key) is None or 0 < target[key] < 65536,
+                        f"{where}.target.{key} is not a port (1..65535)")
+            # Recorded targets are handed to ssh again: what could not be configured cannot be recorded.
+            try:
+                if target.get("user") is not None:
+                    check_user(target["user"])
+                for key in ("host", "remote_host"):
+                    if target.get(key) is not None:
+                        check_host(target[key], what=key)
+            except ConfigError as e:
+                raise ValueError(f"{where}.target: {e}") from None
+
+
 def state_file() -> StateFile:
-    return StateFile.named(STATE_NAME)
+    return StateFile.named(STATE_NAME, validate=validate_state)
+
+
+def _int(entry: dict[str, Any] | None, key: str) -> int:
+    """A recorded integer field (pid, port), 0 when absent or null (validate_state vouches for the type)."""
+    v = (entry or {}).get(key)
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
 
 def recorded_entries() -> list[dict[str, Any]]:
-    return list((state_file().read().get("tunnels") or {}).values())
+    tunnels = state_file().read().get("tunnels") or {}
+    return [{**e, "target_id": tid} for tid, e in tunnels.items()]
 
 
 def recorded_entry(target_id: str) -> dict[str, Any] | None:
-    return (state_file().read().get("tunnels") or {}).get(target_id)
+    e = (state_file().read().get("tunnels") or {}).get(target_id)
+    return None if e is None else {**e, "target_id": target_id}
 
 
 def update_entry(target_id: str, *, pid: int, **fields: Any) -> bool:
@@ -92,7 +148,7 @@ def update_entry(target_id: str, *, pid: int, **fields: Any) -> bool:
     with state_file().update() as data:
         tunnels = data.setdefault("tunnels", {})
         cur = tunnels.get(target_id)
-        if cur is not None and int(cur.get("pid", -1)) != pid:
+        if cur is not None and _int(cur, "pid") != pid:
             return False
         tunnels[target_id] = {**(cur or {}), **fields, "target_id": target_id, "pid": pid}
     return True
@@ -102,7 +158,7 @@ def drop_entry(target_id: str, *, pid: int | None = None) -> bool:
     with state_file().update() as data:
         tunnels = data.setdefault("tunnels", {})
         cur = tunnels.get(target_id)
-        if cur is None or (pid is not None and int(cur.get("pid", -1)) != pid):
+        if cur is None or (pid is not None and _int(cur, "pid") != pid):
             return False
         del tunnels[target_id]
     return True
@@ -123,22 +179,89 @@ def _find_entry(ref: str | None) -> dict[str, Any] | None:
     return None
 
 
+def check_known_ref(ref: str, entries: list[dict[str, Any]] | None = None) -> None:
+    """UsageError (exit 2) when ``ref`` names no recorded tunnel, no inventory host and no pod autopod
+    has seen: a typo must not read as "no tunnel is running" (exit 0). No API call."""
+    entries = recorded_entries() if entries is None else entries
+    if any(ref in (e.get("target_id"), e.get("name")) for e in entries):
+        return
+    from .pods import known_refs
+
+    if not ref.startswith(HOST_PREFIX) and ref in known_refs():
+        return
+    from .inventory import load_inventory
+
+    if (ref[len(HOST_PREFIX):] if ref.startswith(HOST_PREFIX) else ref) in load_inventory().hosts:
+        return
+    names = ", ".join(sorted(e.get("name") or e["target_id"] for e in entries)) or "none"
+    raise UsageError(f"no tunnel, inventory host or known pod is called {ref!r} (recorded tunnels: {names})")
+
+
 # -- processes -------------------------------------------------------------------
+def _arg(cmd: list[str], flag: str) -> str | None:
+    try:
+        return cmd[cmd.index(flag) + 1]
+    except (ValueError, IndexError):
+        return None
+
+
+def _runs_in_our_home(pid: Any) -> bool:
+    """The process has our AUTOPOD_HOME: a daemon of another home (another user, a test) for the same
+    pod is not ours to signal. One we may not inspect is not ours either."""
+    import psutil
+
+    try:
+        home = psutil.Process(int(pid)).environ().get("AUTOPOD_HOME")
+        return bool(home) and Path(home).resolve() == autopod_home().resolve()
+    except (psutil.Error, ValueError, OSError):
+        return False
+
+
+def _is_daemon_for(cmd: list[str], target_id: str) -> bool:
+    return DAEMON_MODULE in cmd and _arg(cmd, "--target-id") == target_id
+
+
 def process_is_ours(pid: int | None, target_id: str) -> bool:
-    """True only for a live autopod tunnel daemon for ``target_id``: a reused pid is never ours."""
-    cmd = cmdline(pid)
-    return DAEMON_MODULE in cmd and target_id in cmd
+    """True only for a live autopod tunnel daemon for ``target_id`` in our AUTOPOD_HOME: a reused pid is never ours."""
+    return _is_daemon_for(cmdline(pid), target_id) and _runs_in_our_home(pid)
+
+
+_TARGET_KEYS = ("host", "port", "user", "remote_host", "remote_port")
 
 
 def entry_process_alive(entry: dict[str, Any]) -> bool:
-    return process_is_ours(entry.get("pid"), entry.get("target_id", ""))
+    """The recorded daemon runs, is ours, and serves what the entry says (port, backend, endpoint).
+
+    The daemon's command line is the truth: a recorded port that was edited since must not
+    send ComfyUI requests to whatever else listens there.
+    """
+    pid = entry.get("pid")
+    cmd = cmdline(pid)
+    if not _is_daemon_for(cmd, entry.get("target_id") or ""):
+        return False
+    for key, flag in (("local_port", "--local-port"), ("backend", "--backend")):
+        if entry.get(key) is not None and _arg(cmd, flag) != str(entry[key]):
+            return False
+    rec = entry.get("target")
+    if rec is not None:
+        try:
+            real = json.loads(_arg(cmd, "--target") or "")
+        except ValueError:
+            return False
+        if not isinstance(real, dict) or any(real.get(k) != rec.get(k) for k in _TARGET_KEYS):
+            return False
+    return _runs_in_our_home(pid)
 
 
 def _child_is_ours(entry: dict[str, Any]) -> bool:
-    """The OpenSSH child of a daemon: ssh with our exact -L forward."""
+    """The OpenSSH child of one of our daemons: ssh with our exact -L forward and our known_hosts
+    (a user's own ``ssh -L`` on a reused pid has not)."""
+    from .hostkeys import known_hosts_path
+
     cmd = cmdline(entry.get("child_pid"))
     fwd = f"127.0.0.1:{entry.get('local_port')}:"
-    return bool(cmd) and os.path.basename(cmd[0]) == "ssh" and any(a.startswith(fwd) for a in cmd)
+    ours = f"UserKnownHostsFile={known_hosts_path().resolve()}"
+    return bool(cmd) and os.path.basename(cmd[0]) == "ssh" and any(a.startswith(fwd) for a in cmd) and ours in cmd
 
 
 def _terminate(pid: int, timeout: float = 5.0) -> None:
@@ -149,13 +272,13 @@ def _kill_entry_processes(entry: dict[str, Any]) -> bool:
     """Stop the daemon of ``entry`` (and an orphaned ssh child), only after proving they are ours."""
     killed = False
     if entry_process_alive(entry):
-        _terminate(int(entry["pid"]))
+        _terminate(_int(entry, "pid"))
         killed = True
     elif entry.get("pid"):
         log.info("recorded tunnel pid %s for %s is not our daemon any more; not signalling it",
                  entry.get("pid"), entry.get("target_id"))
     if _child_is_ours(entry):
-        _terminate(int(entry["child_pid"]))
+        _terminate(_int(entry, "child_pid"))
         killed = True
     return killed
 
@@ -182,14 +305,15 @@ def probe(port: int, *, timeout: float = 3.0) -> bool:
 
 def _info(entry: dict[str, Any], *, check: bool = True) -> TunnelInfo:
     alive = entry_process_alive(entry)
-    state = entry.get("state", "")
-    healthy = bool(check and alive and state == "up" and probe(int(entry.get("local_port", 0))))
+    state = entry.get("state") or ""
+    healthy = bool(check and alive and state == "up" and probe(_int(entry, "local_port")))
+    started = entry.get("started_at")
     return TunnelInfo(
-        target_id=entry["target_id"], name=entry.get("name") or entry["target_id"], pid=int(entry.get("pid", 0)),
-        local_port=int(entry.get("local_port", 0)), remote_host=entry.get("remote_host", ""),
-        remote_port=int(entry.get("remote_port", 0)), ssh_host=entry.get("ssh_host", ""),
-        ssh_port=int(entry.get("ssh_port", 0)), started_at=float(entry.get("started_at", 0)),
-        backend=entry.get("backend", ""), healthy=healthy, state=state if alive else "gone", alive=alive,
+        target_id=entry["target_id"], name=entry.get("name") or entry["target_id"], pid=_int(entry, "pid"),
+        local_port=_int(entry, "local_port"), remote_host=entry.get("remote_host") or "",
+        remote_port=_int(entry, "remote_port"), ssh_host=entry.get("ssh_host") or "",
+        ssh_port=_int(entry, "ssh_port"), started_at=float(started) if isinstance(started, (int, float)) else 0.0,
+        backend=entry.get("backend") or "", healthy=healthy, state=state if alive else "gone", alive=alive,
         error=entry.get("error"),
     )
 
@@ -204,8 +328,13 @@ def find_tunnel(target_id: str) -> TunnelInfo | None:
 
 
 def tunnel_status(target_id: str | None) -> TunnelInfo | None:
-    """The recorded tunnel (by target id or name; the only one if None), health-checked; None if none."""
+    """The recorded tunnel (by target id or name; the only one if None), health-checked; None if none.
+
+    A ref that names nothing autopod knows is a UsageError (see check_known_ref).
+    """
     entry = _find_entry(target_id)
+    if entry is None and target_id is not None:
+        check_known_ref(target_id)
     return _info(entry) if entry else None
 
 
@@ -227,8 +356,12 @@ def port_is_free(port: int) -> bool:
 
 def port_holder(port: int) -> str:
     """Who listens on ``port``, in words, for error messages."""
-    for e in recorded_entries():
-        if int(e.get("local_port", 0)) == int(port) and entry_process_alive(e):
+    try:
+        entries = recorded_entries()
+    except AutopodError:  # a damaged tunnels.json must not replace the error being reported
+        entries = []
+    for e in entries:
+        if _int(e, "local_port") == int(port) and entry_process_alive(e):
             return f"the autopod tunnel to {e.get('name') or e['target_id']} (pid {e['pid']})"
     import psutil
 
@@ -236,11 +369,10 @@ def port_holder(port: int) -> str:
         for c in psutil.net_connections(kind="tcp"):
             if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == int(port) and c.pid:
                 try:
-                    p = psutil.Process(c.pid)
-                    cmd = " ".join(p.cmdline())[:80] or p.name()
+                    what = psutil.Process(c.pid).name()  # not its command line: it may hold a password
                 except psutil.Error:
-                    cmd = "?"
-                return f"pid {c.pid} ({cmd})"
+                    what = "?"
+                return f"pid {c.pid} ({what})"
     except (psutil.Error, OSError):
         pass
     return "another program"
@@ -307,10 +439,10 @@ def _backend_for(backend: str | None, target: SSHTarget) -> str:
 def _matches(entry: dict[str, Any], target: SSHTarget, local_port: int | None, backend: str) -> bool:
     """Does the recorded tunnel lead to the same place, the same way, as asked now?"""
     rec = entry.get("target") or {}
-    same = (rec.get("host"), int(rec.get("port", 0)), rec.get("user"), rec.get("remote_host"),
-            int(rec.get("remote_port", 0))) == (target.host, target.port, target.user, target.remote_host,
-                                                target.remote_port)
-    return same and entry.get("backend") == backend and (local_port is None or int(entry.get("local_port", 0)) == local_port)
+    same = (rec.get("host"), _int(rec, "port"), rec.get("user"), rec.get("remote_host"),
+            _int(rec, "remote_port")) == (target.host, target.port, target.user, target.remote_host,
+                                           target.remote_port)
+    return same and entry.get("backend") == backend and (local_port is None or _int(entry, "local_port") == local_port)
 
 
 def _describe(info: TunnelInfo) -> str:
@@ -394,7 +526,7 @@ def _replace_and_start(target: SSHTarget, want: int, explicit: bool, backend: st
             note = "recreated a tunnel whose daemon was gone"
         log.info("replacing tunnel entry %s: %s", target.id, note)
         _kill_entry_processes(entry)
-        drop_entry(target.id, pid=int(entry.get("pid", 0)))
+        drop_entry(target.id, pid=_int(entry, "pid"))
         if target.from_record:
             # The recorded endpoint is what failed: look the pod up again (its SSH port may have changed).
             from .targets import resolve_target
@@ -410,7 +542,7 @@ def _replace_and_start(target: SSHTarget, want: int, explicit: bool, backend: st
 def _wait_healthy(entry: dict[str, Any], deadline: float, require_remote: bool) -> TunnelInfo | None:
     while True:
         cur = recorded_entry(entry["target_id"])
-        if cur is None or int(cur.get("pid", 0)) != int(entry.get("pid", 0)):
+        if cur is None or _int(cur, "pid") != _int(entry, "pid"):
             return None
         info = _info(cur, check=require_remote)
         if info.healthy or (not require_remote and info.alive and cur.get("state") == "up"):
@@ -437,22 +569,42 @@ def _start_daemon(target: SSHTarget, want: int, explicit: bool, backend: str, de
     pin_on_first_use(target.host, target.port, timeout=max(1.0, min(15.0, deadline - time.monotonic())))
     port = choose_local_port(want, explicit=explicit)
     for _attempt in range(3):
-        proc = _spawn(target, port, backend)
-        now = time.time()
-        with state_file().update() as data:
-            tunnels = data.setdefault("tunnels", {})
-            cur = tunnels.get(target.id)
-            if cur is None or int(cur.get("pid", 0)) != proc.pid:  # the daemon may have recorded itself already
-                tunnels[target.id] = _new_entry(target, proc.pid, port, backend, now)
-        log.info("spawned tunnel daemon pid %d for %s on 127.0.0.1:%d (%s)", proc.pid, target.id, port, backend)
+        proc, log_start = _spawn(target, port, backend)
         try:
-            return _wait_started(target, proc, port, deadline, require_remote)
+            with state_file().update() as data:
+                tunnels = data.setdefault("tunnels", {})
+                cur = tunnels.get(target.id)
+                if cur is None or _int(cur, "pid") != proc.pid:  # the daemon may have recorded itself already
+                    tunnels[target.id] = _new_entry(target, proc.pid, port, backend, time.time())
+            log.info("spawned tunnel daemon pid %d for %s on 127.0.0.1:%d (%s)", proc.pid, target.id, port, backend)
+            return _wait_started(target, proc, port, deadline, require_remote, log_start)
         except _PortTaken:
             if explicit:
                 raise TunnelError(f"local port {port} is already in use by {port_holder(port)}; "
                                   "choose another with --local-port") from None
             port = choose_local_port(port + 1, explicit=False)
+        except TunnelError:
+            raise  # _wait_started stopped the daemon, or left it on purpose (SSH up, ComfyUI not yet)
+        except BaseException:
+            # Ctrl-C, SIGTERM/SIGHUP (Interrupted), or tunnels.json broke meanwhile: nobody would be
+            # told about this daemon, so it must not outlive the command that spawned it.
+            _abandon(target, proc)
+            raise
     raise TunnelError(f"could not bind a local port for the tunnel to {target.name}")
+
+
+def _abandon(target: SSHTarget, proc: subprocess.Popen) -> None:
+    """Stop the daemon this command spawned and drop its entry; a further signal waits until done."""
+    from .procs import stop_child
+    from .signals import shielded
+
+    with shielded():
+        log.info("start of the tunnel to %s did not finish; stopping its daemon (pid %d)", target.id, proc.pid)
+        stop_child(proc, timeout=5.0)  # our own child: no pid-reuse question
+        try:
+            drop_entry(target.id, pid=proc.pid)
+        except AutopodError as e:
+            log.warning("could not remove the tunnel entry of %s: %s", target.id, e)
 
 
 class _PortTaken(Exception):
@@ -460,13 +612,13 @@ class _PortTaken(Exception):
 
 
 def _wait_started(target: SSHTarget, proc: subprocess.Popen, port: int, deadline: float,
-                  require_remote: bool) -> TunnelInfo:
+                  require_remote: bool, log_start: tuple[int, int] = (0, 0)) -> TunnelInfo:
     """Until the daemon says it is up (and, if required, a connection through the tunnel works)."""
     last_state = ""
     while True:
         entry = recorded_entry(target.id) or {}
-        mine = int(entry.get("pid", 0)) == proc.pid
-        state = entry.get("state", "") if mine else ""
+        mine = _int(entry, "pid") == proc.pid
+        state = (entry.get("state") or "") if mine else ""
         if state != last_state and state:
             log.debug("tunnel daemon %d: %s", proc.pid, state)
             last_state = state
@@ -481,7 +633,7 @@ def _wait_started(target: SSHTarget, proc: subprocess.Popen, port: int, deadline
                 from .errors import HostKeyMismatch
 
                 raise HostKeyMismatch(err or "host key mismatch")
-            raise TunnelError(f"the tunnel to {target.name} failed: {err or _log_tail()}")
+            raise TunnelError(f"the tunnel to {target.name} failed: {err or _log_tail(target.id, log_start)}")
         if state == "up" and (not require_remote or probe(port, timeout=min(3.0, max(0.5, deadline - time.monotonic())))):
             info = _info(recorded_entry(target.id) or entry, check=False)
             info.healthy = require_remote
@@ -494,7 +646,7 @@ def _wait_started(target: SSHTarget, proc: subprocess.Popen, port: int, deadline
             _reap(proc)
             drop_entry(target.id, pid=proc.pid)
             raise TunnelError(f"the tunnel to {target.name} did not come up in time "
-                              f"(last state: {state or 'starting'}); see {daemon_log_path()}")
+                              f"(last state: {state or 'starting'}); see {tunnel_log_path(target.id)}")
         time.sleep(0.05)
 
 
@@ -514,16 +666,53 @@ def _new_entry(target: SSHTarget, pid: int, port: int, backend: str, now: float)
     }
 
 
-def daemon_log_path() -> Path:
-    return log_dir() / "tunneld.out"
+# Each tunnel logs to a file of its own, rotated by size, so an error quotes only that tunnel's lines.
+LOG_MAX_BYTES = 1024 * 1024
+LOG_BACKUPS = 2
+_LOG_RECORD = re.compile(r"^\S+ \S+ \d+ \S+ (?P<level>[A-Z]+) \S+: (?P<msg>.*)$")  # see log_format()
 
 
-def _log_tail(n: int = 3) -> str:
-    try:
-        lines = daemon_log_path().read_text(errors="replace").strip().splitlines()
-        return " / ".join(lines[-n:]) or "no details (see the autopod log)"
-    except OSError:
-        return "no details (see the autopod log)"
+def tunnel_log_path(target_id: str) -> Path:
+    """``logs/tunnel-<id>.log``; an id with characters unfit for a file name gets a hash to stay unique."""
+    host = target_id.startswith(HOST_PREFIX)
+    name = target_id[len(HOST_PREFIX):] if host else target_id
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80]
+    if safe != name or safe.startswith("."):
+        safe += "-" + hashlib.sha256(target_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return log_dir() / f"tunnel-{'host-' if host else ''}{safe}.log"
+
+
+def log_format() -> str:
+    return "%(asctime)s %(process)d tunneld %(levelname)s %(name)s: %(message)s"
+
+
+def _log_tail(target_id: str, start: tuple[int, int], n: int = 3) -> str:
+    """The last warnings and raw output (a traceback) of the daemon spawned when the log was at
+    ``start`` (inode, size): only its own lines, also when the log was rotated meanwhile."""
+    path = tunnel_log_path(target_id)
+    none = f"no details (see {path})"
+    text = ""
+    for part in (Path(f"{path}.1"), path):  # a rotation moved our start into path.1
+        try:
+            with open(part, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_ino == start[0]:
+                    f.seek(start[1])
+                elif part != path:
+                    continue  # not the file we started in: older lines
+                text += f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+    lines = []
+    for line in text.splitlines():
+        m = _LOG_RECORD.match(line)
+        if m and m["level"] in ("DEBUG", "INFO"):
+            continue
+        if m:
+            lines.append(m["msg"])
+        elif line.strip() and not line[0].isspace() and not line.startswith("Traceback "):
+            lines.append(line.strip())  # raw output; of a traceback only its last line, the error
+    return " / ".join(lines[-n:]) or none
 
 
 def daemon_argv(target: SSHTarget, port: int, backend: str) -> list[str]:
@@ -532,24 +721,47 @@ def daemon_argv(target: SSHTarget, port: int, backend: str) -> list[str]:
             "--backend", backend, "--target", json.dumps(target.to_dict(), sort_keys=True)]
 
 
-def _spawn(target: SSHTarget, port: int, backend: str) -> subprocess.Popen:
+def _spawn(target: SSHTarget, port: int, backend: str) -> tuple[subprocess.Popen, tuple[int, int]]:
+    """The daemon, and where its own lines begin in its log: (inode, size) before it started."""
     env = dict(os.environ)
     env["AUTOPOD_HOME"] = str(autopod_home().resolve())  # the daemon runs from / ; a relative home would move
     pkg_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-    with open(daemon_log_path(), "ab") as out:
-        return subprocess.Popen(daemon_argv(target, port, backend), start_new_session=True,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, close_fds=True,
+    # Raw stdout/stderr (a crash before logging is set up) go to the same file as the daemon's log records.
+    fd = os.open(tunnel_log_path(target.id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        st = os.fstat(fd)
+        start = (st.st_ino, st.st_size)
+        proc = subprocess.Popen(daemon_argv(target, port, backend), start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, close_fds=True,
                                 cwd="/", env=env)
+    finally:
+        os.close(fd)
+    return proc, start
 
 
 def stop_tunnel_for(target_id: str) -> bool:
-    """Stop the tunnel of ``target_id`` if one is recorded (pod.stop, pod.kill). True if a daemon was stopped."""
+    """Stop the tunnel of ``target_id`` if one is recorded (pod.stop, pod.kill). True if a daemon was stopped.
+
+    Raises only AutopodError (CorruptState for a damaged tunnels.json), so the pod command
+    that calls it can warn and carry on.
+    """
+    try:
+        return _stop_tunnel_for(target_id)
+    except AutopodError:
+        raise
+    except Exception as e:  # e.g. psutil refusing to signal: still only a warning for pod.stop
+        log.debug("stopping the tunnel to %s failed", target_id, exc_info=True)
+        raise TunnelError(f"could not stop the tunnel to {target_id}: {type(e).__name__}: {e}") from None
+
+
+def _stop_tunnel_for(target_id: str) -> bool:
     entry = recorded_entry(target_id)
     if entry is None:
         return False
     killed = _kill_entry_processes(entry)
-    drop_entry(target_id, pid=int(entry.get("pid", 0)))
+    drop_entry(target_id, pid=_int(entry, "pid"))
     log.info("stopped tunnel to %s (pid %s)%s", entry.get("name") or target_id, entry.get("pid"),
              "" if killed else "; its daemon was already gone")
     return killed
@@ -562,6 +774,8 @@ def stop_tunnel(target: SSHTarget | str | None) -> Outcome:
     if entry is None and isinstance(target, SSHTarget):
         entry = _find_entry(target.name)
     if entry is None:
+        if ref and not isinstance(target, SSHTarget):
+            check_known_ref(ref)
         return Outcome(False, f"no tunnel to {ref} is running" if ref else "no tunnel is running")
     info = _info(entry, check=False)
     killed = stop_tunnel_for(entry["target_id"])
@@ -571,10 +785,17 @@ def stop_tunnel(target: SSHTarget | str | None) -> Outcome:
 
 
 def stop_all() -> Outcome:
-    stopped = []
+    stopped, failed = [], []
     for entry in recorded_entries():
-        stop_tunnel_for(entry["target_id"])
+        try:
+            stop_tunnel_for(entry["target_id"])
+        except TunnelError as e:  # one tunnel that resists must not keep the others running
+            failed.append(str(e))
+            continue
         stopped.append(entry.get("name") or entry["target_id"])
+    if failed:
+        done = f"stopped {', '.join(sorted(stopped))}; " if stopped else ""
+        raise TunnelError(done + "; ".join(failed))
     if not stopped:
         return Outcome(False, "no tunnel is running", key="stopped", data=[])
     return Outcome(True, f"stopped {len(stopped)} tunnel(s): {', '.join(sorted(stopped))}", key="stopped",
@@ -588,8 +809,8 @@ def cleanup() -> Outcome:
         if entry_process_alive(entry):
             continue
         if _child_is_ours(entry):  # an ssh left behind by a killed daemon still holds the port
-            _terminate(int(entry["child_pid"]))
-        if drop_entry(entry["target_id"], pid=int(entry.get("pid", 0))):
+            _terminate(_int(entry, "child_pid"))
+        if drop_entry(entry["target_id"], pid=_int(entry, "pid")):
             dropped.append(entry.get("name") or entry["target_id"])
             log.info("cleanup: dropped stale tunnel entry %s (pid %s)", entry["target_id"], entry.get("pid"))
     if not dropped:

@@ -28,7 +28,9 @@ from .targets import SSHTarget
 
 log = logging.getLogger("autopod.tunneld")
 
-CHECK_INTERVAL_S = 1.0
+CHECK_INTERVAL_S = float(os.environ.get("AUTOPOD_TUNNEL_CHECK_S", "1"))  # how often the forward is checked
+# How often the daemon checks that tunnels.json still names it, and retries a write that failed.
+RECORD_INTERVAL_S = float(os.environ.get("AUTOPOD_TUNNEL_RECORD_S", "5"))
 PING_INTERVAL_S = float(os.environ.get("AUTOPOD_TUNNEL_PING_S", "10"))  # SSH-level liveness probe
 PING_TIMEOUT_S = 10.0
 BACKOFF_START_S = 0.5
@@ -47,6 +49,10 @@ MAX_PACKET = 32768  # larger packets (sshd allows 256 KiB) measured no faster
 
 class PortInUse(TunnelError):
     pass
+
+
+class _Stop(BaseException):
+    """Raised by SIGTERM while connecting, which can take CONNECT_TIMEOUT_S: stop now, not after."""
 
 
 class _ErrorTrap(logging.Handler):
@@ -239,14 +245,16 @@ class OpenSSHBackend:
         from .hostkeys import known_hosts_path
 
         t = self.target
+        remote = f"[{t.remote_host}]" if ":" in t.remote_host else t.remote_host  # an IPv6 address
         return [
-            "ssh", "-N", "-L", f"127.0.0.1:{self.local_port}:{t.remote_host}:{t.remote_port}",
+            "ssh", "-N", "-L", f"127.0.0.1:{self.local_port}:{remote}:{t.remote_port}",
             "-p", str(t.port), "-i", str(t.key_path),
             "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3",
             "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts_path()}",
             "-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no",
             "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", f"ConnectTimeout={int(CONNECT_TIMEOUT_S)}",
-            "-o", "LogLevel=ERROR", "-F", "/dev/null", f"{t.user}@{t.host}",
+            # "--": nothing after it is an option, whatever the inventory says (SSHTarget checks it too).
+            "-o", "LogLevel=ERROR", "-F", "/dev/null", "--", f"{t.user}@{t.host}",
         ]
 
     def start(self) -> None:
@@ -326,29 +334,61 @@ class Daemon:
         self.stop_event = threading.Event()
         self.pid = os.getpid()
         self.state = ""
+        self._unsaved: dict[str, Any] = {}  # fields a failed record() still has to write
+        self._trouble: set[str] = set()  # state-file problems logged since the file last worked
+        self.connecting = False  # inside backend.start(): a stop request interrupts it
+
+    def _start_backend(self) -> None:
+        self.connecting = True
+        try:
+            if self.stop_event.is_set():
+                raise _Stop()
+            self.backend.start()
+        finally:
+            self.connecting = False
 
     def record(self, **fields: Any) -> bool:
+        """Write our state to tunnels.json. A failure (a damaged or locked file) is only a warning:
+        the forward matters more than the bookkeeping, and the fields are written on a later try."""
         from .tunnel import update_entry
 
         if "state" in fields:
             self.state = fields["state"]
         t = self.target
+        fields = {**self._unsaved, **fields}
         base = {
             "name": t.name, "kind": t.kind, "local_port": self.local_port, "remote_host": t.remote_host,
             "remote_port": t.remote_port, "ssh_host": t.host, "ssh_port": t.port, "backend": self.backend_name,
             "target": t.to_dict(), "child_pid": self.backend.child_pid, "updated_at": time.time(),
         }
-        return update_entry(t.id, pid=self.pid, **base, **fields)
+        try:
+            ok = update_entry(t.id, pid=self.pid, **base, **fields)
+        except Exception as e:
+            self._unsaved = fields
+            self._state_trouble("cannot record the tunnel state (will retry)", e)
+            return False
+        self._unsaved = {}
+        self._trouble.clear()
+        return ok
 
     def still_recorded(self) -> bool:
-        from .tunnel import recorded_entry
+        """False once our entry was removed or taken over; True while the state cannot be read."""
+        from .tunnel import _int, recorded_entry
 
         try:
             entry = recorded_entry(self.target.id)
-        except Exception as e:  # a corrupt state file is the user's to fix; keep the tunnel up meanwhile
-            log.warning("cannot read tunnel state: %s", e)
+        except Exception as e:  # a damaged state file is the user's to fix; keep the tunnel up meanwhile
+            self._state_trouble("cannot read the tunnel state", e)
             return True
-        return entry is not None and int(entry.get("pid", 0)) == self.pid
+        if not self._unsaved:
+            self._trouble.clear()
+        return entry is not None and _int(entry, "pid") == self.pid
+
+    def _state_trouble(self, what: str, e: BaseException) -> None:
+        # Once at WARNING, then DEBUG while the trouble lasts: a broken file must not flood the log.
+        msg = f"{what}: {e}"
+        log.log(logging.DEBUG if msg in self._trouble else logging.WARNING, "%s", msg)
+        self._trouble.add(msg)
 
     def run(self) -> int:
         t = self.target
@@ -357,7 +397,7 @@ class Daemon:
         self.record(state="starting", started_at=time.time())
         try:
             try:
-                self.backend.start()
+                self._start_backend()
             except Exception as e:
                 return self._fail(e)
             self.record(state="up", up_since=time.time(), error=None, error_kind=None, restarts=0)
@@ -385,11 +425,13 @@ class Daemon:
         restarts = 0
         last_seen = time.monotonic()
         while not self.stop_event.wait(CHECK_INTERVAL_S):
-            if time.monotonic() - last_seen >= 5:
+            if time.monotonic() - last_seen >= RECORD_INTERVAL_S:
                 last_seen = time.monotonic()
                 if not self.still_recorded():
                     log.info("tunnel entry for %s was removed or taken over; stopping", self.target.id)
                     return 0
+                if self._unsaved:
+                    self.record()
             why = self.backend.check()
             if why is None:
                 continue
@@ -411,7 +453,7 @@ class Daemon:
         delay = BACKOFF_START_S
         while not self.stop_event.is_set():
             try:
-                self.backend.start()
+                self._start_backend()
                 return None
             except HostKeyMismatch as e:  # never retried: it would keep knocking on a possibly hostile host
                 return self._fail(e)
@@ -427,6 +469,23 @@ class Daemon:
         return 0
 
 
+def _log_to_own_file(target_id: str) -> None:
+    """This tunnel's own rotated log (``autopod tunnel.start`` quotes it when the daemon fails)."""
+    from .errors import ConfigError
+    from .log import RedactingFilter, private_log_handler
+    from .tunnel import LOG_BACKUPS, LOG_MAX_BYTES, log_format, tunnel_log_path
+
+    try:
+        h = private_log_handler(tunnel_log_path(target_id), max_bytes=LOG_MAX_BYTES, backups=LOG_BACKUPS)
+    except (OSError, ConfigError) as e:  # the shared autopod.log still has everything
+        log.warning("cannot open this tunnel's log: %s", e)
+        return
+    h.setFormatter(logging.Formatter(log_format()))
+    h.setLevel(logging.INFO)
+    h.addFilter(RedactingFilter())
+    logging.getLogger("autopod").addHandler(h)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m autopod.tunnel_daemon", description=__doc__.splitlines()[0])
     p.add_argument("--target-id", required=True)
@@ -438,7 +497,12 @@ def main(argv: list[str] | None = None) -> int:
     from .log import setup_logging
 
     setup_logging(stderr=False, name="tunneld")
-    target = SSHTarget.from_dict(json.loads(args.target))
+    _log_to_own_file(args.target_id)
+    try:
+        target = SSHTarget.from_dict(json.loads(args.target))
+    except Exception as e:  # only autopod writes --target; say what is wrong, not a traceback
+        log.error("bad --target: %s: %s", type(e).__name__, e)
+        return 2
     if target.id != args.target_id:
         log.error("--target-id %s does not match the target %s", args.target_id, target.id)
         return 2
@@ -447,12 +511,17 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s", signal.Signals(signum).name)
         daemon.stop_event.set()
+        if daemon.connecting:
+            raise _Stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no terminal to hang up on, but be sure
     try:
         return daemon.run()
+    except _Stop:
+        log.info("stopped while connecting")
+        return 0
     except Exception:
         log.exception("tunnel daemon crashed")
         return 1

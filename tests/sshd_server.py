@@ -152,5 +152,7 @@ def ssh_box(sshd, http_backend, ssh_user_key, tmp_path, monkeypatch, autopod_hom
 
     try:
         stop_all()
+    except Exception:  # a test may leave tunnels.json damaged on purpose: the sweep below still runs
+        pass
     finally:
         kill_tunnel_daemons(autopod_home.resolve())

@@ -230,6 +230,7 @@ def test_openssh_backend(ssh_box, cli, autopod_home):
                 "ExitOnForwardFailure=yes", "BatchMode=yes", "IdentitiesOnly=yes", "ServerAliveInterval=15"):
         assert opt in argv
     assert "-F" in argv and argv[argv.index("-F") + 1] == "/dev/null"
+    assert argv[-2:] == ["--", f"{ssh_box.user}@127.0.0.1"]  # the destination can never be read as an option
     # Recovery: ssh dies, the daemon starts a new one on the same port.
     ssh.kill()
     assert wait_until(lambda: entries(autopod_home)["host:box"].get("restarts", 0) >= 1, 15)
@@ -282,3 +283,110 @@ def test_stop_all_and_pod_stop_hook(ssh_box, cli, autopod_home):
     assert r.code == 0 and r.json["stopped"] == ["box"]
     assert cli("tunnel.stop-all").out.startswith("ok: ")
     assert wait_until(lambda: not daemons_for(autopod_home), 5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_daemon_keeps_its_forward_while_the_state_file_is_damaged(ssh_box, sshd, cli, autopod_home, monkeypatch):
+    monkeypatch.setenv("AUTOPOD_TUNNEL_CHECK_S", "0.1")
+    monkeypatch.setenv("AUTOPOD_TUNNEL_RECORD_S", "0.2")
+    port = free_port()
+    r = cli("tunnel.start", "--pod", "box", "--local-port", str(port), "--json")
+    assert r.code == 0, r.err
+    pid = r.json["tunnel"]["pid"]
+    path = autopod_home / "tunnels.json"
+    good = path.read_text()
+    bad = json.dumps({"tunnels": {"host:box": {"pid": "abc", "local_port": str(port)}}})
+    path.write_text(bad)
+    log_file = autopod_home / "logs" / "autopod.log"
+    # The daemon read the damaged file at least once (a supervision cycle went by) and is still there.
+    wait_until(lambda: "cannot read the tunnel state" in log_file.read_text() or not _alive(pid), 10)
+    assert _alive(pid), log_file.read_text()[-2000:]
+    assert "cannot read the tunnel state" in log_file.read_text() and fetch(port) == BODY
+    # The SSH connection dies while the file is damaged: the daemon reconnects, its writes only warn.
+    for p in psutil.Process(sshd.proc.pid).children(recursive=True):
+        p.kill()
+    assert wait_until(lambda: "is back" in log_file.read_text(), 15)
+    assert "cannot record the tunnel state" in log_file.read_text()
+    assert _alive(pid) and fetch(port) == BODY
+    assert path.read_text() == bad  # the daemon never overwrites what it cannot read
+    warnings = [ln for ln in log_file.read_text().splitlines() if " WARNING " in ln and "tunnel state" in ln]
+    assert len(warnings) <= 3, warnings  # once per kind of trouble, not once per cycle
+    # Once the file is repaired, the daemon writes what it could not write meanwhile.
+    path.write_text(good)
+    assert wait_until(lambda: entries(autopod_home)["host:box"].get("restarts") == 1, 10), entries(autopod_home)
+    assert entries(autopod_home)["host:box"]["state"] == "up" and _alive(pid)
+
+
+def test_each_tunnel_has_its_own_private_log(ssh_box, cli, autopod_home):
+    from autopod.tunnel import tunnel_log_path
+
+    port = free_port()
+    assert cli("tunnel.start", "--pod", "box", "--local-port", str(port)).code == 0
+    path = tunnel_log_path("host:box")
+    assert path.parent == autopod_home.resolve() / "logs" and path.name.startswith("tunnel-host-box")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert "tunnel to box is up" in path.read_text()
+    assert not (autopod_home / "logs" / "tunneld.out").exists()
+    assert tunnel_log_path("host:a/b") != tunnel_log_path("host:a_b")  # unfit characters cannot collide
+    assert "/" not in tunnel_log_path("host:../x").name
+
+
+def test_a_failed_start_quotes_only_lines_of_its_own_daemon(ssh_box, cli, autopod_home, monkeypatch):
+    from autopod import tunnel
+
+    real_argv = tunnel.daemon_argv
+    # A daemon that fails on its command line, leaving a line in the log.
+    monkeypatch.setattr(tunnel, "daemon_argv", lambda *a: real_argv(*a) + ["--stale-marker"])
+    r = cli("tunnel.start", "--pod", "box", "--local-port", str(free_port()))
+    assert r.code == 1 and "--stale-marker" in r.err
+    # A daemon that dies without a word (OOM killer): the stale line is not its story.
+    monkeypatch.setattr(tunnel, "daemon_argv", lambda *a: [
+        sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    r = cli("tunnel.start", "--pod", "box", "--local-port", str(free_port()))
+    assert r.code == 1 and "stale-marker" not in r.err
+    assert f"no details (see {tunnel.tunnel_log_path('host:box')})" in r.err
+    monkeypatch.setattr(tunnel, "daemon_argv", lambda *a: real_argv(*a) + ["--fresh-marker"])
+    r = cli("tunnel.start", "--pod", "box", "--local-port", str(free_port()))
+    assert r.code == 1 and "--fresh-marker" in r.err and "stale-marker" not in r.err
+    assert entries(autopod_home) == {} and not daemons_for(autopod_home)
+
+
+@pytest.mark.parametrize("backend", ["openssh", "sshtunnel"])
+@pytest.mark.parametrize("field", ["user", "host"])
+def test_option_like_user_or_host_is_refused_before_ssh_runs(field, backend, ssh_box, cli, autopod_home, tmp_path,
+                                                             monkeypatch):
+    from sshd_server import write_host_inventory
+
+    marker = tmp_path / "pwned"
+    evil = f"-oProxyCommand=touch {marker}"
+    spec = {"host": "127.0.0.1", "port": ssh_box.ssh_port, "user": ssh_box.user, "key": str(ssh_box.key),
+            "comfy_address": f"127.0.0.1:{ssh_box.http_port}", field: evil}
+    monkeypatch.setenv("AUTOPOD_INVENTORY", str(write_host_inventory(tmp_path / "evil.yml", {"box": spec})))
+    r = cli("tunnel.start", "--pod", "box", "--backend", backend, "--local-port", str(free_port()), "--json")
+    assert r.code == 2, r.err
+    assert f"invalid SSH {field} {evil!r} for box" in r.err
+    assert not marker.exists() and entries(autopod_home) == {} and not daemons_for(autopod_home)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_interrupted_start_leaves_no_daemon_behind(sig, code, ssh_box, autopod_home):
+    port, closed = free_port(), free_port()  # nothing answers behind the tunnel: the start keeps waiting
+    cmd = [sys.executable, "-m", "autopod", "tunnel.start", "--pod", "box", "--local-port", str(port),
+           "--remote-port", str(closed), "--timeout", "60"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: entries(autopod_home).get("host:box", {}).get("state") == "up", 20)
+        pid = entries(autopod_home)["host:box"]["pid"]
+        p.send_signal(sig)
+        _out, err = p.communicate(timeout=20)
+    finally:
+        p.kill()
+    assert p.returncode == code, err
+    assert wait_until(lambda: not _alive(pid), 5)
+    assert entries(autopod_home) == {} and not daemons_for(autopod_home)

@@ -24,5 +24,5 @@ def test_tunnel_to_a_stopped_pod_is_refused_and_nothing_is_recorded(cli, standin
     assert cli("pod.create", "--name", "sleepy", "--no-wait").code == 0
     assert cli("pod.stop", "--pod", "sleepy").code == 0
     r = cli("tunnel.start", "--pod", "sleepy")
-    assert r.code == 1 and "no direct SSH endpoint" in r.err
+    assert r.code == 1 and "pod sleepy is stopped: start it with `autopod pod.start --pod sleepy`" in r.err
     assert cli("tunnel.list", "--json").json == []

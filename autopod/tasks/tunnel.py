@@ -25,17 +25,21 @@ def _render(outcome: Outcome, as_json: bool) -> None:
     "local_port": "port on 127.0.0.1 (default 8188; when taken, the next free one unless given explicitly)",
     "remote_port": "port behind the SSH server (default: the target's ComfyUI port, 8188)",
     "backend": "sshtunnel (default) or openssh (ssh -N -L); config key tunnel_backend",
-    "timeout": "seconds to wait for a working connection through the tunnel (default 30)",
+    "timeout": "seconds to wait for a working connection through the tunnel, 1..3600 (default 30)",
     "json": "print one JSON document",
 })
 def start(c, pod=None, local_port=None, remote_port=None, backend=None, timeout=None, json=False):
     """Start (or reuse) a background tunnel; succeeds once a connection through it works."""
-    from ..tunnel import start_tunnel
+    from ..errors import UsageError
+    from ..tunnel import BACKENDS, start_tunnel
 
-    t = number(timeout, "--timeout", int, minimum=1)
-    outcome = start_tunnel(pod, local_port=number(local_port, "--local-port", int, minimum=1),
-                           remote_port=number(remote_port, "--remote-port", int, minimum=1), backend=backend or None,
-                           timeout=float(t) if t else 30.0)
+    # Every flag is checked before anything resolves the pod (which may ask the API).
+    lport = number(local_port, "--local-port", int, minimum=1, maximum=65535)
+    rport = number(remote_port, "--remote-port", int, minimum=1, maximum=65535)
+    t = number(timeout, "--timeout", int, minimum=1, maximum=3600)
+    if backend is not None and backend not in BACKENDS:
+        raise UsageError(f"--backend must be {' or '.join(BACKENDS)}, got {backend!r}")
+    outcome = start_tunnel(pod, local_port=lport, remote_port=rport, backend=backend, timeout=float(t) if t else 30.0)
     _render(outcome, json)
 
 
