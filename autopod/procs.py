@@ -48,7 +48,7 @@ def terminate_pid(pid: int, timeout: float = 5.0, *, on_kill: Callable[[], None]
 
     try:
         p = psutil.Process(pid)
-    except psutil.NoSuchProcess:
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return
 
     def gone() -> bool:
@@ -64,7 +64,7 @@ def terminate_pid(pid: int, timeout: float = 5.0, *, on_kill: Callable[[], None]
                 on_kill()
             p.kill()
             wait_for(gone, timeout, interval=0.02)
-    except psutil.NoSuchProcess:
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # gone, or not ours to signal after all
         pass
 
 

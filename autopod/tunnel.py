@@ -427,10 +427,8 @@ def _backend_for(backend: str | None, target: SSHTarget) -> str:
         from . import config
         from .inventory import load_inventory
 
-        try:
-            backend = config.resolve("tunnel_backend", None, inventory=load_inventory(), config=config.user_config())
-        except ConfigError:
-            backend = config.BUILTIN["tunnel_backend"]
+        # A broken inventory or config.yaml is reported, not replaced by the built-in backend.
+        backend = config.resolve("tunnel_backend", None, inventory=load_inventory(), config=config.user_config())
     if backend not in BACKENDS:
         raise UsageError(f"unknown tunnel backend {backend!r} (choose {' or '.join(BACKENDS)})")
     return backend

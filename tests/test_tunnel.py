@@ -370,7 +370,8 @@ def test_option_like_user_or_host_is_refused_before_ssh_runs(field, backend, ssh
     monkeypatch.setenv("AUTOPOD_INVENTORY", str(write_host_inventory(tmp_path / "evil.yml", {"box": spec})))
     r = cli("tunnel.start", "--pod", "box", "--backend", backend, "--local-port", str(free_port()), "--json")
     assert r.code == 2, r.err
-    assert f"invalid SSH {field} {evil!r} for box" in r.err
+    # The inventory loader refuses it first (with file and line); targets.py checks again for any other source.
+    assert f"'{field}' in hosts.box must be" in r.err and "evil.yml:" in r.err
     assert not marker.exists() and entries(autopod_home) == {} and not daemons_for(autopod_home)
 
 
