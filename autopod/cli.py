@@ -13,13 +13,27 @@ from typing import Any
 from invoke import Collection, Exit, ParseError, Program
 
 from . import __version__
-from .errors import ExitCode
+from .core.errors import ExitCode
+from .runpod import lifecycle
 from .tasks import comfy, config, pod, sim, tunnel, volume
 from .tasks._base import set_debug, stdout_gone
 
 ns = Collection()
 for _module in (pod, volume, tunnel, comfy, sim, config):
     ns.add_collection(Collection.from_module(_module))
+
+
+def _stop_tunnel(pod_id: str) -> None:
+    """Stopping or killing a pod also stops its SSH tunnel. The pod room cannot import the tunnel
+    room (tunnels build on pods), so the two are joined here; paramiko is imported only when needed."""
+    from .core.ui import progress
+    from .tunnels.manager import stop_tunnel_for
+
+    if stop_tunnel_for(pod_id):
+        progress(f"stopped the SSH tunnel to pod {pod_id}")
+
+
+lifecycle.on_pod_stopped(_stop_tunnel)
 
 # invoke's core flags that configure Context.run(): autopod tasks never run local shell commands, so
 # `--dry` or `--warn-only` would be accepted and silently ignored. The autopod program does not offer them.
@@ -44,7 +58,7 @@ class contract:
     @staticmethod
     def parse_failed(program: Program, e: Exception) -> None:
         """A bad command line is a usage error (2), and ``--json`` still gets its one document."""
-        from .output import dump_json, safe_text
+        from .core.output import dump_json, safe_text
 
         msg = contract.repeated_flag(program) or contract.explain(str(e))
         if contract.json_requested(list(getattr(program, "argv", None) or [])):
@@ -134,7 +148,7 @@ class contract:
     def execute(program: Program, run: Any) -> None:
         """Run the parsed tasks; a chain with ``--json`` anywhere prints one JSON document, an
         array with each task's document in order (the failing task's document last)."""
-        from . import output
+        from .core import output
 
         contexts = list(program.tasks or [])
         chained_json = len(contexts) > 1 and any("json" in c.args and c.args["json"].value for c in contexts)

@@ -61,16 +61,16 @@ def _plain_value(value: str) -> bool:
 
 def comfy_status_quick(opts: dict) -> int:
     """Run ``comfy.status`` like the task does (see ``autopod.tasks._base`` for the error contract)."""
-    from . import signals
-    from .errors import AutopodError, ExitCode, Interrupted
-    from .log import setup_logging
+    from .core import signals
+    from .core.errors import AutopodError, ExitCode, Interrupted
+    from .core.log import setup_logging
 
     debug = bool(os.environ.get("AUTOPOD_DEBUG"))
     try:
         with signals.handling():
             setup_logging(debug=debug)
-            from .comfy import comfy_status, parse_seconds, render_status
-            from .ui import progress
+            from .comfy.ops import comfy_status, parse_seconds, render_status
+            from .core.ui import progress
 
             st = comfy_status(opts["pod"], no_tunnel=opts["no_tunnel"], wait=parse_seconds(opts["wait"]),
                               on_wait=progress)
@@ -88,7 +88,7 @@ def comfy_status_quick(opts: dict) -> int:
 
 
 def _fail(msg: str, code: int, as_json: bool, debug: bool, data: dict | None = None) -> int:
-    from .output import report_failure
+    from .core.output import report_failure
 
     try:
         print(f"error: {report_failure(msg, code, as_json=as_json, debug=debug, data=data)}", file=sys.stderr)
@@ -98,8 +98,8 @@ def _fail(msg: str, code: int, as_json: bool, debug: bool, data: dict | None = N
 
 
 def _stdout_gone() -> int:
-    from .errors import ExitCode
-    from .output import release_stdout
+    from .core.errors import ExitCode
+    from .core.output import release_stdout
 
     release_stdout()
     return ExitCode.BROKEN_PIPE

@@ -1,7 +1,7 @@
 """How does loading the inventory scale with its size?
 
 Writes inventories of 10,000 and 30,000 pod specs (one file each, in a temporary
-folder), times ``autopod.inventory.load_inventory`` on each (best of N runs) and
+folder), times ``autopod.core.inventory.load_inventory`` on each (best of N runs) and
 prints the seconds and the ratio 30k/10k. A loader that is linear in the number
 of specs gives a ratio near 3; a quadratic one near 9.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from autopod.inventory import load_inventory  # noqa: E402
+from autopod.core.inventory import load_inventory  # noqa: E402
 
 SPEC = """\
   pod-{i:06d}:

@@ -155,7 +155,7 @@ def main() -> None:
     with LocalSSHD(work / "sshd", (work / "id_ed25519.pub").read_text()) as sshd:
         import yaml
 
-        from autopod.hostkeys import known_hosts_path, pin_on_first_use
+        from autopod.tunnels.hostkeys import known_hosts_path, pin_on_first_use
 
         inv = work / "inventory.yml"
         inv.write_text(yaml.safe_dump({"hosts": {"bench": {

@@ -126,7 +126,7 @@ def kill_tunnel_daemons(home: Path) -> list[int]:
     killed = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if "autopod.tunnel_daemon" not in (p.info["cmdline"] or []):
+            if "autopod.tunnels.daemon" not in (p.info["cmdline"] or []):
                 continue
             if p.environ().get("AUTOPOD_HOME") != str(home):
                 continue
@@ -148,7 +148,7 @@ def ssh_box(sshd, http_backend, ssh_user_key, tmp_path, monkeypatch, autopod_hom
     monkeypatch.setenv("AUTOPOD_TUNNEL_PING_S", "1")  # detect a dead link within a second
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     yield SSHBox("box", "host:box", sshd.port, http_backend, ssh_user_key, sshd.user, inv)
-    from autopod.tunnel import stop_all
+    from autopod.tunnels.manager import stop_all
 
     try:
         stop_all()

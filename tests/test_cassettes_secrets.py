@@ -4,7 +4,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from test_pods_cassettes import CASSETTES, PLACEHOLDER, scrub_request, scrub_response, scrub_text
 
 FILES = sorted(p for p in CASSETTES.rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml", ".json"))

@@ -11,10 +11,10 @@ import types
 from pathlib import Path
 
 import pytest
-
-from autopod import comfy
-from autopod.sim.comfyui_standin import ComfyUIStandin
 from comfy_fixtures import refused_url  # noqa: F401  (fixture)
+
+from autopod.comfy import ops
+from autopod.sim.comfyui_standin import ComfyUIStandin
 
 
 def use_url(home, url: str) -> None:
@@ -102,7 +102,7 @@ def test_status_polls_with_injected_clock(refused):
         slept.append(d)
         now[0] += d
 
-    st = comfy.comfy_status(no_tunnel=True, wait=5, sleep=sleep, clock=lambda: now[0])
+    st = ops.comfy_status(no_tunnel=True, wait=5, sleep=sleep, clock=lambda: now[0])
     assert st.ready is False and slept == [2.0, 2.0, 1.0] and st.waited_s == 5.0
 
 
@@ -143,7 +143,7 @@ def test_info_when_down_exits_1_with_one_line(cli, refused):
 @pytest.fixture
 def fake_tunnel(monkeypatch, standin):
     """resolve_target/ensure_tunnel stand-ins: the first call creates, later calls reuse."""
-    from autopod.output import Outcome
+    from autopod.core.output import Outcome
 
     calls = []
 
@@ -156,8 +156,8 @@ def fake_tunnel(monkeypatch, standin):
         changed = sum(1 for c in calls if c[0] == "ensure") == 1
         return Outcome(changed, "tunnel", data=types.SimpleNamespace(local_port=standin.port))
 
-    for name, attr, fn in (("autopod.targets", "resolve_target", resolve_target),
-                           ("autopod.tunnel", "ensure_tunnel", ensure_tunnel)):
+    for name, attr, fn in (("autopod.tunnels.resolve", "resolve_target", resolve_target),
+                           ("autopod.tunnels.manager", "ensure_tunnel", ensure_tunnel)):
         if importlib.util.find_spec(name) is None:
             monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
         mod = importlib.import_module(name)
@@ -233,7 +233,7 @@ def test_quick_path_matches_the_task_and_skips_invoke_and_runpod(run_autopod, cl
 
 # -- end to end: a real OpenSSH sshd in front of the ComfyUI stand-in --------------------------------
 
-HAVE_TUNNELS = importlib.util.find_spec("autopod.tunnel") is not None and \
+HAVE_TUNNELS = importlib.util.find_spec("autopod.tunnels.manager") is not None and \
     (Path(__file__).with_name("sshd_server.py")).exists()
 needs_sshd = pytest.mark.skipif(not HAVE_TUNNELS, reason="the tunnel layer or tests/sshd_server.py is missing")
 
@@ -256,7 +256,7 @@ def comfy_box(request, tmp_path, monkeypatch, autopod_home):
         try:
             yield standin
         finally:
-            from autopod.tunnel import stop_all
+            from autopod.tunnels.manager import stop_all
 
             try:
                 stop_all()

@@ -8,11 +8,11 @@ import socket
 import time
 
 import pytest
-
-from autopod.comfyui import (ComfyHTTPError, ComfyTimeout, ComfyUIClient, ComfyUnreachable, QueueItem)
-from autopod.errors import ComfyError
-from autopod.sim.comfyui_standin import DATA_DIR, ComfyUIStandin
 from comfy_fixtures import busy, refused_url, standin  # noqa: F401  (fixtures)
+
+from autopod.comfy.client import ComfyHTTPError, ComfyTimeout, ComfyUIClient, ComfyUnreachable, QueueItem
+from autopod.core.errors import ComfyError
+from autopod.sim.comfyui_standin import DATA_DIR, ComfyUIStandin
 
 
 def recorded(name: str):
@@ -178,7 +178,7 @@ def test_every_call_is_logged_with_url_status_and_time(standin):
     records = []
     handler = logging.Handler(level=logging.DEBUG)
     handler.emit = records.append  # a handler of our own: the CLI may have turned propagation off
-    logger = logging.getLogger("autopod.comfyui")
+    logger = logging.getLogger("autopod.comfy.client")
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)

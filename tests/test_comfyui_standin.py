@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from comfy_fixtures import busy, standin  # noqa: F401  (fixtures)
 
 from autopod.sim.comfyui_standin import DATA_DIR, ComfyUIStandin
-from comfy_fixtures import busy, standin  # noqa: F401  (fixtures)
 
 
 def recorded(name: str):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from test_pods_standin import ssh_key, standin, volume_id  # noqa: F401  (fixtures)
 
 

@@ -1,4 +1,4 @@
-"""The sshtunnel backend's relay (autopod/fastrelay.py): byte-exact in both directions, in order when the
+"""The sshtunnel backend's relay (autopod/tunnels/relay.py): byte-exact in both directions, in order when the
 client is slow, across key re-exchanges, and with half-closed clients. Against a real sshd on loopback."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from autopod.fastrelay import READ_AHEAD, ReadAheadSocket
+from autopod.tunnels.relay import READ_AHEAD, ReadAheadSocket
 
 PATTERN = os.urandom(1 << 20)
 
@@ -59,7 +59,7 @@ def forward(sshd, ssh_user_key, backend):
     """A started forwarder (the daemon's class) from 127.0.0.1:<port> to the backend; yields the port."""
     import paramiko
 
-    from autopod.tunnel_daemon import _forwarder_class
+    from autopod.tunnels.daemon import _forwarder_class
 
     kt, b64 = sshd.host_key_pub.split()[:2]
     fwd = _forwarder_class()(
@@ -128,18 +128,18 @@ def test_slow_client_gets_every_byte_in_order(forward, monkeypatch):
     channel and the relay thread drains it, then direct sends resume. Nothing overtakes anything."""
     from paramiko.buffered_pipe import BufferedPipe
 
-    from autopod import fastrelay
+    from autopod.tunnels import relay
 
     queued = []
     feed = BufferedPipe.feed
     monkeypatch.setattr(BufferedPipe, "feed", lambda self, data: (queued.append(len(data)), feed(self, data))[1])
-    relay = fastrelay.relay
+    real_relay = relay.relay
 
     def small_send_buffer(sock, chan, chunk):  # so the client's socket fills up well before the SSH window
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
-        relay(sock, chan, chunk)
+        real_relay(sock, chan, chunk)
 
-    monkeypatch.setattr(fastrelay, "relay", small_send_buffer)
+    monkeypatch.setattr(relay, "relay", small_send_buffer)
     n = 4 * (1 << 20) + 777
     assert _get(forward.local_bind_port, n, read_size=16384, pause=0.001) == _payload(n)
     assert queued  # the queued path was taken
@@ -188,16 +188,16 @@ def test_key_re_exchange_during_a_download(forward, monkeypatch):
 
 def test_this_paramiko_supports_the_direct_relay():
     """The pinned paramiko range must keep the internals DirectTransport hooks; if not, this says so first."""
-    from autopod import fastrelay
+    from autopod.tunnels import relay
 
-    assert fastrelay.direct_supported()
+    assert relay.direct_supported()
 
 
 def test_without_the_internals_the_relay_falls_back_to_paramikos_transport(forward_fallback):
     port, fwd = forward_fallback
     import paramiko
 
-    from autopod.fastrelay import DirectTransport
+    from autopod.tunnels.relay import DirectTransport
 
     assert type(fwd._transport) is paramiko.Transport and not isinstance(fwd._transport, DirectTransport)
     n = 3 * 1024 * 1024 + 17
@@ -206,9 +206,9 @@ def test_without_the_internals_the_relay_falls_back_to_paramikos_transport(forwa
 
 @pytest.fixture
 def forward_fallback(sshd, ssh_user_key, backend, monkeypatch):
-    from autopod import fastrelay
+    from autopod.tunnels import relay
 
-    monkeypatch.setattr(fastrelay, "direct_supported", lambda: False)
+    monkeypatch.setattr(relay, "direct_supported", lambda: False)
     gen = forward.__wrapped__(sshd, ssh_user_key, backend)
     fwd = next(gen)
     try:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from autopod.errors import UsageError
-from autopod.gpus import gpu_rows, match_gpu, plan_gpu_order, stock_by_gpu
+from autopod.core.errors import UsageError
+from autopod.runpod.gpus import gpu_rows, match_gpu, plan_gpu_order, stock_by_gpu
 
 TYPES = [
     {"id": "NVIDIA RTX A40", "displayName": "RTX A40", "memoryInGb": 48, "securePrice": 0.4, "communityPrice": 0.35},

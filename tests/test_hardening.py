@@ -16,10 +16,12 @@ import sys
 import time
 
 import pytest
-
-from autopod import chain, pods
-from autopod.errors import AutopodError, Interrupted
 from test_pods_standin import ssh_key, standin, volume_id  # noqa: F401  (fixtures)
+
+from autopod.core import chain
+from autopod.core.errors import AutopodError, Interrupted
+from autopod.runpod import api as runpod_api
+from autopod.runpod import lifecycle, spec
 
 
 @pytest.fixture
@@ -197,7 +199,7 @@ class _Api:
 
 
 def _spec(name):
-    return pods.resolve_spec({"name": name, "gpus": [], "ports": [], "env": []})
+    return spec.resolve_spec({"name": name, "gpus": [], "ports": [], "env": []})
 
 
 def test_interrupt_right_after_the_create_answer_stops_the_pod_and_names_it(standin, monkeypatch):  # noqa: F811
@@ -206,9 +208,9 @@ def test_interrupt_right_after_the_create_answer_stops_the_pod_and_names_it(stan
     def sigterm():
         raise Interrupted(15)
 
-    api = _Api(pods.connect(), get_pod=sigterm)
+    api = _Api(runpod_api.connect(), get_pod=sigterm)
     with pytest.raises(AutopodError) as e:
-        pods.ensure_pod(_spec("nowait"), api, wait=False)
+        lifecycle.ensure_pod(_spec("nowait"), api, wait=False)
     (pod,) = standin.world.pods.values()
     assert e.value.exit_code == 143 and pod["id"] in str(e.value)
     assert e.value.data["pod"] == {"id": pod["id"], "name": "nowait", "status": "EXITED"}
@@ -217,7 +219,7 @@ def test_interrupt_right_after_the_create_answer_stops_the_pod_and_names_it(stan
 
 def test_a_second_interrupt_while_settling_an_interrupted_create_is_held(standin, monkeypatch):  # noqa: F811
     """Ctrl-C during the create request, then Ctrl-C again while autopod looks for the pod it may have made."""
-    from autopod import signals
+    from autopod.core import signals
 
     monkeypatch.setattr(chain, "_pod_id", None)
 
@@ -227,7 +229,7 @@ def test_a_second_interrupt_while_settling_an_interrupted_create_is_held(standin
         created.append(True)
         raise Interrupted(2)
 
-    api = _Api(pods.connect(), create_pod=ctrl_c)
+    api = _Api(runpod_api.connect(), create_pod=ctrl_c)
     real_list = api._api.list_pods
 
     def list_then_signal():
@@ -238,7 +240,7 @@ def test_a_second_interrupt_while_settling_an_interrupted_create_is_held(standin
     monkeypatch.setattr(api._api, "list_pods", list_then_signal)
     with signals.handling():
         with pytest.raises(AutopodError) as e:
-            pods.ensure_pod(_spec("twice"), api, wait=False)
+            lifecycle.ensure_pod(_spec("twice"), api, wait=False)
     (pod,) = standin.world.pods.values()
     assert e.value.exit_code == 130 and "()" not in str(e.value)
     assert f"pod twice ({pod['id']}) was created" in str(e.value) and pod["desiredStatus"] == "EXITED"

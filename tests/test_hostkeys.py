@@ -6,9 +6,15 @@ import subprocess
 
 import pytest
 
-from autopod.errors import HostKeyMismatch, TunnelError
-from autopod.hostkeys import (forget_host, host_entry_name, known_hosts_path, pin_on_first_use, pinned_key,
-                              pinned_keys)
+from autopod.core.errors import HostKeyMismatch, TunnelError
+from autopod.tunnels.hostkeys import (
+    forget_host,
+    host_entry_name,
+    known_hosts_path,
+    pin_on_first_use,
+    pinned_key,
+    pinned_keys,
+)
 
 
 def test_entry_names_follow_openssh():
@@ -87,7 +93,7 @@ def test_forwarder_refuses_a_wrong_pinned_key(sshd, ssh_user_key, tmp_path):
 
     import paramiko
 
-    from autopod.tunnel_daemon import _forwarder_class
+    from autopod.tunnels.daemon import _forwarder_class
 
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
     wrong = paramiko.Ed25519Key.from_private_key_file(str(tmp_path / "k"))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from autopod import config
-from autopod.errors import ConfigError
-from autopod.inventory import load_inventory
+from autopod.core import config
+from autopod.core.errors import ConfigError
+from autopod.core.inventory import load_inventory
 
 GOOD = """\
 defaults:
@@ -113,7 +113,7 @@ def test_user_config_is_validated(autopod_home):
 
 
 def test_api_key_sources(tmp_path, monkeypatch):
-    from autopod.errors import AuthError
+    from autopod.core.errors import AuthError
 
     with pytest.raises(AuthError, match="RUNPOD_API_KEY"):
         config.api_credentials()

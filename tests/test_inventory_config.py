@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from autopod import config
-from autopod.errors import AuthError, ConfigError
+from autopod.core import config
+from autopod.core.errors import AuthError, ConfigError
 
 
 def runpod_config(content: bytes | None = None) -> Path:

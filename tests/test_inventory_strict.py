@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from autopod import config
-from autopod.errors import ConfigError
-from autopod.inventory import load_inventory, load_yaml_document, load_yaml_mapping
+from autopod.core import config
+from autopod.core.errors import ConfigError
+from autopod.core.inventory import load_inventory, load_yaml_document, load_yaml_mapping
 
 
 def write(folder: Path, text: str | bytes, name: str = "inv.yml") -> Path:

@@ -4,10 +4,13 @@ import datetime as dt
 
 import pytest
 
-from autopod import chain, pods
-from autopod.errors import AutopodError, Timeout, UsageError
-from autopod.inventory import Inventory
-from autopod.pods import Pod, build_create_input, generate_name, resolve_spec, ssh_command
+from autopod.core import chain
+from autopod.core.errors import AutopodError, RemoteError, Timeout, UsageError
+from autopod.core.inventory import Inventory
+from autopod.runpod import lifecycle, registry, waits
+from autopod.runpod.access import ssh_command
+from autopod.runpod.records import Pod
+from autopod.runpod.spec import build_create_input, generate_name, resolve_spec
 
 
 def _inv():
@@ -123,7 +126,7 @@ def test_wait_needs_running_runtime_and_an_answering_ssh_port():
     api = ScriptedAPI([{**RAW, "runtime": None}, RAW, RAW])
     answers = iter([False, True])
     sleeps = []
-    pod = pods.wait_ready(api, RAW["id"], timeout=60, poll_interval=1, sleep=sleeps.append,
+    pod = waits.wait_ready(api, RAW["id"], timeout=60, poll_interval=1, sleep=sleeps.append,
                           connect=lambda h, p: next(answers), clock=lambda: 0.0)
     assert pod.ssh_direct == ("213.173.104.74", 35558)
     assert len(sleeps) == 2
@@ -136,11 +139,11 @@ def test_wait_times_out_and_fails_fast_on_a_stopped_pod(capsys):
         now[0] += s
 
     with pytest.raises(Timeout, match="not ready after 10s"):
-        pods.wait_ready(ScriptedAPI([{**RAW, "runtime": None}]), RAW["id"], timeout=10, poll_interval=2,
+        waits.wait_ready(ScriptedAPI([{**RAW, "runtime": None}]), RAW["id"], timeout=10, poll_interval=2,
                         sleep=sleep, clock=lambda: now[0])
     assert "waiting for pod probe" in capsys.readouterr().err  # progress on stderr
     with pytest.raises(AutopodError, match="is stopped"):
-        pods.wait_ready(ScriptedAPI([{**RAW, "desiredStatus": "EXITED", "runtime": None}]), RAW["id"], timeout=10)
+        waits.wait_ready(ScriptedAPI([{**RAW, "desiredStatus": "EXITED", "runtime": None}]), RAW["id"], timeout=10)
 
 
 def test_ssh_argv_uses_the_direct_endpoint_and_pins_host_keys(tmp_path):
@@ -167,26 +170,26 @@ class ListAPI:
 def test_pod_reference_rules(monkeypatch):
     monkeypatch.setattr(chain, "_pod_id", None)
     one = ListAPI(("a", "RUNNING"), ("old", "TERMINATED"))
-    assert pods.resolve_pod(one, None).name == "a"  # the only live pod
+    assert registry.resolve_pod(one, None).name == "a"  # the only live pod
     two = ListAPI(("a", "RUNNING"), ("b", "EXITED"))
     with pytest.raises(UsageError) as e:
-        pods.resolve_pod(two, None)
+        registry.resolve_pod(two, None)
     assert "a (ida" in str(e.value) and "b (idb" in str(e.value)
-    assert pods.resolve_pod(two, "b").id == "idb"
-    assert pods.resolve_pod(two, "ida").name == "a"
+    assert registry.resolve_pod(two, "b").id == "idb"
+    assert registry.resolve_pod(two, "ida").name == "a"
     with pytest.raises(AutopodError) as e:
-        pods.resolve_pod(two, "zzz")
+        registry.resolve_pod(two, "zzz")
     assert e.value.exit_code == 2
     monkeypatch.setattr(chain, "_pod_id", "idb")  # created/started earlier on this command line
-    assert pods.resolve_pod(two, None).name == "b"
+    assert registry.resolve_pod(two, None).name == "b"
     with pytest.raises(UsageError, match="no pods"):
-        pods.resolve_pod(ListAPI(), None)
+        registry.resolve_pod(ListAPI(), None)
 
 
 def test_the_example_inventory_loads_empty_and_documents_every_key(tmp_path):
     from pathlib import Path
 
-    from autopod.inventory import DEFAULT_KEYS, HOST_KEYS, POD_KEYS, TOP_KEYS, load_inventory
+    from autopod.core.inventory import DEFAULT_KEYS, HOST_KEYS, POD_KEYS, TOP_KEYS, load_inventory
 
     example = Path(__file__).resolve().parent.parent / "inventory" / "example.yml"
     assert load_inventory(example) == Inventory(sources=[example])  # every line is a comment
@@ -215,14 +218,14 @@ class StopRecorder(ScriptedAPI):
 
 
 def _wait_billing(api, timeout, sleep):
-    with pods._until_handed_over(api) as billing:
-        billing.append(pods._Billing(RAW["id"], "probe", "waiting for the new pod probe"))
-        pods._wait(api, RAW["id"], "probe", timeout, sleep, None)
+    with lifecycle._until_handed_over(api) as billing:
+        billing.append(lifecycle._Billing(RAW["id"], "probe", "waiting for the new pod probe"))
+        lifecycle._wait(api, RAW["id"], "probe", timeout, sleep, None)
 
 
 @pytest.mark.parametrize("signum,code", [(2, 130), (15, 143), (1, 129)])
 def test_ctrl_c_sigterm_or_sighup_while_waiting_stops_the_pod(signum, code):
-    from autopod.errors import Interrupted
+    from autopod.core.errors import Interrupted
 
     def interrupt(_):
         raise Interrupted(signum)
@@ -243,15 +246,15 @@ def test_timeout_or_a_failure_while_waiting_stops_the_pod_but_a_gone_pod_is_left
 
     class Broken(StopRecorder):
         def get_pod(self, pod_id):
-            raise pods.RemoteError("RunPod get pod failed after 5 attempts")
+            raise RemoteError("RunPod get pod failed after 5 attempts")
 
     api = Broken([])
-    with pytest.raises(pods.RemoteError, match="stopped it") as e:
+    with pytest.raises(RemoteError, match="stopped it") as e:
         _wait_billing(api, 60, lambda s: None)
     assert api.stopped == [RAW["id"]] and e.value.data["pod"]["id"] == RAW["id"]
 
     api = StopRecorder([{**RAW, "desiredStatus": "TERMINATED"}])
-    with pytest.raises(pods.PodNotRunning, match="terminated"):
+    with pytest.raises(waits.PodNotRunning, match="terminated"):
         _wait_billing(api, 60, lambda s: None)
     assert api.stopped == []
 
@@ -261,8 +264,8 @@ def test_a_second_signal_cannot_cut_short_the_stop(monkeypatch):
     import os
     import signal
 
-    from autopod import signals
-    from autopod.errors import Interrupted
+    from autopod.core import signals
+    from autopod.core.errors import Interrupted
 
     class SignalsDuringStop(StopRecorder):
         def stop_pod(self, pod_id):
@@ -282,7 +285,7 @@ def test_a_second_signal_cannot_cut_short_the_stop(monkeypatch):
 
 
 def test_comfy_address_configured_then_announced_by_pod_then_default():
-    from autopod.pods import _comfy_address
+    from autopod.runpod.records import _comfy_address
 
     announced = ["PUBLIC_KEY=ssh-ed25519 AAAA x", "AUTOPOD_COMFY_ADDRESS=127.0.0.1:40001"]
     assert _comfy_address("127.0.0.1:3000", announced) == "127.0.0.1:3000"

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from autopod import chain, runpod_api
+from autopod.core import chain
+from autopod.runpod import api as runpod_api
 
 CASSETTES = Path(__file__).resolve().parent.parent / "cassettes"
 # Read at import: the autouse fixture in conftest.py removes RUNPOD_API_KEY before each test.

@@ -8,7 +8,10 @@ import sys
 import pytest
 import requests
 
-from autopod import chain, pods, runpod_api
+from autopod.core import chain
+from autopod.core.paths import autopod_home
+from autopod.runpod import api as runpod_api
+from autopod.runpod import waits
 from autopod.sim.runpod_standin import RunPodStandin
 
 
@@ -24,7 +27,7 @@ def ssh_key(tmp_path):
 @pytest.fixture
 def standin(monkeypatch, ssh_key):
     """A fresh stand-in account; the CLI points at it; waits and retries run fast."""
-    monkeypatch.setattr(pods, "POLL_INTERVAL", 0.05)
+    monkeypatch.setattr(waits, "POLL_INTERVAL", 0.05)
     monkeypatch.setattr(chain, "_pod_id", None)
     monkeypatch.setattr(runpod_api, "DEFAULT_BASE_DELAY", 0.01)
     with RunPodStandin(api_key="sim-key") as s:
@@ -187,7 +190,7 @@ def test_list_and_info(cli, standin):
     assert "one" in listed.out and "two" in listed.out and vid in listed.out
     docs = cli("pod.list", "--json").json
     assert {p["name"] for p in docs} == {"one", "two"}
-    state = json.loads((pods.autopod_home() / "pods.json").read_text())
+    state = json.loads((autopod_home() / "pods.json").read_text())
     assert {v["name"] for v in state.values()} == {"one", "two"}
 
     several = cli("pod.info")

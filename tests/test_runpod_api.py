@@ -7,9 +7,9 @@ import requests
 from graphql import parse
 from graphql.utilities import value_from_ast_untyped
 
-from autopod.config import ApiCredentials
-from autopod.errors import AuthError, NoCapacity, RemoteError, TransientError, UsageError
-from autopod.runpod_api import Enum, RunPodAPI, check_datacenter, check_id, gql_value, pod_create_mutation
+from autopod.core.config import ApiCredentials
+from autopod.core.errors import AuthError, NoCapacity, RemoteError, TransientError, UsageError
+from autopod.runpod.api import Enum, RunPodAPI, check_datacenter, check_id, gql_value, pod_create_mutation
 
 NASTY = 'say "hi" \\ back\\slash\nnew line\ttab é ✓ 🙂 }) { injected }'
 KEYS = "ssh-ed25519 AAAAC3Nza1 me@a\nssh-rsa AAAAB3Nza2 me@b"
@@ -162,6 +162,6 @@ def test_the_sdk_is_not_imported_by_the_adapter_module():
     import subprocess
     import sys
 
-    code = "import sys, autopod.runpod_api, autopod.pods, autopod.volumes; print('runpod' in sys.modules)"
+    code = "import sys, autopod.runpod.api, autopod.runpod.lifecycle, autopod.runpod.volumes; print('runpod' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

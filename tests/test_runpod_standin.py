@@ -12,13 +12,7 @@ import sys
 import pytest
 import requests
 
-from autopod.sim.runpod_standin import (
-    NO_CAPACITY,
-    NOT_ENOUGH_GPUS,
-    SSH_BANNER,
-    RunPodStandin,
-    default_world,
-)
+from autopod.sim.runpod_standin import NO_CAPACITY, NOT_ENOUGH_GPUS, SSH_BANNER, RunPodStandin, default_world
 
 KEY = "sim-key"
 A40 = "NVIDIA RTX A40"

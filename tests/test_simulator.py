@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import ROOT
 from sshd_server import IN_CI, kill_tunnel_daemons, require_sshd
 
@@ -123,7 +122,7 @@ def test_sim_start_rejects_bad_flags(cli):
 
 
 def test_fault_flags_map_to_stand_in_settings():
-    from autopod.simulator import fault_settings
+    from autopod.sim.control import fault_settings
 
     assert fault_settings(latency=0.5, fail_every=3, hang_every=5, never_ready=True, reject_key=True) == {
         "latency_s": 0.5, "fail_every": 3, "hang_every": 5, "never_ready": True, "reject_key": True}

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from autopod.errors import ConfigError, ExitCode
-from autopod.state import StateFile
+from autopod.core.errors import ConfigError, ExitCode
+from autopod.core.state import StateFile
 
 
 def _writer(path: str, worker: int, n: int) -> None:

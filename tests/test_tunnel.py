@@ -13,9 +13,9 @@ import urllib.request
 
 import psutil
 import pytest
+from sshd_server import BODY
 
 from autopod.sim.sshd import free_port
-from sshd_server import BODY
 
 pytestmark = pytest.mark.sshd
 
@@ -44,7 +44,7 @@ def daemons_for(home) -> list[psutil.Process]:
     out = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if "autopod.tunnel_daemon" in (p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE \
+            if "autopod.tunnels.daemon" in (p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE \
                     and p.environ().get("AUTOPOD_HOME") == str(home.resolve()):
                 out.append(p)
         except psutil.Error:
@@ -244,8 +244,8 @@ def test_openssh_backend(ssh_box, cli, autopod_home):
 
 
 def test_start_requires_a_working_connection_but_comfy_callers_do_not(ssh_box, cli, autopod_home):
-    from autopod.targets import resolve_target
-    from autopod.tunnel import ensure_tunnel
+    from autopod.tunnels.manager import ensure_tunnel
+    from autopod.tunnels.resolve import resolve_target
 
     closed = free_port()  # nothing listens there behind the SSH server
     port = free_port()
@@ -259,8 +259,8 @@ def test_start_requires_a_working_connection_but_comfy_callers_do_not(ssh_box, c
 
 
 def test_changed_endpoint_restarts_the_tunnel(ssh_box, cli, autopod_home):
-    from autopod.targets import resolve_target
-    from autopod.tunnel import ensure_tunnel
+    from autopod.tunnels.manager import ensure_tunnel
+    from autopod.tunnels.resolve import resolve_target
 
     port = free_port()
     first = ensure_tunnel(resolve_target("box"), local_port=port, explicit_port=True, require_remote=True)
@@ -272,7 +272,7 @@ def test_changed_endpoint_restarts_the_tunnel(ssh_box, cli, autopod_home):
 
 
 def test_stop_all_and_pod_stop_hook(ssh_box, cli, autopod_home):
-    from autopod.tunnel import stop_tunnel_for
+    from autopod.tunnels.manager import stop_tunnel_for
 
     port = free_port()
     assert cli("tunnel.start", "--pod", "box", "--local-port", str(port)).code == 0
@@ -324,7 +324,7 @@ def test_daemon_keeps_its_forward_while_the_state_file_is_damaged(ssh_box, sshd,
 
 
 def test_each_tunnel_has_its_own_private_log(ssh_box, cli, autopod_home):
-    from autopod.tunnel import tunnel_log_path
+    from autopod.tunnels.manager import tunnel_log_path
 
     port = free_port()
     assert cli("tunnel.start", "--pod", "box", "--local-port", str(port)).code == 0
@@ -338,20 +338,20 @@ def test_each_tunnel_has_its_own_private_log(ssh_box, cli, autopod_home):
 
 
 def test_a_failed_start_quotes_only_lines_of_its_own_daemon(ssh_box, cli, autopod_home, monkeypatch):
-    from autopod import tunnel
+    from autopod.tunnels import logs, manager
 
-    real_argv = tunnel.daemon_argv
+    real_argv = manager.daemon_argv
     # A daemon that fails on its command line, leaving a line in the log.
-    monkeypatch.setattr(tunnel, "daemon_argv", lambda *a: real_argv(*a) + ["--stale-marker"])
+    monkeypatch.setattr(manager, "daemon_argv", lambda *a: real_argv(*a) + ["--stale-marker"])
     r = cli("tunnel.start", "--pod", "box", "--local-port", str(free_port()))
     assert r.code == 1 and "--stale-marker" in r.err
     # A daemon that dies without a word (OOM killer): the stale line is not its story.
-    monkeypatch.setattr(tunnel, "daemon_argv", lambda *a: [
+    monkeypatch.setattr(manager, "daemon_argv", lambda *a: [
         sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
     r = cli("tunnel.start", "--pod", "box", "--local-port", str(free_port()))
     assert r.code == 1 and "stale-marker" not in r.err
-    assert f"no details (see {tunnel.tunnel_log_path('host:box')})" in r.err
-    monkeypatch.setattr(tunnel, "daemon_argv", lambda *a: real_argv(*a) + ["--fresh-marker"])
+    assert f"no details (see {logs.tunnel_log_path('host:box')})" in r.err
+    monkeypatch.setattr(manager, "daemon_argv", lambda *a: real_argv(*a) + ["--fresh-marker"])
     r = cli("tunnel.start", "--pod", "box", "--local-port", str(free_port()))
     assert r.code == 1 and "--fresh-marker" in r.err and "stale-marker" not in r.err
     assert entries(autopod_home) == {} and not daemons_for(autopod_home)

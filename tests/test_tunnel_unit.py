@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from autopod import tunnel
-from autopod.errors import AuthError, ConfigError, NotFound, TunnelError, UsageError
-from autopod.targets import SSHTarget, resolve_target, split_address
+from autopod.core.errors import AuthError, ConfigError, NotFound, TunnelError, UsageError
+from autopod.tunnels import local, logs, manager, registry
+from autopod.tunnels.resolve import resolve_target
+from autopod.tunnels.targets import SSHTarget, split_address
 
 
 def _target(target_id: str, name: str | None = None) -> SSHTarget:
@@ -24,9 +25,9 @@ def _target(target_id: str, name: str | None = None) -> SSHTarget:
 
 def _record(target_id: str, pid: int, **extra) -> None:
     t = _target(target_id, extra.pop("name", target_id))
-    entry = tunnel._new_entry(t, pid, extra.pop("local_port", 18188), "sshtunnel", time.time())
+    entry = manager._new_entry(t, pid, extra.pop("local_port", 18188), "sshtunnel", time.time())
     entry.update(state="up", **extra)
-    with tunnel.state_file().update() as data:
+    with registry.state_file().update() as data:
         data.setdefault("tunnels", {})[target_id] = entry
 
 
@@ -48,7 +49,7 @@ def stranger():
 @pytest.fixture
 def fake_daemon():
     """A process whose command line is our daemon's for target pod123 on port 18188 (it only sleeps)."""
-    p = _sleeper(tunnel.daemon_argv(_target("pod123"), 18188, "sshtunnel"))
+    p = _sleeper(manager.daemon_argv(_target("pod123"), 18188, "sshtunnel"))
     yield p
     p.kill()
     p.wait()
@@ -56,7 +57,7 @@ def fake_daemon():
 
 def test_reused_pid_is_never_ours_and_never_signalled(stranger, cli):
     _record("podX", stranger.pid)
-    assert tunnel.process_is_ours(stranger.pid, "podX") is False
+    assert registry.process_is_ours(stranger.pid, "podX") is False
     r = cli("tunnel.stop", "--pod", "podX", "--json")
     assert r.code == 0 and "already gone" in r.json["msg"]
     time.sleep(0.2)
@@ -64,14 +65,14 @@ def test_reused_pid_is_never_ours_and_never_signalled(stranger, cli):
     _record("podX", stranger.pid)
     r = cli("tunnel.cleanup", "--json")
     assert r.json["removed"] == ["podX"] and stranger.poll() is None
-    assert tunnel.recorded_entries() == []
+    assert registry.recorded_entries() == []
 
 
 def test_ownership_needs_the_module_and_the_target_id(fake_daemon):
-    assert tunnel.process_is_ours(fake_daemon.pid, "pod123") is True
-    assert tunnel.process_is_ours(fake_daemon.pid, "pod999") is False
-    assert tunnel.process_is_ours(999999999, "pod123") is False
-    assert tunnel.process_is_ours(None, "pod123") is False
+    assert registry.process_is_ours(fake_daemon.pid, "pod123") is True
+    assert registry.process_is_ours(fake_daemon.pid, "pod999") is False
+    assert registry.process_is_ours(999999999, "pod123") is False
+    assert registry.process_is_ours(None, "pod123") is False
 
 
 def test_status_without_tunnels_exits_1(cli):
@@ -109,7 +110,7 @@ def test_unknown_backend_is_a_usage_error(tmp_path, monkeypatch, cli):
     assert r.code == 2 and "--backend must be sshtunnel or openssh" in r.err
     # The same check for a value from the config key tunnel_backend.
     with pytest.raises(UsageError, match="unknown tunnel backend 'putty'"):
-        tunnel._backend_for("putty", resolve_target("box"))
+        manager._backend_for("putty", resolve_target("box"))
 
 
 def test_choose_local_port():
@@ -117,20 +118,20 @@ def test_choose_local_port():
         s.bind(("127.0.0.1", 0))
         s.listen()
         taken = s.getsockname()[1]
-        assert tunnel.port_is_free(taken) is False
+        assert local.port_is_free(taken) is False
         with pytest.raises(TunnelError, match=f"local port {taken} is already in use by pid"):
-            tunnel.choose_local_port(taken, explicit=True)
-        got = tunnel.choose_local_port(taken, explicit=False)
-        assert got > taken and tunnel.port_is_free(got)
+            local.choose_local_port(taken, explicit=True)
+        got = local.choose_local_port(taken, explicit=False)
+        assert got > taken and local.port_is_free(got)
 
 
 def test_probe_tells_a_dead_port_from_a_live_service():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        assert tunnel.probe(port, timeout=1) is False  # bound, not listening: refused
+        assert manager.probe(port, timeout=1) is False  # bound, not listening: refused
         s.listen()
-        assert tunnel.probe(port, timeout=0.3) is True  # accepts and holds the connection
+        assert manager.probe(port, timeout=0.3) is True  # accepts and holds the connection
 
 
 def test_inventory_host_target(tmp_path, monkeypatch):
@@ -157,7 +158,7 @@ def test_split_address():
 
 def test_fast_path_uses_the_recorded_tunnel_without_runpod(fake_daemon, autopod_home):
     _record("pod123", fake_daemon.pid, name="mypod")
-    code = ("import sys; from autopod.targets import resolve_target; t = resolve_target(None); "
+    code = ("import sys; from autopod.tunnels.resolve import resolve_target; t = resolve_target(None); "
             "u = resolve_target('mypod'); print(t.id, u.id, t.host, t.port, t.from_record, 'runpod' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["pod123", "pod123", "10.0.0.9", "40022", "True", "False"]
@@ -173,34 +174,34 @@ def test_passphrase_keys_never_prompt(tmp_path, monkeypatch):
     key = tmp_path / "locked"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "s3cret-pass", "-f", str(key)], check=True)
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    monkeypatch.delenv(tunnel.PASSPHRASE_ENV, raising=False)
+    monkeypatch.delenv(local.PASSPHRASE_ENV, raising=False)
     with pytest.raises(ConfigError, match="ssh-agent") as e:
-        tunnel.load_private_key(key)
+        local.load_private_key(key)
     assert e.value.exit_code == 2
     monkeypatch.setenv("SSH_AUTH_SOCK", "/tmp/agent.sock")
-    assert tunnel.load_private_key(key) is None  # the daemon will ask the agent
-    monkeypatch.setenv(tunnel.PASSPHRASE_ENV, "wrong-pass")
+    assert local.load_private_key(key) is None  # the daemon will ask the agent
+    monkeypatch.setenv(local.PASSPHRASE_ENV, "wrong-pass")
     with pytest.raises(ConfigError, match="wrong"):
-        tunnel.load_private_key(key)
-    monkeypatch.setenv(tunnel.PASSPHRASE_ENV, "s3cret-pass")
-    assert tunnel.load_private_key(key).get_name() == "ssh-ed25519"
-    from autopod.log import redact
+        local.load_private_key(key)
+    monkeypatch.setenv(local.PASSPHRASE_ENV, "s3cret-pass")
+    assert local.load_private_key(key).get_name() == "ssh-ed25519"
+    from autopod.core.log import redact
 
     assert redact("pass s3cret-pass") == "pass ***"
 
 
 def test_daemon_argv_carries_no_secrets(tmp_path, monkeypatch):
-    monkeypatch.setenv(tunnel.PASSPHRASE_ENV, "s3cret-pass")
+    monkeypatch.setenv(local.PASSPHRASE_ENV, "s3cret-pass")
     t = SSHTarget(id="pod1", name="p", kind="pod", host="1.2.3.4", port=40022, user="root", key_path=tmp_path / "k")
-    argv = tunnel.daemon_argv(t, 8188, "sshtunnel")
-    assert argv[1:3] == ["-m", "autopod.tunnel_daemon"] and "pod1" in argv
+    argv = manager.daemon_argv(t, 8188, "sshtunnel")
+    assert argv[1:3] == ["-m", "autopod.tunnels.daemon"] and "pod1" in argv
     assert "s3cret-pass" not in " ".join(argv)
     assert SSHTarget.from_dict(json.loads(argv[argv.index("--target") + 1])) == t
 
 
 def test_chained_pod_wins_over_an_older_tunnel(fake_daemon, monkeypatch):
     """`pod.create ... tunnel.start`: without --pod the pod of this command line is meant."""
-    from autopod import chain
+    from autopod.core import chain
 
     _record("pod123", fake_daemon.pid, name="old")
     monkeypatch.setattr(chain, "_pod_id", "pod123")
@@ -211,8 +212,9 @@ def test_chained_pod_wins_over_an_older_tunnel(fake_daemon, monkeypatch):
 
 
 def test_missing_sshd_skips_locally_but_fails_under_ci(monkeypatch):
-    import autopod.sim.sshd as sim_sshd
     import sshd_server
+
+    import autopod.sim.sshd as sim_sshd
 
     monkeypatch.setattr(sim_sshd, "find_sshd", lambda: None)
     monkeypatch.setattr(sshd_server, "IN_CI", False)
@@ -256,13 +258,13 @@ def test_damaged_state_is_reported_by_every_tunnel_command(content, cli, autopod
 @pytest.mark.parametrize("content", list(BAD_STATES.values()), ids=list(BAD_STATES))
 def test_stop_tunnel_for_raises_only_autopod_errors(content, autopod_home):
     """pod.stop and pod.kill call it and warn on AutopodError; anything else would abort them."""
-    from autopod.errors import AutopodError
-    from autopod.state import CorruptState
+    from autopod.core.errors import AutopodError
+    from autopod.core.state import CorruptState
 
     autopod_home.mkdir(exist_ok=True)
     (autopod_home / "tunnels.json").write_text(content)
     with pytest.raises(CorruptState) as e:
-        tunnel.stop_tunnel_for("x")
+        manager.stop_tunnel_for("x")
     assert isinstance(e.value, AutopodError) and e.value.exit_code == 2
 
 
@@ -275,8 +277,8 @@ def test_null_fields_are_not_a_crash(stranger, cli, autopod_home):
     rows = cli("tunnel.list", "--json")
     assert rows.code == 0 and rows.json[0]["target_id"] == "x" and rows.json[0]["local_port"] == 0
     assert cli("tunnel.status", "--pod", "x").code == 1
-    assert tunnel.stop_tunnel_for("x") is False and stranger.poll() is None
-    assert tunnel.recorded_entries() == []
+    assert manager.stop_tunnel_for("x") is False and stranger.poll() is None
+    assert registry.recorded_entries() == []
 
 
 GOOD_USERS = ["root", "ubuntu", "_svc", "a.b-c_d", "User1", "x" * 32]
@@ -314,7 +316,7 @@ def test_option_like_or_odd_hosts_are_config_errors(host):
 
 
 def test_loaded_targets_are_checked_too(autopod_home):
-    from autopod.state import CorruptState
+    from autopod.core.state import CorruptState
 
     good = SSHTarget(id="p", name="p", kind="pod", host="1.2.3.4", port=22, user="root", key_path="k").to_dict()
     for bad in ({"user": "-oProxyCommand=id"}, {"host": "-x"}, {"port": 0}, {"remote_port": "8188"}):
@@ -324,11 +326,11 @@ def test_loaded_targets_are_checked_too(autopod_home):
         doc = {"tunnels": {"p": {"pid": 1, "target": {**good, **bad}}}}
         (autopod_home / "tunnels.json").write_text(json.dumps(doc))
         with pytest.raises(CorruptState):
-            tunnel.recorded_entries()
+            registry.recorded_entries()
 
 
 def test_openssh_argv_ends_the_options_before_the_destination(tmp_path):
-    from autopod.tunnel_daemon import OpenSSHBackend
+    from autopod.tunnels.daemon import OpenSSHBackend
 
     t = SSHTarget(id="p", name="p", kind="pod", host="::1", port=2222, user="root", key_path=tmp_path / "k",
                   remote_host="::1", remote_port=8188)
@@ -338,7 +340,7 @@ def test_openssh_argv_ends_the_options_before_the_destination(tmp_path):
 
 
 def _fake_pod(status: str, ports: list[str], direct=None, name: str = "flux"):
-    from autopod.pods import Pod
+    from autopod.runpod.records import Pod
 
     return Pod(id="abc123", name=name, status=status, ports=ports, ssh_direct=direct,
                ssh_proxy="abc123-64411c8f@ssh.runpod.io")
@@ -347,13 +349,13 @@ def _fake_pod(status: str, ports: list[str], direct=None, name: str = "flux"):
 @pytest.fixture
 def fake_pod(monkeypatch):
     """``tunnel.start --pod flux`` finds the pod put in ``box[0]``, with no API call."""
-    import autopod.pods
-    import autopod.runpod_api
+    import autopod.runpod.api
+    import autopod.runpod.registry
 
     box = []
     monkeypatch.setenv("RUNPOD_API_KEY", "dummy-key-for-tests")
-    monkeypatch.setattr(autopod.runpod_api, "RunPodAPI", lambda *a, **k: object())
-    monkeypatch.setattr(autopod.pods, "resolve_pod", lambda api, ref, pods=None: box[0])
+    monkeypatch.setattr(autopod.runpod.api, "RunPodAPI", lambda *a, **k: object())
+    monkeypatch.setattr(autopod.runpod.registry, "resolve_pod", lambda api, ref, pods=None: box[0])
     return box
 
 
@@ -372,7 +374,7 @@ def test_advice_for_a_pod_without_direct_ssh_follows_its_state(status, ports, wa
     r = cli("tunnel.start", "--pod", "flux", "--json")
     assert r.code == 1, r.err  # a state, not bad input
     assert want in r.err and not_want not in r.err, r.err
-    assert tunnel.recorded_entries() == []
+    assert registry.recorded_entries() == []
 
 
 def test_advice_quotes_a_pod_name_for_the_shell(fake_pod, cli):
@@ -388,7 +390,7 @@ def test_a_ref_nobody_knows_is_a_usage_error_not_a_quiet_success(stranger, cli, 
         assert r.code == 2, (argv, r.err)
         assert "'nosuch'" in r.err or "'host:nosuch'" in r.err
         assert "recorded tunnels: two" in r.err and r.json["failed"] is True
-    assert len(tunnel.recorded_entries()) == 1
+    assert len(registry.recorded_entries()) == 1
 
 
 def test_a_known_pod_or_host_without_a_tunnel_is_fine(cli, autopod_home, tmp_path, monkeypatch):
@@ -416,11 +418,11 @@ def test_daemon_stops_at_once_when_told_to_while_connecting(autopod_home, tmp_pa
         hole.listen()  # the kernel accepts, nobody ever sends an SSH banner
         t = SSHTarget(id="host:hole", name="hole", kind="host", host="127.0.0.1", port=hole.getsockname()[1],
                       user="root", key_path=tmp_path / "k")
-        p = subprocess.Popen(tunnel.daemon_argv(t, free_port(), "sshtunnel"), stdin=subprocess.DEVNULL,
+        p = subprocess.Popen(manager.daemon_argv(t, free_port(), "sshtunnel"), stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             end = time.monotonic() + 10
-            while not (tunnel.recorded_entry("host:hole") or {}).get("state") == "starting":
+            while not (registry.recorded_entry("host:hole") or {}).get("state") == "starting":
                 assert time.monotonic() < end and p.poll() is None
                 time.sleep(0.05)
             t0 = time.monotonic()
@@ -431,7 +433,7 @@ def test_daemon_stops_at_once_when_told_to_while_connecting(autopod_home, tmp_pa
             if p.poll() is None:
                 os.kill(p.pid, 9)
                 p.wait()
-    assert tunnel.recorded_entries() == []
+    assert registry.recorded_entries() == []
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -453,11 +455,11 @@ def test_start_flags_out_of_range_exit_2_before_any_lookup(argv, says, cli):
 def test_a_daemon_of_another_autopod_home_is_not_ours(cli, tmp_path):
     import os
 
-    argv = tunnel.daemon_argv(_target("pod123"), 18188, "sshtunnel")
+    argv = manager.daemon_argv(_target("pod123"), 18188, "sshtunnel")
     other = _sleeper(argv, env={**os.environ, "AUTOPOD_HOME": str(tmp_path / "other-home")})
     try:
         _record("pod123", other.pid)
-        assert tunnel.process_is_ours(other.pid, "pod123") is False
+        assert registry.process_is_ours(other.pid, "pod123") is False
         r = cli("tunnel.stop", "--pod", "pod123", "--json")
         assert r.code == 0 and "already gone" in r.json["msg"]
         assert other.poll() is None  # not signalled
@@ -467,10 +469,10 @@ def test_a_daemon_of_another_autopod_home_is_not_ours(cli, tmp_path):
 
 
 def test_the_target_id_must_be_the_daemons_own(tmp_path):
-    p = _sleeper([sys.executable, "-m", "autopod.tunnel_daemon", "--target-id", "other", "--x", "pod123"])
+    p = _sleeper([sys.executable, "-m", "autopod.tunnels.daemon", "--target-id", "other", "--x", "pod123"])
     try:
-        assert tunnel.process_is_ours(p.pid, "other") is True
-        assert tunnel.process_is_ours(p.pid, "pod123") is False
+        assert registry.process_is_ours(p.pid, "other") is True
+        assert registry.process_is_ours(p.pid, "pod123") is False
     finally:
         p.kill()
         p.wait()
@@ -478,12 +480,12 @@ def test_the_target_id_must_be_the_daemons_own(tmp_path):
 
 def test_a_recorded_port_or_endpoint_the_daemon_does_not_serve_is_not_trusted(fake_daemon, cli):
     _record("pod123", fake_daemon.pid, name="one")  # the daemon's own: 127.0.0.1:18188
-    assert tunnel.entry_process_alive(tunnel.recorded_entry("pod123")) is True
+    assert registry.entry_process_alive(registry.recorded_entry("pod123")) is True
     for change in ({"local_port": 22}, {"backend": "openssh"}, {"target": {**_target("pod123").to_dict(),
                                                                            "host": "10.6.6.6"}}):
-        with tunnel.state_file().update() as data:
+        with registry.state_file().update() as data:
             data["tunnels"]["pod123"].update(change)
-        assert tunnel.entry_process_alive(tunnel.recorded_entry("pod123")) is False, change
+        assert registry.entry_process_alive(registry.recorded_entry("pod123")) is False, change
         st = cli("tunnel.status", "--pod", "one", "--json")
         assert st.code == 1 and st.json["running"] is False and st.json["state"] == "gone"
         _record("pod123", fake_daemon.pid, name="one")
@@ -493,7 +495,7 @@ def test_cleanup_never_kills_a_users_own_ssh_on_a_recorded_child_pid(stranger, c
     users_ssh = _sleeper(["ssh", "-N", "-L", "127.0.0.1:18188:127.0.0.1:8188", "me@example.com"])
     try:
         _record("pod123", stranger.pid, child_pid=users_ssh.pid)
-        assert tunnel._child_is_ours(tunnel.recorded_entry("pod123")) is False
+        assert registry.child_is_ours(registry.recorded_entry("pod123")) is False
         r = cli("tunnel.cleanup", "--json")
         assert r.code == 0 and r.json["removed"] == ["pod123"]
         assert users_ssh.poll() is None
@@ -512,11 +514,11 @@ def test_port_holder_survives_a_damaged_state_file(autopod_home):
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(TunnelError, match=f"in use by pid {os.getpid()} \\("):
-            tunnel.choose_local_port(port, explicit=True)
+            local.choose_local_port(port, explicit=True)
 
 
 def test_unreadable_known_hosts_is_a_config_error(autopod_home):
-    from autopod.hostkeys import pin_on_first_use, pinned_keys
+    from autopod.tunnels.hostkeys import pin_on_first_use, pinned_keys
 
     autopod_home.mkdir(exist_ok=True)
     (autopod_home / "known_hosts").write_bytes(b"[10.0.0.9]:40022 ssh-ed25519 \xff\xfe\n")
@@ -533,30 +535,30 @@ def test_unreadable_known_hosts_is_a_config_error(autopod_home):
 def test_stop_all_stops_the_others_when_one_resists(stranger, monkeypatch, cli):
     _record("pod1", stranger.pid, name="one")
     _record("pod2", stranger.pid, name="two")
-    real = tunnel._stop_tunnel_for
+    real = manager._stop_tunnel_for
 
     def flaky(target_id):
         if target_id == "pod1":
             raise PermissionError("operation not permitted")
         return real(target_id)
 
-    monkeypatch.setattr(tunnel, "_stop_tunnel_for", flaky)
+    monkeypatch.setattr(manager, "_stop_tunnel_for", flaky)
     r = cli("tunnel.stop-all")
     assert r.code == 1 and "stopped two" in r.err and "could not stop the tunnel to pod1" in r.err
-    assert [e["target_id"] for e in tunnel.recorded_entries()] == ["pod1"]
+    assert [e["target_id"] for e in registry.recorded_entries()] == ["pod1"]
 
 
 def test_log_tail_reads_only_this_spawns_lines_across_a_rotation(autopod_home):
-    path = tunnel.tunnel_log_path("host:box")
+    path = logs.tunnel_log_path("host:box")
     path.with_name(path.name + ".1").write_text("rotated long ago\n")
     path.write_text("earlier spawn failed\n2026-01-01 10:00:00,000 42 tunneld ERROR autopod.tunneld: old error\n")
     st = path.stat()
     start = (st.st_ino, st.st_size)
     with path.open("a") as f:
         f.write("2026-01-01 10:00:01,000 43 tunneld INFO autopod.tunneld: chatter\nmine before rotation\n")
-    assert tunnel._log_tail("host:box", start) == "mine before rotation"
+    assert logs.log_tail("host:box", start) == "mine before rotation"
     path.rename(path.with_name(path.name + ".1"))  # what RotatingFileHandler does
     path.write_text("2026-01-01 10:00:02,000 43 tunneld ERROR autopod.tunneld: mine after rotation\n"
                     "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nValueError: boom\n")
-    assert tunnel._log_tail("host:box", start) == "mine before rotation / mine after rotation / ValueError: boom"
-    assert tunnel._log_tail("host:nothing", (0, 0)).startswith("no details (see ")
+    assert logs.log_tail("host:box", start) == "mine before rotation / mine after rotation / ValueError: boom"
+    assert logs.log_tail("host:nothing", (0, 0)).startswith("no details (see ")

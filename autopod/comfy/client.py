@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import ComfyError
+from ..core.errors import ComfyError
 
 log = logging.getLogger(__name__)
 

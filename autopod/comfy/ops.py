@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from .errors import ComfyError, UsageError
+from ..core.errors import ComfyError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class ComfyStatus:
 
 def parse_seconds(value: Any, flag: str = "--wait") -> float:
     """A seconds flag as typed; not given is 0."""
-    from .flags import number
+    from ..core.flags import number
 
     return number(value, flag, float, minimum=0, maximum=7 * 86400) or 0.0
 
@@ -75,7 +75,7 @@ def render_status(st: ComfyStatus, *, as_json: bool) -> int:
     Kept free of invoke and tabulate so that the console script's quick path
     (``autopod.launch``) and the invoke task print the same thing.
     """
-    from .output import dump_json
+    from ..core.output import dump_json
 
     if as_json:
         dump_json(st.to_dict())
@@ -91,8 +91,8 @@ def render_status(st: ComfyStatus, *, as_json: bool) -> int:
 
 def configured_url() -> str:
     """``comfy_url`` from the inventory defaults or config.yaml (default http://127.0.0.1:8188)."""
-    from . import config
-    from .inventory import load_inventory
+    from ..core import config
+    from ..core.inventory import load_inventory
 
     return str(config.resolve("comfy_url", None, inventory=load_inventory(), config=config.user_config()))
 
@@ -102,14 +102,14 @@ def comfy_endpoint(pod: str | None = None, *, no_tunnel: bool = False) -> ComfyE
 
     ``pod=None`` means the pod that is meant: the one with the only live tunnel,
     the one just created in a chained command, or the only pod (see
-    ``autopod.targets.resolve_target``).
+    ``autopod.tunnels.resolve.resolve_target``).
     """
     if no_tunnel:
         if pod:
             raise UsageError("--no-tunnel talks to the configured comfy_url; it takes no --pod")
         return ComfyEndpoint(url=configured_url().rstrip("/"))
-    from .targets import resolve_target
-    from .tunnel import ensure_tunnel
+    from ..tunnels.manager import ensure_tunnel
+    from ..tunnels.resolve import resolve_target
 
     target = resolve_target(pod)
     outcome = ensure_tunnel(target)
@@ -129,7 +129,7 @@ def comfy_status(pod: str | None = None, *, no_tunnel: bool = False, wait: float
     Never raises because ComfyUI is down: that is the "starting" answer. Errors
     in finding the pod or building the tunnel do raise.
     """
-    from .comfyui import ComfyUIClient
+    from .client import ComfyUIClient
 
     if wait < 0:
         raise UsageError(f"--wait must be 0 or more seconds, got {wait:g}")
@@ -156,7 +156,7 @@ def comfy_status(pod: str | None = None, *, no_tunnel: bool = False, wait: float
 
 def comfy_info(pod: str | None = None, *, no_tunnel: bool = False) -> dict[str, Any]:
     """Versions, devices and memory, queue, history size and node count of a running ComfyUI."""
-    from .comfyui import ComfyUIClient, ComfyUnreachable
+    from .client import ComfyUIClient, ComfyUnreachable
 
     endpoint = comfy_endpoint(pod, no_tunnel=no_tunnel)
     with ComfyUIClient(endpoint.url) as client:

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import AuthError, NoCapacity, RemoteError, TransientError, UsageError
-from .log import redact
+from ..core.errors import AuthError, NoCapacity, RemoteError, TransientError, UsageError
+from ..core.log import redact
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ def _as_remote(op: str) -> RemoteError:
 
 def connect() -> RunPodAPI:
     """The adapter for the configured account (``RUNPOD_API_KEY`` / ~/.runpod/config.toml / simulator)."""
-    from .config import api_credentials  # noqa: PLC0415
+    from ..core.config import api_credentials  # noqa: PLC0415
 
     return RunPodAPI(api_credentials())
 

@@ -1,4 +1,4 @@
-"""GPU names and fallback planning (pure: no I/O).
+"""GPU names and fallback planning, pure but for `gpu_table`.
 
 RunPod's create call needs the GPU type *id* ("NVIDIA RTX A40"), while people
 type display names ("RTX A40", "rtx a40"). Both are accepted, case-insensitive.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Iterable, Sequence
 
-from .errors import UsageError
+from ..core.errors import UsageError
 
 STOCK_RANK = {"high": 3, "medium": 2, "low": 1, "none": 0}
 
@@ -116,3 +116,8 @@ def gpu_rows(gpu_types: Sequence[dict[str, Any]], datacenters: Sequence[dict[str
         })
     rows.sort(key=lambda r: (-STOCK_RANK.get(_norm(r["stock"]), 0), str(r["name"])))
     return rows
+
+
+def gpu_table(api: Any) -> list[dict[str, Any]]:
+    """``pod.gpus``: the account's GPU types with price and stock (the one call here that asks the API)."""
+    return gpu_rows(api.gpu_types(), api.gpu_stock())

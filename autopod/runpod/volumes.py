@@ -14,14 +14,14 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from .errors import ConfigError, Conflict, NotFound, UsageError
-from .flags import number
-from .flags import text as flags_text
+from ..core.errors import ConfigError, Conflict, NotFound, UsageError
+from ..core.flags import number
+from ..core.flags import text as flags_text
+from ..core.output import Outcome
+from ..core.state import StateFile, check_fields, exclusive
+from ..core.ui import warn
+from .api import check_datacenter, check_id
 from .gpus import check_known_datacenter
-from .output import Outcome
-from .runpod_api import check_datacenter, check_id
-from .state import StateFile, check_fields, exclusive
-from .ui import warn
 
 STATE = "volumes.json"
 MAX_SIZE_GB = 4000  # RunPod's limit for a network volume

@@ -1,1 +1,2 @@
-"""An offline stand-in for RunPod and ComfyUI: local servers that answer like the real services."""
+"""The offline simulator: its control (``control``: sim.start/stop/status), and local stand-ins that
+answer like RunPod and ComfyUI, with simulated pods that are real local processes."""

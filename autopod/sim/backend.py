@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..procs import stop_child
+from ..core.procs import stop_child
 from .comfyui_standin import ComfyUIStandin
 from .sshd import LocalSSHD, find_sshd, free_port
 

@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import sim_state
-from .errors import AutopodError, ConfigError, UsageError
-from .log import register_secret
-from .output import Outcome
-from .paths import autopod_home, log_dir
-from .procs import cmdline, terminate_pid
-from .state import CorruptState, StateFile, exclusive
-from .ui import progress
+from ..core.config import sim_state
+from ..core.errors import AutopodError, ConfigError, UsageError
+from ..core.log import register_secret
+from ..core.output import Outcome
+from ..core.paths import autopod_home, log_dir
+from ..core.procs import cmdline, terminate_pid
+from ..core.state import CorruptState, StateFile, exclusive
+from ..core.ui import progress
 
 log = logging.getLogger(__name__)
 SERVER_MODULE = "autopod.sim.server"
@@ -91,7 +91,7 @@ def load_world_file(path: str) -> dict[str, Any]:
     """A YAML or JSON merge-patch over the default world (stock, volumes, data centers, settings).
 
     Read with the inventory's strict reader: aliases, duplicate keys and non-UTF-8 text are errors."""
-    from .inventory import load_yaml_document
+    from ..core.inventory import load_yaml_document
 
     p = Path(path).expanduser()
     if not p.exists():
@@ -145,7 +145,7 @@ def simulator_status() -> dict[str, Any]:
     except Exception as e:
         doc["problem"] = f"the simulator does not answer: {type(e).__name__}"
         return doc
-    from .sim.runpod_standin import DEFAULT_SETTINGS
+    from .runpod_standin import DEFAULT_SETTINGS
 
     settings = world.get("settings", {})
     doc.update(running=True, settings=settings,
@@ -187,7 +187,7 @@ def _start_locked(world_file: str | None, settings: dict[str, Any], comfy_ready_
     root.mkdir(exist_ok=True)
     world: dict[str, Any] | None = None
     if world_file or settings:
-        from .sim.runpod_standin import default_world, merge_patch
+        from .runpod_standin import default_world, merge_patch
 
         world = default_world()
         if world_file:
@@ -279,7 +279,7 @@ def stop_simulator(timeout: float = 20.0) -> Outcome:
 def _stop_tunnels(pod_ids: list[str]) -> None:
     if not pod_ids:
         return
-    from .tunnel import stop_tunnel_for
+    from ..tunnels.manager import stop_tunnel_for
 
     for pid in pod_ids:
         try:

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--comfy-command", default=None)
     args = p.parse_args(argv)
 
-    from ..log import setup_logging
+    from ..core.log import setup_logging
     from .backend import LocalPodBackend
     from .runpod_standin import RunPodStandin
 

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..procs import stop_child
+from ..core.procs import stop_child
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/opt/homebrew/sbin/sshd")
 

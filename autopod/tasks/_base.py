@@ -15,11 +15,11 @@ from typing import Any, Callable
 
 from invoke import Exit, task
 
-from .. import chain, signals
-from ..errors import AutopodError, ExitCode, Interrupted, UsageError
-from ..flags import decodable
-from ..log import setup_logging
-from ..output import release_stdout, report_failure
+from ..core import chain, signals
+from ..core.errors import AutopodError, ExitCode, Interrupted, UsageError
+from ..core.flags import decodable
+from ..core.log import setup_logging
+from ..core.output import release_stdout, report_failure
 
 log = logging.getLogger("autopod.cli")
 _debug_flag = False

@@ -16,8 +16,8 @@ _NO_TUNNEL = "talk to the configured comfy_url as it is (default http://127.0.0.
                "json": "print one JSON document"}, plain_arg="pod")
 def status(c, pod=None, no_tunnel=False, wait=None, json=False):
     """Print "Ready" (exit 0) or "Starting…" (exit 1) for ComfyUI on a pod."""
-    from ..comfy import comfy_status, parse_seconds, render_status
-    from ..ui import progress
+    from ..comfy.ops import comfy_status, parse_seconds, render_status
+    from ..core.ui import progress
 
     st = comfy_status(pod, no_tunnel=no_tunnel, wait=parse_seconds(wait, "--wait"), on_wait=progress)
     code = render_status(st, as_json=json)
@@ -28,8 +28,8 @@ def status(c, pod=None, no_tunnel=False, wait=None, json=False):
 @command(help={"pod": _POD, "no-tunnel": _NO_TUNNEL, "json": "print one JSON document"}, plain_arg="pod")
 def info(c, pod=None, no_tunnel=False, json=False):
     """Show ComfyUI's versions, GPUs and VRAM, RAM, queue, history and node count, and the URL to open."""
-    from ..comfy import comfy_info
-    from ..output import dump_json, emit_object, table
+    from ..comfy.ops import comfy_info
+    from ..core.output import dump_json, emit_object, table
 
     doc = comfy_info(pod, no_tunnel=no_tunnel)
     if json:

@@ -21,10 +21,10 @@ from ._base import command
 def init(c, ssh_key=None, create_key=False, api_key_stdin=False, volume_id=None, gpu=None, tunnel_backend=None,
          yes=False, json=False):
     """First run: find or create an SSH key, check the RunPod API key, write AUTOPOD_HOME/config.yaml."""
-    from ..errors import UsageError
-    from ..firstrun import InitAnswers, init_config
-    from ..output import emit_outcome
-    from ..ui import progress
+    from ..core.errors import UsageError
+    from ..core.firstrun import InitAnswers, init_config
+    from ..core.output import emit_outcome
+    from ..core.ui import progress
 
     api_key = None
     if api_key_stdin:
@@ -49,9 +49,9 @@ class _Account:
     def check(self, key: str | None) -> dict:
         import os
 
-        from ..config import ApiCredentials, api_credentials
-        from ..errors import AuthError
-        from ..runpod_api import RunPodAPI
+        from ..core.config import ApiCredentials, api_credentials
+        from ..core.errors import AuthError
+        from ..runpod.api import RunPodAPI
 
         creds = api_credentials() if key is None else ApiCredentials(
             key, os.environ.get("RUNPOD_API_BASE_URL") or None, "config.init")
@@ -75,7 +75,7 @@ def _ask(prompt: str, default: str | None, secret: bool) -> str:
     print(text, end="", file=sys.stderr, flush=True)
     line = sys.stdin.readline()
     if not line:
-        from ..errors import UsageError
+        from ..core.errors import UsageError
 
         raise UsageError("no answer (end of input); pass the settings as flags, see `autopod --help config.init`")
     return line.rstrip("\n")

@@ -5,10 +5,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .. import pods
-from ..errors import UsageError
-from ..flags import number
-from ..output import dump_json, emit_object, emit_outcome, emit_rows
+from ..core.errors import UsageError
+from ..core.flags import number
+from ..core.output import dump_json, emit_object, emit_outcome, emit_rows
+from ..runpod import access, lifecycle, registry, waits
+from ..runpod.api import connect
+from ..runpod.gpus import gpu_table
+from ..runpod.records import LIST_COLUMNS, Pod
+from ..runpod.spec import MAX_TIMEOUT_S
 from ._base import command, exit_quietly
 
 CREATE_HELP = {
@@ -53,7 +57,7 @@ def create(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=N
     flags = _flags(gpu, port, env, name=name, gpu_count=gpu_count, cloud_type=cloud_type, datacenter=datacenter,
                    image=image, template_id=template_id, disk_gb=disk_gb, volume_id=volume_id,
                    volume_mount=volume_mount, comfy_address=comfy_address, timeout=timeout)
-    _emit_create(pods.create(flags, wait=wait, dry_run=dry_run), json)
+    _emit_create(lifecycle.create(flags, wait=wait, dry_run=dry_run), json)
 
 
 @command(help={k: v for k, v in CREATE_HELP.items() if k != "wait"}, iterable=["gpu", "port", "env"],
@@ -65,34 +69,34 @@ def up(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=None,
     flags = _flags(gpu, port, env, name=name, gpu_count=gpu_count, cloud_type=cloud_type, datacenter=datacenter,
                    image=image, template_id=template_id, disk_gb=disk_gb, volume_id=volume_id,
                    volume_mount=volume_mount, comfy_address=comfy_address, timeout=timeout)
-    _emit_create(pods.up(flags, dry_run=dry_run), json)
+    _emit_create(lifecycle.up(flags, dry_run=dry_run), json)
 
 
 @command(name="list", aliases=["ls"], help={"json": "print one JSON document (a list of pods)"})
 def list_(c, json=False):
     """List pods: NAME, ID, STATUS, GPU, DATACENTER, VOLUME, UPTIME, $/HR."""
-    found = pods.list_pods(pods.connect())
+    found = registry.list_pods(connect())
     if json:
         dump_json([p.to_dict() for p in found])
     else:
-        emit_rows([p.row() for p in found], pods.LIST_COLUMNS, as_json=False, empty="no pods")
+        emit_rows([p.row() for p in found], LIST_COLUMNS, as_json=False, empty="no pods")
 
 
 @command(help=POD_HELP, plain_arg="pod")
 def info(c, pod=None, json=False):
     """One pod in detail: image, ports, volume, SSH commands, estimated spend."""
-    data = pods.pod_info(pods.connect(), pod)
+    data = access.pod_info(connect(), pod)
     if json:
         dump_json(data)
     else:
-        emit_object(pods.info_view(data), as_json=False, fields=pods.INFO_FIELDS)
+        emit_object(access.info_view(data), as_json=False, fields=access.INFO_FIELDS)
 
 
 @command(help={"pod": POD_HELP["pod"], "command": "run this command without a terminal; exit with its exit code",
                "json": "with --command: print one JSON document with exit_code, stdout and stderr"}, plain_arg="pod")
 def ssh(c, pod=None, command=None, json=False):
     """Open a shell on the pod with OpenSSH over its direct endpoint (port forwarding and scp work)."""
-    result = pods.ssh(pods.connect(), pod, command, capture=json)
+    result = access.ssh(connect(), pod, command, capture=json)
     if json:
         dump_json(result)
         result = result["exit_code"]
@@ -103,15 +107,15 @@ def ssh(c, pod=None, command=None, json=False):
 @command(help=POD_HELP, plain_arg="pod")
 def stop(c, pod=None, json=False):
     """Stop the pod (and its tunnel); `ok` if already stopped. Its volume and disk are kept."""
-    emit_outcome(pods.stop_pod(pods.connect(), pod), as_json=json)
+    emit_outcome(lifecycle.stop_pod(connect(), pod), as_json=json)
 
 
 @command(help={**POD_HELP, "wait": "wait until reachable (--no-wait to return at once)",
                "timeout": "seconds to wait before stopping it again and failing (default 900)"}, plain_arg="pod")
 def start(c, pod=None, wait=True, timeout=None, json=False):
     """Resume a stopped pod with its GPU count; `ok` if already running."""
-    secs = number(timeout, "--timeout", int, minimum=1, maximum=pods.MAX_TIMEOUT_S)
-    emit_outcome(pods.start_pod(pods.connect(), pod, wait=wait, timeout=secs), as_json=json)
+    secs = number(timeout, "--timeout", int, minimum=1, maximum=MAX_TIMEOUT_S)
+    emit_outcome(lifecycle.start_pod(connect(), pod, wait=wait, timeout=secs), as_json=json)
 
 
 @command(aliases=["rm"], help={**POD_HELP, "yes": "do not ask (needed when stdin is not a terminal)"},
@@ -120,10 +124,10 @@ def kill(c, pod=None, yes=False, json=False):
     """Terminate the pod; its container disk is lost (network volumes are kept). `ok` if already gone."""
     if not yes and not sys.stdin.isatty():
         raise UsageError("pod.kill terminates the pod for good; pass --yes to confirm (stdin is not a terminal)")
-    emit_outcome(pods.kill_pod(pods.connect(), pod, confirm=None if yes else _confirm_kill), as_json=json)
+    emit_outcome(lifecycle.kill_pod(connect(), pod, confirm=None if yes else _confirm_kill), as_json=json)
 
 
-def _confirm_kill(pod: pods.Pod) -> bool:
+def _confirm_kill(pod: Pod) -> bool:
     print(f"terminate pod {pod.name} ({pod.id}, {pod.status})? Its container disk is lost. [y/N] ",
           end="", file=sys.stderr, flush=True)
     return sys.stdin.readline().strip().lower() in ("y", "yes")
@@ -133,8 +137,8 @@ def _confirm_kill(pod: pods.Pod) -> bool:
          plain_arg="pod")
 def wait(c, pod=None, timeout=None, json=False):
     """Wait until the pod is RUNNING and its SSH endpoint answers; exit 1 on timeout."""
-    secs = number(timeout, "--timeout", int, minimum=1, maximum=pods.MAX_TIMEOUT_S)
-    ready = pods.wait(pods.connect(), pod, secs)
+    secs = number(timeout, "--timeout", int, minimum=1, maximum=MAX_TIMEOUT_S)
+    ready = waits.wait(connect(), pod, secs)
     if json:
         dump_json(ready.to_dict())
     else:
@@ -144,7 +148,7 @@ def wait(c, pod=None, timeout=None, json=False):
 @command(help={"json": "print one JSON document"})
 def gpus(c, json=False):
     """GPU types with memory, secure/community $/hr and stock (best first)."""
-    rows = pods.gpus(pods.connect())
+    rows = gpu_table(connect())
     if json:
         dump_json(rows)
     else:

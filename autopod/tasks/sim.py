@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..flags import number
+from ..core.flags import number
 from ._base import command, exit_quietly
 
 
@@ -22,8 +22,8 @@ from ._base import command, exit_quietly
 def start(c, world=None, latency=None, fail_every=None, hang_every=None, never_ready=False, reject_key=False,
           boot_seconds=None, comfy_ready_after=None, comfy_command=None, ssh_server="auto", json=False):
     """Start the offline simulator; every later command uses it until sim.stop. On a running one, apply the fault flags."""
-    from ..output import emit_outcome, table
-    from ..simulator import fault_settings, start_simulator
+    from ..core.output import emit_outcome, table
+    from ..sim.control import fault_settings, start_simulator
 
     settings = fault_settings(latency=number(latency, "--latency", minimum=0, maximum=3600),
                               fail_every=number(fail_every, "--fail-every", int, minimum=0),
@@ -45,8 +45,8 @@ def start(c, world=None, latency=None, fail_every=None, hang_every=None, never_r
 @command(help={"json": "print one JSON document"})
 def stop(c, json=False):
     """Stop the simulator and its pods; autopod talks to RunPod again."""
-    from ..output import emit_outcome
-    from ..simulator import stop_simulator
+    from ..core.output import emit_outcome
+    from ..sim.control import stop_simulator
 
     emit_outcome(stop_simulator(), as_json=json)
 
@@ -54,8 +54,8 @@ def stop(c, json=False):
 @command(help={"json": "print one JSON document"})
 def status(c, json=False):
     """Show whether the simulator runs (exit 0) or not (exit 1), with its pods, volumes and fault settings."""
-    from ..output import dump_json, table
-    from ..simulator import simulator_status
+    from ..core.output import dump_json, table
+    from ..sim.control import simulator_status
 
     st = simulator_status()
     if json:

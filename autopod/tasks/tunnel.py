@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..flags import number
-from ..output import Outcome, emit_object, emit_outcome, emit_rows
+from ..core.flags import number
+from ..core.output import Outcome, emit_object, emit_outcome, emit_rows
 from ._base import command, exit_quietly
 
 _TARGET_HELP = "pod id or name, or inventory host name (default: the only tunnel, or the only pod)"
@@ -30,8 +30,8 @@ def _render(outcome: Outcome, as_json: bool) -> None:
 })
 def start(c, pod=None, local_port=None, remote_port=None, backend=None, timeout=None, json=False):
     """Start (or reuse) a background tunnel; succeeds once a connection through it works."""
-    from ..errors import UsageError
-    from ..tunnel import BACKENDS, start_tunnel
+    from ..core.errors import UsageError
+    from ..tunnels.manager import BACKENDS, start_tunnel
 
     # Every flag is checked before anything resolves the pod (which may ask the API).
     lport = number(local_port, "--local-port", int, minimum=1, maximum=65535)
@@ -46,7 +46,7 @@ def start(c, pod=None, local_port=None, remote_port=None, backend=None, timeout=
 @command(help={"pod": _TARGET_HELP, "json": "print one JSON document"})
 def stop(c, pod=None, json=False):
     """Stop the tunnel to a pod or host."""
-    from ..tunnel import stop_tunnel
+    from ..tunnels.manager import stop_tunnel
 
     _render(stop_tunnel(pod), json)
 
@@ -54,7 +54,7 @@ def stop(c, pod=None, json=False):
 @command(name="stop-all", help={"json": "print one JSON document"})
 def stop_all(c, json=False):
     """Stop every recorded tunnel."""
-    from ..tunnel import stop_all as _stop_all
+    from ..tunnels.manager import stop_all as _stop_all
 
     _render(_stop_all(), json)
 
@@ -73,7 +73,7 @@ def _row(info: Any) -> dict[str, Any]:
 @command(help={"pod": _TARGET_HELP, "json": "print one JSON document"})
 def status(c, pod=None, json=False):
     """Exit 0 when the tunnel runs and a connection through it works, else 1 (`tunnel.status || tunnel.start`)."""
-    from ..tunnel import tunnel_status
+    from ..tunnels.manager import tunnel_status
 
     info = tunnel_status(pod)
     if info is None:
@@ -91,7 +91,7 @@ def status(c, pod=None, json=False):
 @command(name="list", help={"json": "print one JSON list"})
 def list_(c, json=False):
     """Recorded tunnels, each health-checked."""
-    from ..tunnel import list_tunnels
+    from ..tunnels.manager import list_tunnels
 
     emit_rows([_row(i) for i in list_tunnels()], _FIELDS, as_json=json, empty="no tunnels")
 
@@ -99,6 +99,6 @@ def list_(c, json=False):
 @command(help={"json": "print one JSON document"})
 def cleanup(c, json=False):
     """Drop recorded tunnels whose daemon is gone (never signals a pid that is not ours)."""
-    from ..tunnel import cleanup as _cleanup
+    from ..tunnels.manager import cleanup as _cleanup
 
     _render(_cleanup(), json)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from .. import volumes
-from ..errors import UsageError
-from ..output import dump_json, emit_object, emit_outcome, emit_rows
+from ..core.errors import UsageError
+from ..core.output import dump_json, emit_object, emit_outcome, emit_rows
+from ..runpod import volumes
 from ._base import command
 
 
 def _api():
-    from ..runpod_api import connect
+    from ..runpod.api import connect
 
     return connect()
 

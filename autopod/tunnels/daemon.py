@@ -1,6 +1,6 @@
 """The detached process that holds one tunnel and brings it back when it dies.
 
-Started by ``autopod.tunnel.ensure_tunnel`` as ``python -m autopod.tunnel_daemon``
+Started by ``autopod.tunnels.manager.ensure_tunnel`` as ``python -m autopod.tunnels.daemon``
 in a new session (no controlling terminal, so closing the shell does not end
 it). It records its state in ``AUTOPOD_HOME/tunnels.json`` (starting, up,
 recovering, failed), checks the SSH connection every few seconds, and
@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from .errors import HostKeyMismatch, TunnelError
+from ..core.errors import HostKeyMismatch, TunnelError
 from .targets import SSHTarget
 
 log = logging.getLogger("autopod.tunneld")
@@ -39,7 +39,7 @@ GIVE_UP_S = float(os.environ.get("AUTOPOD_TUNNEL_GIVE_UP_S", "3600"))  # unreach
 CONNECT_TIMEOUT_S = 15.0
 # The relay reads the client and the channel's buffer in chunks of this size (sshtunnel's own is 16 KiB).
 # Most downloaded data never takes that path: paramiko's transport thread sends it to the client directly
-# (autopod/fastrelay.py). See bench/README.md for the measurements.
+# (autopod/relay.py). See bench/README.md for the measurements.
 RELAY_CHUNK = 256 * 1024
 # SSH channel window, the same as OpenSSH's (2 MiB). Wider windows measured slower on loopback:
 # paramiko then buffers more and copies more bytes objects.
@@ -84,7 +84,7 @@ class SSHTunnelBackend:
 
     def start(self) -> None:
         from .hostkeys import pin_on_first_use, pinned_key
-        from .tunnel import load_private_key, port_is_free
+        from .local import load_private_key, port_is_free
 
         t = self.target
         pin_on_first_use(t.host, t.port, timeout=CONNECT_TIMEOUT_S)  # HostKeyMismatch: a clear error, no retry
@@ -167,7 +167,7 @@ def _forwarder_class() -> Any:
     import paramiko
     import sshtunnel
 
-    from . import fastrelay
+    from . import relay
 
     class _Handler(sshtunnel._ForwardHandler):
         def handle(self) -> None:
@@ -179,7 +179,7 @@ def _forwarder_class() -> Any:
                 self.logger.info("open channel to %s failed: %s", self.remote_address, e)
                 raise sshtunnel.HandlerSSHTunnelForwarderError(str(e))
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            fastrelay.relay(self.request, chan, RELAY_CHUNK)  # closes both when done
+            relay.relay(self.request, chan, RELAY_CHUNK)  # closes both when done
 
     class _Forwarder(sshtunnel.SSHTunnelForwarder):
         def _make_ssh_forward_handler_class(self, remote_address_: Any) -> Any:
@@ -195,12 +195,12 @@ def _forwarder_class() -> Any:
         def _get_transport(self) -> Any:
             if self.ssh_proxy:  # never set by autopod (ssh_config_file=None, no ssh_proxy)
                 return self._tune(super()._get_transport())
-            # What sshtunnel does for a (host, port), with our socket and Transport classes (fastrelay).
+            # What sshtunnel does for a (host, port), with our socket and Transport classes (relay).
             try:
-                sock = fastrelay.ReadAheadSocket.connect((self.ssh_host, self.ssh_port), CONNECT_TIMEOUT_S)
+                sock = relay.ReadAheadSocket.connect((self.ssh_host, self.ssh_port), CONNECT_TIMEOUT_S)
             except OSError as e:  # worded as paramiko words it; sshtunnel logs args[0]
                 raise paramiko.SSHException(f"Unable to connect to {self.ssh_host}: {e}") from e
-            transport_class = fastrelay.DirectTransport if fastrelay.direct_supported() else paramiko.Transport
+            transport_class = relay.DirectTransport if relay.direct_supported() else paramiko.Transport
             if transport_class is paramiko.Transport:
                 self.logger.warning("this paramiko lacks the internals the direct relay uses; relaying through it")
             try:
@@ -259,7 +259,7 @@ class OpenSSHBackend:
 
     def start(self) -> None:
         from .hostkeys import pin_on_first_use
-        from .tunnel import port_is_free
+        from .local import port_is_free
 
         t = self.target
         pin_on_first_use(t.host, t.port, timeout=CONNECT_TIMEOUT_S)
@@ -304,7 +304,7 @@ class OpenSSHBackend:
         return None
 
     def stop(self) -> None:
-        from .procs import stop_child
+        from ..core.procs import stop_child
 
         stop_child(self.proc)
         self.proc = None
@@ -350,7 +350,7 @@ class Daemon:
     def record(self, **fields: Any) -> bool:
         """Write our state to tunnels.json. A failure (a damaged or locked file) is only a warning:
         the forward matters more than the bookkeeping, and the fields are written on a later try."""
-        from .tunnel import update_entry
+        from .registry import update_entry
 
         if "state" in fields:
             self.state = fields["state"]
@@ -373,7 +373,7 @@ class Daemon:
 
     def still_recorded(self) -> bool:
         """False once our entry was removed or taken over; True while the state cannot be read."""
-        from .tunnel import _int, recorded_entry
+        from .registry import as_int, recorded_entry
 
         try:
             entry = recorded_entry(self.target.id)
@@ -382,7 +382,7 @@ class Daemon:
             return True
         if not self._unsaved:
             self._trouble.clear()
-        return entry is not None and _int(entry, "pid") == self.pid
+        return entry is not None and as_int(entry, "pid") == self.pid
 
     def _state_trouble(self, what: str, e: BaseException) -> None:
         # Once at WARNING, then DEBUG while the trouble lasts: a broken file must not flood the log.
@@ -406,7 +406,7 @@ class Daemon:
         finally:
             self.backend.stop()
             if self.state != "failed":
-                from .tunnel import drop_entry
+                from .manager import drop_entry
 
                 try:
                     drop_entry(t.id, pid=self.pid)
@@ -471,9 +471,9 @@ class Daemon:
 
 def _log_to_own_file(target_id: str) -> None:
     """This tunnel's own rotated log (``autopod tunnel.start`` quotes it when the daemon fails)."""
-    from .errors import ConfigError
-    from .log import RedactingFilter, private_log_handler
-    from .tunnel import LOG_BACKUPS, LOG_MAX_BYTES, log_format, tunnel_log_path
+    from ..core.errors import ConfigError
+    from ..core.log import RedactingFilter, private_log_handler
+    from .logs import LOG_BACKUPS, LOG_MAX_BYTES, log_format, tunnel_log_path
 
     try:
         h = private_log_handler(tunnel_log_path(target_id), max_bytes=LOG_MAX_BYTES, backups=LOG_BACKUPS)
@@ -487,14 +487,14 @@ def _log_to_own_file(target_id: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m autopod.tunnel_daemon", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m autopod.tunnels.daemon", description=__doc__.splitlines()[0])
     p.add_argument("--target-id", required=True)
     p.add_argument("--local-port", type=int, required=True)
     p.add_argument("--backend", choices=sorted(BACKENDS), default="sshtunnel")
     p.add_argument("--target", required=True, help="the SSHTarget as JSON (no secrets)")
     args = p.parse_args(argv)
 
-    from .log import setup_logging
+    from ..core.log import setup_logging
 
     setup_logging(stderr=False, name="tunneld")
     _log_to_own_file(args.target_id)

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
-from .errors import ConfigError, HostKeyMismatch, TunnelError
-from .paths import autopod_home
+from ..core.errors import ConfigError, HostKeyMismatch, TunnelError
+from ..core.paths import autopod_home
 
 if TYPE_CHECKING:  # paramiko costs ~0.2 s to import; only connections need it
     import paramiko

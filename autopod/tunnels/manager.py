@@ -1,6 +1,6 @@
 """SSH tunnels that outlive the terminal, are found again by every autopod command, and recover.
 
-Each tunnel is one detached daemon (``python -m autopod.tunnel_daemon``, a new
+Each tunnel is one detached daemon (``python -m autopod.tunnels.daemon``, a new
 session from a fresh interpreter) that holds the forward on 127.0.0.1 and
 restarts it with backoff when the SSH connection dies. Daemons are recorded in
 ``AUTOPOD_HOME/tunnels.json``; a recorded pid is only ever signalled after its
@@ -12,11 +12,9 @@ Two backends share the state, health checks and recovery: ``sshtunnel``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -25,22 +23,32 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import AutopodError, ConfigError, TunnelError, UsageError
-from .output import Outcome
-from .paths import autopod_home, log_dir
-from .procs import cmdline, terminate_pid
-from .state import StateFile, check_fields, require
-from .targets import HOST_PREFIX, SSHTarget, check_host, check_user
-from .ui import progress
+from ..core.errors import AutopodError, TunnelError, UsageError
+from ..core.output import Outcome
+from ..core.paths import autopod_home
+from ..core.ui import progress
+from .local import choose_local_port, load_private_key, port_holder
+from .logs import log_tail, tunnel_log_path
+from .registry import (
+    DAEMON_MODULE,
+    as_int,
+    check_known_ref,
+    child_is_ours,
+    drop_entry,
+    entry_process_alive,
+    find_entry,
+    kill_entry_processes,
+    recorded_entries,
+    recorded_entry,
+    state_file,
+    terminate,
+)
+from .targets import SSHTarget
 
 log = logging.getLogger(__name__)
 
-STATE_NAME = "tunnels.json"
-DAEMON_MODULE = "autopod.tunnel_daemon"
 BACKENDS = ("sshtunnel", "openssh")
 DEFAULT_LOCAL_PORT = 8188
-PORT_SEARCH = 50  # how far past a taken default port to look for a free one
-PASSPHRASE_ENV = "AUTOPOD_SSH_PASSPHRASE"
 RECOVERY_GRACE_S = 10.0  # how long a start waits for a recovering daemon before replacing it
 
 
@@ -73,216 +81,6 @@ class TunnelInfo:
         return asdict(self)
 
 
-# -- state -----------------------------------------------------------------------
-# What each recorded field must be; anything else makes tunnels.json corrupt (CorruptState, exit 2),
-# so no reader has to guess what a string pid or a list of tunnels means.
-_NUMBER = (int, float)
-ENTRY_TYPES: dict[str, Any] = {
-    "target_id": str, "name": str, "kind": str, "state": str, "backend": str, "remote_host": str, "ssh_host": str,
-    "error": str, "error_kind": str, "pid": int, "child_pid": int, "local_port": int, "remote_port": int,
-    "ssh_port": int, "restarts": int, "started_at": _NUMBER, "updated_at": _NUMBER, "up_since": _NUMBER,
-    "target": dict,
-}
-TARGET_TYPES: dict[str, Any] = {
-    "id": str, "name": str, "kind": str, "host": str, "user": str, "key_path": str, "remote_host": str,
-    "port": int, "remote_port": int,
-}
-
-
-def validate_state(data: dict[str, Any]) -> None:
-    """The shape of tunnels.json: ``{"tunnels": {target_id: entry}}``; ValueError names what is wrong."""
-    tunnels = data.get("tunnels")
-    if tunnels is None:
-        return
-    require(isinstance(tunnels, dict), "'tunnels' is not an object")
-    for tid, entry in tunnels.items():
-        where = f"tunnels[{tid!r}]"
-        check_fields(entry, where, ENTRY_TYPES)
-        require(entry.get("target_id") in (None, tid), f"{where}.target_id is not {tid!r}")
-        for key in ("pid", "child_pid"):
-            require(entry.get(key) is None or entry[key] > 0, f"{where}.{key} is not a process id")
-        for key in ("local_port", "remote_port", "ssh_port"):
-            require(entry.get(key) is None or 0 < entry[key] < 65536, f"{where}.{key} is not a port (1..65535)")
-        target = entry.get("target")
-        if target is not None:
-            check_fields(target, f"{where}.target", TARGET_TYPES)
-            for key in ("port", "remote_port"):
-                require(target.get(key) is None or 0 < target[key] < 65536,
-                        f"{where}.target.{key} is not a port (1..65535)")
-            # Recorded targets are handed to ssh again: what could not be configured cannot be recorded.
-            try:
-                if target.get("user") is not None:
-                    check_user(target["user"])
-                for key in ("host", "remote_host"):
-                    if target.get(key) is not None:
-                        check_host(target[key], what=key)
-            except ConfigError as e:
-                raise ValueError(f"{where}.target: {e}") from None
-
-
-def state_file() -> StateFile:
-    return StateFile.named(STATE_NAME, validate=validate_state)
-
-
-def _int(entry: dict[str, Any] | None, key: str) -> int:
-    """A recorded integer field (pid, port), 0 when absent or null (validate_state vouches for the type)."""
-    v = (entry or {}).get(key)
-    return v if isinstance(v, int) and not isinstance(v, bool) else 0
-
-
-def recorded_entries() -> list[dict[str, Any]]:
-    tunnels = state_file().read().get("tunnels") or {}
-    return [{**e, "target_id": tid} for tid, e in tunnels.items()]
-
-
-def recorded_entry(target_id: str) -> dict[str, Any] | None:
-    e = (state_file().read().get("tunnels") or {}).get(target_id)
-    return None if e is None else {**e, "target_id": target_id}
-
-
-def update_entry(target_id: str, *, pid: int, **fields: Any) -> bool:
-    """Merge ``fields`` into the entry of ``target_id`` when it still belongs to ``pid``.
-
-    Creates the entry when there is none. False when another process owns it.
-    """
-    with state_file().update() as data:
-        tunnels = data.setdefault("tunnels", {})
-        cur = tunnels.get(target_id)
-        if cur is not None and _int(cur, "pid") != pid:
-            return False
-        tunnels[target_id] = {**(cur or {}), **fields, "target_id": target_id, "pid": pid}
-    return True
-
-
-def drop_entry(target_id: str, *, pid: int | None = None) -> bool:
-    with state_file().update() as data:
-        tunnels = data.setdefault("tunnels", {})
-        cur = tunnels.get(target_id)
-        if cur is None or (pid is not None and _int(cur, "pid") != pid):
-            return False
-        del tunnels[target_id]
-    return True
-
-
-def _find_entry(ref: str | None) -> dict[str, Any] | None:
-    """A recorded entry by target id, name, or "host:<name>"; the only one when ``ref`` is None."""
-    entries = recorded_entries()
-    if ref is None:
-        if len(entries) > 1:
-            names = ", ".join(sorted(e.get("name") or e["target_id"] for e in entries))
-            raise UsageError(f"several tunnels are recorded ({names}); name one with --pod")
-        return entries[0] if entries else None
-    for key in ("target_id", "name"):
-        for e in entries:
-            if e.get(key) == ref:
-                return e
-    return None
-
-
-def check_known_ref(ref: str, entries: list[dict[str, Any]] | None = None) -> None:
-    """UsageError (exit 2) when ``ref`` names no recorded tunnel, no inventory host and no pod autopod
-    has seen: a typo must not read as "no tunnel is running" (exit 0). No API call."""
-    entries = recorded_entries() if entries is None else entries
-    if any(ref in (e.get("target_id"), e.get("name")) for e in entries):
-        return
-    from .pods import known_refs
-
-    if not ref.startswith(HOST_PREFIX) and ref in known_refs():
-        return
-    from .inventory import load_inventory
-
-    if (ref[len(HOST_PREFIX):] if ref.startswith(HOST_PREFIX) else ref) in load_inventory().hosts:
-        return
-    names = ", ".join(sorted(e.get("name") or e["target_id"] for e in entries)) or "none"
-    raise UsageError(f"no tunnel, inventory host or known pod is called {ref!r} (recorded tunnels: {names})")
-
-
-# -- processes -------------------------------------------------------------------
-def _arg(cmd: list[str], flag: str) -> str | None:
-    try:
-        return cmd[cmd.index(flag) + 1]
-    except (ValueError, IndexError):
-        return None
-
-
-def _runs_in_our_home(pid: Any) -> bool:
-    """The process has our AUTOPOD_HOME: a daemon of another home (another user, a test) for the same
-    pod is not ours to signal. One we may not inspect is not ours either."""
-    import psutil
-
-    try:
-        home = psutil.Process(int(pid)).environ().get("AUTOPOD_HOME")
-        return bool(home) and Path(home).resolve() == autopod_home().resolve()
-    except (psutil.Error, ValueError, OSError):
-        return False
-
-
-def _is_daemon_for(cmd: list[str], target_id: str) -> bool:
-    return DAEMON_MODULE in cmd and _arg(cmd, "--target-id") == target_id
-
-
-def process_is_ours(pid: int | None, target_id: str) -> bool:
-    """True only for a live autopod tunnel daemon for ``target_id`` in our AUTOPOD_HOME: a reused pid is never ours."""
-    return _is_daemon_for(cmdline(pid), target_id) and _runs_in_our_home(pid)
-
-
-_TARGET_KEYS = ("host", "port", "user", "remote_host", "remote_port")
-
-
-def entry_process_alive(entry: dict[str, Any]) -> bool:
-    """The recorded daemon runs, is ours, and serves what the entry says (port, backend, endpoint).
-
-    The daemon's command line is the truth: a recorded port that was edited since must not
-    send ComfyUI requests to whatever else listens there.
-    """
-    pid = entry.get("pid")
-    cmd = cmdline(pid)
-    if not _is_daemon_for(cmd, entry.get("target_id") or ""):
-        return False
-    for key, flag in (("local_port", "--local-port"), ("backend", "--backend")):
-        if entry.get(key) is not None and _arg(cmd, flag) != str(entry[key]):
-            return False
-    rec = entry.get("target")
-    if rec is not None:
-        try:
-            real = json.loads(_arg(cmd, "--target") or "")
-        except ValueError:
-            return False
-        if not isinstance(real, dict) or any(real.get(k) != rec.get(k) for k in _TARGET_KEYS):
-            return False
-    return _runs_in_our_home(pid)
-
-
-def _child_is_ours(entry: dict[str, Any]) -> bool:
-    """The OpenSSH child of one of our daemons: ssh with our exact -L forward and our known_hosts
-    (a user's own ``ssh -L`` on a reused pid has not)."""
-    from .hostkeys import known_hosts_path
-
-    cmd = cmdline(entry.get("child_pid"))
-    fwd = f"127.0.0.1:{entry.get('local_port')}:"
-    ours = f"UserKnownHostsFile={known_hosts_path().resolve()}"
-    return bool(cmd) and os.path.basename(cmd[0]) == "ssh" and any(a.startswith(fwd) for a in cmd) and ours in cmd
-
-
-def _terminate(pid: int, timeout: float = 5.0) -> None:
-    terminate_pid(pid, timeout, on_kill=lambda: log.warning("tunnel process %d ignored SIGTERM; killing it", pid))
-
-
-def _kill_entry_processes(entry: dict[str, Any]) -> bool:
-    """Stop the daemon of ``entry`` (and an orphaned ssh child), only after proving they are ours."""
-    killed = False
-    if entry_process_alive(entry):
-        _terminate(_int(entry, "pid"))
-        killed = True
-    elif entry.get("pid"):
-        log.info("recorded tunnel pid %s for %s is not our daemon any more; not signalling it",
-                 entry.get("pid"), entry.get("target_id"))
-    if _child_is_ours(entry):
-        _terminate(_int(entry, "child_pid"))
-        killed = True
-    return killed
-
-
 # -- health ----------------------------------------------------------------------
 def probe(port: int, *, timeout: float = 3.0) -> bool:
     """Does a TCP connection through the tunnel on 127.0.0.1:``port`` reach the far side?
@@ -306,13 +104,13 @@ def probe(port: int, *, timeout: float = 3.0) -> bool:
 def _info(entry: dict[str, Any], *, check: bool = True) -> TunnelInfo:
     alive = entry_process_alive(entry)
     state = entry.get("state") or ""
-    healthy = bool(check and alive and state == "up" and probe(_int(entry, "local_port")))
+    healthy = bool(check and alive and state == "up" and probe(as_int(entry, "local_port")))
     started = entry.get("started_at")
     return TunnelInfo(
-        target_id=entry["target_id"], name=entry.get("name") or entry["target_id"], pid=_int(entry, "pid"),
-        local_port=_int(entry, "local_port"), remote_host=entry.get("remote_host") or "",
-        remote_port=_int(entry, "remote_port"), ssh_host=entry.get("ssh_host") or "",
-        ssh_port=_int(entry, "ssh_port"), started_at=float(started) if isinstance(started, (int, float)) else 0.0,
+        target_id=entry["target_id"], name=entry.get("name") or entry["target_id"], pid=as_int(entry, "pid"),
+        local_port=as_int(entry, "local_port"), remote_host=entry.get("remote_host") or "",
+        remote_port=as_int(entry, "remote_port"), ssh_host=entry.get("ssh_host") or "",
+        ssh_port=as_int(entry, "ssh_port"), started_at=float(started) if isinstance(started, (int, float)) else 0.0,
         backend=entry.get("backend") or "", healthy=healthy, state=state if alive else "gone", alive=alive,
         error=entry.get("error"),
     )
@@ -332,7 +130,7 @@ def tunnel_status(target_id: str | None) -> TunnelInfo | None:
 
     A ref that names nothing autopod knows is a UsageError (see check_known_ref).
     """
-    entry = _find_entry(target_id)
+    entry = find_entry(target_id)
     if entry is None and target_id is not None:
         check_known_ref(target_id)
     return _info(entry) if entry else None
@@ -342,90 +140,11 @@ def list_tunnels() -> list[TunnelInfo]:
     return sorted((_info(e) for e in recorded_entries()), key=lambda i: (i.name, i.target_id))
 
 
-# -- local ports -----------------------------------------------------------------
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        # Same options as the forwarders: a TIME_WAIT leftover must not count as taken.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", int(port)))
-        except OSError:
-            return False
-    return True
-
-
-def port_holder(port: int) -> str:
-    """Who listens on ``port``, in words, for error messages."""
-    try:
-        entries = recorded_entries()
-    except AutopodError:  # a damaged tunnels.json must not replace the error being reported
-        entries = []
-    for e in entries:
-        if _int(e, "local_port") == int(port) and entry_process_alive(e):
-            return f"the autopod tunnel to {e.get('name') or e['target_id']} (pid {e['pid']})"
-    import psutil
-
-    try:
-        for c in psutil.net_connections(kind="tcp"):
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == int(port) and c.pid:
-                try:
-                    what = psutil.Process(c.pid).name()  # not its command line: it may hold a password
-                except psutil.Error:
-                    what = "?"
-                return f"pid {c.pid} ({what})"
-    except (psutil.Error, OSError):
-        pass
-    return "another program"
-
-
-def choose_local_port(want: int, *, explicit: bool) -> int:
-    if port_is_free(want):
-        return want
-    holder = port_holder(want)
-    if explicit:
-        raise TunnelError(f"local port {want} is already in use by {holder}; choose another with --local-port "
-                          "or stop that program")
-    for p in range(want + 1, want + 1 + PORT_SEARCH):
-        if p < 65536 and port_is_free(p):
-            progress(f"local port {want} is in use by {holder}; using {p} instead")
-            return p
-    raise TunnelError(f"no free local port in {want}..{want + PORT_SEARCH}; pass --local-port")
-
-
-# -- keys --------------------------------------------------------------------------
-def load_private_key(path: Path) -> Any:
-    """The paramiko key at ``path``; None means "use ssh-agent" (a protected key without a passphrase).
-
-    A passphrase comes from AUTOPOD_SSH_PASSPHRASE or ssh-agent; autopod never prompts.
-    """
-    import paramiko
-
-    from .log import register_secret
-
-    passphrase = os.environ.get(PASSPHRASE_ENV) or None
-    register_secret(passphrase)
-    try:
-        return paramiko.PKey.from_path(Path(path).expanduser(), password=passphrase.encode() if passphrase else None)
-    except FileNotFoundError:
-        raise ConfigError(f"SSH key {path} does not exist") from None
-    except (paramiko.PasswordRequiredException, TypeError) as e:
-        # paramiko's from_path lets cryptography's TypeError through for protected OpenSSH-format keys.
-        if isinstance(e, TypeError) and "password" not in str(e).lower():
-            raise
-        if os.environ.get("SSH_AUTH_SOCK"):
-            return None
-        raise ConfigError(f"SSH key {path} is protected by a passphrase: load it into ssh-agent (ssh-add {path}) "
-                          f"or export {PASSPHRASE_ENV}; autopod never prompts") from None
-    except (paramiko.SSHException, ValueError) as e:
-        hint = f" (wrong {PASSPHRASE_ENV}?)" if passphrase else ""
-        raise ConfigError(f"cannot read SSH key {path}: {e}{hint}") from None
-
-
 # -- start / stop ------------------------------------------------------------------
 def _backend_for(backend: str | None, target: SSHTarget) -> str:
     if not backend:
-        from . import config
-        from .inventory import load_inventory
+        from ..core import config
+        from ..core.inventory import load_inventory
 
         # A broken inventory or config.yaml is reported, not replaced by the built-in backend.
         backend = config.resolve("tunnel_backend", None, inventory=load_inventory(), config=config.user_config())
@@ -437,10 +156,10 @@ def _backend_for(backend: str | None, target: SSHTarget) -> str:
 def _matches(entry: dict[str, Any], target: SSHTarget, local_port: int | None, backend: str) -> bool:
     """Does the recorded tunnel lead to the same place, the same way, as asked now?"""
     rec = entry.get("target") or {}
-    same = (rec.get("host"), _int(rec, "port"), rec.get("user"), rec.get("remote_host"),
-            _int(rec, "remote_port")) == (target.host, target.port, target.user, target.remote_host,
+    same = (rec.get("host"), as_int(rec, "port"), rec.get("user"), rec.get("remote_host"),
+            as_int(rec, "remote_port")) == (target.host, target.port, target.user, target.remote_host,
                                            target.remote_port)
-    return same and entry.get("backend") == backend and (local_port is None or _int(entry, "local_port") == local_port)
+    return same and entry.get("backend") == backend and (local_port is None or as_int(entry, "local_port") == local_port)
 
 
 def _describe(info: TunnelInfo) -> str:
@@ -523,11 +242,11 @@ def _replace_and_start(target: SSHTarget, want: int, explicit: bool, backend: st
             progress(f"the tunnel daemon for {target.name} (pid {entry.get('pid')}) is gone; starting a new one")
             note = "recreated a tunnel whose daemon was gone"
         log.info("replacing tunnel entry %s: %s", target.id, note)
-        _kill_entry_processes(entry)
-        drop_entry(target.id, pid=_int(entry, "pid"))
+        kill_entry_processes(entry)
+        drop_entry(target.id, pid=as_int(entry, "pid"))
         if target.from_record:
             # The recorded endpoint is what failed: look the pod up again (its SSH port may have changed).
-            from .targets import resolve_target
+            from .resolve import resolve_target
 
             target = resolve_target(target.id, remote_port=target.remote_port, fresh=True)
     info = _start_daemon(target, want, explicit, backend, deadline, require_remote)
@@ -540,7 +259,7 @@ def _replace_and_start(target: SSHTarget, want: int, explicit: bool, backend: st
 def _wait_healthy(entry: dict[str, Any], deadline: float, require_remote: bool) -> TunnelInfo | None:
     while True:
         cur = recorded_entry(entry["target_id"])
-        if cur is None or _int(cur, "pid") != _int(entry, "pid"):
+        if cur is None or as_int(cur, "pid") != as_int(entry, "pid"):
             return None
         info = _info(cur, check=require_remote)
         if info.healthy or (not require_remote and info.alive and cur.get("state") == "up"):
@@ -572,7 +291,7 @@ def _start_daemon(target: SSHTarget, want: int, explicit: bool, backend: str, de
             with state_file().update() as data:
                 tunnels = data.setdefault("tunnels", {})
                 cur = tunnels.get(target.id)
-                if cur is None or _int(cur, "pid") != proc.pid:  # the daemon may have recorded itself already
+                if cur is None or as_int(cur, "pid") != proc.pid:  # the daemon may have recorded itself already
                     tunnels[target.id] = _new_entry(target, proc.pid, port, backend, time.time())
             log.info("spawned tunnel daemon pid %d for %s on 127.0.0.1:%d (%s)", proc.pid, target.id, port, backend)
             return _wait_started(target, proc, port, deadline, require_remote, log_start)
@@ -593,8 +312,8 @@ def _start_daemon(target: SSHTarget, want: int, explicit: bool, backend: str, de
 
 def _abandon(target: SSHTarget, proc: subprocess.Popen) -> None:
     """Stop the daemon this command spawned and drop its entry; a further signal waits until done."""
-    from .procs import stop_child
-    from .signals import shielded
+    from ..core.procs import stop_child
+    from ..core.signals import shielded
 
     with shielded():
         log.info("start of the tunnel to %s did not finish; stopping its daemon (pid %d)", target.id, proc.pid)
@@ -615,7 +334,7 @@ def _wait_started(target: SSHTarget, proc: subprocess.Popen, port: int, deadline
     last_state = ""
     while True:
         entry = recorded_entry(target.id) or {}
-        mine = _int(entry, "pid") == proc.pid
+        mine = as_int(entry, "pid") == proc.pid
         state = (entry.get("state") or "") if mine else ""
         if state != last_state and state:
             log.debug("tunnel daemon %d: %s", proc.pid, state)
@@ -628,10 +347,10 @@ def _wait_started(target: SSHTarget, proc: subprocess.Popen, port: int, deadline
             if kind == "port_in_use":
                 raise _PortTaken()
             if kind == "host_key":
-                from .errors import HostKeyMismatch
+                from ..core.errors import HostKeyMismatch
 
                 raise HostKeyMismatch(err or "host key mismatch")
-            raise TunnelError(f"the tunnel to {target.name} failed: {err or _log_tail(target.id, log_start)}")
+            raise TunnelError(f"the tunnel to {target.name} failed: {err or log_tail(target.id, log_start)}")
         if state == "up" and (not require_remote or probe(port, timeout=min(3.0, max(0.5, deadline - time.monotonic())))):
             info = _info(recorded_entry(target.id) or entry, check=False)
             info.healthy = require_remote
@@ -640,7 +359,7 @@ def _wait_started(target: SSHTarget, proc: subprocess.Popen, port: int, deadline
         if time.monotonic() >= deadline:
             if state == "up":
                 raise _not_answering(target, entry)
-            _kill_entry_processes(entry if mine else {"pid": proc.pid, "target_id": target.id})
+            kill_entry_processes(entry if mine else {"pid": proc.pid, "target_id": target.id})
             _reap(proc)
             drop_entry(target.id, pid=proc.pid)
             raise TunnelError(f"the tunnel to {target.name} did not come up in time "
@@ -664,55 +383,6 @@ def _new_entry(target: SSHTarget, pid: int, port: int, backend: str, now: float)
     }
 
 
-# Each tunnel logs to a file of its own, rotated by size, so an error quotes only that tunnel's lines.
-LOG_MAX_BYTES = 1024 * 1024
-LOG_BACKUPS = 2
-_LOG_RECORD = re.compile(r"^\S+ \S+ \d+ \S+ (?P<level>[A-Z]+) \S+: (?P<msg>.*)$")  # see log_format()
-
-
-def tunnel_log_path(target_id: str) -> Path:
-    """``logs/tunnel-<id>.log``; an id with characters unfit for a file name gets a hash to stay unique."""
-    host = target_id.startswith(HOST_PREFIX)
-    name = target_id[len(HOST_PREFIX):] if host else target_id
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80]
-    if safe != name or safe.startswith("."):
-        safe += "-" + hashlib.sha256(target_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return log_dir() / f"tunnel-{'host-' if host else ''}{safe}.log"
-
-
-def log_format() -> str:
-    return "%(asctime)s %(process)d tunneld %(levelname)s %(name)s: %(message)s"
-
-
-def _log_tail(target_id: str, start: tuple[int, int], n: int = 3) -> str:
-    """The last warnings and raw output (a traceback) of the daemon spawned when the log was at
-    ``start`` (inode, size): only its own lines, also when the log was rotated meanwhile."""
-    path = tunnel_log_path(target_id)
-    none = f"no details (see {path})"
-    text = ""
-    for part in (Path(f"{path}.1"), path):  # a rotation moved our start into path.1
-        try:
-            with open(part, "rb") as f:
-                st = os.fstat(f.fileno())
-                if st.st_ino == start[0]:
-                    f.seek(start[1])
-                elif part != path:
-                    continue  # not the file we started in: older lines
-                text += f.read().decode("utf-8", "replace")
-        except OSError:
-            continue
-    lines = []
-    for line in text.splitlines():
-        m = _LOG_RECORD.match(line)
-        if m and m["level"] in ("DEBUG", "INFO"):
-            continue
-        if m:
-            lines.append(m["msg"])
-        elif line.strip() and not line[0].isspace() and not line.startswith("Traceback "):
-            lines.append(line.strip())  # raw output; of a traceback only its last line, the error
-    return " / ".join(lines[-n:]) or none
-
-
 def daemon_argv(target: SSHTarget, port: int, backend: str) -> list[str]:
     """No secrets here: argv is visible to every local user."""
     return [sys.executable, "-m", DAEMON_MODULE, "--target-id", target.id, "--local-port", str(port),
@@ -723,7 +393,7 @@ def _spawn(target: SSHTarget, port: int, backend: str) -> tuple[subprocess.Popen
     """The daemon, and where its own lines begin in its log: (inode, size) before it started."""
     env = dict(os.environ)
     env["AUTOPOD_HOME"] = str(autopod_home().resolve())  # the daemon runs from / ; a relative home would move
-    pkg_root = str(Path(__file__).resolve().parent.parent)
+    pkg_root = str(Path(__file__).resolve().parents[2])  # the folder that holds the autopod package
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
     # Raw stdout/stderr (a crash before logging is set up) go to the same file as the daemon's log records.
     fd = os.open(tunnel_log_path(target.id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -758,8 +428,8 @@ def _stop_tunnel_for(target_id: str) -> bool:
     entry = recorded_entry(target_id)
     if entry is None:
         return False
-    killed = _kill_entry_processes(entry)
-    drop_entry(target_id, pid=_int(entry, "pid"))
+    killed = kill_entry_processes(entry)
+    drop_entry(target_id, pid=as_int(entry, "pid"))
     log.info("stopped tunnel to %s (pid %s)%s", entry.get("name") or target_id, entry.get("pid"),
              "" if killed else "; its daemon was already gone")
     return killed
@@ -768,9 +438,9 @@ def _stop_tunnel_for(target_id: str) -> bool:
 def stop_tunnel(target: SSHTarget | str | None) -> Outcome:
     """Stop the tunnel for a target, a target id/name, or the only recorded one (None)."""
     ref = target.id if isinstance(target, SSHTarget) else target
-    entry = _find_entry(ref)
+    entry = find_entry(ref)
     if entry is None and isinstance(target, SSHTarget):
-        entry = _find_entry(target.name)
+        entry = find_entry(target.name)
     if entry is None:
         if ref and not isinstance(target, SSHTarget):
             check_known_ref(ref)
@@ -806,9 +476,9 @@ def cleanup() -> Outcome:
     for entry in recorded_entries():
         if entry_process_alive(entry):
             continue
-        if _child_is_ours(entry):  # an ssh left behind by a killed daemon still holds the port
-            _terminate(_int(entry, "child_pid"))
-        if drop_entry(entry["target_id"], pid=_int(entry, "pid")):
+        if child_is_ours(entry):  # an ssh left behind by a killed daemon still holds the port
+            terminate(as_int(entry, "child_pid"))
+        if drop_entry(entry["target_id"], pid=as_int(entry, "pid")):
             dropped.append(entry.get("name") or entry["target_id"])
             log.info("cleanup: dropped stale tunnel entry %s (pid %s)", entry["target_id"], entry.get("pid"))
     if not dropped:
@@ -820,7 +490,7 @@ def cleanup() -> Outcome:
 def start_tunnel(ref: str | None, *, local_port: int | None = None, remote_port: int | None = None,
                  backend: str | None = None, timeout: float = 30.0) -> Outcome:
     """``tunnel.start``: resolve ``ref`` (inventory host, recorded tunnel, or pod) and ensure its tunnel."""
-    from .targets import resolve_target
+    from .resolve import resolve_target
 
     if local_port is not None and not 0 < int(local_port) < 65536:
         raise UsageError(f"--local-port must be 1..65535, got {local_port}")

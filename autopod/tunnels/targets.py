@@ -1,13 +1,6 @@
-"""What a tunnel connects to: a pod's direct SSH endpoint, or an inventory host.
-
-Resolution order for a reference (``--pod P``):
-
-1. an inventory host named P (a home GPU box, any server that runs ComfyUI);
-2. a tunnel that is already recorded and whose daemon still runs (no API call,
-   no ``runpod`` import: ``autopod comfy.status`` stays fast);
-3. a RunPod pod, looked up through the API, reached on the public IP and port
-   mapped to its private 22/tcp.
-"""
+"""What a tunnel connects to (``SSHTarget``): a pod's direct SSH endpoint, or an inventory host,
+with every user, host and port checked wherever a target is made. Which target a ``--pod``
+reference means is decided in ``autopod.tunnels.resolve``."""
 
 from __future__ import annotations
 
@@ -19,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, NotFound, TunnelError
+from ..core.errors import ConfigError, TunnelError
 
 log = logging.getLogger(__name__)
 
@@ -103,86 +96,6 @@ def split_address(addr: str, *, what: str = "comfy_address") -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"{what} must look like host:port, got {addr!r}")
     return host.strip("[]"), int(port)
-
-
-def resolve_target(ref: str | None, *, remote_port: int | None = None, fresh: bool = False) -> SSHTarget:
-    """The SSH target behind ``ref`` (see the module docstring for the order).
-
-    ``fresh=True`` skips the recorded tunnels, so a pod's endpoint is looked up
-    again (after ``pod.start`` its public SSH port may have changed).
-    """
-    from . import chain, config
-    from .inventory import load_inventory
-
-    if ref is None:
-        # `autopod pod.create ... tunnel.start`: the pod of this command line, not an older tunnel.
-        ref = chain.pod_id()
-    inv = load_inventory()
-    if ref is not None:
-        name = ref[len(HOST_PREFIX):] if ref.startswith(HOST_PREFIX) else ref
-        host = inv.hosts.get(name)
-        if host is not None:
-            return _host_target(host, inv, remote_port)
-        if ref.startswith(HOST_PREFIX):
-            raise NotFound(f"no host '{name}' in the inventory")
-
-    if not fresh:
-        rec = _recorded_target(ref)
-        if rec is not None:
-            if remote_port is not None:
-                rec.remote_port = int(remote_port)
-            return rec
-
-    return _pod_target(ref, inv, remote_port, config)
-
-
-def _host_target(host: Any, inv: Any, remote_port: int | None) -> SSHTarget:
-    from . import config
-
-    rhost, rport = split_address(host.comfy_address or config.BUILTIN["comfy_address"],
-                                 what=f"hosts.{host.name}.comfy_address")
-    return SSHTarget(id=HOST_PREFIX + host.name, name=host.name, kind="host", host=host.host, port=int(host.port),
-                     user=host.user, key_path=config.configured_ssh_key(inv, host.key), remote_host=rhost,
-                     remote_port=int(remote_port) if remote_port is not None else rport)
-
-
-def _recorded_target(ref: str | None) -> SSHTarget | None:
-    """The target of a live recorded tunnel: by id or name, or the only one when ``ref`` is None."""
-    from . import tunnel
-
-    live = [e for e in tunnel.recorded_entries() if tunnel.entry_process_alive(e)]
-    if ref is None:
-        chosen = live[0] if len(live) == 1 else None
-    else:
-        chosen = next((e for e in live if e.get("target_id") == ref), None) or \
-            next((e for e in live if e.get("name") == ref), None)
-    if chosen is None or not chosen.get("target"):
-        return None
-    try:
-        t = SSHTarget.from_dict(chosen["target"])
-    except (KeyError, TypeError, ValueError, ConfigError):
-        return None
-    t.from_record = True
-    return t
-
-
-def _pod_target(ref: str | None, inv: Any, remote_port: int | None, config: Any) -> SSHTarget:
-    from .pods import resolve_pod
-    from .runpod_api import RunPodAPI
-
-    pod = resolve_pod(RunPodAPI(config.api_credentials()), ref)
-    direct = getattr(pod, "ssh_direct", None)
-    if not direct:
-        raise no_direct_ssh(pod)
-    ip, port = direct
-    spec = inv.pods.get(getattr(pod, "name", "") or "") or {}
-    cfg = config.user_config()
-    key = config.configured_ssh_key(inv)  # ssh_key is a global setting: pod specs cannot set it
-    rhost, rport = split_address(getattr(pod, "comfy_address", None)
-                                 or config.resolve("comfy_address", None, inventory=inv, pod_spec=spec, config=cfg))
-    return SSHTarget(id=pod.id, name=pod.name or pod.id, kind="pod", host=str(ip), port=int(port),
-                     user=config.pod_ssh_user(), key_path=key, remote_host=rhost,
-                     remote_port=int(remote_port) if remote_port is not None else rport)
 
 
 def no_direct_ssh(pod: Any) -> TunnelError:
