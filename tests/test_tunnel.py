@@ -391,3 +391,32 @@ def test_interrupted_start_leaves_no_daemon_behind(sig, code, ssh_box, autopod_h
     assert p.returncode == code, err
     assert wait_until(lambda: not _alive(pid), 5)
     assert entries(autopod_home) == {} and not daemons_for(autopod_home)
+
+
+def test_plain_word_ssh_key_flag_and_ls_alias(ssh_box, cli, tmp_path, monkeypatch):
+    """`tunnel.start box --ssh-key K`: the key is the one the tunnel logs in with."""
+    import shutil
+
+    # A key the server does not know: the tunnel cannot log in with it.
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    r = cli("tunnel.start", "box", "--ssh-key", str(stranger), "--local-port", str(free_port()), "--timeout", "10")
+    assert r.code == 1 and "Traceback" not in r.err, r.err
+    # The inventory names a key that does not exist, the flag the one that works.
+    copy = tmp_path / "copy_of_key"
+    shutil.copy(ssh_box.key, copy)
+    copy.chmod(0o600)
+    broken = {"host": "127.0.0.1", "port": ssh_box.ssh_port, "user": ssh_box.user, "key": str(tmp_path / "gone"),
+              "comfy_address": f"127.0.0.1:{ssh_box.http_port}"}
+    from sshd_server import write_host_inventory
+
+    monkeypatch.setenv("AUTOPOD_INVENTORY", str(write_host_inventory(tmp_path / "inv2.yml", {"box": broken})))
+    assert cli("tunnel.start", "box").code == 2  # the configured key is missing
+    r = cli("tunnel.start", "box", "--ssh-key", str(copy), "--json")
+    assert r.code == 0, r.err
+    assert r.json["changed"] is True and r.json["tunnel"]["name"] == "box"
+    assert cli("tunnel.status", "box").code == 0
+    listing = cli("tunnel.ls", "--json")
+    assert [t["name"] for t in listing.json] == ["box"]
+    assert cli("tunnel.start", "box", "--ssh-key", str(tmp_path / "nope")).code == 2
+    assert cli("tunnel.stop", "box").code == 0

@@ -8,7 +8,8 @@ from ..core.flags import number
 from ..core.output import Outcome, emit_object, emit_outcome, emit_rows
 from ._base import command, exit_quietly
 
-_TARGET_HELP = "pod id or name, or inventory host name (default: the only tunnel, or the only pod)"
+_TARGET_HELP = ("pod id or name, or inventory host name, also as the word after the task "
+                "(default: the only tunnel, or the only pod)")
 
 
 def _render(outcome: Outcome, as_json: bool) -> None:
@@ -26,9 +27,10 @@ def _render(outcome: Outcome, as_json: bool) -> None:
     "remote_port": "port behind the SSH server (default: the target's ComfyUI port, 8188)",
     "backend": "sshtunnel (default) or openssh (ssh -N -L); config key tunnel_backend",
     "timeout": "seconds to wait for a working connection through the tunnel, 1..3600 (default 30)",
+    "ssh_key": "private key to log in with, instead of the configured ssh_key",
     "json": "print one JSON document",
-})
-def start(c, pod=None, local_port=None, remote_port=None, backend=None, timeout=None, json=False):
+}, plain_arg="pod")
+def start(c, pod=None, local_port=None, remote_port=None, backend=None, timeout=None, ssh_key=None, json=False):
     """Start (or reuse) a background tunnel; succeeds once a connection through it works."""
     from ..core.errors import UsageError
     from ..tunnels.manager import BACKENDS, start_tunnel
@@ -39,11 +41,12 @@ def start(c, pod=None, local_port=None, remote_port=None, backend=None, timeout=
     t = number(timeout, "--timeout", int, minimum=1, maximum=3600)
     if backend is not None and backend not in BACKENDS:
         raise UsageError(f"--backend must be {' or '.join(BACKENDS)}, got {backend!r}")
-    outcome = start_tunnel(pod, local_port=lport, remote_port=rport, backend=backend, timeout=float(t) if t else 30.0)
+    outcome = start_tunnel(pod, local_port=lport, remote_port=rport, backend=backend, timeout=float(t) if t else 30.0,
+                           ssh_key=ssh_key)
     _render(outcome, json)
 
 
-@command(help={"pod": _TARGET_HELP, "json": "print one JSON document"})
+@command(help={"pod": _TARGET_HELP, "json": "print one JSON document"}, plain_arg="pod")
 def stop(c, pod=None, json=False):
     """Stop the tunnel to a pod or host."""
     from ..tunnels.manager import stop_tunnel
@@ -70,7 +73,7 @@ def _row(info: Any) -> dict[str, Any]:
     return d
 
 
-@command(help={"pod": _TARGET_HELP, "json": "print one JSON document"})
+@command(help={"pod": _TARGET_HELP, "json": "print one JSON document"}, plain_arg="pod")
 def status(c, pod=None, json=False):
     """Exit 0 when the tunnel runs and a connection through it works, else 1 (`tunnel.status || tunnel.start`)."""
     from ..tunnels.manager import tunnel_status
@@ -88,7 +91,7 @@ def status(c, pod=None, json=False):
         exit_quietly(1)
 
 
-@command(name="list", help={"json": "print one JSON list"})
+@command(name="list", aliases=["ls"], help={"json": "print one JSON list"})
 def list_(c, json=False):
     """Recorded tunnels, each health-checked."""
     from ..tunnels.manager import list_tunnels

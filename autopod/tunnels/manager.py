@@ -248,7 +248,7 @@ def _replace_and_start(target: SSHTarget, want: int, explicit: bool, backend: st
             # The recorded endpoint is what failed: look the pod up again (its SSH port may have changed).
             from .resolve import resolve_target
 
-            target = resolve_target(target.id, remote_port=target.remote_port, fresh=True)
+            target = resolve_target(target.id, remote_port=target.remote_port, fresh=True, key_path=target.key_path)
     info = _start_daemon(target, want, explicit, backend, deadline, require_remote)
     msg = f"started {_describe(info)}" + (f"; {note}" if note else "")
     if info.local_port != want:
@@ -488,14 +488,22 @@ def cleanup() -> Outcome:
 
 
 def start_tunnel(ref: str | None, *, local_port: int | None = None, remote_port: int | None = None,
-                 backend: str | None = None, timeout: float = 30.0) -> Outcome:
-    """``tunnel.start``: resolve ``ref`` (inventory host, recorded tunnel, or pod) and ensure its tunnel."""
+                 backend: str | None = None, timeout: float = 30.0, ssh_key: str | None = None) -> Outcome:
+    """``tunnel.start``: resolve ``ref`` (inventory host, recorded tunnel, or pod) and ensure its tunnel.
+
+    ``ssh_key`` replaces the configured key for this tunnel (a running tunnel is reused as it is:
+    it is already logged in)."""
     from .resolve import resolve_target
 
+    key = None
+    if ssh_key is not None:
+        key = Path(ssh_key).expanduser()
+        if not key.is_file():
+            raise UsageError(f"--ssh-key {ssh_key!r} is not a file")
     if local_port is not None and not 0 < int(local_port) < 65536:
         raise UsageError(f"--local-port must be 1..65535, got {local_port}")
     if remote_port is not None and not 0 < int(remote_port) < 65536:
         raise UsageError(f"--remote-port must be 1..65535, got {remote_port}")
-    target = resolve_target(ref, remote_port=remote_port)
+    target = resolve_target(ref, remote_port=remote_port, key_path=key)
     return ensure_tunnel(target, local_port=local_port, explicit_port=local_port is not None, backend=backend,
                          timeout=timeout, require_remote=True)

@@ -11,17 +11,20 @@ Resolution order:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError, NotFound
 from .targets import HOST_PREFIX, SSHTarget, no_direct_ssh, split_address
 
 
-def resolve_target(ref: str | None, *, remote_port: int | None = None, fresh: bool = False) -> SSHTarget:
+def resolve_target(ref: str | None, *, remote_port: int | None = None, fresh: bool = False,
+                   key_path: Path | None = None) -> SSHTarget:
     """The SSH target behind ``ref`` (see the module docstring for the order).
 
     ``fresh=True`` skips the recorded tunnels, so a pod's endpoint is looked up
-    again (after ``pod.start`` its public SSH port may have changed).
+    again (after ``pod.start`` its public SSH port may have changed). ``key_path``
+    (``tunnel.start --ssh-key``) replaces the configured key, which then need not exist.
     """
     from ..core import chain, config
     from ..core.inventory import load_inventory
@@ -34,7 +37,7 @@ def resolve_target(ref: str | None, *, remote_port: int | None = None, fresh: bo
         name = ref[len(HOST_PREFIX):] if ref.startswith(HOST_PREFIX) else ref
         host = inv.hosts.get(name)
         if host is not None:
-            return _host_target(host, inv, remote_port)
+            return _host_target(host, inv, remote_port, key_path)
         if ref.startswith(HOST_PREFIX):
             raise NotFound(f"no host '{name}' in the inventory")
 
@@ -43,18 +46,20 @@ def resolve_target(ref: str | None, *, remote_port: int | None = None, fresh: bo
         if rec is not None:
             if remote_port is not None:
                 rec.remote_port = int(remote_port)
+            if key_path is not None:
+                rec.key_path = key_path
             return rec
 
-    return _pod_target(ref, inv, remote_port, config)
+    return _pod_target(ref, inv, remote_port, config, key_path)
 
 
-def _host_target(host: Any, inv: Any, remote_port: int | None) -> SSHTarget:
+def _host_target(host: Any, inv: Any, remote_port: int | None, key_path: Path | None = None) -> SSHTarget:
     from ..core import config
 
     rhost, rport = split_address(host.comfy_address or config.BUILTIN["comfy_address"],
                                  what=f"hosts.{host.name}.comfy_address")
     return SSHTarget(id=HOST_PREFIX + host.name, name=host.name, kind="host", host=host.host, port=int(host.port),
-                     user=host.user, key_path=config.configured_ssh_key(inv, host.key), remote_host=rhost,
+                     user=host.user, key_path=key_path or config.configured_ssh_key(inv, host.key), remote_host=rhost,
                      remote_port=int(remote_port) if remote_port is not None else rport)
 
 
@@ -78,7 +83,8 @@ def _recorded_target(ref: str | None) -> SSHTarget | None:
     return t
 
 
-def _pod_target(ref: str | None, inv: Any, remote_port: int | None, config: Any) -> SSHTarget:
+def _pod_target(ref: str | None, inv: Any, remote_port: int | None, config: Any,
+                key_path: Path | None = None) -> SSHTarget:
     from ..runpod.api import RunPodAPI
     from ..runpod.registry import resolve_pod
 
@@ -89,7 +95,7 @@ def _pod_target(ref: str | None, inv: Any, remote_port: int | None, config: Any)
     ip, port = direct
     spec = inv.pods.get(getattr(pod, "name", "") or "") or {}
     cfg = config.user_config()
-    key = config.configured_ssh_key(inv)  # ssh_key is a global setting: pod specs cannot set it
+    key = key_path or config.configured_ssh_key(inv)  # ssh_key is a global setting: pod specs cannot set it
     rhost, rport = split_address(getattr(pod, "comfy_address", None)
                                  or config.resolve("comfy_address", None, inventory=inv, pod_spec=spec, config=cfg))
     return SSHTarget(id=pod.id, name=pod.name or pod.id, kind="pod", host=str(ip), port=int(port),
