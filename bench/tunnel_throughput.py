@@ -16,8 +16,9 @@ server that streams N MB from memory behind it, then downloads through:
 and prints MB/s and the ratio to (a), the CPU seconds per GB the tunnel's own
 processes used (ssh, or the autopod daemon and its ssh child: a figure that moves
 much less than MB/s when other work shares the machine), plus the time from
-`autopod tunnel.start` (a fresh process, as a user runs it) to the first byte
-through the tunnel.
+starting the tunnel (a fresh `ssh -N -L`, or a fresh `autopod tunnel.start`, as a
+user runs them, with the host key already pinned) to the first byte of an HTTP
+answer through it: the median of --starts starts, and its ratio to ssh's.
 Everything stays on 127.0.0.1; AUTOPOD_HOME is a temporary folder.
 """
 
@@ -28,6 +29,7 @@ import http.server
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -124,6 +126,22 @@ def autopod(*args: str, env: dict) -> Any:
     return json.loads(p.stdout) if "--json" in args else {}
 
 
+def first_byte(port: int, timeout: float = 20) -> None:
+    """Until an HTTP answer's first byte comes back through 127.0.0.1:port (polling, as a script would)."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(b"GET /small HTTP/1.0\r\nHost: x\r\n\r\n")
+                if s.recv(1):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > end:
+            raise SystemExit(f"no answer through 127.0.0.1:{port}")
+        time.sleep(0.005)
+
+
 def wait_listening(port: int, timeout: float = 15) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -139,6 +157,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=300, help="download size in MB (default 300)")
     ap.add_argument("--runs", type=int, default=1, help="downloads per variant; the best counts (default 1)")
+    ap.add_argument("--starts", type=int, default=5, help="starts per variant; the median counts (default 5)")
     args = ap.parse_args()
     total = args.mb * (1 << 20)
 
@@ -151,7 +170,7 @@ def main() -> None:
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     srv, http_port = http_server(total)
-    results: list[tuple[str, float, float, float | None]] = []
+    results: list[tuple[str, float, float, float]] = []
     with LocalSSHD(work / "sshd", (work / "id_ed25519.pub").read_text()) as sshd:
         import yaml
 
@@ -175,20 +194,41 @@ def main() -> None:
                 cpus.append((cpu_seconds(pids) - c0) / (got / 1e9))
             return max(rates), min(cpus)
 
+        def ssh_cmd(lp: int) -> list[str]:
+            return ["ssh", "-N", "-L", f"127.0.0.1:{lp}:127.0.0.1:{http_port}", "-p", str(sshd.port), "-i", str(key),
+                    "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                    "-o", f"UserKnownHostsFile={known_hosts_path()}", "-o", "ExitOnForwardFailure=yes",
+                    f"{sshd.user}@127.0.0.1"]
+
+        def start_ssh() -> tuple[Any, int, float]:
+            lp = free_port()
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(ssh_cmd(lp), stdin=subprocess.DEVNULL)
+            first_byte(lp)
+            return proc, lp, time.perf_counter() - t0
+
+        def start_autopod(backend: str, extra: dict) -> tuple[int, float]:
+            lp = free_port()
+            t0 = time.perf_counter()
+            autopod("tunnel.start", "bench", "--local-port", str(lp), "--backend", backend, env={**env, **extra})
+            first_byte(lp)
+            return lp, time.perf_counter() - t0
+
         # a) OpenSSH's own client, the reference.
-        lp = free_port()
-        ssh = subprocess.Popen(
-            ["ssh", "-N", "-L", f"127.0.0.1:{lp}:127.0.0.1:{http_port}", "-p", str(sshd.port), "-i", str(key),
-             "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-             "-o", f"UserKnownHostsFile={known_hosts_path()}", "-o", "ExitOnForwardFailure=yes",
-             f"{sshd.user}@127.0.0.1"], stdin=subprocess.DEVNULL)
+        starts = []
+        for _ in range(args.starts):
+            ssh, lp, secs = start_ssh()
+            starts.append(secs)
+            ssh.terminate()
+            ssh.wait()
+        ssh, lp, _ = start_ssh()
         try:
-            wait_listening(lp)
             ref, cpu = best(lp, [ssh.pid])
         finally:
             ssh.terminate()
             ssh.wait()
-        results.append(("ssh -N -L (OpenSSH)", ref, cpu, None))
+        ref_start = statistics.median(starts)
+        results.append(("ssh -N -L (OpenSSH)", ref, cpu, ref_start))
 
         variants = [
             ("autopod sshtunnel, stock relay", "sshtunnel", {"AUTOPOD_TUNNEL_RELAY": "stock"}),
@@ -196,25 +236,26 @@ def main() -> None:
             ("autopod openssh backend", "openssh", {}),
         ]
         for label, backend, extra in variants:
-            lp = free_port()
-            t0 = time.perf_counter()
-            autopod("tunnel.start", "--pod", "bench", "--local-port", str(lp), "--backend", backend, "--json",
-                    env={**env, **extra})
-            download(lp, "/small")
-            to_first_byte = time.perf_counter() - t0
+            starts = []
+            for _ in range(args.starts):
+                lp, secs = start_autopod(backend, extra)
+                starts.append(secs)
+                autopod("tunnel.stop", "bench", env=env)
+            lp, _ = start_autopod(backend, extra)
             rate, cpu = best(lp, tunnel_pids(lp, env))
-            autopod("tunnel.stop", "--pod", "bench", env=env)
-            results.append((label, rate, cpu, to_first_byte))
+            autopod("tunnel.stop", "bench", env=env)
+            results.append((label, rate, cpu, statistics.median(starts)))
     srv.shutdown()
 
-    print(f"\n{args.mb} MB over loopback, best of {args.runs}; sshd {sshd.sshd_path}, Python {sys.version.split()[0]}")
-    print(f"{'variant':34} {'MB/s':>8} {'vs ssh':>7} {'CPU s/GB':>9} {'start->first byte':>18}")
+    print(f"\n{args.mb} MB over loopback, best of {args.runs}; starts: median of {args.starts}; "
+          f"sshd {sshd.sshd_path}, Python {sys.version.split()[0]}")
+    print(f"{'variant':34} {'MB/s':>8} {'vs ssh':>7} {'CPU s/GB':>9} {'start->first byte':>18} {'vs ssh':>7}")
     for label, rate, cpu, tfb in results:
-        print(f"{label:34} {rate:8.1f} {rate / ref:7.2f} {cpu:9.2f} "
-              f"{(f'{tfb:.2f} s' if tfb is not None else '-'):>18}")
-    print(json.dumps({"mb": args.mb, "runs": args.runs, "results": [
+        print(f"{label:34} {rate:8.1f} {rate / ref:7.2f} {cpu:9.2f} {f'{tfb:.3f} s':>18} {tfb / ref_start:7.2f}")
+    print(json.dumps({"mb": args.mb, "runs": args.runs, "starts": args.starts, "results": [
         {"variant": label, "mb_per_s": round(rate, 1), "ratio": round(rate / ref, 3), "cpu_s_per_gb": round(cpu, 2),
-         "start_to_first_byte_s": None if tfb is None else round(tfb, 3)} for label, rate, cpu, tfb in results]}))
+         "start_to_first_byte_s": round(tfb, 3), "start_ratio": round(tfb / ref_start, 2)}
+        for label, rate, cpu, tfb in results]}))
 
 
 if __name__ == "__main__":

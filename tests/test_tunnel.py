@@ -189,12 +189,14 @@ def test_port_held_by_another_tunnel_is_named(ssh_box, cli, tmp_path, monkeypatc
     assert r.code == 1 and "the autopod tunnel to box" in r.err
 
 
-def test_changed_host_key_is_refused(ssh_box, cli, autopod_home, tmp_path):
+@pytest.mark.parametrize("backend", ["sshtunnel", "openssh"])
+def test_changed_host_key_is_refused(ssh_box, cli, autopod_home, tmp_path, backend):
+    """A pinned key is checked in the tunnel's own handshake (no second connection just to look)."""
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
     other = (tmp_path / "other.pub").read_text().split()
     autopod_home.mkdir(exist_ok=True)
     (autopod_home / "known_hosts").write_text(f"[127.0.0.1]:{ssh_box.ssh_port} {other[0]} {other[1]}\n")
-    r = cli("tunnel.start", "--pod", "box", "--local-port", str(free_port()), "--json")
+    r = cli("tunnel.start", "--pod", "box", "--local-port", str(free_port()), "--backend", backend, "--json")
     assert r.code == 1
     assert "host key" in r.err and "CHANGED" in r.err and "ssh-keygen -R" in r.err
     assert entries(autopod_home) == {} and not daemons_for(autopod_home)
@@ -420,3 +422,19 @@ def test_plain_word_ssh_key_flag_and_ls_alias(ssh_box, cli, tmp_path, monkeypatc
     assert [t["name"] for t in listing.json] == ["box"]
     assert cli("tunnel.start", "box", "--ssh-key", str(tmp_path / "nope")).code == 2
     assert cli("tunnel.stop", "box").code == 0
+
+
+def test_a_key_the_daemon_cannot_read_is_a_usage_error(ssh_box, cli, autopod_home, tmp_path, monkeypatch):
+    """The daemon reads the key; what is wrong with it comes back as exit 2, and no daemon is left."""
+    from sshd_server import write_host_inventory
+
+    locked = tmp_path / "locked"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(locked)], check=True)
+    spec = {"host": "127.0.0.1", "port": ssh_box.ssh_port, "user": ssh_box.user, "key": str(locked),
+            "comfy_address": f"127.0.0.1:{ssh_box.http_port}"}
+    monkeypatch.setenv("AUTOPOD_INVENTORY", str(write_host_inventory(tmp_path / "inv.yml", {"box": spec})))
+    monkeypatch.delenv("AUTOPOD_SSH_PASSPHRASE", raising=False)
+    r = cli("tunnel.start", "box", "--local-port", str(free_port()), "--json")
+    assert r.code == 2, r.err
+    assert "protected by a passphrase" in r.json["msg"]
+    assert entries(autopod_home) == {} and not daemons_for(autopod_home)

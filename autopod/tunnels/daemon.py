@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from ..core.errors import HostKeyMismatch, TunnelError
+from ..core.errors import ConfigError, HostKeyMismatch, TunnelError
 from .targets import SSHTarget
 
 log = logging.getLogger("autopod.tunneld")
@@ -83,11 +83,11 @@ class SSHTunnelBackend:
         self._last_ping = 0.0
 
     def start(self) -> None:
-        from .hostkeys import pin_on_first_use, pinned_key
+        from .hostkeys import pinned_key
         from .local import load_private_key, port_is_free
 
         t = self.target
-        pin_on_first_use(t.host, t.port, timeout=CONNECT_TIMEOUT_S)  # HostKeyMismatch: a clear error, no retry
+        _pin_first_time(t)
         host_key = pinned_key(t.host, t.port)
         pkey = load_private_key(t.key_path)
         if not port_is_free(self.local_port):
@@ -115,6 +115,8 @@ class SSHTunnelBackend:
             fwd.stop(force=True)
             if not bound and "might be in use" in detail:
                 raise PortInUse(f"local port {self.local_port} is already in use") from None
+            if "Bad host key" in detail:  # paramiko compared the key with the pinned one during the handshake
+                raise _changed_key(t) from None
             raise TunnelError(f"cannot open the tunnel through {t.endpoint}: {detail}") from None
         self.fwd = fwd
         self._last_ping = time.monotonic()
@@ -136,6 +138,26 @@ class SSHTunnelBackend:
             except Exception as e:  # a dead transport may fail to close; the port is released either way
                 log.debug("forwarder stop: %s", e)
             self.fwd = None
+
+
+def _pin_first_time(t: SSHTarget) -> None:
+    """Pin the host key on first contact. A key already pinned costs no extra handshake here: the
+    connection itself is checked against it (paramiko's ``hostkey``, ssh's StrictHostKeyChecking)."""
+    from .hostkeys import is_pinned, pin_on_first_use
+
+    if not is_pinned(t.host, t.port):
+        pin_on_first_use(t.host, t.port, timeout=CONNECT_TIMEOUT_S)  # HostKeyMismatch: a clear error, no retry
+
+
+def _changed_key(t: SSHTarget) -> TunnelError:
+    """The error for a handshake refused over its host key: the pinned-key message with the new key's fingerprint."""
+    from .hostkeys import fetch_host_key, mismatch_message
+
+    try:
+        now = fetch_host_key(t.host, t.port, timeout=CONNECT_TIMEOUT_S)
+        return HostKeyMismatch(mismatch_message(t.host, t.port, now))
+    except TunnelError:
+        return HostKeyMismatch(f"the SSH host key of {t.host}:{t.port} has CHANGED; refusing to connect")
 
 
 def _ping(transport: Any) -> str | None:
@@ -258,11 +280,10 @@ class OpenSSHBackend:
         ]
 
     def start(self) -> None:
-        from .hostkeys import pin_on_first_use
         from .local import port_is_free
 
         t = self.target
-        pin_on_first_use(t.host, t.port, timeout=CONNECT_TIMEOUT_S)
+        _pin_first_time(t)
         if not port_is_free(self.local_port):
             raise PortInUse(f"local port {self.local_port} is already in use")
         self.stderr_tail = []
@@ -278,7 +299,8 @@ class OpenSSHBackend:
                 if "Address already in use" in detail or "cannot listen" in detail:
                     raise PortInUse(f"local port {self.local_port} is already in use")
                 if "REMOTE HOST IDENTIFICATION HAS CHANGED" in detail or "Host key verification failed" in detail:
-                    raise HostKeyMismatch(f"ssh refused the host key of {t.host}:{t.port}: {detail}")
+                    log.error("ssh refused the host key of %s:%s: %s", t.host, t.port, detail)
+                    raise _changed_key(t)
                 raise TunnelError(f"ssh to {t.endpoint} failed: {detail}")
             try:
                 with socket.create_connection(("127.0.0.1", self.local_port), timeout=1):
@@ -415,7 +437,8 @@ class Daemon:
             log.info("tunnel daemon for %s exits", t.name)
 
     def _fail(self, e: BaseException) -> int:
-        kind = "port_in_use" if isinstance(e, PortInUse) else "host_key" if isinstance(e, HostKeyMismatch) else "error"
+        kind = ("port_in_use" if isinstance(e, PortInUse) else "host_key" if isinstance(e, HostKeyMismatch)
+                else "config" if isinstance(e, ConfigError) else "error")
         msg = str(e) if isinstance(e, TunnelError) or hasattr(e, "exit_code") else f"{type(e).__name__}: {e}"
         log.error("tunnel to %s failed: %s", self.target.name, msg)
         self.record(state="failed", error=msg, error_kind=kind)

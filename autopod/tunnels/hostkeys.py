@@ -56,6 +56,12 @@ def _read_entries() -> list[tuple[str, str, str]]:
     return out
 
 
+def is_pinned(host: str, port: int) -> bool:
+    """A key for host:port is in known_hosts (read as text: no paramiko, no connection)."""
+    name = host_entry_name(host, port)
+    return any(name in names.split(",") for names, _, _ in _read_entries())
+
+
 def pinned_keys(host: str, port: int) -> list["paramiko.PKey"]:
     import paramiko
 
