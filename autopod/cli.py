@@ -89,7 +89,7 @@ class contract:
         task_name, seen = None, set()
         core = getattr(program, "core", None)
         tokens = list(core.unparsed) if core is not None else list(getattr(program, "argv", None) or [])[1:]
-        for tok in tokens:
+        for n, tok in enumerate(tokens):
             if _is_task(coll, tok):
                 task_name, seen = tok, set()
                 continue
@@ -100,6 +100,9 @@ class contract:
             arg = next((a for a in t.get_arguments() if flag in a.names), None)
             if arg is not None and arg.kind is bool and "=" in tok:
                 return f"--{flag} takes no value (got {tok!r}); give --{flag} alone"
+            if arg is not None and arg.kind is list and "=" not in tok and \
+                    (n + 1 == len(tokens) or tokens[n + 1].startswith("--")):
+                return f"--{flag} needs a value"  # invoke would take a repeatable flag without one silently
             if arg is None or arg.kind is list or arg.kind is bool:
                 continue
             if flag in seen:
@@ -112,14 +115,15 @@ class contract:
     @staticmethod
     def plain_args(program: Program) -> None:
         """``pod.info flux`` -> ``pod.info --pod flux`` for tasks with a ``plain_arg``: one bare word
-        right after the task's name or its flags, never a word that names a task (a chain)."""
+        right after the task's name or its flags (every bare word when the flag is repeatable, as
+        ``comfy.run a.json b.json``), never a word that names a task (a chain)."""
         coll = program.collection
         core = getattr(program, "core", None)
         if coll is None or core is None:
             return
         out: list[str] = []
         tokens = list(core.unparsed)
-        task, plain, given = None, None, False
+        task, plain, given, many = None, None, False, False
         i = 0
         while i < len(tokens):
             tok = tokens[i]
@@ -127,17 +131,19 @@ class contract:
             if _is_task(coll, tok):
                 task = coll[tok]
                 plain, given = getattr(task, "plain_arg", None), False
+                arg = next((a for a in task.get_arguments() if plain in a.names), None) if plain else None
+                many = arg is not None and arg.kind is list
                 out.append(tok)
             elif tok.startswith("--") and task is not None:
                 out.append(tok)
                 name = tok[2:].split("=", 1)[0]
                 arg = next((a for a in task.get_arguments() if name in a.names), None)
-                if name == plain:
+                if name == plain and not many:
                     given = True
                 if arg is not None and arg.kind is not bool and "=" not in tok and i < len(tokens):
                     out.append(tokens[i])  # the flag's value, whatever it looks like
                     i += 1
-            elif plain and not given and not tok.startswith("-"):
+            elif plain and (many or not given) and not tok.startswith("-"):
                 out += [f"--{plain}", tok]
                 given = True
             else:

@@ -1,9 +1,8 @@
-"""A small client for ComfyUI's HTTP API (read-only calls for now).
+"""A small client for ComfyUI's HTTP API: status and node definitions, submitting prompts, uploads,
+streamed downloads, the queue and interrupts. Events over the WebSocket live in ``events.py``.
 
-It is synchronous on purpose: every autopod task makes one to four short
-requests and exits, so an event loop would add start-up cost and nothing else.
-Submitting prompts and following their progress over the WebSocket come later;
-that is where an async client (one socket, many events) will earn its keep.
+It is synchronous on purpose: a task makes a few requests, and a run follows one
+WebSocket in the main thread, so an event loop would add start-up cost and nothing else.
 
 Facts from real ComfyUI 0.3.64 recordings that shape the parsing here:
 queue items are 5-element arrays ``[number, prompt_id, prompt, extra_data,
@@ -43,6 +42,16 @@ class ComfyHTTPError(ComfyError):
         super().__init__(msg)
         self.status = status
         self.body = body
+
+
+@dataclass
+class Submitted:
+    """POST /prompt's answer. ``node_errors`` may be non-empty on a 200: ComfyUI dropped the invalid
+    outputs and runs the rest, which a caller must report, never treat as plain success."""
+
+    prompt_id: str
+    number: float | None
+    node_errors: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -178,15 +187,89 @@ class ComfyUIClient:
         path = "/object_info" if node is None else f"/object_info/{_segment(node)}"
         return self._get_json(path)
 
+    # -- running prompts ---------------------------------------------------------------------------
+
+    def submit(self, prompt: dict[str, Any], client_id: str, *, prompt_id: str | None = None,
+               extra_data: dict[str, Any] | None = None) -> Submitted:
+        """POST /prompt. A rejected prompt raises ComfyHTTPError whose ``body`` holds ComfyUI's
+        ``{"error", "node_errors"}``; ``prompt_id`` lets the caller choose the id (ComfyUI keeps it)."""
+        body: dict[str, Any] = {"prompt": prompt, "client_id": client_id}
+        if prompt_id:
+            body["prompt_id"] = prompt_id
+        if extra_data:
+            body["extra_data"] = extra_data
+        data = self._json(self.request("POST", "/prompt", json=body), "POST /prompt")
+        if not isinstance(data, dict) or not data.get("prompt_id"):
+            raise ComfyError(f"unexpected POST /prompt answer from {self.base_url}: {_clip(str(data), 200)}")
+        return Submitted(str(data["prompt_id"]), data.get("number"), data.get("node_errors") or {})
+
+    def interrupt(self, prompt_id: str | None = None) -> None:
+        """Stop the running prompt at its next node boundary; with ``prompt_id``, only if that one runs."""
+        self.request("POST", "/interrupt", json={"prompt_id": prompt_id} if prompt_id else {})
+
+    def delete_queued(self, prompt_ids: list[str]) -> None:
+        """Drop pending prompts (a running one is not affected: interrupt it)."""
+        if prompt_ids:
+            self.request("POST", "/queue", json={"delete": list(prompt_ids)})
+
+    # -- files ---------------------------------------------------------------------------------------
+
+    def upload_image(self, path: Any, *, name: str | None = None, subfolder: str = "", kind: str = "input",
+                     overwrite: bool = False) -> dict[str, Any]:
+        """POST /upload/image: ``{name, subfolder, type}``. ComfyUI keeps the name for identical bytes
+        and renames different bytes ("cat (1).png") unless ``overwrite``."""
+        from pathlib import Path
+
+        p = Path(path)
+        fields = {"type": kind, "overwrite": "true" if overwrite else "false"}
+        if subfolder:
+            fields["subfolder"] = subfolder
+        with p.open("rb") as f:
+            resp = self.request("POST", "/upload/image", files={"image": (name or p.name, f)}, data=fields,
+                                timeout=max(self.timeout, 300.0))
+        data = self._json(resp, "POST /upload/image")
+        if not isinstance(data, dict) or not data.get("name"):
+            raise ComfyError(f"unexpected upload answer from {self.base_url}: {_clip(str(data), 200)}")
+        return data
+
+    def download(self, item: dict[str, Any], out: Any, *, chunk: int = 1 << 20,
+                 on_bytes: Callable[[int], None] | None = None) -> tuple[int, str]:
+        """Stream GET /view for one output ``{filename, subfolder, type}`` into the binary file ``out``.
+        Memory stays flat whatever the size. Returns (bytes, sha256)."""
+        import hashlib
+
+        params = {"filename": item["filename"], "subfolder": item.get("subfolder") or "",
+                  "type": item.get("type") or "output"}
+        resp = self.request("GET", "/view", params=params, stream=True, timeout=max(self.timeout, 60.0))
+        digest, total = hashlib.sha256(), 0
+        try:
+            for block in resp.iter_content(chunk):
+                out.write(block)
+                digest.update(block)
+                total += len(block)
+                if on_bytes:
+                    on_bytes(len(block))
+        finally:
+            resp.close()
+        expected = resp.headers.get("Content-Length")
+        if expected is not None and expected.isdigit() and int(expected) != total:
+            raise ComfyError(f"download of {item['filename']} stopped at {total} of {expected} bytes")
+        return total, digest.hexdigest()
+
+    def ws_url(self, client_id: str) -> str:
+        return "ws" + self.base_url[len("http"):] + f"/ws?clientId={client_id}"
+
     # -- transport -------------------------------------------------------------------------------
 
-    def _get_json(self, path: str, *, params: dict | None = None, timeout: float | None = None) -> Any:
-        resp = self.request("GET", path, params=params, timeout=timeout)
+    def _json(self, resp: Any, what: str) -> Any:
         try:
             return resp.json()
         except ValueError:
-            raise ComfyError(f"ComfyUI at {self.base_url} sent a non-JSON answer to GET {path}: "
+            raise ComfyError(f"ComfyUI at {self.base_url} sent a non-JSON answer to {what}: "
                              f"{_clip(resp.text)}") from None
+
+    def _get_json(self, path: str, *, params: dict | None = None, timeout: float | None = None) -> Any:
+        return self._json(self.request("GET", path, params=params, timeout=timeout), f"GET {path}")
 
     def request(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> Any:
         """One HTTP call, logged with URL, status and elapsed time; errors become ComfyError subclasses."""

@@ -26,7 +26,8 @@ KEEP_UNLISTED_S = 120.0  # a just-created pod may not be listed yet; keep its st
 
 TOMBSTONE_S = 7 * 86400
 _ENTRY_TYPES: dict[str, Any] = {"name": str, "created_at": (int, float), "adopted_at": (int, float),
-                                "gone_at": (int, float), "comfy_address": str, "spec": dict}
+                                "gone_at": (int, float), "comfy_address": str, "spec": dict, "gpu": str,
+                                "cost_per_hr": (int, float)}
 
 
 def _validate(data: dict[str, Any]) -> None:
@@ -118,6 +119,12 @@ def _sync_state(raw: list[dict[str, Any]]) -> dict[str, Any]:
                     entry["adopted_at"] = now  # created elsewhere (web console, another machine)
                 entry.pop("gone_at", None)
                 entry["name"] = p.get("name") or entry.get("name")
+                # What a render's sidecar reports (GPU, cost) without asking the API again.
+                gpu, rate = (p.get("machine") or {}).get("gpuDisplayName"), p.get("costPerHr")
+                if isinstance(gpu, str):
+                    entry["gpu"] = gpu
+                if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+                    entry["cost_per_hr"] = rate
             return {k: dict(v) for k, v in data.items() if k in listed}
     except ConfigError as e:
         _warn_bookkeeping(e)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+from ..core.output import dump_json, emit_outcome, emit_rows, safe_text, table
 from ._base import command, exit_quietly
 
 _POD = ("pod id or name, or an inventory host, also as the word after the task "
@@ -29,7 +31,7 @@ def status(c, pod=None, no_tunnel=False, wait=None, json=False):
 def info(c, pod=None, no_tunnel=False, json=False):
     """Show ComfyUI's versions, GPUs and VRAM, RAM, queue, history and node count, and the URL to open."""
     from ..comfy.ops import comfy_info
-    from ..core.output import dump_json, emit_object, table
+    from ..core.output import emit_object
 
     doc = comfy_info(pod, no_tunnel=no_tunnel)
     if json:
@@ -62,3 +64,163 @@ def _mem(free: Any, total: Any) -> str | None:
     if not isinstance(total, (int, float)):
         return None
     return f"{_gib(free)} free of {_gib(total)}" if isinstance(free, (int, float)) else _gib(total)
+
+
+# -- rendering from the terminal ---------------------------------------------------------------------------
+
+_RUN_HELP = {
+    "workflow": "workflow file (API or editor format), also as the words after the task; repeatable",
+    "pod": _POD,
+    "no_tunnel": _NO_TUNNEL,
+    "set": "override NODE.INPUT=VALUE (node id, unique class, or title; VALUE or @file); repeatable",
+    "input": "upload a file into a node: NODE.INPUT=./cat.png or NODE=./cat.png; repeatable",
+    "sweep": "NODE.INPUT=1..8, =512,768,1024 or =@values.txt (one per line); several form a cross product",
+    "repeat": "run each prompt N times (with --seed random or increment)",
+    "seed": "fixed (as in the workflow, default), random or increment: for every seed input",
+    "job": "job file (YAML or JSON): workflow, set, input, sweep, repeat, seed, output, pod",
+    "output_dir": "where outputs go (default ./outputs)",
+    "output": "file name template under --output-dir (default {job}/{node}_{filename}); fields: job, batch, "
+              "index, prompt_id, node, title, kind, filename, subfolder, type",
+    "previews": "also save temp previews (PreviewImage)",
+    "detach": "submit, print the prompt ids and exit; `comfy.watch` or `comfy.fetch` later",
+    "dry_run": "print the API prompt(s) exactly as they would be sent; send nothing",
+    "timeout": "stop waiting after S seconds (the prompts go on; exit 1)",
+    "max_queued": "prompts of this run on the server at once (default 16)",
+    "resume": "finish batch BATCH: fetch what finished, follow what runs, submit what never ran",
+    "json": "print one JSON document",
+}
+
+
+@command(iterable=["workflow", "set", "input", "sweep"], help=_RUN_HELP, plain_arg="workflow")
+def run(c, workflow=None, pod=None, no_tunnel=False, set=None, input=None, sweep=None, repeat=None, seed=None,
+        job=None, output_dir=None, output=None, previews=False, detach=False, dry_run=False, timeout=None,
+        max_queued=None, resume=None, json=False):
+    """Run workflows on the pod: overrides, uploads, live progress, outputs on disk, batches, a ledger."""
+    from ..comfy.run import RunOptions, render
+    from ..core.errors import UsageError
+    from ..core.flags import number
+
+    if seed is not None and seed not in ("fixed", "random", "increment"):
+        raise UsageError(f"--seed must be fixed, random or increment, got {seed!r}")
+    if resume is not None and (workflow or job or set or input or sweep):
+        raise UsageError("--resume finishes a recorded batch as it was planned; it takes no workflow or overrides")
+    opts = RunOptions(workflows=list(workflow or []), job=job, sets=list(set or []), inputs=list(input or []),
+                      sweeps=list(sweep or []), repeat=number(repeat, "--repeat", int, minimum=1, maximum=100_000),
+                      seed=seed, output_dir=output_dir or "outputs", template=output, previews=previews,
+                      detach=detach, dry_run=dry_run, timeout=number(timeout, "--timeout", minimum=1),
+                      max_queued=number(max_queued, "--max-queued", int, minimum=1, maximum=10_000) or 16,
+                      pod=pod, no_tunnel=no_tunnel, resume=resume)
+    report = render(opts)
+    if dry_run:
+        doc = report["prompt"] if report["prompt"] is not None else report["prompts"]
+        dump_json(doc)  # exactly what would be sent, with or without --json
+        return
+    _render_batch(report, as_json=json, ids_only=detach)
+
+
+def _render_batch(report: dict, *, as_json: bool, ids_only: bool = False) -> None:
+    """The run's summary: one document for scripts; a table and an ok/changed line for people."""
+    code = int(report.get("exit_code") or 0)
+    if code:
+        report = {**report, "failed": True}
+    if as_json:
+        dump_json(report)
+    elif ids_only:
+        for pid in report.get("prompt_ids") or []:
+            print(pid)
+        print(report["msg"], file=sys.stderr)
+    else:
+        rows = [{"index": p["index"], "prompt_id": (p["prompt_id"] or "")[:8] or None, "status": p["status"],
+                 "outputs": len(p["outputs"]), "error": p["error"]} for p in report.get("prompts") or []]
+        if rows:
+            print(table(rows, [("index", "#"), ("prompt_id", "PROMPT"), ("status", "STATUS"),
+                               ("outputs", "FILES"), ("error", "ERROR")]))
+        status = "changed" if report.get("changed") else "ok"
+        print(f"{'failed' if code else status}: {safe_text(report['msg'])}")
+    if code:
+        exit_quietly(code)
+
+
+@command(help={"batch": "a batch id (or a unique start of one) or a prompt id; without: the newest batches",
+               "limit": "how many batches (default 20)", "json": "print one JSON document"}, plain_arg="batch")
+def jobs(c, batch=None, limit=None, json=False):
+    """Batches from the ledger, or one batch's prompts: status, pod and outputs."""
+    from ..comfy.jobs import list_jobs
+    from ..core.flags import number
+
+    doc = list_jobs(batch, limit=number(limit, "--limit", int, minimum=1, maximum=10_000) or 20)
+    if json:
+        dump_json(doc.get("batches", doc))
+        return
+    if "batches" in doc:
+        rows = [{**b, "created": _when(b["created_at"]), "progress": f"{b['done'] or 0}/{b['total']}",
+                 "failed": b["failed"] or 0, "active": b["active"] or 0} for b in doc["batches"]]
+        print(table(rows, [("id", "BATCH"), ("name", "NAME"), ("created", "CREATED"), ("target_name", "POD"),
+                           ("progress", "DONE"), ("active", "RUNNING"), ("failed", "FAILED")])
+              if rows else "no batches yet")
+        return
+    rows = [{**p, "outputs": ", ".join(p["outputs"]) or None} for p in doc["prompts"]]
+    print(f"batch {doc['batch']} ({doc['batch_info']['name']}) on {doc['batch_info']['target'] or '-'}")
+    print(table(rows, [("index", "#"), ("prompt_id", "PROMPT"), ("status", "STATUS"), ("outputs", "OUTPUTS"),
+                       ("error", "ERROR")]))
+
+
+@command(help={"batch": "batch id or prompt id (default: the newest batch)", "pod": _POD, "no_tunnel": _NO_TUNNEL,
+               "timeout": "stop watching after S seconds", "json": "print one JSON document"}, plain_arg="batch")
+def watch(c, batch=None, pod=None, no_tunnel=False, timeout=None, json=False):
+    """Re-attach to a batch: live progress, and its outputs fetched as prompts finish."""
+    from ..comfy.jobs import watch as _watch
+    from ..core.flags import number
+
+    _render_batch(_watch(batch, pod=pod, no_tunnel=no_tunnel, timeout=number(timeout, "--timeout", minimum=1)),
+                  as_json=json)
+
+
+@command(help={"batch": "batch id or prompt id (default: the newest batch)", "pod": _POD, "no_tunnel": _NO_TUNNEL,
+               "json": "print one JSON document"}, plain_arg="batch")
+def fetch(c, batch=None, pod=None, no_tunnel=False, json=False):
+    """Download whatever of a batch finished and is not on disk yet."""
+    from ..comfy.jobs import fetch as _fetch
+
+    _render_batch(_fetch(batch, pod=pod, no_tunnel=no_tunnel), as_json=json)
+
+
+@command(help={"pod": _POD, "no_tunnel": _NO_TUNNEL, "json": "print one JSON document"}, plain_arg="pod")
+def queue(c, pod=None, no_tunnel=False, json=False):
+    """ComfyUI's queue: the running prompt and the pending ones, with the batch each belongs to."""
+    from ..comfy.jobs import server_queue
+
+    rows = server_queue(pod, no_tunnel=no_tunnel)
+    emit_rows(rows, [("state", "STATE"), ("position", "#"), ("prompt_id", "PROMPT"), ("nodes", "NODES"),
+                     ("batch", "BATCH"), ("index", "INDEX")], as_json=json, empty="the queue is empty")
+
+
+@command(help={"pod": _POD, "no_tunnel": _NO_TUNNEL, "limit": "newest N entries (default 20)",
+               "json": "print one JSON document"}, plain_arg="pod")
+def history(c, pod=None, no_tunnel=False, limit=None, json=False):
+    """ComfyUI's history, newest first: how each prompt ended and its output files."""
+    from ..comfy.jobs import server_history
+    from ..core.flags import number
+
+    rows = server_history(pod, no_tunnel=no_tunnel, limit=number(limit, "--limit", int, minimum=1, maximum=10_000)
+                          or 20)
+    emit_rows(rows, [("prompt_id", "PROMPT"), ("status", "STATUS"), ("outputs", "OUTPUTS"), ("batch", "BATCH"),
+                     ("error", "ERROR")], as_json=json, empty="no history")
+
+
+@command(help={"prompt": "a prompt id", "batch": "every prompt of this batch", "all": "the whole server queue",
+               "pod": _POD, "no_tunnel": _NO_TUNNEL, "json": "print one JSON document"}, plain_arg="prompt")
+def cancel(c, prompt=None, batch=None, all=False, pod=None, no_tunnel=False, json=False):
+    """Interrupt the running prompt and remove queued ones: one prompt, a batch, or everything."""
+    from ..comfy.jobs import cancel as _cancel
+    from ..core.output import Outcome
+
+    doc = _cancel(prompt, batch=batch, everything=all, pod=pod, no_tunnel=no_tunnel)
+    emit_outcome(Outcome(doc["changed"], doc["msg"], extra={k: doc[k] for k in ("interrupted", "removed")}),
+                 as_json=json)
+
+
+def _when(ts: float | None) -> str | None:
+    import time as _time
+
+    return _time.strftime("%Y-%m-%d %H:%M", _time.localtime(ts)) if ts else None

@@ -1,0 +1,202 @@
+"""After ``comfy.run``: list batches, re-attach, fetch what finished, see the server's queue and
+history, cancel. Everything works from another terminal or after a disconnect, from the ledger."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..core import signals
+from ..core.errors import ComfyError, Interrupted, UsageError
+from .ledger import FINAL, BatchRow, Ledger, PromptRow
+from .progress import Progress
+from .run import Connection, Runner, Track, _report, finished
+
+
+def list_jobs(ref: str | None = None, *, limit: int = 20) -> dict[str, Any]:
+    """Batches (newest first), or one batch's prompts with their status, pod and outputs."""
+    with Ledger.open() as led:
+        if ref is None:
+            return {"batches": led.batches(limit)}
+        batch, rows = led.find(ref)
+        report = _report(led, batch)
+        report["batch_info"] = {"id": batch.id, "name": batch.name, "target": batch.target_name,
+                                "created_at": batch.created_at, "output_dir": batch.output_dir}
+        if len(rows) < len(report["prompts"]):  # a prompt id: just that prompt
+            ids = {r.prompt_id for r in rows}
+            report["prompts"] = [p for p in report["prompts"] if p["prompt_id"] in ids]
+        return report
+
+
+def _connect(batch: BatchRow, pod: str | None, no_tunnel: bool, progress: Progress) -> Connection:
+    """ComfyUI where the batch ran (its pod or host), unless the user names another."""
+    if no_tunnel or (pod is None and batch.target_id is None):
+        return Connection(None, True, progress.note)
+    return Connection(pod or batch.target_id, False, progress.note)
+
+
+def watch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False, timeout: float | None = None,
+          progress: Progress | None = None) -> dict[str, Any]:
+    """Re-attach to a batch (the newest without ``ref``): follow its prompts on the server and fetch
+    their outputs as they finish. Prompts that were never submitted are left for ``--resume``."""
+    progress = progress or Progress()
+    with Ledger.open() as led:
+        batch, rows = _batch(led, ref)
+        conn = _connect(batch, pod, no_tunnel, progress)
+        try:
+            runner = Runner(led, batch, conn, progress=progress, previews=bool(batch.options.get("previews")))
+            runner.total = len(led.prompts(batch.id))
+            for r in rows:
+                if r.prompt_id and (r.status in ("queued", "running") or (r.status in FINAL and not r.fetched_at)):
+                    runner.active[r.prompt_id] = Track(r, runner._label(r))
+            if not runner.active:
+                report = _report(led, batch)
+                report["changed"] = False
+                report["msg"] = f"nothing of batch {batch.id} is running or left to fetch; " + report["msg"]
+                return report
+            progress.note(f"batch {batch.id}: following {len(runner.active)} prompt(s)")
+            runner.poll()  # what finished while nobody watched is fetched at once
+            try:
+                with signals.handling():
+                    runner.follow([], deadline=time.monotonic() + timeout if timeout else None)
+            except KeyboardInterrupt as e:
+                # Watching is not running: Ctrl-C stops watching, the prompts go on.
+                sig = e if isinstance(e, Interrupted) else Interrupted()
+                report = _report(led, batch)
+                report.update(exit_code=sig.exit_code, msg=f"stopped watching; the prompts go on: {report['msg']}")
+                return report
+            except TimeoutError:
+                pass
+            return _report(led, batch)
+        finally:
+            conn.close()
+
+
+def fetch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False,
+          progress: Progress | None = None) -> dict[str, Any]:
+    """Download whatever of a batch (or one prompt) finished and is not on disk yet."""
+    progress = progress or Progress()
+    with Ledger.open() as led:
+        batch, rows = _batch(led, ref)
+        conn = _connect(batch, pod, no_tunnel, progress)
+        try:
+            runner = Runner(led, batch, conn, progress=progress, previews=bool(batch.options.get("previews")))
+            runner.total = len(led.prompts(batch.id))
+            before = sum(len(led.saved_outputs(r.prompt_id)) for r in rows if r.prompt_id)
+            waiting = 0
+            for r in rows:
+                if not r.prompt_id or (r.fetched_at and r.status in FINAL):
+                    continue
+                entry = conn.call(lambda c, r=r: c.get_history(r.prompt_id)).get(r.prompt_id)
+                if entry is None or not finished(entry):
+                    waiting += 1
+                    continue
+                runner.active[r.prompt_id] = Track(r, runner._label(r))
+                runner.finish(runner.active[r.prompt_id], entry)
+            report = _report(led, batch)
+            after = sum(len(led.saved_outputs(r.prompt_id)) for r in led.prompts(batch.id) if r.prompt_id)
+            report["changed"] = after > before
+            report["fetched"] = after - before
+            report["msg"] = (f"fetched {after - before} file(s) of batch {batch.id}"
+                             + (f"; {waiting} prompt(s) not finished yet" if waiting else ""))
+            return report
+        finally:
+            conn.close()
+
+
+def _batch(led: Ledger, ref: str | None) -> tuple[BatchRow, list[PromptRow]]:
+    if ref is not None:
+        return led.find(ref)
+    batch = led.latest_batch()
+    if batch is None:
+        raise UsageError("the ledger has no batch yet; render with `autopod comfy.run WORKFLOW`")
+    return batch, led.prompts(batch.id)
+
+
+def server_queue(pod: str | None = None, *, no_tunnel: bool = False) -> list[dict[str, Any]]:
+    """ComfyUI's queue, running first, each item marked with the batch it belongs to (if autopod's)."""
+    conn = Connection(pod, no_tunnel, Progress(enabled=False).note)
+    try:
+        q = conn.call(lambda c: c.get_queue_info())
+    finally:
+        conn.close()
+    ours = _ours([i.prompt_id for i in q.running + q.pending])
+    return ([{"state": "running", "position": 0, **i.to_dict(), **ours.get(i.prompt_id, {})} for i in q.running]
+            + [{"state": "pending", "position": n + 1, **i.to_dict(), **ours.get(i.prompt_id, {})}
+               for n, i in enumerate(q.pending)])
+
+
+def server_history(pod: str | None = None, *, no_tunnel: bool = False, limit: int = 20) -> list[dict[str, Any]]:
+    """ComfyUI's newest history entries: id, how each ended, its output files."""
+    from .outputs import output_items
+    from .run import outcome_of
+
+    conn = Connection(pod, no_tunnel, Progress(enabled=False).note)
+    try:
+        hist = conn.call(lambda c: c.get_history(max_items=limit))
+    finally:
+        conn.close()
+    ours = _ours(list(hist))
+    rows = []
+    for pid, entry in reversed(list(hist.items())):  # newest first
+        status, err = outcome_of(entry)
+        rows.append({"prompt_id": pid, "status": status, "error": (err or {}).get("summary"),
+                     "outputs": [i["filename"] for _, _, i in output_items(entry.get("outputs") or {},
+                                                                             previews=True)],
+                     **ours.get(pid, {})})
+    return rows
+
+
+def _ours(prompt_ids: list[str]) -> dict[str, dict[str, Any]]:
+    if not prompt_ids:
+        return {}
+    with Ledger.open() as led:
+        q = ",".join("?" * len(prompt_ids))
+        rows = led.db.execute(f"SELECT prompt_id, batch_id, idx FROM prompts WHERE prompt_id IN ({q})",
+                              prompt_ids).fetchall()
+    return {r["prompt_id"]: {"batch": r["batch_id"], "index": r["idx"]} for r in rows}
+
+
+def cancel(ref: str | None = None, *, batch: str | None = None, everything: bool = False, pod: str | None = None,
+           no_tunnel: bool = False) -> dict[str, Any]:
+    """Stop prompts: one (``ref``), a batch's (``batch``), or the whole server queue (``everything``).
+    A running prompt is interrupted (targeted), pending ones are removed from the queue."""
+    if sum(bool(x) for x in (ref, batch, everything)) != 1:
+        raise UsageError("comfy.cancel takes one of: a prompt id, --batch BATCH, or --all")
+    wanted: set[str] | None = None
+    rows: list[PromptRow] = []
+    with Ledger.open() as led:
+        if ref or batch:
+            b, rows = led.find(ref or batch)  # type: ignore[arg-type]
+            wanted = {r.prompt_id for r in rows if r.prompt_id}
+            if pod is None and not no_tunnel:
+                pod = b.target_id
+                no_tunnel = b.target_id is None
+        conn = Connection(pod, no_tunnel, Progress(enabled=False).note)
+        try:
+            q = conn.call(lambda c: c.get_queue_info())
+            running = [i.prompt_id for i in q.running if wanted is None or i.prompt_id in wanted]
+            pending = [i.prompt_id for i in q.pending if wanted is None or i.prompt_id in wanted]
+            for pid in running:
+                conn.call(lambda c, pid=pid: c.interrupt(pid))
+            conn.call(lambda c: c.delete_queued(pending))
+        except ComfyError:
+            raise
+        finally:
+            conn.close()
+        now = time.time()
+        for r in rows:
+            if r.prompt_id in running:
+                led.update(r.batch_id, r.idx, status="interrupted", finished_at=now)
+            elif r.prompt_id in pending:
+                led.update(r.batch_id, r.idx, status="cancelled", finished_at=now)
+        if everything:
+            for pid in running + pending:
+                r = led.db.execute("SELECT batch_id, idx FROM prompts WHERE prompt_id = ?", (pid,)).fetchone()
+                if r is not None:
+                    led.update(r["batch_id"], r["idx"], status="interrupted" if pid in running else "cancelled",
+                               finished_at=now)
+    n = len(running) + len(pending)
+    return {"changed": bool(n), "interrupted": running, "removed": pending,
+            "msg": (f"interrupted {len(running)} running and removed {len(pending)} queued prompt(s)" if n
+                    else "nothing of that is running or queued")}

@@ -1,0 +1,683 @@
+"""``comfy.run``: workflow files on this machine in, outputs on disk out, through a pod's ComfyUI.
+
+The flow, each step in its own module:
+
+1. **Plan** (pure, before anything is sent): load each workflow (API or editor format,
+   ``workflow``), apply ``--set`` overrides and check every value against the server's node
+   schema (``overrides``), expand repeats and sweeps (``batch``). Bad input exits 2 here.
+2. **Record** the batch in the ledger (``ledger``), upload input files once (by content).
+3. **Submit** under a bound (``--max-queued``), so the GPU never idles between prompts.
+4. **Watch** the batch's events on one WebSocket (``events``); the record is ComfyUI's
+   history, polled as well, so a dropped socket or a recovered tunnel loses nothing.
+5. **Fetch** each finished prompt's outputs (``outputs``), with a sidecar JSON.
+
+Ctrl-C (or SIGTERM) interrupts this run's running prompt, removes its queued ones from the
+server's queue, and exits 130; ``comfy.run --resume BATCH`` finishes the batch later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..core import signals
+from ..core.errors import AutopodError, ComfyError, ExitCode, Interrupted, UsageError
+from .client import ComfyHTTPError, ComfyUIClient, ComfyUnreachable
+from .events import EventStream
+from .ledger import FINAL, BatchRow, Ledger, PromptRow
+from .outputs import DEFAULT_TEMPLATE, check_template, output_items, save_stream, target_path, write_sidecar
+from .progress import Progress
+
+log = logging.getLogger(__name__)
+
+POLL_S = 2.0  # history/queue poll while the WebSocket is up (events come first; this is the safety net)
+POLL_DOWN_S = 0.5  # ... and while it is down
+LOST_AFTER_POLLS = 3  # a prompt in neither queue nor history this many polls in a row was lost (a restart)
+RECOVER_S = 120.0  # how long to keep trying to get ComfyUI back after the tunnel or the server dropped
+
+
+@dataclass
+class RunOptions:
+    workflows: list[str] = field(default_factory=list)
+    job: str | None = None
+    sets: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    sweeps: list[str] = field(default_factory=list)
+    repeat: int | None = None
+    seed: str | None = None
+    output_dir: str = "outputs"
+    template: str | None = None
+    previews: bool = False
+    detach: bool = False
+    dry_run: bool = False
+    timeout: float | None = None
+    max_queued: int = 16
+    pod: str | None = None
+    no_tunnel: bool = False
+    resume: str | None = None
+
+
+@dataclass
+class Planned:
+    """One prompt to run: the API prompt as it will be sent, and how it came to be."""
+
+    workflow: str
+    job: str
+    workflow_hash: str
+    prompt: dict[str, Any]
+    overrides: dict[str, Any]
+    seeds: dict[str, Any]
+    uploads: list[tuple[str, str, Path]] = field(default_factory=list)  # (node id, input, local file)
+
+    def as_ledger(self) -> dict[str, Any]:
+        from .workflow import prompt_hash
+
+        return {"workflow": self.workflow, "workflow_hash": self.workflow_hash, "prompt": self.prompt,
+                "prompt_hash": prompt_hash(self.prompt), "overrides": self.overrides, "seeds": self.seeds}
+
+
+# -- the connection: ComfyUI through a tunnel that may have to be rebuilt -----------------------------------
+
+
+class Connection:
+    """The client for the pod's ComfyUI, re-pointed when the tunnel is rebuilt (its local port can change)."""
+
+    def __init__(self, pod: str | None, no_tunnel: bool, note: Callable[[str], None]):
+        from .ops import comfy_endpoint
+
+        self.no_tunnel = no_tunnel
+        self.note = note
+        self.endpoint = comfy_endpoint(pod, no_tunnel=no_tunnel)
+        self.client = ComfyUIClient(self.endpoint.url, timeout=30.0)
+
+    @property
+    def target_id(self) -> str:
+        return self.endpoint.target_id or self.endpoint.url
+
+    def call(self, fn: Callable[[ComfyUIClient], Any]) -> Any:
+        """``fn(client)``; when ComfyUI cannot be reached, rebuild the tunnel and try again for a while."""
+        deadline = time.monotonic() + RECOVER_S
+        delay = 0.5
+        while True:
+            try:
+                return fn(self.client)
+            except ComfyUnreachable as e:
+                if time.monotonic() >= deadline:
+                    raise ComfyUnreachable(f"{e} (gave up after {RECOVER_S:.0f}s)") from None
+                self.note(f"ComfyUI is out of reach ({e}); reconnecting")
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self.recover()
+
+    def recover(self) -> None:
+        if self.no_tunnel or not self.endpoint.target_id:
+            return
+        from .ops import comfy_endpoint
+
+        try:
+            self.endpoint = comfy_endpoint(self.endpoint.target_id)  # reuses a healthy tunnel, rebuilds a dead one
+        except AutopodError as e:
+            log.info("tunnel recovery failed for now: %s", e)
+            return
+        self.client.base_url = self.endpoint.url.rstrip("/")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# -- planning (nothing is sent) -----------------------------------------------------------------------------
+
+
+def plan(opts: RunOptions, object_info: dict[str, Any]) -> tuple[list[Planned], str]:
+    """Every prompt of the run, checked against ``object_info``; and the output template. Raises
+    UsageError (exit 2) on any bad input, before anything is uploaded or submitted."""
+    from .batch import expand, parse_sweep
+    from .overrides import apply_overrides, parse_input, parse_set, resolve_node
+    from .workflow import load_workflow, prompt_hash, to_api
+
+    sets, inputs, sweeps = list(opts.sets), list(opts.inputs), list(opts.sweeps)
+    repeat, seed, template = opts.repeat, opts.seed, opts.template
+    workflows = [Path(w) for w in opts.workflows]
+    job_name = None
+    if opts.job:
+        from .jobfile import load_job
+
+        job = load_job(opts.job)
+        workflows = [job.workflow] + workflows
+        # The job file is the base; flags given on the command line come after it, so they win.
+        sets, inputs, sweeps = job.sets + sets, job.inputs + inputs, job.sweeps + sweeps
+        repeat = repeat if repeat is not None else job.repeat
+        seed = seed or job.seed
+        template = template or job.output_template
+        job_name = Path(opts.job).stem
+    if not workflows:
+        raise UsageError("comfy.run needs a workflow file (or --job FILE, or --resume BATCH)")
+    template = check_template(template or DEFAULT_TEMPLATE)
+    planned: list[Planned] = []
+    for wf_path in workflows:
+        wf = load_workflow(wf_path)
+        base = to_api(wf, object_info)
+        prompt, applied = apply_overrides(base, [parse_set(s) for s in sets], object_info)
+        uploads = []
+        for spec in inputs:
+            f = parse_input(spec)
+            node = resolve_node(prompt, f.node)
+            name = f.input or upload_input(prompt[node]["class_type"], object_info, node)
+            uploads.append((node, name, f.path))
+        variants = expand(prompt, object_info, sweeps=[parse_sweep(s) for s in sweeps], repeat=repeat or 1,
+                          seed=seed or "fixed")
+        fixed = {f"{a['node']}.{a['input']}": a["value"] for a in applied}
+        for v in variants:
+            planned.append(Planned(workflow=str(wf_path), job=job_name or wf_path.stem,
+                                   workflow_hash=prompt_hash(base), prompt=v.prompt,
+                                   overrides={**fixed, **v.overrides}, seeds=dict(v.seeds), uploads=list(uploads)))
+    return planned, template
+
+
+def upload_input(class_type: str, object_info: dict[str, Any], node: str) -> str:
+    """The input of a node that takes an uploaded file (LoadImage's ``image``: ``image_upload``)."""
+    spec = (object_info.get(class_type) or {}).get("input") or {}
+    for section in ("required", "optional"):
+        for name, decl in (spec.get(section) or {}).items():
+            opts = decl[1] if isinstance(decl, (list, tuple)) and len(decl) > 1 and isinstance(decl[1], dict) else {}
+            if any(opts.get(k) for k in ("image_upload", "video_upload", "audio_upload", "upload")):
+                return name
+    raise UsageError(f"node {node} ({class_type}) takes no uploaded file; name the input: --input {node}.INPUT=FILE")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def wire_uploads(planned: list[Planned], *, upload: Callable[[Path, str], str] | None) -> None:
+    """Set each ``--input`` to the name ComfyUI gave the file; ``upload(path, sha256)`` returns it.
+    Without ``upload`` (a dry run) the file's own name stands in."""
+    names: dict[Path, str] = {}
+    for p in planned:
+        for node, name, path in p.uploads:
+            if path not in names:
+                names[path] = upload(path, _sha256(path)) if upload else path.name
+            p.prompt[node]["inputs"][name] = names[path]
+
+
+# -- running ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Track:
+    """A submitted prompt while this process follows it."""
+
+    row: PromptRow
+    label: str
+    missing_polls: int = 0
+    nodes_done: int = 0
+
+
+class Runner:
+    """Submits a batch's prompts (bounded), follows them, and fetches their outputs."""
+
+    def __init__(self, ledger: Ledger, batch: BatchRow, conn: Connection, *, progress: Progress,
+                 previews: bool = False, max_queued: int = 16, object_info: dict[str, Any] | None = None,
+                 pod_facts: dict[str, Any] | None = None):
+        self.ledger = ledger
+        self.batch = batch
+        self.conn = conn
+        self.progress = progress
+        self.previews = previews
+        self.max_queued = max(1, int(max_queued))
+        self.object_info = object_info or {}
+        self.pod_facts = pod_facts or {}
+        self.active: dict[str, Track] = {}  # prompt_id -> Track
+        self.total = 0
+        self.stream = EventStream(lambda: self.conn.client.ws_url(self.batch.client_id),
+                                  on_state=self._socket_state)
+        self.root = Path(batch.output_dir)
+
+    # -- submitting
+
+    def submit(self, row: PromptRow) -> bool:
+        """POST one prompt. A rejected one is recorded with ComfyUI's node_errors and reported."""
+        try:
+            sub = self.conn.call(lambda c: c.submit(row.prompt, self.batch.client_id))
+        except ComfyHTTPError as e:
+            if e.status == 400 and isinstance(e.body, dict):
+                self._rejected(row, e.body)
+                return False
+            raise
+        now = time.time()
+        self.ledger.update(row.batch_id, row.idx, prompt_id=sub.prompt_id, status="queued", submitted_at=now)
+        row = self.ledger.prompt(row.batch_id, row.idx)
+        if sub.node_errors:  # 200, but some outputs were dropped: never a plain success
+            self.ledger.update(row.batch_id, row.idx, error={"node_errors": sub.node_errors})
+            for msg in node_error_lines(sub.node_errors, row.prompt):
+                self.progress.note(f"{self._label(row)}: {msg} (that output is skipped)")
+        self.active[sub.prompt_id] = Track(row, self._label(row))
+        return True
+
+    def _rejected(self, row: PromptRow, body: dict[str, Any]) -> None:
+        err = body.get("error") or {}
+        lines = node_error_lines(body.get("node_errors") or {}, row.prompt)
+        if not lines:
+            lines = [f"{err.get('type', 'error')}: {err.get('message', '')} {err.get('details') or ''}".strip()]
+        self.ledger.update(row.batch_id, row.idx, status="rejected", finished_at=time.time(),
+                           error={"error": err, "node_errors": body.get("node_errors") or {}, "lines": lines})
+        for msg in lines:
+            self.progress.note(f"{self._label(row)}: rejected: {msg}")
+
+    def _label(self, row: PromptRow) -> str:
+        n = self.total or len(self.ledger.prompts(row.batch_id))
+        return f"prompt {row.idx + 1}/{n}" + (f" ({row.prompt_id[:8]})" if row.prompt_id else "")
+
+    # -- following
+
+    def follow(self, pending: list[PromptRow], *, deadline: float | None = None) -> None:
+        """Submit ``pending`` (bounded by max_queued) and follow everything active until all is final."""
+        queue = list(pending)
+        self.total = len(self.ledger.prompts(self.batch.id))
+        last_poll = 0.0
+        try:
+            while queue or self.active:
+                while queue and len(self.active) < self.max_queued:
+                    self.submit(queue.pop(0))
+                if not self.active:
+                    continue
+                ev = self.stream.next(0.5 if self.stream.up else 0.0)
+                if ev is not None:
+                    self.on_event(ev)
+                now = time.monotonic()
+                if now - last_poll >= (POLL_S if self.stream.up else POLL_DOWN_S):
+                    self.poll()
+                    last_poll = now
+                if not self.stream.up and ev is None:
+                    time.sleep(0.1)
+                if deadline is not None and now > deadline and self.active:
+                    raise TimeoutError
+        finally:
+            self.stream.close()
+            self.progress.close_bar()
+
+    def _socket_state(self, state: str) -> None:
+        if state == "dropped":
+            self.progress.note("the WebSocket dropped; following the batch through ComfyUI's history meanwhile")
+        elif state == "reconnected":
+            self.progress.note("the WebSocket is back")
+
+    def on_event(self, ev: dict[str, Any]) -> None:
+        kind, data = ev.get("type"), ev.get("data") or {}
+        t = self.active.get(str(data.get("prompt_id") or ""))
+        if t is None:
+            return
+        if kind == "execution_start":
+            self.ledger.update(t.row.batch_id, t.row.idx, status="running", started_at=time.time())
+            self.progress.start(t.label, len(t.row.prompt))
+        elif kind == "execution_cached":
+            self.progress.cached(len(data.get("nodes") or []))
+        elif kind == "executing" and data.get("node") is not None:
+            node = str(data["node"])
+            spec = t.row.prompt.get(node) or {}
+            self.progress.node(node, spec.get("class_type", "?"), (spec.get("_meta") or {}).get("title"))
+        elif kind == "progress":
+            self.progress.step(int(data.get("value") or 0), int(data.get("max") or 0))
+        elif kind == "executed":
+            self.progress.node_done()
+        elif kind in ("execution_success", "execution_error", "execution_interrupted"):
+            self.finish(t)
+
+    def poll(self) -> None:
+        """The record: history for each active prompt; the queue tells pending from lost."""
+        queued: set[str] | None = None
+        for pid, t in list(self.active.items()):
+            entry = self.conn.call(lambda c, pid=pid: c.get_history(pid)).get(pid)
+            if entry is not None and finished(entry):
+                self.finish(t, entry)
+                continue
+            if queued is None:
+                q = self.conn.call(lambda c: c.get_queue_info())
+                queued = {i.prompt_id for i in q.running + q.pending}
+                running = {i.prompt_id for i in q.running}
+                for rpid in running & set(self.active):
+                    if self.active[rpid].row.status == "queued":
+                        self.ledger.update(self.active[rpid].row.batch_id, self.active[rpid].row.idx,
+                                           status="running", started_at=time.time())
+                        self.active[rpid].row.status = "running"
+            if pid in queued:
+                t.missing_polls = 0
+            else:
+                t.missing_polls += 1
+                if t.missing_polls >= LOST_AFTER_POLLS:  # neither queued nor in history: ComfyUI restarted
+                    self.ledger.update(t.row.batch_id, t.row.idx, status="error", finished_at=time.time(),
+                                       error={"lost": "ComfyUI no longer knows this prompt (was it restarted?)"})
+                    self.progress.finish(t.label, "lost", "ComfyUI no longer knows it; `--resume` submits it again")
+                    del self.active[pid]
+
+    def finish(self, t: Track, entry: dict[str, Any] | None = None) -> None:
+        """A prompt ended: read its history entry, fetch its outputs, record everything."""
+        pid = t.row.prompt_id or ""
+        if entry is None:
+            entry = self.conn.call(lambda c: c.get_history(pid)).get(pid)
+            if entry is None:  # the event came before history was written: the next poll finds it
+                return
+        status, error = outcome_of(entry)
+        row = self.ledger.prompt(t.row.batch_id, t.row.idx)
+        started = row.started_at or _ms(entry, "execution_start") or row.submitted_at
+        finished = _ms(entry, "execution_success", "execution_error", "execution_interrupted") or time.time()
+        self.ledger.update(row.batch_id, row.idx, status=status, finished_at=finished, started_at=started,
+                           **({"error": {**(row.error or {}), **error}} if error else {}))
+        saved = self.fetch(self.ledger.prompt(row.batch_id, row.idx), entry)
+        self.active.pop(pid, None)
+        detail = f"{len(saved)} file(s)" if status == "success" else (error or {}).get("summary", "")
+        self.progress.finish(t.label, status, detail)
+
+    # -- fetching
+
+    def fetch(self, row: PromptRow, entry: dict[str, Any]) -> list[dict[str, Any]]:
+        """Download every output not saved yet (one process at a time per prompt), then the sidecar."""
+        from ..core.state import exclusive
+
+        pid = row.prompt_id or ""
+        with exclusive("comfy-fetch", pid, timeout=600, what=f"download the outputs of prompt {pid}"):
+            done = self.ledger.saved_outputs(pid)
+            saved = list(done.values())
+            for node, kind, item in output_items(entry.get("outputs") or {}, previews=self.previews):
+                key = (node, kind, item["filename"], item.get("subfolder") or "", item.get("type") or "output")
+                if key in done:
+                    continue
+                spec = row.prompt.get(node) or {}
+                dest = target_path(self.root, self.batch.template, job=Path(row.workflow).stem,
+                                   batch=self.batch.id, index=row.idx, prompt_id=pid, node=node,
+                                   title=(spec.get("_meta") or {}).get("title") or spec.get("class_type") or node,
+                                   kind=kind, filename=item["filename"], subfolder=item.get("subfolder") or "",
+                                   type=item.get("type") or "output")
+                path, size, digest = save_stream(dest, lambda f, item=item: self.conn.call(
+                    lambda c: _download_to(c, item, f)))
+                self.ledger.add_output(pid, node, kind, item, str(path), size, digest)
+                saved.append({"node_id": node, "kind": kind, "filename": item["filename"], "path": str(path),
+                              "bytes": size, "sha256": digest})
+            final = self.ledger.prompt(row.batch_id, row.idx)
+            if final.fetched_at is None:
+                self._sidecar(final, saved)
+                self.ledger.update(row.batch_id, row.idx, fetched_at=time.time())
+        return saved
+
+    def _sidecar(self, row: PromptRow, saved: list[dict[str, Any]]) -> None:
+        run_s = (row.finished_at - row.started_at) if row.finished_at and row.started_at else None
+        rate = self.pod_facts.get("cost_per_hr")
+        folder = Path(saved[0]["path"]).parent if saved else self.root / Path(row.workflow).stem
+        doc = {
+            "prompt_id": row.prompt_id, "batch": row.batch_id, "index": row.idx, "status": row.status,
+            "workflow": row.workflow, "workflow_hash": row.workflow_hash, "prompt": row.prompt,
+            "overrides": row.overrides, "seeds": row.seeds,
+            "pod": {"id": self.batch.target_id, "name": self.batch.target_name, **self.pod_facts},
+            "timings": {"submitted_at": row.submitted_at, "started_at": row.started_at,
+                        "finished_at": row.finished_at, "run_s": round(run_s, 3) if run_s is not None else None,
+                        "queued_s": round(row.started_at - row.submitted_at, 3)
+                        if row.started_at and row.submitted_at else None},
+            "outputs": [{k: o[k] for k in ("node_id", "kind", "filename", "path", "bytes", "sha256") if k in o}
+                        for o in saved],
+            "cost_usd": round(rate * run_s / 3600, 6) if rate is not None and run_s is not None else None,
+            "error": row.error,
+        }
+        write_sidecar(folder / f"{_prefix(row)}.json", doc)
+
+    # -- Ctrl-C
+
+    def abandon(self, sig: Interrupted) -> AutopodError:
+        """Interrupt this run's running prompt, drop its queued ones; never another user's prompts."""
+        with signals.shielded():
+            notes = []
+            try:
+                q = self.conn.client.get_queue_info()
+                running = [i.prompt_id for i in q.running if i.prompt_id in self.active]
+                pending = [i.prompt_id for i in q.pending if i.prompt_id in self.active]
+                for pid in running:
+                    self.conn.client.interrupt(pid)
+                self.conn.client.delete_queued(pending)
+                notes.append(f"interrupted {len(running)} running prompt(s) and removed {len(pending)} queued one(s)")
+            except ComfyError as e:
+                notes.append(f"could not reach ComfyUI to stop this run's prompts ({e}); "
+                             f"`autopod comfy.cancel --batch {self.batch.id}` does it later")
+                running, pending = [], []
+            now = time.time()
+            for pid, t in self.active.items():
+                status = "interrupted" if pid in running else "cancelled"
+                self.ledger.update(t.row.batch_id, t.row.idx, status=status, finished_at=now)
+            self.progress.close_bar()
+        return AutopodError(f"{sig.what}: {'; '.join(notes)}; finish the batch with "
+                            f"`autopod comfy.run --resume {self.batch.id}`", exit_code=sig.exit_code,
+                            data={"batch": self.batch.id})
+
+
+def _download_to(c: ComfyUIClient, item: dict[str, Any], f: Any) -> tuple[int, str]:
+    f.seek(0)
+    f.truncate()  # a retried download starts the file again
+    return c.download(item, f)
+
+
+def _prefix(row: PromptRow) -> str:
+    return f"{Path(row.workflow).stem}-{row.idx:04d}-{(row.prompt_id or 'unsent')[:8]}"
+
+
+def _ms(entry: dict[str, Any], *events: str) -> float | None:
+    """A history message's timestamp (ComfyUI: milliseconds since the epoch) as seconds."""
+    for name, data in (entry.get("status") or {}).get("messages") or []:
+        if name in events and isinstance(data, dict) and isinstance(data.get("timestamp"), (int, float)):
+            return data["timestamp"] / 1000
+    return None
+
+
+def finished(entry: dict[str, Any]) -> bool:
+    """ComfyUI writes a history entry when a prompt ends; its status says how."""
+    st = entry.get("status")
+    return st is None or st.get("status_str") in ("success", "error") or bool(st.get("completed"))
+
+
+def outcome_of(entry: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """success | error | interrupted from a history entry: ComfyUI writes ``status_str: "error"`` for
+    both failures and interrupts, so the last message tells them apart."""
+    st = entry.get("status")
+    if st is None or st.get("status_str") == "success":  # entries of older servers carry no status
+        return "success", None
+    for name, data in reversed(st.get("messages") or []):
+        if name == "execution_interrupted":
+            return "interrupted", {"summary": f"interrupted at node {data.get('node_id')}",
+                                   "interrupted": data}
+        if name == "execution_error":
+            summary = (f"node {data.get('node_id')} ({data.get('node_type')}): {data.get('exception_type')}: "
+                       f"{str(data.get('exception_message') or '').strip()}")
+            return "error", {"summary": summary, "execution_error": {
+                k: data.get(k) for k in ("node_id", "node_type", "exception_type", "exception_message",
+                                         "traceback", "executed")}}
+    return "error", {"summary": "ComfyUI reported an error without details"}
+
+
+def node_error_lines(node_errors: dict[str, Any], prompt: dict[str, Any]) -> list[str]:
+    """One line per problem: node id, class, title, input and ComfyUI's message."""
+    lines = []
+    for node_id, ne in (node_errors or {}).items():
+        spec = prompt.get(str(node_id)) or {}
+        title = (spec.get("_meta") or {}).get("title")
+        cls = ne.get("class_type") or spec.get("class_type") or "?"
+        where = f"node {node_id} ({cls}{', ' + repr(title) if title and title != cls else ''})"
+        for e in ne.get("errors") or []:
+            inp = (e.get("extra_info") or {}).get("input_name")
+            detail = f": {e['details']}" if e.get("details") else ""
+            lines.append(f"{where}{' input ' + inp if inp else ''}: {e.get('message', e.get('type', 'error'))}"
+                         f"{detail}")
+    return lines
+
+
+# -- the task's entry points ---------------------------------------------------------------------------------
+
+
+def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, Any]:
+    """``comfy.run``: plan, record, upload, submit, follow, fetch. Returns the run's report
+    (``exit_code`` 0 when every output is saved, 1 when any prompt failed)."""
+    progress = progress or Progress()
+    if opts.max_queued < 1:
+        raise UsageError(f"--max-queued must be at least 1, got {opts.max_queued}")
+    conn = Connection(opts.pod, opts.no_tunnel, progress.note)
+    try:
+        if opts.resume:
+            return _resume(opts, conn, progress)
+        object_info = conn.call(lambda c: c.get_object_info())
+        planned, template = plan(opts, object_info)
+        if opts.dry_run:
+            wire_uploads(planned, upload=None)
+            prompts = [p.prompt for p in planned]
+            return {"dry_run": True, "changed": False, "prompt": prompts[0] if len(prompts) == 1 else None,
+                    "prompts": prompts, "exit_code": 0}
+        with Ledger.open() as ledger:
+            batch = ledger.new_batch(
+                planned[0].job if len({p.job for p in planned}) == 1 else "batch", target_id=conn.endpoint.target_id,
+                target_name=conn.endpoint.target_name, output_dir=str(Path(opts.output_dir).resolve()),
+                template=template, options={"previews": opts.previews, "max_queued": opts.max_queued},
+                prompts=[p.as_ledger() for p in planned])
+            where = conn.endpoint.target_name or conn.endpoint.url
+            progress.note(f"batch {batch.id}: {len(planned)} prompt(s) on {where}")
+            _upload_all(planned, conn, ledger, object_info, progress)
+            for i, p in enumerate(planned):  # the prompts as they will be sent, uploads wired in
+                ledger.update(batch.id, i, prompt=p.prompt)
+            return _execute(opts, ledger, batch, conn, progress, object_info, ledger.prompts(batch.id))
+    finally:
+        conn.close()
+
+
+def _upload_all(planned: list[Planned], conn: Connection, ledger: Ledger, object_info: dict[str, Any],
+                progress: Progress) -> None:
+    """Upload each ``--input`` file once per pod; a file whose bytes ComfyUI already has is not sent again."""
+    known = set()
+    for decl in ((object_info.get("LoadImage") or {}).get("input") or {}).get("required", {}).values():
+        if isinstance(decl, list) and decl and isinstance(decl[0], list):
+            known.update(str(x) for x in decl[0])
+
+    def upload(path: Path, digest: str) -> str:
+        prior = ledger.upload_for(digest, conn.target_id)
+        if prior is not None:
+            name = f"{prior['subfolder']}/{prior['name']}" if prior["subfolder"] else prior["name"]
+            if name in known:
+                progress.note(f"{path.name}: unchanged, already on the pod as {name}")
+                return name
+        progress.note(f"uploading {path}")
+        answer = conn.call(lambda c: c.upload_image(path))
+        ledger.add_upload(digest, conn.target_id, answer)
+        return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
+
+    wire_uploads(planned, upload=upload)
+
+
+def _pod_facts(target_id: str | None) -> dict[str, Any]:
+    """The pod's GPU and $/hr from autopod's records (no API call): for the sidecar's cost."""
+    if not target_id:
+        return {}
+    from ..runpod.registry import entries_or_warn
+
+    e = entries_or_warn().get(target_id) or {}
+    return {k: e[k] for k in ("gpu", "cost_per_hr") if e.get(k) is not None}
+
+
+def _execute(opts: RunOptions, ledger: Ledger, batch: BatchRow, conn: Connection, progress: Progress,
+             object_info: dict[str, Any], rows: list[PromptRow]) -> dict[str, Any]:
+    runner = Runner(ledger, batch, conn, progress=progress, previews=bool(batch.options.get("previews")),
+                    max_queued=opts.max_queued, object_info=object_info, pod_facts=_pod_facts(batch.target_id))
+    todo = [r for r in rows if r.status == "planned"]
+    if opts.detach:
+        for r in todo:
+            runner.submit(r)
+        return _report(ledger, batch, detached=True)
+    deadline = time.monotonic() + opts.timeout if opts.timeout else None
+    try:
+        with signals.handling():
+            runner.follow(todo, deadline=deadline)
+    except KeyboardInterrupt as e:
+        raise runner.abandon(e if isinstance(e, Interrupted) else Interrupted()) from None
+    except TimeoutError:
+        report = _report(ledger, batch)
+        report.update(exit_code=int(ExitCode.FAILED), timed_out=True,
+                      msg=f"{report['msg']}; stopped waiting after {opts.timeout:g}s: the prompts go on, "
+                          f"`autopod comfy.watch {batch.id}` follows them")
+        return report
+    return _report(ledger, batch)
+
+
+def _resume(opts: RunOptions, conn: Connection, progress: Progress) -> dict[str, Any]:
+    """Finish an interrupted batch: what finished is fetched (not rendered again), what is still on
+    the server is followed, what never ran (or was cancelled or lost) is submitted."""
+    with Ledger.open() as ledger:
+        batch, rows = ledger.find(opts.resume)  # type: ignore[arg-type]
+        if batch.target_id and conn.endpoint.target_id and batch.target_id != conn.endpoint.target_id:
+            progress.note(f"batch {batch.id} ran on {batch.target_name}; resuming on {conn.endpoint.target_name}")
+        runner = Runner(ledger, batch, conn, progress=progress, previews=bool(batch.options.get("previews")),
+                        max_queued=opts.max_queued, pod_facts=_pod_facts(batch.target_id))
+        queue_ids = _server_queue(conn)
+        resubmit, follow = [], []
+        for r in rows:
+            if r.status == "success" and r.fetched_at:
+                continue
+            entry = conn.call(lambda c, r=r: c.get_history(r.prompt_id)).get(r.prompt_id) if r.prompt_id else None
+            if entry is not None:
+                runner.active[r.prompt_id] = Track(r, runner._label(r))  # type: ignore[index]
+                runner.finish(runner.active[r.prompt_id], entry)  # type: ignore[index]
+            elif r.prompt_id and r.prompt_id in queue_ids:
+                follow.append(r)
+            elif r.status not in ("rejected",):
+                ledger.update(r.batch_id, r.idx, status="planned", prompt_id=None, error=None, submitted_at=None,
+                              started_at=None, finished_at=None, fetched_at=None)
+                resubmit.append(ledger.prompt(r.batch_id, r.idx))
+        for r in follow:
+            runner.active[r.prompt_id] = Track(r, runner._label(r))  # type: ignore[index]
+        if not follow and not resubmit:
+            report = _report(ledger, batch)
+            report["changed"] = report["changed"] or bool(runner.total)
+            return report
+        progress.note(f"batch {batch.id}: following {len(follow)} prompt(s) still on the server, "
+                      f"submitting {len(resubmit)} that never finished")
+        try:
+            with signals.handling():
+                runner.follow(resubmit, deadline=time.monotonic() + opts.timeout if opts.timeout else None)
+        except KeyboardInterrupt as e:
+            raise runner.abandon(e if isinstance(e, Interrupted) else Interrupted()) from None
+        except TimeoutError:
+            pass
+        return _report(ledger, batch)
+
+
+def _server_queue(conn: Connection) -> set[str]:
+    q = conn.call(lambda c: c.get_queue_info())
+    return {i.prompt_id for i in q.running + q.pending}
+
+
+def _report(ledger: Ledger, batch: BatchRow, *, detached: bool = False) -> dict[str, Any]:
+    rows = ledger.prompts(batch.id)
+    prompts = []
+    for r in rows:
+        outs = ledger.saved_outputs(r.prompt_id).values() if r.prompt_id else []
+        prompts.append({"index": r.idx, "prompt_id": r.prompt_id, "status": r.status, "workflow": r.workflow,
+                        "overrides": r.overrides, "seeds": r.seeds,
+                        "outputs": sorted(o["path"] for o in outs),
+                        "error": (r.error or {}).get("summary") or "; ".join((r.error or {}).get("lines") or [])
+                        or ((r.error or {}).get("node_errors") and "some outputs were rejected") or None})
+    counts: dict[str, int] = {}
+    for p in prompts:
+        counts[p["status"]] = counts.get(p["status"], 0) + 1
+    partial = any((r.error or {}).get("node_errors") for r in rows if r.status == "success")
+    failed = sum(v for k, v in counts.items() if k in FINAL and k != "success") + (1 if partial else 0)
+    if detached:
+        msg = (f"submitted {counts.get('queued', 0)} prompt(s) of batch {batch.id}; "
+               f"follow with `autopod comfy.watch {batch.id}`")
+        code = ExitCode.FAILED if counts.get("rejected") else ExitCode.OK
+    else:
+        files = sum(len(p["outputs"]) for p in prompts)
+        msg = (f"batch {batch.id}: {counts.get('success', 0)} of {len(rows)} prompt(s) succeeded, {files} file(s) in "
+               f"{batch.output_dir}" + (f"; {failed} failed" if failed else ""))
+        code = ExitCode.FAILED if failed or any(p["status"] not in FINAL for p in prompts) else ExitCode.OK
+    return {"changed": True, "batch": batch.id, "client_id": batch.client_id, "output_dir": batch.output_dir,
+            "counts": counts, "prompts": prompts, "msg": msg, "exit_code": int(code),
+            "prompt_ids": [p["prompt_id"] for p in prompts if p["prompt_id"]]}
