@@ -210,7 +210,8 @@ def test_a_model_file_that_is_not_on_the_pod(oi):
 def test_inputs_the_schema_does_not_have(oi):
     msg = err(check, "KSampler", "sed", "1", oi)
     assert "node 3 (KSampler) has no input 'sed' (did you mean 'seed'?); its inputs: model, seed, steps" in msg
-    assert "hidden input" in err(check, "SaveImage", "prompt", "x", oi)
+    assert "input 'prompt' is hidden: the server fills it; its inputs: images, filename_prefix" in \
+        err(check, "SaveImage", "prompt", "x", oi)
     assert "takes a link (MODEL), not a value" in err(check, "KSampler", "model", "x", oi)
     assert "no node class 'Nope'" in err(check, "Nope", "x", "1", oi)
 

@@ -470,3 +470,48 @@ def test_prompt_hash_changes_with_what_runs_only():
     assert prompt_hash(a) == prompt_hash(b)  # 8.0 runs as 8
     b["3"]["inputs"]["cfg"] = 8.5
     assert prompt_hash(a) != prompt_hash(b)
+
+
+# -- dynamic prompts -------------------------------------------------------------------------------------
+class Pick:
+    """An rng that always draws option ``k`` (the last one when there are fewer)."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def randrange(self, n: int) -> int:
+        return min(self.k, n - 1)
+
+
+def test_dynamic_prompts_are_resolved_like_the_editor_does_at_queue_time(oi):
+    data = ui("default_txt2img")
+    node(data, 6)["widgets_values"] = ["a {red|blue|{green|teal}} bottle // a note\non /* old */ a table"]
+    node(data, 9)["widgets_values"] = ["out/{a|b}"]  # not a dynamicPrompts input: as it is
+    assert to_api(Workflow(None, "ui", data), oi, rng=Pick(0))["6"]["inputs"]["text"] == "a red bottle \non  a table"
+    assert to_api(Workflow(None, "ui", data), oi, rng=Pick(2))["6"]["inputs"]["text"].startswith("a teal bottle")
+    assert to_api(Workflow(None, "ui", data), oi, rng=Pick(0))["9"]["inputs"]["filename_prefix"] == "out/{a|b}"
+
+
+def test_escaped_braces_stay_literal_and_plain_text_is_untouched(oi):
+    data = ui("default_txt2img")
+    node(data, 6)["widgets_values"] = [r"json \{\"a\": 1\} a\|b"]
+    node(data, 7)["widgets_values"] = ["text, watermark"]
+    prompt = to_api(Workflow(None, "ui", data), oi, rng=Pick(5))
+    assert prompt["6"]["inputs"]["text"] == r'json {\"a\": 1} a|b'
+    assert prompt["7"]["inputs"]["text"] == "text, watermark"
+
+
+def test_a_primitive_value_into_a_dynamic_prompt_is_resolved_too(oi):
+    data = ui("txt2img_features")
+    data["nodes"].append({"id": 30, "type": "PrimitiveNode", "mode": 0, "inputs": [],
+                          "outputs": [{"name": "STRING", "type": "STRING", "widget": {"name": "text"}, "links": [40]}],
+                          "widgets_values": ["a {cat|dog}"]})
+    node(data, 6)["inputs"][1]["link"] = 40
+    data["links"].append([40, 30, 0, 6, 1, "STRING"])
+    assert to_api(Workflow(None, "ui", data), oi, rng=Pick(1))["6"]["inputs"]["text"] == "a dog"
+
+
+def test_api_prompts_are_not_resolved_again(oi):
+    prompt = expected("default_txt2img")
+    prompt["6"]["inputs"]["text"] = "a {red|blue} bottle"
+    assert to_api(parse_workflow(prompt), oi, rng=Pick(0))["6"]["inputs"]["text"] == "a {red|blue} bottle"

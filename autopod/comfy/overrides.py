@@ -234,12 +234,14 @@ def check_value(class_type: str, input_name: str, value: Any, object_info: dict[
 
 def _value_spec(schema: dict[str, Any], input_name: str, node_label: str) -> Any:
     found = sch.find_input(schema, input_name)
-    if found is None or found[1] == "hidden":
-        names = [n for n, _spec, _section in sch.ordered_inputs(schema)]
+    names = [n for n, _spec, _section in sch.ordered_inputs(schema)]
+    if found is not None and found[1] == "hidden":
+        raise WorkflowError(f"{node_label} input {input_name!r} is hidden: the server fills it; its inputs: "
+                            f"{', '.join(names) or 'none'}")
+    if found is None:
         close = difflib.get_close_matches(input_name, names, n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        what = "a hidden input the server fills" if found else "no input"
-        raise WorkflowError(f"{node_label} has {what} {input_name!r}{hint}; its inputs: "
+        raise WorkflowError(f"{node_label} has no input {input_name!r}{hint}; its inputs: "
                             f"{', '.join(names) or 'none'}")
     spec = found[0]
     if sch.value_kind(spec) is None:

@@ -33,6 +33,9 @@ The rules of the conversion (mirroring the frontend's ``graphToPrompt`` and its
 4. Muted nodes (mode 2), bypassed nodes, ``Note``/``MarkdownNote`` and groups are not
    in the prompt; an input linked to a muted node is left out, as the frontend does.
 5. ``_meta.title`` is the node's title, else the class's display name.
+6. Text inputs marked ``dynamicPrompts`` (CLIPTextEncode's) are resolved as the frontend
+   does at queue time: comments (``//``, ``/* */``) dropped and one option of each
+   ``{a|b|c}`` drawn (``rng``); a backslash makes ``{``, ``|`` or ``}`` literal.
 
 What cannot be converted faithfully is a :class:`WorkflowError` naming the node:
 subgraphs, group nodes, classes the server does not have, widgets the editor draws
@@ -46,6 +49,7 @@ import copy
 import hashlib
 import json
 import math
+import random
 import re
 import struct
 import zlib
@@ -227,11 +231,13 @@ def prompt_node_label(prompt: dict[str, Any], node_id: str) -> str:
     return node_label(node_id, node.get("class_type", "?"), _title_of(node))
 
 
-def to_api(wf: Workflow, object_info: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def to_api(wf: Workflow, object_info: dict[str, Any], *,
+           rng: random.Random | None = None) -> dict[str, dict[str, Any]]:
     """The API prompt for ``wf``: converted from the editor format, or the API format checked and copied.
 
     Every class must exist in ``object_info``. API nodes without ``_meta.title`` get the
-    class's display name, so nodes can be named by title either way.
+    class's display name, so nodes can be named by title either way. ``rng`` draws the
+    editor format's dynamic-prompt choices (only text with ``{a|b}`` uses it).
     """
     if wf.kind == "api":
         prompt = copy.deepcopy(wf.data)
@@ -245,7 +251,7 @@ def to_api(wf: Workflow, object_info: dict[str, Any]) -> dict[str, dict[str, Any
         return prompt
     if wf.kind != "ui":
         raise WorkflowError(f"{wf.name}: unknown workflow kind {wf.kind!r}")
-    return _Converter(wf.data, object_info, wf.name).convert()
+    return _Converter(wf.data, object_info, wf.name, rng or random.Random()).convert()
 
 
 def _unknown_class(cls: str) -> str:
@@ -265,8 +271,9 @@ class _Link:
 
 
 class _Converter:
-    def __init__(self, data: dict[str, Any], object_info: dict[str, Any], where: str):
+    def __init__(self, data: dict[str, Any], object_info: dict[str, Any], where: str, rng: random.Random):
         self.data = data
+        self.rng = rng
         self.object_info = object_info
         self.where = where
         self.nodes: dict[str, dict[str, Any]] = {}
@@ -368,6 +375,9 @@ class _Converter:
                 continue  # nothing upstream: a widget keeps its own value
             kind, value = resolved
             inputs[slot["name"]] = _wrap(value) if kind == "value" else value
+        for name, spec, _ in sch.ordered_inputs(schema):
+            if sch.options(spec).get("dynamicPrompts") and isinstance(inputs.get(name), str):
+                inputs[name] = resolve_dynamic_prompt(inputs[name], self.rng)
         return {"inputs": inputs, "class_type": cls, "_meta": {"title": self.title(node)}}
 
     def widget_values(self, node: dict[str, Any], schema: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -505,6 +515,47 @@ def _connects(a: Any, b: Any) -> bool:
     if "," not in a and "," not in b:
         return a == b
     return any(_connects(x.strip(), y.strip()) for x in a.split(",") for y in b.split(","))
+
+
+_COMMENT = re.compile(r"/\*[\s\S]*?\*/|//.*")
+_ESCAPED = re.compile(r"\\([{}|])")
+
+
+def resolve_dynamic_prompt(text: str, rng: random.Random) -> str:
+    """The frontend's dynamic prompt: comments dropped, one option of each ``{a|b}`` (nested too)."""
+    text = _COMMENT.sub("", text)
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        i += 1
+        if c == "\\":
+            out.append(text[i - 1:i + 1])  # kept escaped until the end
+            i += 1
+        elif c == "{":
+            options, current, depth = [], "", 0
+            while i < len(text):
+                c = text[i]
+                i += 1
+                if c == "\\":
+                    current += text[i - 1:i + 1]
+                    i += 1
+                    continue
+                if c == "{":
+                    depth += 1
+                elif c == "}":
+                    if not depth:
+                        break
+                    depth -= 1
+                elif c == "|" and not depth:
+                    options.append(current)
+                    current = ""
+                    continue
+                current += c
+            options.append(current)
+            out.append(resolve_dynamic_prompt(options[rng.randrange(len(options))], rng))
+        else:
+            out.append(c)
+    return _ESCAPED.sub(r"\1", "".join(out))
 
 
 def _wrap(value: Any) -> Any:
