@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from autopod.comfy.overrides import (InputFile, Override, apply_overrides, check_value, parse_input, parse_set,
-                                     resolve_input, resolve_node, resolve_target, set_uploaded)
-from autopod.comfy.workflow import WorkflowError
+from autopod.comfy.overrides import (InputFile, Override, apply_overrides, check_prompt, check_value, parse_input,
+                                     parse_set, prompt_problems, resolve_input, resolve_node, resolve_target,
+                                     set_uploaded)
+from autopod.comfy.workflow import Workflow, WorkflowError, to_api
 from autopod.core.errors import ExitCode
 
 DATA = Path(__file__).parent / "data" / "workflows"
@@ -295,3 +296,60 @@ def test_set_uploaded(cat, oi):
     new = set_uploaded(prompt, t, "cat (1).png")
     assert new["1"]["inputs"]["image"] == "cat (1).png" and prompt["1"]["inputs"]["image"] == "example.png"
     assert set_uploaded(prompt, t, "cat.png", "jobs")["1"]["inputs"]["image"] == "jobs/cat.png"
+
+
+# -- checking a whole prompt -----------------------------------------------------------------------------
+
+def test_the_shipped_model_free_prompts_have_no_problems(pipeline, oi):
+    assert prompt_problems(pipeline, oi) == []
+    assert prompt_problems(json.loads((DATA / "load_image.api.json").read_text()), oi) == []
+
+
+def test_a_model_the_pod_does_not_have_is_a_problem(oi):
+    prompt = json.loads((DATA / "default_txt2img.api.json").read_text())
+    assert prompt_problems(prompt, oi) == [
+        "node 4 (CheckpointLoaderSimple \"Load Checkpoint\") input 'ckpt_name': 'v1-5-pruned-emaonly.safetensors' "
+        "is not available: the server lists no choices for it (for a model loader: no files in that model folder "
+        "on the pod)"]
+
+
+def test_a_required_input_left_out_by_a_bypass_is_a_problem(oi):
+    data = json.loads((DATA / "default_txt2img.json").read_text())
+    next(n for n in data["nodes"] if n["id"] == 8)["mode"] = 4
+    problems = prompt_problems(to_api(Workflow(None, "ui", data), oi), oi)
+    assert problems[-1] == ("node 9 (SaveImage \"Save Image\") needs input 'images' (IMAGE); it is missing "
+                            "(an input fed by a muted or bypassed node is left out)")
+
+
+@pytest.mark.parametrize("inputs, words", [
+    ({"images": ["2", 0]}, "input 'images' takes IMAGE but is linked to node 2 (PrimitiveInt \"Height\") output 0 (INT)"),
+    ({"images": ["2", 3]}, "links to output 3 of node 2 (PrimitiveInt \"Height\"), which has 1 output(s)"),
+    ({"images": ["77", 0]}, "links to node 77, which is not in the prompt"),
+    ({"images": "a.png"}, "input 'images' takes a link (IMAGE), not the value 'a.png'"),
+])
+def test_link_and_value_problems(inputs, words, pipeline, oi):
+    pipeline["8"]["inputs"] = {**inputs, "filename_prefix": "x"}
+    assert [p for p in prompt_problems(pipeline, oi) if words in p], prompt_problems(pipeline, oi)
+
+
+def test_the_server_reads_other_scalars_as_text(pipeline, oi):
+    pipeline["8"]["inputs"]["filename_prefix"] = 5
+    assert prompt_problems(pipeline, oi) == []
+
+
+def test_ints_saved_as_whole_floats_are_fine_and_out_of_range_ones_are_not(pipeline, oi):
+    pipeline["1"]["inputs"]["width"] = 512.0
+    assert prompt_problems(pipeline, oi) == []
+    pipeline["1"]["inputs"]["width"] = 0
+    assert prompt_problems(pipeline, oi) == [
+        "node 1 (EmptyImage) input 'width': 0 is below the minimum 1 (allowed 1..16384)"]
+
+
+def test_skip_leaves_an_uploaded_file_unchecked_and_check_prompt_raises_the_first(oi):
+    prompt = json.loads((DATA / "load_image.api.json").read_text())
+    prompt["1"]["inputs"]["image"] = "cat (1).png"
+    prompt["99"] = {"class_type": "Nope", "inputs": {}}
+    assert len(prompt_problems(prompt, oi)) == 2
+    assert prompt_problems(prompt, oi, skip={("1", "image")}) == ["node 99 (Nope): the server has no node class 'Nope'"]
+    msg = err(check_prompt, prompt, oi)
+    assert "'cat (1).png' is not one of its 1 choice(s)" in msg and msg.endswith("(and 1 more problem(s))")

@@ -18,7 +18,8 @@ true/false/1/0/yes/no; STRING as is; a combo must be one of its choices (which, 
 model loaders, are the files on the pod). A bad value is one line naming the node,
 the input, the value and what is allowed; nothing is clamped. ``@path`` reads the
 value from a UTF-8 file (one trailing newline dropped); ``@@`` starts a value that
-begins with a literal ``@``.
+begins with a literal ``@``. :func:`prompt_problems` checks a whole prompt the same way
+before anything is sent.
 """
 
 from __future__ import annotations
@@ -388,3 +389,86 @@ def set_uploaded(prompt: dict[str, Any], target: InputTarget, name: str, subfold
     new[target.node]["inputs"][target.input] = f"{subfolder}/{name}" if subfolder else name
     return new
 
+
+
+# -- checking a whole prompt ---------------------------------------------------------------------------
+def prompt_problems(prompt: dict[str, Any], object_info: dict[str, Any], *,
+                    skip: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()) -> list[str]:
+    """What the server's validation would refuse, one line each, in node order: unknown classes,
+    missing required inputs, values outside the schema, links to outputs that do not exist or
+    carry another type. ``skip`` holds (node, input) pairs not to check, e.g. inputs about to
+    receive an uploaded file (not yet among the combo's choices)."""
+    problems = []
+    for node_id in sorted(prompt, key=_id_key):
+        node = prompt[node_id]
+        label = prompt_node_label(prompt, node_id)
+        schema = sch.class_schema(object_info, node.get("class_type"))
+        if schema is None:
+            problems.append(f"{label}: the server has no node class {node.get('class_type')!r}")
+            continue
+        inputs = node.get("inputs") or {}
+        for name, spec, section in sch.ordered_inputs(schema):
+            if (node_id, name) in skip:
+                continue
+            value = inputs.get(name)
+            if value is None:
+                if section == "required":
+                    problems.append(f"{label} needs input {name!r} ({sch.socket_type(spec)}); it is missing "
+                                    "(an input fed by a muted or bypassed node is left out)")
+                continue
+            try:
+                if is_link(value):
+                    _check_link(prompt, object_info, value, spec, f"{label} input {name!r}")
+                elif isinstance(value, dict) and "__value__" in value:
+                    continue  # a list value, as the server receives it
+                elif sch.value_kind(spec) is None:
+                    raise WorkflowError(f"{label} input {name!r} takes a link ({sch.socket_type(spec)}), "
+                                        f"not the value {_show(value)}")
+                else:
+                    check_value(node["class_type"], name, _as_sent(value, spec), object_info, node_label=label)
+            except WorkflowError as e:
+                problems.append(str(e))
+    return problems
+
+
+def check_prompt(prompt: dict[str, Any], object_info: dict[str, Any], *,
+                 skip: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()) -> None:
+    """:func:`prompt_problems` as one WorkflowError: the first problem, and how many more there are."""
+    problems = prompt_problems(prompt, object_info, skip=skip)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise WorkflowError(problems[0] + more)
+
+
+def _as_sent(value: Any, spec: Any) -> Any:
+    """A saved workflow may hold 512.0 for an INT; the server reads it as 512."""
+    if sch.value_kind(spec) == "INT" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _check_link(prompt: dict[str, Any], object_info: dict[str, Any], link: list[Any], spec: Any, where: str) -> None:
+    origin = prompt.get(link[0])
+    if origin is None:
+        raise WorkflowError(f"{where} links to node {link[0]}, which is not in the prompt")
+    schema = sch.class_schema(object_info, origin.get("class_type"))
+    if schema is None:
+        return  # reported for that node
+    outputs = schema.get("output") or []
+    if not 0 <= link[1] < len(outputs):
+        raise WorkflowError(f"{where} links to output {link[1]} of {prompt_node_label(prompt, link[0])}, "
+                            f"which has {len(outputs)} output(s)")
+    sent = outputs[link[1]]
+    wanted = sch.socket_type(spec)
+    if sch.value_kind(spec) == "COMBO" or isinstance(sent, list):
+        return  # a combo fed by a link: the server checks the value when it runs
+    if not _types_match(str(sent), wanted):
+        raise WorkflowError(f"{where} takes {wanted} but is linked to {prompt_node_label(prompt, link[0])} "
+                            f"output {link[1]} ({sent})")
+
+
+def _types_match(sent: str, wanted: str) -> bool:
+    """The server's rule: "*" matches anything; "A,B" matches when the sets overlap (either way)."""
+    if sent == wanted or "*" in (sent, wanted):
+        return True
+    return bool({t.strip() for t in sent.split(",")} & {t.strip() for t in wanted.split(",")})
