@@ -166,7 +166,7 @@ def _from_png(p: Path, raw: bytes) -> Workflow:
             chunks[key.decode("latin-1")] = value.decode("latin-1")
         elif ctype == b"iTXt" and b"\0" in body:
             key, _, rest = body.partition(b"\0")
-            compressed, _method, rest = rest[0], rest[1], rest[2:]
+            compressed, rest = rest[0], rest[2:]  # then the compression method
             _lang, _, rest = rest.partition(b"\0")
             _tkey, _, value = rest.partition(b"\0")
             try:
@@ -245,7 +245,8 @@ def to_api(wf: Workflow, object_info: dict[str, Any], *,
         for node_id, node in prompt.items():
             schema = sch.class_schema(object_info, node["class_type"])
             if schema is None:
-                raise WorkflowError(f"{wf.name}: {prompt_node_label(prompt, node_id)}: {_unknown_class(node['class_type'])}")
+                raise WorkflowError(f"{wf.name}: {prompt_node_label(prompt, node_id)}: "
+                                    f"{_unknown_class(node['class_type'])}")
             if _title_of(node) is None:
                 node["_meta"] = {**node.get("_meta", {}), "title": sch.display_name(schema, node["class_type"])}
         return prompt
@@ -457,7 +458,8 @@ class _Converter:
             return -1
         if want in ("*", "", None):
             return slot if len(inputs) > slot else 0
-        if slot < len(inputs) and _connects(inputs[slot].get("type"), out_type) and _connects(inputs[slot].get("type"), want):
+        same = inputs[slot].get("type") if slot < len(inputs) else None
+        if slot < len(inputs) and _connects(same, out_type) and _connects(same, want):
             return slot
         for i, inp in enumerate(inputs):
             if inp.get("type") == want:
