@@ -32,13 +32,13 @@ def oi() -> dict:
 
 @pytest.fixture
 def txt2img() -> dict:
-    """KSampler 3 (seed 42, cfg 7.5, steps 25), EmptyLatentImage 5, prompts 6 and 7, SaveImage 9."""
+    """KSampler 3 (seed 42, cfg 7.5, steps from PrimitiveInt 18), EmptyLatentImage 5, prompts 6 and 7, SaveImage 9."""
     return json.loads((DATA / "txt2img_features.api.json").read_text())
 
 
 @pytest.fixture
 def pipeline() -> dict:
-    """Model-free: no seeds; PrimitiveInt 2 feeds EmptyImage 1's height."""
+    """Model-free: EmptyImage 1, ImageScale 4, SaveImage 8, ImageBlur 9, PreviewImage 10; no seeds."""
     return json.loads((DATA / "image_pipeline.api.json").read_text())
 
 
@@ -99,8 +99,8 @@ def test_parse_sweep_errors(spec, words):
 
 # -- seeds -----------------------------------------------------------------------------------------------
 def test_seed_inputs_are_the_seed_like_ints(txt2img, pipeline, oi):
-    assert seed_inputs(txt2img, oi) == [("3", "seed")]
-    assert seed_inputs(pipeline, oi) == []  # PrimitiveInt feeds a height, not a seed
+    assert seed_inputs(txt2img, oi) == [("3", "seed")]  # PrimitiveInt 18 feeds steps, not a seed
+    assert seed_inputs(pipeline, oi) == []
 
 
 def test_other_samplers_seeds(oi):

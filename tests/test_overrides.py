@@ -39,7 +39,7 @@ def txt2img() -> dict:
 
 @pytest.fixture
 def pipeline() -> dict:
-    """Model-free: 1 EmptyImage (height linked from PrimitiveInt 2), 4 ImageScale, 8 SaveImage "Result"..."""
+    """Model-free: 1 EmptyImage, 4 ImageScale, 8 SaveImage "Result", 9 ImageBlur, 10 PreviewImage."""
     return json.loads((DATA / "image_pipeline.api.json").read_text())
 
 
@@ -230,10 +230,10 @@ def test_apply_overrides_returns_a_new_prompt_and_what_it_did(txt2img, oi):
     assert applied[1]["title"] == "Positive Prompt"
 
 
-def test_setting_a_linked_input_replaces_the_link_and_says_so(pipeline, oi):
-    new, applied = apply_overrides(pipeline, [parse_set("EmptyImage.height=300")], oi)
-    assert new["1"]["inputs"]["height"] == 300
-    assert applied[0]["replaced_link"] == ["2", 0]
+def test_setting_a_linked_input_replaces_the_link_and_says_so(txt2img, oi):
+    new, applied = apply_overrides(txt2img, [parse_set("KSampler.steps=20")], oi)  # steps came from PrimitiveInt 18
+    assert new["3"]["inputs"]["steps"] == 20
+    assert applied[0]["replaced_link"] == ["18", 0]
 
 
 def test_the_last_override_of_an_input_wins(txt2img, oi):
@@ -274,6 +274,7 @@ def test_resolve_input_picks_the_upload_input(cat, oi):
     prompt = json.loads((DATA / "load_image.api.json").read_text())
     t = resolve_input(prompt, parse_input("1=cat.png"), oi)
     assert (t.node, t.input, t.class_type, t.title, t.path) == ("1", "image", "LoadImage", "Load Image", Path("cat.png"))
+    prompt["6"] = {"class_type": "LoadImageMask", "inputs": {"image": "example.png", "channel": "red"}}
     assert resolve_input(prompt, parse_input("LoadImageMask=cat.png"), oi).input == "image"
     assert resolve_input(prompt, parse_input("LoadImage.image=cat.png"), oi).node == "1"
     prompt["1"]["_meta"]["title"] = "Load v1.2"  # a title with a dot, and no input named
@@ -284,9 +285,8 @@ def test_resolve_input_picks_the_upload_input(cat, oi):
 def test_resolve_input_errors(cat, oi):
     prompt = json.loads((DATA / "load_image.api.json").read_text())
     assert "has no upload input" in err(resolve_input, prompt, parse_input("SaveImage=cat.png"), oi)
-    assert "takes a link (IMAGE), not a value" in err(resolve_input, prompt, parse_input("ImageStitch.image1=cat.png"), oi)
-    assert "takes INT values, not a file name" in err(resolve_input, prompt,
-                                                      parse_input("ImageStitch.spacing_width=cat.png"), oi)
+    assert "takes a link (IMAGE), not a value" in err(resolve_input, prompt, parse_input("ImageScale.image=cat.png"), oi)
+    assert "takes INT values, not a file name" in err(resolve_input, prompt, parse_input("ImageScale.width=cat.png"), oi)
     assert "no node 'Nope'" in err(resolve_input, prompt, parse_input("Nope=cat.png"), oi)
 
 
@@ -322,14 +322,14 @@ def test_a_required_input_left_out_by_a_bypass_is_a_problem(oi):
 
 
 @pytest.mark.parametrize("inputs, words", [
-    ({"images": ["2", 0]}, "input 'images' takes IMAGE but is linked to node 2 (PrimitiveInt \"Height\") output 0 (INT)"),
-    ({"images": ["2", 3]}, "links to output 3 of node 2 (PrimitiveInt \"Height\"), which has 1 output(s)"),
+    ({"images": ["18", 0]}, "input 'images' takes IMAGE but is linked to node 18 (PrimitiveInt \"Steps\") output 0 (INT)"),
+    ({"images": ["18", 3]}, "links to output 3 of node 18 (PrimitiveInt \"Steps\"), which has 1 output(s)"),
     ({"images": ["77", 0]}, "links to node 77, which is not in the prompt"),
     ({"images": "a.png"}, "input 'images' takes a link (IMAGE), not the value 'a.png'"),
 ])
-def test_link_and_value_problems(inputs, words, pipeline, oi):
-    pipeline["8"]["inputs"] = {**inputs, "filename_prefix": "x"}
-    assert [p for p in prompt_problems(pipeline, oi) if words in p], prompt_problems(pipeline, oi)
+def test_link_and_value_problems(inputs, words, txt2img, oi):
+    txt2img["9"]["inputs"] = {**inputs, "filename_prefix": "x"}
+    assert [p for p in prompt_problems(txt2img, oi) if words in p], prompt_problems(txt2img, oi)
 
 
 def test_the_server_reads_other_scalars_as_text(pipeline, oi):

@@ -104,15 +104,19 @@ def test_widget_inputs_in_order_with_the_seed_control_value_skipped(oi):
 
 
 def test_a_control_value_on_a_real_primitive_node_is_skipped(oi):
-    # PrimitiveInt is an ordinary node; its INT carries control_after_generate: [384, "fixed"].
-    assert convert(ui("image_pipeline"), oi)["2"] == {
-        "inputs": {"value": 384}, "class_type": "PrimitiveInt", "_meta": {"title": "Height"}}
+    # PrimitiveInt is an ordinary node; its INT carries control_after_generate: [30, "fixed"].
+    assert convert(ui("txt2img_features"), oi)["18"] == {
+        "inputs": {"value": 30}, "class_type": "PrimitiveInt", "_meta": {"title": "Steps"}}
 
 
 def test_upload_widget_value_is_skipped_after_the_last_required_input(oi):
-    prompt = convert(ui("load_image"), oi)
+    data = ui("load_image")
+    data["nodes"].append({"id": 6, "type": "LoadImageMask", "mode": 0, "inputs": [],
+                          "outputs": [{"name": "MASK", "type": "MASK", "links": None}],
+                          "widgets_values": ["mask.png", "red", "image"]})  # upload after channel, as saved
+    prompt = convert(data, oi)
     assert prompt["1"]["inputs"] == {"image": "example.png"}  # ["example.png", "image"]
-    assert prompt["4"]["inputs"] == {"image": "example.png", "channel": "alpha"}  # [..., "alpha", "image"]
+    assert prompt["6"]["inputs"] == {"image": "mask.png", "channel": "red"}
 
 
 def test_a_save_that_ends_before_the_upload_slot_is_accepted(oi):
@@ -122,9 +126,9 @@ def test_a_save_that_ends_before_the_upload_slot_is_accepted(oi):
 
 
 def test_a_widget_converted_to_an_input_takes_the_link(oi):
-    data = ui("image_pipeline")
-    assert node(data, 1)["widgets_values"][1] == 256  # the stale widget value
-    assert convert(data, oi)["1"]["inputs"]["height"] == ["2", 0]
+    data = ui("txt2img_features")
+    assert node(data, 3)["widgets_values"][2] == 25  # the widget's own value, unused
+    assert convert(data, oi)["3"]["inputs"]["steps"] == ["18", 0]  # PrimitiveInt "Steps"
 
 
 def test_a_primitive_node_gives_its_value_to_every_input_it_feeds_and_is_not_in_the_prompt(oi):
@@ -165,8 +169,8 @@ def test_a_reroute_with_nothing_upstream_leaves_the_input_out(oi):
 
 def test_notes_groups_and_muted_nodes_are_not_in_the_prompt(oi):
     prompt = convert(ui("txt2img_features"), oi)
-    assert set(prompt) == {"3", "4", "5", "6", "7", "8", "9"}  # no Note 15, MarkdownNote 16, muted Preview 14
-    assert set(convert(ui("image_pipeline"), oi)) == {"1", "2", "4", "8", "9", "10"}  # no muted SaveImage 11
+    assert set(prompt) == {"3", "4", "5", "6", "7", "8", "9", "18"}  # no Note 15, MarkdownNote 16, Preview 14
+    assert set(convert(ui("image_pipeline"), oi)) == {"1", "4", "8", "9", "10"}  # no muted SaveImage 11
 
 
 def test_an_input_linked_to_a_muted_node_is_left_out(oi):
@@ -180,7 +184,18 @@ def test_an_input_linked_to_a_muted_node_is_left_out(oi):
 def test_a_bypassed_node_passes_its_matching_input_through(oi):
     assert convert(ui("txt2img_features"), oi)["8"]["inputs"]["samples"] == ["3", 0]  # LatentUpscale 13
     assert convert(ui("image_pipeline"), oi)["4"]["inputs"]["image"] == ["1", 0]  # ImageBlur 3
-    assert convert(ui("load_image"), oi)["2"]["inputs"]["image2"] == ["1", 0]  # ImageInvert 3, optional input
+    assert convert(ui("load_image"), oi)["3"]["inputs"]["image"] == ["1", 0]  # ImageBlur 2, links as objects
+
+
+def test_a_bypassed_node_feeding_an_optional_input(oi):
+    data = ui("load_image")
+    node(data, 3)["type"] = "ImageStitch"  # both images from the bypassed ImageBlur 2; image2 is optional
+    node(data, 3)["inputs"][0]["name"] = "image1"
+    node(data, 3)["inputs"].append({"name": "image2", "type": "IMAGE", "link": 9})
+    node(data, 3)["widgets_values"] = ["right", True, 0, "white"]
+    data["links"].append({"id": 9, "origin_id": 2, "origin_slot": 0, "target_id": 3, "target_slot": 1})
+    assert convert(data, oi)["3"]["inputs"] == {"direction": "right", "match_image_size": True, "spacing_width": 0,
+                                                 "spacing_color": "white", "image1": ["1", 0], "image2": ["1", 0]}
 
 
 def test_bypass_takes_the_first_input_of_the_consumers_type_when_the_same_slot_does_not_fit(oi):
@@ -203,12 +218,12 @@ def test_bypass_prefers_the_input_at_the_same_slot_as_the_output(oi):
     data["nodes"].append({"id": 10, "type": "EmptyImage", "mode": 0, "inputs": [],
                           "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [21]}],
                           "widgets_values": [64, 64, 1, 0]})
-    node(data, 5)["inputs"][0]["link"] = 22
+    node(data, 4)["inputs"][0]["link"] = 22
     data["links"] = [lk for lk in data["links"] if lk["id"] != 4] + [
-        {"id": 20, "origin_id": 2, "origin_slot": 0, "target_id": 9, "target_slot": 0, "type": "IMAGE"},
+        {"id": 20, "origin_id": 3, "origin_slot": 0, "target_id": 9, "target_slot": 0, "type": "IMAGE"},
         {"id": 21, "origin_id": 10, "origin_slot": 0, "target_id": 9, "target_slot": 1, "type": "IMAGE"},
-        {"id": 22, "origin_id": 9, "origin_slot": 1, "target_id": 5, "target_slot": 0, "type": "IMAGE"}]
-    assert convert(data, oi)["5"]["inputs"]["images"] == ["10", 0]
+        {"id": 22, "origin_id": 9, "origin_slot": 1, "target_id": 4, "target_slot": 0, "type": "IMAGE"}]
+    assert convert(data, oi)["4"]["inputs"]["images"] == ["10", 0]
 
 
 def test_a_chain_of_bypassed_nodes_is_walked(oi):
@@ -227,10 +242,10 @@ def test_a_bypassed_node_without_a_matching_input_leaves_the_input_out(oi):
 
 
 def test_a_bypass_dead_end_on_a_widget_input_keeps_the_widget_value(oi):
-    data = ui("image_pipeline")
-    # EmptyImage.height comes from PrimitiveInt 2; bypass it: no INT input to pass through.
-    node(data, 2)["mode"] = 4
-    assert convert(data, oi)["1"]["inputs"]["height"] == 256
+    data = ui("txt2img_features")
+    # KSampler.steps comes from PrimitiveInt 18; bypass it: it has no input to pass through.
+    node(data, 18)["mode"] = 4
+    assert convert(data, oi)["3"]["inputs"]["steps"] == 25
 
 
 def test_titles_come_from_the_node_else_the_display_name_else_the_class(oi):
@@ -423,7 +438,7 @@ def test_api_format_is_checked_for_shape(change, words):
 def test_api_format_classes_must_exist_and_missing_titles_are_filled(oi):
     prompt = expected("load_image")
     del prompt["5"]["_meta"]
-    assert to_api(parse_workflow(prompt), oi)["5"]["_meta"] == {"title": "Save Image"}
+    assert to_api(parse_workflow(prompt), oi)["5"]["_meta"] == {"title": "Preview Image"}
     prompt["5"]["class_type"] = "SaveImageExtended"
     with pytest.raises(WorkflowError, match=r"node 5 \(SaveImageExtended\).*no node class"):
         to_api(parse_workflow(prompt), oi)
