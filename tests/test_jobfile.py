@@ -140,3 +140,40 @@ def test_json_errors_name_the_file(text, words, jobdir):
 def test_a_missing_job_file(tmp_path):
     assert "cannot read the job file" in err(tmp_path / "job.yaml")
     assert "no such job file" in err(tmp_path / "job.json")
+
+
+def test_a_job_from_file_to_checked_variants(tmp_path, monkeypatch):
+    """The calls the run side makes, in order, with every step pure (the upload is the run side's)."""
+    import gzip
+    import shutil
+
+    from autopod.comfy.batch import expand, parse_sweep
+    from autopod.comfy.overrides import (apply_overrides, check_prompt, parse_input, parse_set, resolve_input,
+                                         set_uploaded)
+    from autopod.comfy.workflow import load_workflow, prompt_hash, to_api
+
+    data = Path(__file__).parent / "data" / "workflows"
+    with gzip.open(Path(__file__).parent.parent / "autopod/sim/data/comfyui/object_info_full.json.gz", "rt") as f:
+        oi = json.load(f)
+    d = tmp_path / "job"
+    (d / "in").mkdir(parents=True)
+    shutil.copy(data / "load_image.json", d / "flow.json")
+    (d / "in/cat.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (d / "radii.txt").write_text("2\n\n5\n")
+    write(d, "job.yaml", "workflow: flow.json\nset: [Save Image.filename_prefix=cats/run]\ninput: [LoadImage=in/cat.png]\n"
+                         "sweep:\n  - ImageScale.width=512,768\n  - ImageScale.height=@radii.txt\nrepeat: 2\n")
+    monkeypatch.chdir(tmp_path)
+
+    job = load_job(d / "job.yaml")
+    prompt = to_api(load_workflow(job.workflow), oi)
+    prompt, applied = apply_overrides(prompt, [parse_set(s) for s in job.sets], oi)
+    targets = [resolve_input(prompt, parse_input(s), oi) for s in job.inputs]
+    assert [(t.node, t.input, t.path) for t in targets] == [("1", "image", d / "in/cat.png")]
+    prompt = set_uploaded(prompt, targets[0], "cat (1).png")  # the name POST /upload/image returned
+    variants = expand(prompt, oi, sweeps=[parse_sweep(s) for s in job.sweeps], repeat=job.repeat, seed=job.seed)
+    for v in variants:
+        check_prompt(v.prompt, oi, skip={(t.node, t.input) for t in targets})
+    assert applied[0]["node"] == "4" and len(variants) == 8
+    assert [v.overrides for v in variants[:4]] == [{"3.width": w, "3.height": h} for w in (512, 768) for h in (2, 5)]
+    assert variants[0].prompt["1"]["inputs"]["image"] == "cat (1).png"
+    assert len({prompt_hash(v.prompt) for v in variants}) == 4  # no seeds here: repeats are the same prompt

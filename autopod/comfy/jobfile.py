@@ -19,7 +19,8 @@
 an unknown key or a value of the wrong type is an error naming the file and, for YAML,
 the line. YAML is read by the inventory's strict loader (no aliases, anchors, merge keys
 or duplicate keys); values are taken as written, so ``pod: 007`` is the name "007".
-A spec holding ``: `` must be quoted in YAML, or it reads as a mapping.
+In YAML, quote a spec holding ``: `` (else it reads as a mapping), and write a comma
+list as a block item or quoted: inside ``[...]`` a comma ends the item.
 """
 
 from __future__ import annotations
