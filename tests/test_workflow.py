@@ -226,6 +226,23 @@ def test_bypass_prefers_the_input_at_the_same_slot_as_the_output(oi):
     assert convert(data, oi)["4"]["inputs"]["images"] == ["10", 0]
 
 
+def test_bypass_prefers_an_exact_type_over_a_wildcard_input(oi):
+    data = ui("default_txt2img")
+    # A bypassed switch: output 1 (LATENT) feeds VAEDecode; input 1 is a MODEL, so the same slot does not fit;
+    # the wildcard input 0 would fit, but the exact LATENT input 2 comes first in the frontend's rule.
+    data["nodes"].append({"id": 20, "type": "SomeLatentSwitch", "mode": 4,
+                          "inputs": [{"name": "any", "type": "*", "link": 30},
+                                     {"name": "model", "type": "MODEL", "link": 31},
+                                     {"name": "latent", "type": "LATENT", "link": 32}],
+                          "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": []},
+                                      {"name": "LATENT", "type": "LATENT", "links": [33]}]})
+    node(data, 8)["inputs"][0]["link"] = 33
+    data["links"] = [lk for lk in data["links"] if lk[0] != 7] + [
+        [30, 5, 0, 20, 0, "LATENT"], [31, 4, 0, 20, 1, "MODEL"], [32, 3, 0, 20, 2, "LATENT"],
+        [33, 20, 1, 8, 0, "LATENT"]]
+    assert convert(data, oi)["8"]["inputs"]["samples"] == ["3", 0]
+
+
 def test_a_chain_of_bypassed_nodes_is_walked(oi):
     data = ui("image_pipeline")
     node(data, 4)["mode"] = 4  # ImageScale too: SaveImage (through the reroutes) gets EmptyImage
