@@ -353,3 +353,8 @@ def test_skip_leaves_an_uploaded_file_unchecked_and_check_prompt_raises_the_firs
     assert prompt_problems(prompt, oi, skip={("1", "image")}) == ["node 99 (Nope): the server has no node class 'Nope'"]
     msg = err(check_prompt, prompt, oi)
     assert "'cat (1).png' is not one of its 1 choice(s)" in msg and msg.endswith("(and 1 more problem(s))")
+
+
+def test_an_ambiguous_override_names_the_flag_and_the_candidates(txt2img, oi):
+    msg = err(apply_overrides, txt2img, [parse_set("CLIPTextEncode.text=a cat")], oi)
+    assert msg.startswith("--set CLIPTextEncode.text: 'CLIPTextEncode' names 2 nodes: 6 (CLIPTextEncode")

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from . import schema as sch
 from .overrides import check_value, read_text_file, resolve_target, split_spec
-from .workflow import WorkflowError, is_link, prompt_node_label
+from .workflow import WorkflowError, is_link, node_sort_key, prompt_node_label
 
 SEED_MODES = ("fixed", "random", "increment")
 MAX_VARIANTS = 10_000
@@ -76,10 +76,6 @@ def parse_sweep(spec: str, *, read_file: Callable[[str], str] = read_text_file) 
     return Sweep(node, name or "", parts, spec)
 
 
-def _id_key(node_id: str) -> tuple[int, Any]:
-    return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
-
-
 def _is_seed(name: str, spec: Any) -> bool:
     return sch.value_kind(spec) == "INT" and (name in ("seed", "noise_seed") or (
         "seed" in name.lower() and sch.has_control_after_generate(name, spec)))
@@ -97,7 +93,7 @@ def _seeds(prompt: dict[str, Any], object_info: dict[str, Any]) -> list[_Seed]:
     """Seed inputs with the range a value must keep: the input's own, narrowed by what it feeds."""
     found: dict[tuple[str, str], _Seed] = {}
     fed: list[tuple[str, Any]] = []  # (node feeding a seed by a link, the seed's spec)
-    for node_id in sorted(prompt, key=_id_key):
+    for node_id in sorted(prompt, key=node_sort_key):
         node = prompt[node_id]
         schema = sch.class_schema(object_info, node.get("class_type"))
         if schema is None:
@@ -125,7 +121,7 @@ def _seeds(prompt: dict[str, Any], object_info: dict[str, Any]) -> list[_Seed]:
         lo, hi = _bounds(consumer_spec)
         seed.lo = lo if seed.lo is None else seed.lo if lo is None else max(seed.lo, lo)
         seed.hi = hi if seed.hi is None else seed.hi if hi is None else min(seed.hi, hi)
-    return sorted(found.values(), key=lambda s: (_id_key(s.node), s.input))
+    return sorted(found.values(), key=lambda s: (node_sort_key(s.node), s.input))
 
 
 def _bounds(spec: Any) -> tuple[int | None, int | None]:

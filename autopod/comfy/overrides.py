@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import schema as sch
-from .workflow import WorkflowError, is_link, prompt_node_label
+from .workflow import WorkflowError, is_link, node_sort_key, prompt_node_label
 
 _INT = re.compile(r"^-?[0-9]+$")
 _FLOAT = re.compile(r"^-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$")
@@ -185,13 +185,9 @@ def _suggest_nodes(prompt: dict[str, Any], ref: str) -> str:
     close = difflib.get_close_matches(ref, list(names), n=3, cutoff=0.5)
     if close:
         return "did you mean " + ", ".join(f"{c!r} ({_short_label(prompt, names[c])})" for c in close) + "?"
-    ids = sorted(prompt, key=_id_key)
+    ids = sorted(prompt, key=node_sort_key)
     shown = ", ".join(_short_label(prompt, i) for i in ids[:12]) + (", ..." if len(ids) > 12 else "")
     return f"nodes: {shown}"
-
-
-def _id_key(node_id: str) -> tuple[int, Any]:
-    return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
 
 
 def resolve_target(prompt: dict[str, Any], target: str, flag: str = "--set",
@@ -205,7 +201,10 @@ def resolve_target(prompt: dict[str, Any], target: str, flag: str = "--set",
     splits += [(".".join(parts[:i]), ".".join(parts[i:])) for i in range(len(parts) - 1, 0, -1)]
     for node_ref, name in splits:
         if find_nodes(prompt, node_ref):
-            return resolve_node(prompt, node_ref), name  # several matches: the error lists them
+            try:
+                return resolve_node(prompt, node_ref), name
+            except WorkflowError as e:  # several matches: the error lists them
+                raise WorkflowError(f"{flag} {target}: {e}") from None
     longest = splits[0][0] if splits else target
     raise WorkflowError(f"{flag} {target}: no node {longest!r} in the workflow; {_suggest_nodes(prompt, longest)}")
 
@@ -399,7 +398,7 @@ def prompt_problems(prompt: dict[str, Any], object_info: dict[str, Any], *,
     carry another type. ``skip`` holds (node, input) pairs not to check, e.g. inputs about to
     receive an uploaded file (not yet among the combo's choices)."""
     problems = []
-    for node_id in sorted(prompt, key=_id_key):
+    for node_id in sorted(prompt, key=node_sort_key):
         node = prompt[node_id]
         label = prompt_node_label(prompt, node_id)
         schema = sch.class_schema(object_info, node.get("class_type"))

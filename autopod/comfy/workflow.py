@@ -226,6 +226,11 @@ def node_label(node_id: Any, class_type: str, title: str | None = None) -> str:
     return f"node {node_id} ({class_type}" + (f' "{title}")' if title and title != class_type else ")")
 
 
+def node_sort_key(node_id: str) -> tuple[int, Any]:
+    """Numeric ids in number order ("2" before "10"), then any others."""
+    return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
+
+
 def prompt_node_label(prompt: dict[str, Any], node_id: str) -> str:
     node = prompt[node_id]
     return node_label(node_id, node.get("class_type", "?"), _title_of(node))
