@@ -8,6 +8,8 @@ A workflow file comes in one of two formats:
   It is converted here the way the ComfyUI frontend builds a prompt when you press
   Queue, using the server's node schema (GET /object_info).
 
+A PNG that ComfyUI saved loads as the prompt embedded in it (else its workflow).
+
 The rules of the conversion (mirroring the frontend's ``graphToPrompt`` and its
 ``ExecutableNodeDTO`` link resolution):
 
@@ -15,11 +17,11 @@ The rules of the conversion (mirroring the frontend's ``graphToPrompt`` and its
    FLOAT, STRING, BOOLEAN, combos) in ``input_order``, required then optional, with
    two extra slots the editor adds and never sends: "control after generate" after
    an INT that carries ``control_after_generate`` (or is named ``seed``/``noise_seed``
-   without the flag), and ``upload`` after the last required input of a class with an
-   upload combo (LoadImage saves ``["example.png", "image"]``). ``forceInput`` inputs
-   have no slot (older editors gave them one: accepted when only that count fits).
-   A count that fits neither is an error, never a guess. A dict ``widgets_values``
-   is read by name.
+   without the flag), and ``upload`` after the required widgets of a class with an
+   upload combo (LoadImage saves ``["example.png", "image"]``); a save may stop
+   before trailing extra slots. ``forceInput`` inputs have no slot (older editors
+   gave them one: accepted when only that count fits). A count that fits neither is
+   an error, never a guess. A dict ``widgets_values`` is read by name.
 2. Every value slot becomes an input; then every linked input overrides it with
    ``[origin_id, origin_slot]``, so a widget converted to an input takes the link.
 3. Links are resolved through the graph: a ``PrimitiveNode`` gives its value to
