@@ -71,7 +71,7 @@ class Planned:
     prompt: dict[str, Any]
     overrides: dict[str, Any]
     seeds: dict[str, Any]
-    uploads: list[tuple[str, str, Path]] = field(default_factory=list)  # (node id, input, local file)
+    uploads: list[Any] = field(default_factory=list)  # overrides.InputTarget: a file to upload into an input
 
     def as_ledger(self) -> dict[str, Any]:
         from .workflow import prompt_hash
@@ -136,7 +136,7 @@ def plan(opts: RunOptions, object_info: dict[str, Any]) -> tuple[list[Planned], 
     """Every prompt of the run, checked against ``object_info``; and the output template. Raises
     UsageError (exit 2) on any bad input, before anything is uploaded or submitted."""
     from .batch import expand, parse_sweep
-    from .overrides import apply_overrides, parse_input, parse_set, resolve_node
+    from .overrides import apply_overrides, parse_input, parse_set, resolve_input
     from .workflow import load_workflow, prompt_hash, to_api
 
     sets, inputs, sweeps = list(opts.sets), list(opts.inputs), list(opts.sweeps)
@@ -162,12 +162,7 @@ def plan(opts: RunOptions, object_info: dict[str, Any]) -> tuple[list[Planned], 
         wf = load_workflow(wf_path)
         base = to_api(wf, object_info)
         prompt, applied = apply_overrides(base, [parse_set(s) for s in sets], object_info)
-        uploads = []
-        for spec in inputs:
-            f = parse_input(spec)
-            node = resolve_node(prompt, f.node)
-            name = f.input or upload_input(prompt[node]["class_type"], object_info, node)
-            uploads.append((node, name, f.path))
+        uploads = [resolve_input(prompt, parse_input(spec), object_info) for spec in inputs]
         variants = expand(prompt, object_info, sweeps=[parse_sweep(s) for s in sweeps], repeat=repeat or 1,
                           seed=seed or "fixed")
         fixed = {f"{a['node']}.{a['input']}": a["value"] for a in applied}
@@ -178,17 +173,6 @@ def plan(opts: RunOptions, object_info: dict[str, Any]) -> tuple[list[Planned], 
     return planned, template
 
 
-def upload_input(class_type: str, object_info: dict[str, Any], node: str) -> str:
-    """The input of a node that takes an uploaded file (LoadImage's ``image``: ``image_upload``)."""
-    spec = (object_info.get(class_type) or {}).get("input") or {}
-    for section in ("required", "optional"):
-        for name, decl in (spec.get(section) or {}).items():
-            opts = decl[1] if isinstance(decl, (list, tuple)) and len(decl) > 1 and isinstance(decl[1], dict) else {}
-            if any(opts.get(k) for k in ("image_upload", "video_upload", "audio_upload", "upload")):
-                return name
-    raise UsageError(f"node {node} ({class_type}) takes no uploaded file; name the input: --input {node}.INPUT=FILE")
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -197,15 +181,17 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def wire_uploads(planned: list[Planned], *, upload: Callable[[Path, str], str] | None) -> None:
-    """Set each ``--input`` to the name ComfyUI gave the file; ``upload(path, sha256)`` returns it.
-    Without ``upload`` (a dry run) the file's own name stands in."""
-    names: dict[Path, str] = {}
+def wire_uploads(planned: list[Planned], *, upload: Callable[[Path, str], tuple[str, str]] | None) -> None:
+    """Set each ``--input`` to the name ComfyUI gave the file; ``upload(path, sha256)`` returns
+    (name, subfolder). Without ``upload`` (a dry run) the file's own name stands in."""
+    from .overrides import set_uploaded
+
+    names: dict[Path, tuple[str, str]] = {}
     for p in planned:
-        for node, name, path in p.uploads:
-            if path not in names:
-                names[path] = upload(path, _sha256(path)) if upload else path.name
-            p.prompt[node]["inputs"][name] = names[path]
+        for target in p.uploads:
+            if target.path not in names:
+                names[target.path] = upload(target.path, _sha256(target.path)) if upload else (target.path.name, "")
+            p.prompt = set_uploaded(p.prompt, target, *names[target.path])
 
 
 # -- running ------------------------------------------------------------------------------------------------
@@ -558,17 +544,17 @@ def _upload_all(planned: list[Planned], conn: Connection, ledger: Ledger, object
         if isinstance(decl, list) and decl and isinstance(decl[0], list):
             known.update(str(x) for x in decl[0])
 
-    def upload(path: Path, digest: str) -> str:
+    def upload(path: Path, digest: str) -> tuple[str, str]:
         prior = ledger.upload_for(digest, conn.target_id)
         if prior is not None:
-            name = f"{prior['subfolder']}/{prior['name']}" if prior["subfolder"] else prior["name"]
-            if name in known:
-                progress.note(f"{path.name}: unchanged, already on the pod as {name}")
-                return name
+            shown = f"{prior['subfolder']}/{prior['name']}" if prior["subfolder"] else prior["name"]
+            if shown in known:  # the pod's input folder still has it (a recreated pod would not)
+                progress.note(f"{path.name}: unchanged, already on the pod as {shown}")
+                return prior["name"], prior["subfolder"]
         progress.note(f"uploading {path}")
         answer = conn.call(lambda c: c.upload_image(path))
         ledger.add_upload(digest, conn.target_id, answer)
-        return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
+        return answer["name"], answer.get("subfolder") or ""
 
     wire_uploads(planned, upload=upload)
 
