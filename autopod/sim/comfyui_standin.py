@@ -18,6 +18,7 @@ Fault injection: ``ws_drop_after=N`` cuts every WebSocket connection instead of 
 (N+1)th message (that message is lost, as in real life; history still records the result).
 At run time: ``POST /_sim/faults {"ws_drop_after": N}`` (0 turns it off; every open
 connection's count restarts) or ``{"ws_drop_now": true}``; ``GET /_sim/faults`` shows them.
+``faults_file`` (the simulator's) holds the same JSON, applied at start and when listening begins.
 
 Not listening yet: a pod's ComfyUI only starts after the image has copied it onto the
 volume. To imitate that, the stand-in binds its port at once (so the port is reserved and
@@ -88,7 +89,7 @@ class ComfyUIStandin:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, ready_after: float = 0.0,
                  data_dir: Path | None = None, state: str = "idle", root: Path | str | None = None,
-                 sim_nodes: bool = False, ws_drop_after: int = 0):
+                 sim_nodes: bool = False, ws_drop_after: int = 0, faults_file: Path | str | None = None):
         if state not in ("idle", "busy"):
             raise ValueError(f"state must be 'idle' or 'busy', not {state!r}")
         if host not in ("127.0.0.1", "localhost", "::1"):
@@ -97,6 +98,7 @@ class ComfyUIStandin:
         self.ready_after = float(ready_after)
         self.data_dir = Path(data_dir) if data_dir else DATA_DIR
         self.sim_nodes = sim_nodes
+        self.faults_file = Path(faults_file) if faults_file else None
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="comfyui-standin-")) if root is None else Path(root)
         self.folders = Folders(self.root)
@@ -190,6 +192,7 @@ class ComfyUIStandin:
         if self._started:
             return self
         self._started = True
+        self.load_faults_file()
         self._httpd.server_bind()
         self.engine.start(f"comfyui-standin-worker-{self.port}")
         if self.ready_after <= 0:
@@ -205,6 +208,7 @@ class ComfyUIStandin:
         with self._lock:
             if self._ready.is_set() or self._stopped.is_set():
                 return
+            self.load_faults_file()  # settings changed while this ComfyUI was "booting" apply from its start
             self._httpd.server_activate()  # listen(): from here on connections are accepted
             self._serve_thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                                   name=f"comfyui-standin-{self.port}", daemon=True)
@@ -279,6 +283,17 @@ class ComfyUIStandin:
 
     def faults(self) -> dict[str, Any]:
         return self.hub.faults()
+
+    def load_faults_file(self) -> None:
+        """Apply ``faults_file`` (JSON like POST /_sim/faults) if it exists: the simulator writes it when
+        ``sim.start --comfy-ws-drop`` changes a running simulator, for stand-ins not listening yet."""
+        if self.faults_file is None:
+            return
+        try:
+            doc = json.loads(self.faults_file.read_text(encoding="utf-8"))
+            self.set_faults({k: v for k, v in doc.items() if k == "ws_drop_after"})
+        except (OSError, ValueError, AttributeError):
+            pass  # no file, or a damaged one: the constructor's settings stay
 
     def upload_mask(self, fields: dict, filename: str, data: bytes) -> tuple[int, dict | None]:
         """POST /upload/mask: the original image's RGB with the uploaded mask's alpha, saved as a new file."""
