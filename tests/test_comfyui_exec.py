@@ -549,3 +549,32 @@ def test_load_scale_blur_save_on_real_pixels(sim):
     assert (scaled.width, scaled.height) == (24, 12) and scaled.rgb[:6] == bytes((0, 0, 100, 0, 0, 100))
     blurred = im.read_png(view(sim.url, "real_00001_.png").content)
     assert (blurred.width, blurred.height) == (24, 12) and blurred.rgb != scaled.rgb
+
+
+def test_a_big_file_is_written_and_served_with_flat_memory(sim):
+    import threading
+
+    import psutil
+
+    me = psutil.Process()
+    base = me.memory_info().rss
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], me.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        wf = {"1": {"class_type": "AutopodBigFile", "inputs": {"size_mb": 160, "filename_prefix": "bench"}}}
+        entry = wait_history(sim.url, queue(sim.url, wf), timeout=60)
+        assert entry["outputs"]["1"]["files"][0]["filename"] == "bench_00001_.bin"
+        r = requests.get(sim.url + "/view", params={"filename": "bench_00001_.bin"}, stream=True, timeout=30)
+        got = sum(len(c) for c in r.iter_content(1 << 16))
+    finally:
+        done.set()
+        sampler.join()
+    assert got == 160 * 1024 * 1024
+    assert peak[0] - base < 48 * 1024 * 1024  # the worker writes 1 MiB at a time; /view uses sendfile
