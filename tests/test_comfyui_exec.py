@@ -277,14 +277,15 @@ def test_fail_node_and_an_unreadable_png(sim):
     assert (entry["status"]["status_str"], entry["status"]["completed"], entry["outputs"]) == ("error", False, {})
     from PIL import Image
 
-    buf = io.BytesIO()
-    Image.new("L", (4, 4)).save(buf, "PNG")  # a real PNG the stand-in does not decode
-    upload(sim.url, "gray.png", buf.getvalue())
-    wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "gray.png"}},
-          "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
-    data = wait_history(sim.url, queue(sim.url, wf))["status"]["messages"][-1][1]
-    assert data["exception_type"] == "autopod.sim.comfyui.images.UnsupportedPNG"
-    assert "8-bit" in data["exception_message"]
+    for name, fmt in (("gray.png", "PNG"), ("photo.jpg", "JPEG")):
+        buf = io.BytesIO()
+        Image.new("L", (4, 4)).save(buf, fmt)  # real images ComfyUI reads and the stand-in does not
+        upload(sim.url, name, buf.getvalue())
+        wf = {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
+              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+        data = wait_history(sim.url, queue(sim.url, wf))["status"]["messages"][-1][1]
+        assert data["exception_type"] == "autopod.sim.comfyui.images.UnsupportedImage"
+        assert "8-bit RGB or RGBA" in data["exception_message"]
 
 
 def test_targeted_interrupt_stops_at_the_next_step(sim):

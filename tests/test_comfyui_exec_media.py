@@ -65,7 +65,7 @@ def test_png_reader_refuses_what_it_cannot_decode():
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     samples.append(bytes(data))
     for sample in samples:
-        with pytest.raises(im.UnsupportedPNG, match="8-bit RGB or RGBA"):
+        with pytest.raises(im.UnsupportedImage, match="8-bit RGB or RGBA"):
             im.read_png(sample)
 
 

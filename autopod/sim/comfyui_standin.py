@@ -92,7 +92,7 @@ class ComfyUIStandin:
                  sim_nodes: bool = False, ws_drop_after: int = 0, faults_file: Path | str | None = None):
         if state not in ("idle", "busy"):
             raise ValueError(f"state must be 'idle' or 'busy', not {state!r}")
-        if host not in ("127.0.0.1", "localhost", "::1"):
+        if host not in ("127.0.0.1", "localhost"):
             raise ValueError("the ComfyUI stand-in listens on loopback only")
         self.host = host
         self.ready_after = float(ready_after)
@@ -608,7 +608,7 @@ class _Handler(BaseHTTPRequestHandler):
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m autopod.sim.comfyui_standin",
                                 description="Serve and execute like ComfyUI 0.3.64 on a local port.")
-    p.add_argument("--host", default="127.0.0.1", choices=("127.0.0.1", "localhost", "::1"))
+    p.add_argument("--host", default="127.0.0.1", choices=("127.0.0.1", "localhost"))
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
     p.add_argument("--ready-after", type=float, default=0.0,
                    help="seconds before the port accepts connections (a first boot copying ComfyUI)")

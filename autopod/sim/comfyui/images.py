@@ -6,8 +6,8 @@ memory: an ``EmptyImage`` of 16384x16384 stays a few bytes until a node needs pi
 and blurring or scaling a solid frame gives a solid frame (as it does in ComfyUI).
 
 The PNG reader takes what the stand-in writes and what most tools write by default:
-8-bit RGB or RGBA, not interlaced. Anything else raises ``UnsupportedPNG``; bytes that
-are no PNG at all raise ``NotAPNG``.
+8-bit RGB or RGBA, not interlaced. Other PNGs and other image formats (JPEG, WebP, ...)
+raise ``UnsupportedImage``; bytes that are no image at all raise ``NotAPNG``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class NotAPNG(ValueError):
     pass
 
 
-class UnsupportedPNG(ValueError):
+class UnsupportedImage(ValueError):
     pass
 
 
@@ -205,7 +205,7 @@ def read_png(data: bytes) -> DecodedPNG:
         raise NotAPNG("PNG without IHDR")
     width, height, depth, ctype, _, _, interlace = header
     if depth != 8 or ctype not in (2, 6) or interlace:
-        raise UnsupportedPNG(f"PNG with bit depth {depth}, colour type {ctype}, interlace {interlace}: the ComfyUI "
+        raise UnsupportedImage(f"PNG with bit depth {depth}, colour type {ctype}, interlace {interlace}: the ComfyUI "
                              "stand-in decodes only 8-bit RGB or RGBA, non-interlaced")
     try:
         raw = zlib.decompress(bytes(idat))
@@ -253,6 +253,17 @@ def _unfilter(ft: int, line: bytearray, prev: bytearray, bpp: int) -> bytearray:
     else:
         raise NotAPNG(f"bad PNG filter type {ft}")
     return line
+
+
+_OTHER_FORMATS = ((b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"), (b"II*\0", "TIFF"),
+                  (b"MM\0*", "TIFF"))
+
+
+def other_format(data: bytes) -> str | None:
+    """The name of an image format the stand-in recognises but does not decode, or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _OTHER_FORMATS if data.startswith(magic)), None)
 
 
 def png_size(data: bytes) -> tuple[int, int]:

@@ -119,6 +119,10 @@ def load_image(ctx: RunContext, image: str, **_: Any):
     try:
         png = im.read_png(data)
     except im.NotAPNG:
+        fmt = im.other_format(data)
+        if fmt:  # ComfyUI would read it; say that it is the stand-in's limit, not a broken file
+            raise im.UnsupportedImage(f"{path.name} is {fmt}: the ComfyUI stand-in decodes only 8-bit RGB or RGBA, "
+                                      "non-interlaced PNG") from None
         raise UnidentifiedImageError(f"cannot identify image file '{path}'") from None
     frame = im.Frame(png.width, png.height, png.rgb)
     if png.alpha is not None:
