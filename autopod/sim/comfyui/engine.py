@@ -335,6 +335,9 @@ class Engine:
                 else:
                     self._apply_flags()
                     continue
+                # ComfyUI resets the interrupt flag as a prompt starts; doing it as the prompt becomes visible
+                # as running means an interrupt aimed at it, once GET /queue shows it running, always lands.
+                self._interrupt.clear()
             self.queue_updated()
             try:
                 success, messages, result = _Run(self, item).go()
@@ -444,8 +447,6 @@ class _Run:
 
     def go(self) -> tuple[bool, list, dict]:
         e = self.e
-        if not e._stop.is_set():
-            e._interrupt.clear()  # ComfyUI resets the interrupt flag when a prompt starts
         with e._lock:
             e.client_id = self.client_id
             e.last_prompt_id = self.prompt_id
