@@ -447,6 +447,8 @@ def test_view_errors_ranges_and_channels(standin):
         assert (r.status_code, r.content, r.headers.get("Content-Type")) == (rec["status"], b"", None) == \
             (status, b"", None)
     assert view(standin.url, "ref_00001_.png", subfolder="../input").status_code == 403
+    assert view(standin.url, "ref_00001_.png", "").status_code == 400
+    assert requests.get(standin.url + "/view?filename=ref_00001_.png", timeout=5).status_code == 200  # output
     full = view(standin.url, "ref_00001_.png").content
     r = requests.get(standin.url + "/view", params={"filename": "ref_00001_.png"}, headers={"Range": "bytes=8-15"},
                      timeout=5)

@@ -131,7 +131,8 @@ class Folders:
 
     # -- /view and /upload -----------------------------------------------------------------------
 
-    def view_path(self, filename: str, kind: str | None, subfolder: str | None) -> tuple[int, Path | None]:
+    def view_path(self, filename: str, kind: str | None = "output", subfolder: str | None = None
+                  ) -> tuple[int, Path | None]:
         """(status, path) for GET /view, with ComfyUI's answers: 400 bad name or type, 403 subfolder escape,
         404 nothing there."""
         name, folder = self.annotated(filename)
@@ -140,7 +141,7 @@ class Folders:
         if name[0] == "/" or ".." in name:
             return 400, None
         if folder is None:
-            folder = self.dir_for(kind or "output")
+            folder = self.dir_for(kind)  # "" or an unknown type: 400, as in ComfyUI
         if folder is None:
             return 400, None
         if subfolder:
