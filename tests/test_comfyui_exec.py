@@ -382,9 +382,12 @@ def test_history_listing_slicing_and_deleting(sim):
 def test_the_busy_replay_runs_its_queue_once_interrupted():
     with ComfyUIStandin(state="busy") as s:
         held = recorded("queue_busy")["body"]["queue_running"][0][1]
-        time.sleep(0.2)
-        assert [i[1] for i in s.running] == [held] and len(s.pending) == 4  # held until interrupted
-        requests.post(s.url + "/interrupt", json={"prompt_id": held}, timeout=5)
+        with WS(s.url, recorded("queue_busy")["body"]["queue_running"][0][3]["client_id"]) as ws:
+            assert ws.recv()["data"]["status"]["exec_info"]["queue_remaining"] == 5  # held until interrupted
+            requests.post(s.url + "/interrupt", json={"prompt_id": "not-running"}, timeout=5)
+            assert [i[1] for i in s.running] == [held] and len(s.pending) == 4
+            requests.post(s.url + "/interrupt", json={"prompt_id": held}, timeout=5)
+            ws.until(lambda m: m["type"] == "execution_interrupted")  # to the recorded prompt's client
         entry = wait_history(s.url, held)
         assert entry["status"]["messages"][-1][0] == "execution_interrupted"
         last = recorded("queue_busy")["body"]["queue_pending"][-1][1]
