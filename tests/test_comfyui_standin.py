@@ -13,15 +13,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from comfy_fixtures import busy, standin  # noqa: F401  (fixtures)
+from comfy_fixtures import busy, recorded, standin, wait_history  # noqa: F401  (fixtures)
 
 from autopod.sim.comfyui_standin import DATA_DIR, ComfyUIStandin
-
-
-def recorded(name: str):
-    return json.loads((DATA_DIR / f"{name}.json").read_text())
-
-
 
 
 @pytest.mark.parametrize("path,name", [
@@ -30,6 +24,9 @@ def recorded(name: str):
     ("/extensions", "extensions"), ("/features", "features"), ("/models", "models"),
     ("/models/checkpoints", "models_checkpoints"), ("/object_info/SaveImage", "object_info_SaveImage"),
     ("/object_info/KSampler", "object_info_KSampler"), ("/object_info/NoSuchNode", "object_info_unknown"),
+    ("/object_info/EmptyImage", "object_info_EmptyImage"), ("/object_info/ImageBlur", "object_info_ImageBlur"),
+    ("/object_info/PreviewImage", "object_info_PreviewImage"), ("/object_info/LoadImage", "object_info_LoadImage"),
+    ("/object_info/CheckpointLoaderSimple", "object_info_CheckpointLoaderSimple"),
     ("/history/00000000-0000-0000-0000-000000000000", "history_unknown_id"),
 ])
 def test_idle_answers_match_recordings(standin, path, name):
@@ -69,8 +66,10 @@ def test_errors_and_empty_bodies_like_comfyui(standin):
         rec = recorded(name)
         r = requests.post(standin.url + "/prompt", json=rec["request"]["json"], timeout=5)
         assert (r.status_code, r.json()) == (rec["status"], rec["body"]), name
-    r = requests.post(standin.url + "/interrupt", timeout=5)
-    assert (r.status_code, r.content, r.headers.get("Content-Type")) == (200, b"", None)
+    for path, name in (("/interrupt", "interrupt"), ("/free", "free")):
+        rec = recorded(name)
+        r = requests.post(standin.url + path, json=rec["request"].get("json"), timeout=5)
+        assert (r.status_code, r.content, r.headers.get("Content-Type")) == (200, b"", None)
 
 
 def test_prompt_is_recorded_in_history_and_control_endpoints_change_state(standin, busy):
@@ -79,15 +78,19 @@ def test_prompt_is_recorded_in_history_and_control_endpoints_change_state(standi
     assert r.status_code == 200
     doc = r.json()
     assert set(doc) == set(rec["body"]) and doc["number"] == 0 and doc["node_errors"] == {}
-    entry = requests.get(f"{standin.url}/history/{doc['prompt_id']}", timeout=5).json()[doc["prompt_id"]]
+    entry = wait_history(standin.url, doc["prompt_id"])
     number, pid, prompt, extra, outputs = entry["prompt"]
     assert (number, pid, outputs) == (0, doc["prompt_id"], ["2"])
     assert extra == {"client_id": rec["request"]["json"]["client_id"]}
     assert entry["status"]["status_str"] == "success"
     # the counter goes on; "front" gives a negative number, an explicit number is echoed as a float
-    assert requests.post(standin.url + "/prompt", json={"prompt": prompt}, timeout=5).json()["number"] == 1
-    assert requests.post(standin.url + "/prompt", json={"prompt": prompt, "front": True}, timeout=5).json()["number"] < 0
-    assert requests.post(standin.url + "/prompt", json={"prompt": prompt, "number": 12.5}, timeout=5).json()["number"] == 12.5
+    later = []
+    for extra_body, want in (({}, 1), ({"front": True}, -2), ({"number": 12.5}, 12.5)):
+        doc = requests.post(standin.url + "/prompt", json={"prompt": prompt, **extra_body}, timeout=5).json()
+        assert doc["number"] == want
+        later.append(doc["prompt_id"])
+    for pid in later:
+        wait_history(standin.url, pid)  # all done: nothing lands in the history after the clear
     requests.post(standin.url + "/history", json={"clear": True}, timeout=5)
     assert requests.get(standin.url + "/history", timeout=5).json() == {}
 

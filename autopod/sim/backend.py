@@ -5,7 +5,8 @@ the pod gets an SSH server on a loopback port of its own (OpenSSH's sshd where i
 is installed, else the pure-Python one) that authorises the pod's ``PUBLIC_KEY``,
 and a ComfyUI (the stand-in, or a real one from ``comfy_command``) that becomes
 ready a few seconds later. That port is the pod's public port for 22/tcp, so
-autopod reaches ComfyUI through the pod's SSH exactly as on RunPod. Every start
+autopod reaches ComfyUI through the pod's SSH exactly as on RunPod. The stand-in
+executes workflows, with its own nodes; its files live in the pod's folder (comfyui/). Every start
 gets a new SSH port, as on RunPod; the host key and ComfyUI's port stay with the
 pod, like a container disk.
 """
@@ -48,11 +49,15 @@ class _Running:
 
 class LocalPodBackend:
     def __init__(self, root: Path, *, ssh_server: str = "auto", comfy_ready_after: float = 3.0,
-                 comfy_command: str | None = None):
+                 comfy_command: str | None = None, comfy_ws_drop_after: int = 0, comfy_sim_nodes: bool = True):
         self.root = Path(root)
         self.ssh_server = ssh_server
         self.comfy_ready_after = comfy_ready_after
         self.comfy_command = comfy_command
+        # Every pod's stand-in: its own nodes (AutopodSleep, ...) and the WebSocket fault. A running simulator
+        # changes the fault through comfy_faults_file (read by stand-ins as they start) and each one's /_sim/faults.
+        self.comfy_ws_drop_after = comfy_ws_drop_after
+        self.comfy_sim_nodes = comfy_sim_nodes
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
 
@@ -129,7 +134,18 @@ class LocalPodBackend:
                                         cwd=workdir, close_fds=True)
             finally:
                 out.close()
-        return ComfyUIStandin(port=port, ready_after=self.comfy_ready_after).start()
+        return ComfyUIStandin(port=port, ready_after=self.comfy_ready_after, root=workdir / "comfyui",
+                              sim_nodes=self.comfy_sim_nodes, ws_drop_after=self.comfy_ws_drop_after,
+                              faults_file=self.comfy_faults_file).start()
+
+    @property
+    def comfy_faults_file(self) -> Path:
+        return comfy_faults_file(self.root)
+
+
+def comfy_faults_file(root: Path) -> Path:
+    """Where a running simulator keeps its ComfyUI fault settings (JSON, like POST /_sim/faults)."""
+    return Path(root) / "comfy-faults.json"
 
 
 def _halt(part: Any) -> None:

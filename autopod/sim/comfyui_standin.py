@@ -1,22 +1,34 @@
-"""A ComfyUI stand-in: answers like a real ComfyUI 0.3.64, from recorded responses.
+"""A ComfyUI stand-in: answers and executes like a real ComfyUI 0.3.64, with no GPU and no models.
 
-Tests and the offline simulator use it where a real ComfyUI (and a GPU) is not
-available. Responses come from recordings of a real server in
-``autopod/sim/data/comfyui/`` (system stats, node definitions, error bodies);
-the queue and history are kept in memory so that a POST /prompt shows up in
-GET /history like on a real server (prompts "run" instantly and succeed).
+Tests and the offline simulator use it where a real ComfyUI is not available. Fixed answers
+(system stats, node definitions) come from recordings of a real server in
+``autopod/sim/data/comfyui/``; prompts are validated like ComfyUI validates them and queued;
+one worker thread executes them (``autopod.sim.comfyui.engine``) with real model-free nodes
+(EmptyImage, LoadImage, ImageBlur, ImageScale, SaveImage, PreviewImage, SaveAnimatedPNG)
+that read and write real files in the stand-in's input/output/temp folders. Progress goes
+out on the WebSocket ``/ws?clientId=...`` on the same port, and every route also exists
+under ``/api/...``.
 
-Not listening yet: a pod's ComfyUI only starts after the image has copied it
-onto the volume. To imitate that, the stand-in binds its port at once (so the
-port is reserved and its URL known up front) but calls ``listen()`` only after
-``ready_after`` seconds. Until then a connection to the port is refused by the
-kernel, exactly like a port nobody listens on; through an SSH tunnel it shows
-as a channel that opens and closes at once.
+With ``sim_nodes=True`` it also lists and runs its own nodes (category ``autopod/sim``, see
+``autopod.sim.comfyui.nodes``), like a custom node pack: AutopodSleep, AutopodFail,
+AutopodSaveGIF, AutopodSaveVideo, AutopodSaveAudio, AutopodBigFile. Without it, it lists
+the 477 recorded node types, exactly as the recorded server did.
+
+Fault injection: ``ws_drop_after=N`` cuts every WebSocket connection instead of sending its
+(N+1)th message (that message is lost, as in real life; history still records the result).
+At run time: ``POST /_sim/faults {"ws_drop_after": N}`` (0 turns it off; every open
+connection's count restarts) or ``{"ws_drop_now": true}``; ``GET /_sim/faults`` shows them.
+``faults_file`` (the simulator's) holds the same JSON, applied at start and when listening begins.
+
+Not listening yet: a pod's ComfyUI only starts after the image has copied it onto the
+volume. To imitate that, the stand-in binds its port at once (so the port is reserved and
+its URL known up front) but calls ``listen()`` only after ``ready_after`` seconds. Until then
+a connection to the port is refused by the kernel, exactly like a port nobody listens on.
 
 Command line (the simulator runs one per simulated pod)::
 
-    python -m autopod.sim.comfyui_standin --port 0 --ready-after 30
-    {"url": "http://127.0.0.1:41234", "port": 41234, "pid": 4242, "ready_after": 30.0}
+    python -m autopod.sim.comfyui_standin --port 0 --ready-after 30 --sim-nodes --root DIR
+    {"url": "http://127.0.0.1:41234", "port": 41234, "pid": 4242, "ready_after": 30.0, "root": "DIR"}
 
 The JSON line is printed as soon as the port is bound; it answers HTTP from
 ``ready_after`` seconds on. SIGTERM stops it.
@@ -26,19 +38,34 @@ from __future__ import annotations
 
 import argparse
 import copy
+import email.parser
+import email.policy
 import gzip
 import json
+import mimetypes
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
-import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .comfyui import images as im
+from .comfyui.engine import Engine
+from .comfyui.folders import Folders
+from .comfyui.hub import Hub
+from .comfyui.nodes import REAL_NODES, SIM_NODES
+from .comfyui.wsproto import ServerWebSocket, accept_key, handshake_problem
+
 DATA_DIR = Path(__file__).resolve().parent / "data" / "comfyui"
+MAX_UPLOAD_SIZE = 104857600  # ComfyUI's default --max-upload-size (100 MB), as /features reports it
+SERVER_ERROR = "500 Internal Server Error\n\nServer got itself in trouble"
+# /view makes these download instead of display (ComfyUI does the same)
+_UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
 
 
 def _load(data_dir: Path, name: str) -> dict[str, Any]:
@@ -52,17 +79,29 @@ class _Server(ThreadingHTTPServer):
 
 
 class ComfyUIStandin:
-    """``with ComfyUIStandin(ready_after=2).start() as s: requests.get(s.url + "/system_stats")``.
+    """``with ComfyUIStandin(sim_nodes=True).start() as s: requests.post(s.url + "/prompt", json=...)``.
 
-    ``state="busy"`` starts with the recorded busy queue (1 running, 4 pending) and
-    the recorded history (11 entries) instead of an idle, empty server.
+    ``state="busy"`` starts with the recorded busy queue (1 running, 4 pending) and the
+    recorded history (11 entries): the running prompt holds the queue until it is
+    interrupted, then the pending ones run. ``root`` is where input/, output/ and temp/
+    live (default: a temporary folder removed by ``stop``).
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, ready_after: float = 0.0,
-                 data_dir: Path | None = None, state: str = "idle"):
+                 data_dir: Path | None = None, state: str = "idle", root: Path | str | None = None,
+                 sim_nodes: bool = False, ws_drop_after: int = 0, faults_file: Path | str | None = None):
+        if state not in ("idle", "busy"):
+            raise ValueError(f"state must be 'idle' or 'busy', not {state!r}")
+        if host not in ("127.0.0.1", "localhost"):
+            raise ValueError("the ComfyUI stand-in listens on loopback only")
         self.host = host
         self.ready_after = float(ready_after)
         self.data_dir = Path(data_dir) if data_dir else DATA_DIR
+        self.sim_nodes = sim_nodes
+        self.faults_file = Path(faults_file) if faults_file else None
+        self._own_root = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="comfyui-standin-")) if root is None else Path(root)
+        self.folders = Folders(self.root)
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._stopped = threading.Event()
@@ -70,32 +109,65 @@ class ComfyUIStandin:
         self._timer: threading.Timer | None = None
         self._started = False
         self.requests: list[tuple[str, str]] = []  # (method, path) seen, for tests
-        self._load_data(state)
+        self._load_data()
+        self.hub = Hub(drop_after=ws_drop_after)
+        self.engine = Engine(folders=self.folders, node_info=self.node_info,
+                             nodes={**REAL_NODES, **(SIM_NODES if sim_nodes else {})}, send=self.hub.send)
+        if state == "busy":
+            q = _load(self.data_dir, "queue_busy")["body"]
+            self.engine.restore(q["queue_running"], q["queue_pending"], _load(self.data_dir, "history_all")["body"])
         self._httpd = _Server((host, port), _Handler, bind_and_activate=False)
         self._httpd.standin = self
-        self._requested_port = port
 
     # -- data ----------------------------------------------------------------------------------
 
-    def _load_data(self, state: str) -> None:
+    def _load_data(self) -> None:
         d = self.data_dir
         self.system_stats = _load(d, "system_stats")["body"]
         with gzip.open(d / "object_info_full.json.gz", "rt", encoding="utf-8") as f:
             self.object_info: dict[str, Any] = json.load(f)
+        if self.sim_nodes:
+            self.object_info.update({name: copy.deepcopy(n.info) for name, n in SIM_NODES.items()})
         self.static = {name: _load(d, name)["body"] for name in ("embeddings", "extensions", "features", "models")}
-        self.errors = {name: _load(d, name)["body"] for name in
-                       ("prompt_no_prompt_key", "prompt_no_outputs", "prompt_invalid_class", "prompt_missing_class_type")}
-        self.not_json = _load(d, "prompt_not_json")
-        if state == "busy":
-            q = _load(d, "queue_busy")["body"]
-            self.running, self.pending = q["queue_running"], q["queue_pending"]
-            self.history: dict[str, Any] = _load(d, "history_all")["body"]
-        elif state == "idle":
-            self.running, self.pending, self.history = [], [], {}
-        else:
-            raise ValueError(f"state must be 'idle' or 'busy', not {state!r}")
-        numbers = [i[0] for i in self.running + self.pending] + [h["prompt"][0] for h in self.history.values()]
-        self.counter = int(max(numbers, default=-1)) + 1
+
+    def node_info(self, class_type: str) -> dict | None:
+        """One object_info entry; LoadImage's list is the input folder's images, as in ComfyUI."""
+        info = self.object_info.get(class_type)
+        if class_type == "LoadImage" and info is not None:
+            info = {**info, "input": {**info["input"], "required": {
+                **info["input"]["required"], "image": [self.folders.input_images(), {"image_upload": True}]}}}
+        return info
+
+    def full_object_info(self) -> dict[str, Any]:
+        out = dict(self.object_info)
+        if "LoadImage" in out:
+            out["LoadImage"] = self.node_info("LoadImage")
+        return out
+
+    # queue and history, as attributes (tests and the busy replay set them)
+    @property
+    def running(self) -> list:
+        return self.engine.running_items()
+
+    @property
+    def pending(self) -> list:
+        return self.engine.pending_items()
+
+    @pending.setter
+    def pending(self, items: list) -> None:
+        self.engine.set_pending(items)
+
+    @property
+    def history(self) -> dict:
+        return self.engine.history
+
+    @history.setter
+    def history(self, value: dict) -> None:
+        self.engine.history = value
+
+    @property
+    def counter(self) -> int:
+        return self.engine.counter
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -108,6 +180,10 @@ class ComfyUIStandin:
         return f"http://{self.host}:{self.port}"
 
     @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/ws"
+
+    @property
     def ready(self) -> bool:
         return self._ready.is_set()
 
@@ -116,7 +192,9 @@ class ComfyUIStandin:
         if self._started:
             return self
         self._started = True
+        self.load_faults_file()
         self._httpd.server_bind()
+        self.engine.start(f"comfyui-standin-worker-{self.port}")
         if self.ready_after <= 0:
             self.become_ready()
         else:
@@ -130,6 +208,7 @@ class ComfyUIStandin:
         with self._lock:
             if self._ready.is_set() or self._stopped.is_set():
                 return
+            self.load_faults_file()  # settings changed while this ComfyUI was "booting" apply from its start
             self._httpd.server_activate()  # listen(): from here on connections are accepted
             self._serve_thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                                   name=f"comfyui-standin-{self.port}", daemon=True)
@@ -149,8 +228,12 @@ class ComfyUIStandin:
             if self._ready.is_set():
                 self._httpd.shutdown()
             self._httpd.server_close()
+        self.engine.stop()
+        self.hub.close_all()
         if self._serve_thread:
             self._serve_thread.join(timeout=5)
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> "ComfyUIStandin":
         return self.start()
@@ -161,78 +244,107 @@ class ComfyUIStandin:
     # -- behaviour -----------------------------------------------------------------------------
 
     def submit(self, body: dict[str, Any]) -> tuple[int, Any]:
-        """POST /prompt: validate like ComfyUI's first checks, then complete the prompt at once."""
-        prompt = body.get("prompt")
-        if not isinstance(prompt, dict):
-            return 400, self.errors["prompt_no_prompt_key"]
-        outputs = []
-        for node_id, node in prompt.items():
-            if not isinstance(node, dict) or "class_type" not in node:
-                err = copy.deepcopy(self.errors["prompt_missing_class_type"])
-                err["error"]["details"] = f"Node ID '#{node_id}'"
-                return 400, err
-            cls = self.object_info.get(node["class_type"])
-            if cls is None:
-                err = copy.deepcopy(self.errors["prompt_invalid_class"])
-                err["error"]["message"] = f"Cannot execute because node {node['class_type']} does not exist."
-                err["error"]["details"] = f"Node ID '#{node_id}'"
-                return 400, err
-            if cls.get("output_node"):
-                outputs.append(str(node_id))
-        if not outputs:
-            return 400, self.errors["prompt_no_outputs"]
-        with self._lock:
-            if "number" in body:
-                number: Any = float(body["number"])
-            elif body.get("front"):
-                number = -self.counter
-                self.counter += 1
-            else:
-                number = self.counter
-                self.counter += 1
-            prompt_id = str(body.get("prompt_id") or uuid.uuid4())
-            extra = dict(body.get("extra_data") or {})
-            if body.get("client_id"):
-                extra["client_id"] = body["client_id"]
-            now = int(time.time() * 1000)
-            self.history[prompt_id] = {
-                "prompt": [number, prompt_id, prompt, extra, outputs],
-                "outputs": {},
-                "status": {"status_str": "success", "completed": True, "messages": [
-                    ["execution_start", {"prompt_id": prompt_id, "timestamp": now}],
-                    ["execution_cached", {"nodes": [], "prompt_id": prompt_id, "timestamp": now}],
-                    ["execution_success", {"prompt_id": prompt_id, "timestamp": now}]]},
-                "meta": {},
-            }
-        return 200, {"prompt_id": prompt_id, "number": number, "node_errors": {}}
+        """POST /prompt: validate like ComfyUI, queue; (status, body)."""
+        return self.engine.submit(body)
 
     def history_slice(self, query: dict[str, list[str]]) -> dict[str, Any]:
-        items = list(self.history.items())
         max_items = int(query["max_items"][0]) if "max_items" in query else None
-        if "offset" in query:
-            # Like ComfyUI: with an offset the count starts from the oldest entry.
-            start = int(query["offset"][0])
-            items = items[start:start + max_items if max_items is not None else None]
-        elif max_items is not None:
-            items = items[-max_items:] if max_items > 0 else []
-        return dict(items)
+        offset = int(query["offset"][0]) if "offset" in query else -1
+        return self.engine.get_history(max_items=max_items, offset=offset)
 
     def control(self, path: str, body: dict[str, Any]) -> None:
         """POST /queue, /history, /interrupt, /free: ComfyUI answers 200 with an empty body."""
-        with self._lock:
-            if path == "/queue":
-                if body.get("clear"):
-                    self.pending = []
-                for pid in body.get("delete") or []:
-                    self.pending = [i for i in self.pending if i[1] != pid]
-            elif path == "/history":
-                if body.get("clear"):
-                    self.history = {}
-                for pid in body.get("delete") or []:
-                    self.history.pop(pid, None)
+        e = self.engine
+        if path == "/queue":
+            if "clear" in body and body["clear"]:
+                e.clear_pending()
+            for pid in body.get("delete") or []:
+                e.delete_pending(pid)
+        elif path == "/history":
+            if "clear" in body and body["clear"]:
+                e.clear_history()
+            for pid in body.get("delete") or []:
+                e.delete_history(pid)
+        elif path == "/interrupt":
+            e.interrupt(body.get("prompt_id") or None)
+        elif path == "/free":
+            e.free(body)
+
+    def set_faults(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The run-time fault switch behind ``POST /_sim/faults``."""
+        unknown = set(doc) - {"ws_drop_after", "ws_drop_now"}
+        if unknown:
+            raise ValueError(f"unknown fault settings: {', '.join(sorted(unknown))}")
+        drop_after = doc.get("ws_drop_after")
+        if drop_after is not None and (not isinstance(drop_after, int) or isinstance(drop_after, bool)
+                                       or drop_after < 0):
+            raise ValueError("ws_drop_after must be an integer >= 0 (0: off)")
+        return self.hub.set_faults(drop_after=drop_after, drop_now=bool(doc.get("ws_drop_now")))
+
+    def faults(self) -> dict[str, Any]:
+        return self.hub.faults()
+
+    def load_faults_file(self) -> None:
+        """Apply ``faults_file`` (JSON like POST /_sim/faults) if it exists: the simulator writes it when
+        ``sim.start --comfy-ws-drop`` changes a running simulator, for stand-ins not listening yet."""
+        if self.faults_file is None:
+            return
+        try:
+            doc = json.loads(self.faults_file.read_text(encoding="utf-8"))
+            self.set_faults({k: v for k, v in doc.items() if k == "ws_drop_after"})
+        except (OSError, ValueError, AttributeError):
+            pass  # no file, or a damaged one: the constructor's settings stay
+
+    def upload_mask(self, fields: dict, filename: str, data: bytes) -> tuple[int, dict | None]:
+        """POST /upload/mask: the original image's RGB with the uploaded mask's alpha, saved as a new file."""
+        ref = json.loads(fields.get("original_ref") or "{}")
+        status, original = self.folders.view_path(str(ref.get("filename") or ""), ref.get("type") or "output",
+                                                  ref.get("subfolder") or None)
+        composed = None
+        if status == 200 and original is not None:
+            base = im.read_png(original.read_bytes())
+            mask = im.read_png(data)
+            if (mask.width, mask.height) != (base.width, base.height):
+                raise ValueError("images do not match")
+            alpha = mask.alpha if mask.alpha is not None else b"\xff" * (mask.width * mask.height)
+            rgba = bytearray(base.width * base.height * 4)
+            rgba[0::4], rgba[1::4], rgba[2::4], rgba[3::4] = base.rgb[0::3], base.rgb[1::3], base.rgb[2::3], alpha
+            rows = [bytes(rgba[y * base.width * 4:(y + 1) * base.width * 4]) for y in range(base.height)]
+            buf = _Buffer()
+            im.write_png(buf, base.width, base.height, rows, alpha=True, text=base.text)
+            composed = buf.getvalue()
+        # Without the original, ComfyUI answers as if it had saved, and saves nothing.
+        return self.folders.upload(filename, data, kind=fields.get("type"), subfolder=fields.get("subfolder", ""),
+                                   overwrite=fields.get("overwrite"), content=composed, write=composed is not None)
 
 
-_MODEL_FOLDERS_EMPTY: list = []
+class _Buffer(list):
+    def write(self, b: bytes) -> None:
+        self.append(bytes(b))
+
+    def getvalue(self) -> bytes:
+        return b"".join(self)
+
+
+def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, tuple[str, bytes]]]:
+    """(fields, files by field name: (filename, bytes)) of a multipart/form-data body."""
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    fields: dict[str, str] = {}
+    files: dict[str, tuple[str, bytes]] = {}
+    if not msg.is_multipart():
+        return fields, files
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            continue
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_param("filename", header="content-disposition")
+        if filename is not None:
+            files.setdefault(name, (filename, payload))
+        else:
+            fields.setdefault(name, payload.decode("utf-8", "replace"))
+    return fields, files
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -249,9 +361,10 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path
         if path.startswith("/api/"):  # every route also exists under /api/...
             path = path[4:]
-        return path, parse_qs(parts.query)
+        return path, parse_qs(parts.query, keep_blank_values=True)
 
-    def _send(self, status: int, body: Any = None, *, content_type: str | None = "application/json; charset=utf-8") -> None:
+    def _send(self, status: int, body: Any = None, *,
+              content_type: str | None = "application/json; charset=utf-8", headers: dict | None = None) -> None:
         if body is None:
             raw = b""
         elif isinstance(body, (bytes, str)):
@@ -261,92 +374,266 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         if content_type and (raw or status != 200):
             self.send_header("Content-Type", content_type)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.send_header("Content-Length", str(len(raw)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(raw)
 
+    def _empty(self, status: int) -> None:
+        self._send(status, None, content_type=None)
+
+    def _server_error(self) -> None:
+        self._send(500, SERVER_ERROR, content_type="text/plain; charset=utf-8")
+
+    def _not_found(self) -> None:
+        self._send(404, "404: Not Found", content_type="text/plain; charset=utf-8")
+
+    def _body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            out = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(out)
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
     def do_GET(self) -> None:
         s = self.server.standin
         path, query = self._route()
         s.requests.append(("GET", path))
+        try:
+            self._get(s, path, query)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception:
+            self._server_error()
+
+    def _get(self, s: ComfyUIStandin, path: str, query: dict[str, list[str]]) -> None:
+        if path == "/ws":
+            return self._websocket(s, query)
         if path == "/system_stats":
             return self._send(200, s.system_stats)
         if path == "/queue":
             return self._send(200, {"queue_running": s.running, "queue_pending": s.pending})
         if path == "/prompt":
-            return self._send(200, {"exec_info": {"queue_remaining": len(s.running) + len(s.pending)}})
+            return self._send(200, {"exec_info": {"queue_remaining": s.engine.remaining()}})
         if path == "/history":
             return self._send(200, s.history_slice(query))
         if path.startswith("/history/"):
-            pid = unquote(path[len("/history/"):])
-            return self._send(200, {pid: s.history[pid]} if pid in s.history else {})
+            return self._send(200, s.engine.get_history(unquote(path[len("/history/"):])))
         if path == "/object_info":
-            return self._send(200, s.object_info)
+            return self._send(200, s.full_object_info())
         if path.startswith("/object_info/"):
             node = unquote(path[len("/object_info/"):])
-            return self._send(200, {node: s.object_info[node]} if node in s.object_info else {})
+            info = s.node_info(node)
+            return self._send(200, {node: info} if info is not None else {})
         if path in ("/embeddings", "/extensions", "/features", "/models"):
             return self._send(200, s.static[path[1:]])
         if path.startswith("/models/"):
             folder = unquote(path[len("/models/"):])
             if folder in s.static["models"]:
-                return self._send(200, _MODEL_FOLDERS_EMPTY)  # no model files on the stand-in
-            return self._send(404, None, content_type=None)
+                return self._send(200, [])  # no model files on the stand-in
+            return self._empty(404)
+        if path == "/view":
+            return self._view(s, query)
         if path == "/free":  # POST-only route: aiohttp answers 404 octet-stream
             return self._send(404, None, content_type="application/octet-stream")
-        return self._send(404, "404: Not Found", content_type="text/plain; charset=utf-8")
+        if path == "/_sim/faults":
+            return self._send(200, s.faults())
+        return self._not_found()
 
     def do_POST(self) -> None:
         s = self.server.standin
         path, _ = self._route()
         s.requests.append(("POST", path))
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
         try:
-            body = json.loads(raw) if raw.strip() else {}
-        except ValueError:
+            self._post(s, path)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception:
+            self._server_error()
+
+    def _post(self, s: ComfyUIStandin, path: str) -> None:
+        if path in ("/upload/image", "/upload/mask"):
+            return self._upload(s, path)
+        raw = self._body()
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:  # an empty body too: ComfyUI's request.json() raises, aiohttp answers 500
             body = None
         if path == "/prompt":
             if not isinstance(body, dict):
-                rec = s.not_json
-                return self._send(rec["status"], rec["body"], content_type=rec["headers"]["Content-Type"])
+                return self._server_error()
             status, doc = s.submit(body)
             return self._send(status, doc)
         if path in ("/queue", "/history", "/interrupt", "/free"):
+            if not isinstance(body, dict) and path != "/interrupt":  # /interrupt alone tolerates no JSON
+                return self._server_error()
             s.control(path, body if isinstance(body, dict) else {})
-            return self._send(200, None, content_type=None)
-        return self._send(404, "404: Not Found", content_type="text/plain; charset=utf-8")
+            return self._empty(200)
+        if path == "/_sim/faults":
+            try:
+                if not isinstance(body, dict):
+                    raise ValueError("send a JSON object, e.g. {\"ws_drop_after\": 5}")
+                return self._send(200, s.set_faults(body))
+            except ValueError as e:
+                return self._send(400, {"error": str(e)})
+        return self._not_found()
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def _upload(self, s: ComfyUIStandin, path: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_UPLOAD_SIZE:
+            self.close_connection = True
+            return self._send(413, f"Maximum request body size {MAX_UPLOAD_SIZE} exceeded, actual body size {length}",
+                              content_type="text/plain; charset=utf-8")
+        fields, files = parse_multipart(self.headers.get("Content-Type") or "", self._body())
+        if "image" not in files:
+            return self._empty(400)  # no file, or the file under another field name
+        filename, data = files["image"]
+        if path == "/upload/mask":
+            status, doc = s.upload_mask(fields, filename, data)
+        else:
+            status, doc = s.folders.upload(filename, data, kind=fields.get("type"),
+                                           subfolder=fields.get("subfolder", ""), overwrite=fields.get("overwrite"))
+        if doc is None:
+            return self._empty(status)
+        return self._send(status, doc)
+
+    def _view(self, s: ComfyUIStandin, query: dict[str, list[str]]) -> None:
+        q = {k: v[0] for k, v in query.items()}
+        if "filename" not in q:
+            return self._empty(404)
+        status, file = s.folders.view_path(q["filename"], q.get("type", "output"), q.get("subfolder"))
+        if status != 200 or file is None:
+            return self._empty(status)
+        name = os.path.basename(s.folders.annotated(q["filename"])[0])
+        disposition = {"Content-Disposition": f'filename="{name}"'}
+        channel = q.get("channel", "rgba")
+        if channel in ("rgb", "a"):
+            try:
+                png = im.read_png(file.read_bytes())
+            except ValueError:
+                png = None  # not a PNG the stand-in reads: served as it is
+            if png is not None:
+                buf = _Buffer()
+                w, h = png.width, png.height
+                if channel == "rgb":
+                    im.write_png(buf, w, h, (png.rgb[y * w * 3:(y + 1) * w * 3] for y in range(h)))
+                else:  # the alpha channel as an RGBA image with black colour
+                    alpha = png.alpha if png.alpha is not None else b"\xff" * (w * h)
+                    rows = (b"".join(b"\0\0\0" + bytes([a]) for a in alpha[y * w:(y + 1) * w]) for y in range(h))
+                    im.write_png(buf, w, h, rows, alpha=True)
+                return self._send(200, buf.getvalue(), content_type="image/png", headers=disposition)
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        if ctype in _UNSAFE_TYPES:
+            ctype = "application/octet-stream"
+        self._send_file(file, ctype, disposition)
+
+    def _send_file(self, file: Path, ctype: str, headers: dict) -> None:
+        """Stream from disk (sendfile), with single byte ranges like aiohttp's FileResponse."""
+        with file.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            start, end, status = 0, size - 1, 200
+            rng = self.headers.get("Range") or ""
+            if rng.startswith("bytes=") and "," not in rng:
+                a, _, b = rng[6:].partition("-")
+                try:
+                    if a:
+                        start, end = int(a), min(int(b), size - 1) if b else size - 1
+                    else:
+                        start, end = max(0, size - int(b)), size - 1
+                    if start > end or start >= size:
+                        raise ValueError
+                    status = 206
+                except ValueError:
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{size}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+            length = end - start + 1 if size else 0
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Last-Modified", self.date_time_string(int(os.fstat(f.fileno()).st_mtime)))
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            if self.command == "HEAD" or not length:
+                return
+            self.wfile.flush()
+            sent = 0
+            while sent < length:  # the kernel copies; memory stays flat whatever the file's size
+                n = self.connection.sendfile(f, start + sent, length - sent)
+                if not n:
+                    break
+                sent += n
+
+    # -- the WebSocket ---------------------------------------------------------------------------
+
+    def _websocket(self, s: ComfyUIStandin, query: dict[str, list[str]]) -> None:
+        problem = handshake_problem(self.command, self.headers)
+        if problem:
+            return self._send(400, problem, content_type="text/plain; charset=utf-8")
+        key = self.headers["Sec-WebSocket-Key"]
+
+        def accept() -> None:
+            self.send_response(101, "Switching Protocols")
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "upgrade")
+            self.send_header("Sec-WebSocket-Accept", accept_key(key))
+            self.end_headers()
+
+        ws = ServerWebSocket(self.connection, self.rfile)
+        s.hub.serve(ws, (query.get("clientId") or [""])[0], accept=accept, greeting=s.engine.greeting,
+                    features=s.static["features"])
+        self.close_connection = True
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m autopod.sim.comfyui_standin",
-                                description="Serve recorded ComfyUI 0.3.64 answers on a local port.")
-    p.add_argument("--host", default="127.0.0.1")
+                                description="Serve and execute like ComfyUI 0.3.64 on a local port.")
+    p.add_argument("--host", default="127.0.0.1", choices=("127.0.0.1", "localhost"))
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
     p.add_argument("--ready-after", type=float, default=0.0,
                    help="seconds before the port accepts connections (a first boot copying ComfyUI)")
     p.add_argument("--state", choices=("idle", "busy"), default="idle")
     p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--root", type=Path, default=None, help="folder for input/, output/ and temp/ (default: a temp dir)")
+    p.add_argument("--sim-nodes", action="store_true", help="also list and run the stand-in's own nodes")
+    p.add_argument("--ws-drop-after", type=int, default=0, metavar="N",
+                   help="cut every WebSocket connection instead of sending its (N+1)th message (0: never)")
     args = p.parse_args(argv)
-    standin = ComfyUIStandin(host=args.host, port=args.port, ready_after=args.ready_after,
-                             data_dir=args.data_dir, state=args.state).start()
+    if args.ws_drop_after < 0:
+        p.error("--ws-drop-after must be >= 0")
+    standin = ComfyUIStandin(host=args.host, port=args.port, ready_after=args.ready_after, data_dir=args.data_dir,
+                             state=args.state, root=args.root, sim_nodes=args.sim_nodes,
+                             ws_drop_after=args.ws_drop_after).start()
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    print(json.dumps({"url": standin.url, "port": standin.port, "pid": _pid(), "ready_after": args.ready_after}),
-          flush=True)
+    print(json.dumps({"url": standin.url, "port": standin.port, "pid": os.getpid(), "ready_after": args.ready_after,
+                      "root": str(standin.root)}), flush=True)
     try:
         while not done.wait(0.5):
             pass
     finally:
         standin.stop()
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 if __name__ == "__main__":

@@ -148,8 +148,11 @@ def simulator_status() -> dict[str, Any]:
     from .runpod_standin import DEFAULT_SETTINGS
 
     settings = world.get("settings", {})
-    doc.update(running=True, settings=settings,
-               faults={k: v for k, v in settings.items() if DEFAULT_SETTINGS.get(k) != v},
+    faults = {k: v for k, v in settings.items() if DEFAULT_SETTINGS.get(k) != v}
+    comfy_drop = _read_comfy_faults(Path(data.get("root") or _sim_root())).get("ws_drop_after")
+    if comfy_drop:
+        faults["comfy_ws_drop"] = comfy_drop
+    doc.update(running=True, settings=settings, faults=faults,
                pods=[{"id": pid, "name": p.get("name"), "status": p.get("desiredStatus")}
                      for pid, p in (world.get("pods") or {}).items()],
                volumes=[{"id": vid, "name": v.get("name"), "size_gb": v.get("size"), "datacenter": v.get("dataCenterId")}
@@ -159,24 +162,75 @@ def simulator_status() -> dict[str, Any]:
 
 def start_simulator(*, world_file: str | None = None, settings: dict[str, Any] | None = None,
                     comfy_ready_after: float = 3.0, comfy_command: str | None = None,
-                    ssh_server: str = "auto", timeout: float = 30.0) -> Outcome:
+                    ssh_server: str = "auto", timeout: float = 30.0, comfy_ws_drop: int | None = None) -> Outcome:
     settings = settings or {}
     if ssh_server not in ("auto", "openssh", "python"):
         raise UsageError(f"--ssh-server must be auto, openssh or python, not {ssh_server!r}")
+    if comfy_ws_drop is not None and comfy_ws_drop < 0:
+        raise UsageError("--comfy-ws-drop must be 0 (off) or more")
     # Two sim.start at once must not start two servers, one of them unrecorded.
     with exclusive("sim", "start", timeout=timeout + 30, what="start the simulator"):
-        return _start_locked(world_file, settings, comfy_ready_after, comfy_command, ssh_server, timeout)
+        return _start_locked(world_file, settings, comfy_ready_after, comfy_command, ssh_server, timeout,
+                             comfy_ws_drop)
+
+
+def _comfy_faults(root: Path, comfy_ws_drop: int | None) -> None:
+    """The pods' ComfyUI fault settings file: stand-ins read it as they start (see sim.backend)."""
+    from .backend import comfy_faults_file
+
+    path = comfy_faults_file(root)
+    if comfy_ws_drop is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_text(json.dumps({"ws_drop_after": comfy_ws_drop}))
+
+
+def _read_comfy_faults(root: Path) -> dict[str, Any]:
+    from .backend import comfy_faults_file
+
+    try:
+        doc = json.loads(comfy_faults_file(root).read_text())
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _push_comfy_faults(world: dict[str, Any], faults: dict[str, Any]) -> int:
+    """Apply ComfyUI faults to the running pods' stand-ins now; returns how many took them."""
+    import requests
+
+    from .backend import COMFY_ADDRESS_ENV
+
+    done = 0
+    for pod in (world.get("pods") or {}).values():
+        env = dict(str(e).partition("=")[::2] for e in pod.get("env") or [])
+        address = env.get(COMFY_ADDRESS_ENV)
+        if pod.get("desiredStatus") != "RUNNING" or not address:
+            continue
+        try:
+            requests.post(f"http://{address}/_sim/faults", json=faults, timeout=3).raise_for_status()
+            done += 1
+        except requests.RequestException:  # not listening yet: it reads the faults file when it starts
+            pass
+    return done
 
 
 def _start_locked(world_file: str | None, settings: dict[str, Any], comfy_ready_after: float,
-                  comfy_command: str | None, ssh_server: str, timeout: float) -> Outcome:
+                  comfy_command: str | None, ssh_server: str, timeout: float,
+                  comfy_ws_drop: int | None = None) -> Outcome:
     current = simulator_status()
     if current.get("running"):
         data = _state().read()
         register_secret(data["api_key"])
-        if settings:
-            _control(data["base_url"], data["api_key"], "POST", {"settings": settings})
-            return Outcome(True, f"simulator at {data['base_url']} now runs with {settings}", key="simulator",
+        if settings or comfy_ws_drop is not None:
+            changes = dict(settings)
+            if settings:
+                _control(data["base_url"], data["api_key"], "POST", {"settings": settings})
+            if comfy_ws_drop is not None:
+                _comfy_faults(Path(data.get("root") or _sim_root()), comfy_ws_drop)
+                _push_comfy_faults(_control(data["base_url"], data["api_key"]), {"ws_drop_after": comfy_ws_drop})
+                changes["comfy_ws_drop"] = comfy_ws_drop
+            return Outcome(True, f"simulator at {data['base_url']} now runs with {changes}", key="simulator",
                            data=simulator_status())
         return Outcome(False, f"simulator already running at {data['base_url']}", key="simulator", data=current)
     if current.get("url"):  # a dead one: its record goes, nothing else is touched
@@ -185,6 +239,7 @@ def _start_locked(world_file: str | None, settings: dict[str, Any], comfy_ready_
 
     root = _sim_root()
     root.mkdir(exist_ok=True)
+    _comfy_faults(root, comfy_ws_drop)  # a fresh simulator starts from its own flags, not an old file
     world: dict[str, Any] | None = None
     if world_file or settings:
         from .runpod_standin import default_world, merge_patch
@@ -201,6 +256,8 @@ def _start_locked(world_file: str | None, settings: dict[str, Any], comfy_ready_
         argv += ["--world", str(wf)]
     if comfy_command:
         argv += ["--comfy-command", comfy_command]
+    if comfy_ws_drop:
+        argv += ["--comfy-ws-drop", str(comfy_ws_drop)]
     api_key = "sim-" + secrets.token_hex(16)
     register_secret(api_key)
     progress("starting the offline simulator")

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ssh-server", default="auto", choices=("auto", "openssh", "python"))
     p.add_argument("--comfy-ready-after", type=float, default=3.0)
     p.add_argument("--comfy-command", default=None)
+    p.add_argument("--comfy-ws-drop", type=int, default=0, metavar="N",
+                   help="every pod's ComfyUI stand-in cuts each WebSocket instead of sending its (N+1)th message")
     args = p.parse_args(argv)
 
     from ..core.log import setup_logging
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.world, encoding="utf-8") as f:
             world = json.load(f)
     backend = LocalPodBackend(Path(args.root), ssh_server=args.ssh_server,
-                              comfy_ready_after=args.comfy_ready_after, comfy_command=args.comfy_command)
+                              comfy_ready_after=args.comfy_ready_after, comfy_command=args.comfy_command,
+                              comfy_ws_drop_after=args.comfy_ws_drop)
     api_key = os.environ.get("AUTOPOD_SIM_API_KEY") or "sim-key"
     standin = RunPodStandin(world, api_key=api_key, port=args.port, backend=backend).start()
     done = threading.Event()

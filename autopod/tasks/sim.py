@@ -17,10 +17,13 @@ from ._base import command, exit_quietly
     "comfy_ready_after": "seconds after a pod starts before its ComfyUI answers (default 3)",
     "comfy_command": "command that starts a pod's ComfyUI instead of the stand-in; {port} and {host} are filled in",
     "ssh_server": "auto (OpenSSH's sshd where installed), openssh, or python (needs autopod[sim-ssh])",
+    "comfy_ws_drop": "every pod's ComfyUI cuts each WebSocket connection instead of sending its (N+1)th message "
+                     "(progress must survive drops); 0 turns it off",
     "json": "print one JSON document",
 })
 def start(c, world=None, latency=None, fail_every=None, hang_every=None, never_ready=False, reject_key=False,
-          boot_seconds=None, comfy_ready_after=None, comfy_command=None, ssh_server="auto", json=False):
+          boot_seconds=None, comfy_ready_after=None, comfy_command=None, ssh_server="auto", comfy_ws_drop=None,
+          json=False):
     """Start the offline simulator; every later command uses it until sim.stop. On a running one, apply the fault flags."""
     from ..core.output import emit_outcome, table
     from ..sim.control import fault_settings, start_simulator
@@ -32,9 +35,10 @@ def start(c, world=None, latency=None, fail_every=None, hang_every=None, never_r
                               reject_key=True if reject_key else None,
                               boot_seconds=number(boot_seconds, "--boot-seconds", minimum=0, maximum=86400))
     ready_after = number(comfy_ready_after, "--comfy-ready-after", minimum=0, maximum=86400)
+    ws_drop = number(comfy_ws_drop, "--comfy-ws-drop", int, minimum=0, maximum=1_000_000)
     outcome = start_simulator(world_file=world, settings=settings,
                               comfy_ready_after=3.0 if ready_after is None else ready_after,
-                              comfy_command=comfy_command, ssh_server=ssh_server)
+                              comfy_command=comfy_command, ssh_server=ssh_server, comfy_ws_drop=ws_drop)
     emit_outcome(outcome, as_json=json)
     if not json and (outcome.data or {}).get("volumes"):
         print("\nNetwork volumes in the simulated account (use one with pod.create --volume-id):")
