@@ -47,7 +47,8 @@ def watch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False, t
             runner = Runner(led, batch, conn, progress=progress, previews=bool(batch.options.get("previews")))
             runner.total = len(led.prompts(batch.id))
             for r in rows:
-                if r.prompt_id and (r.status in ("queued", "running") or (r.status in FINAL and not r.fetched_at)):
+                if r.prompt_id and (r.status in ("submitting", "queued", "running")
+                                    or (r.status in FINAL and not r.fetched_at)):
                     runner.active[r.prompt_id] = Track(r, runner._label(r))
             if not runner.active:
                 report = _report(led, batch)
@@ -94,7 +95,7 @@ def fetch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False,
                 runner.active[r.prompt_id] = Track(r, runner._label(r))
                 runner.finish(runner.active[r.prompt_id], entry)
             report = _report(led, batch)
-            after = sum(len(led.saved_outputs(r.prompt_id)) for r in led.prompts(batch.id) if r.prompt_id)
+            after = sum(len(led.saved_outputs(r.prompt_id)) for r in rows if r.prompt_id)
             report["changed"] = after > before
             report["fetched"] = after - before
             report["msg"] = (f"fetched {after - before} file(s) of batch {batch.id}"

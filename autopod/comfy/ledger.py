@@ -24,7 +24,8 @@ from ..core.paths import autopod_home
 FILE = "ledger.db"
 BUSY_TIMEOUT_MS = 30_000
 
-# Prompt states. planned: not submitted yet; queued/running: on the server; the rest are final.
+# Prompt states. planned: not submitted yet; submitting: its id is recorded and the POST under way (it may
+# or may not be on the server); queued/running: on the server; the rest are final.
 FINAL = ("success", "error", "interrupted", "rejected", "cancelled")
 
 
@@ -219,7 +220,7 @@ class Ledger:
         rows = self.db.execute(
             "SELECT b.*, COUNT(p.idx) AS total, SUM(p.status = 'success') AS done, "
             "SUM(p.status IN ('error', 'rejected', 'interrupted', 'cancelled')) AS failed, "
-            "SUM(p.status IN ('queued', 'running')) AS active, SUM(p.status = 'planned') AS planned "
+            "SUM(p.status IN ('submitting', 'queued', 'running')) AS active, SUM(p.status = 'planned') AS planned "
             "FROM batches b LEFT JOIN prompts p ON p.batch_id = b.id GROUP BY b.id "
             "ORDER BY b.created_at DESC LIMIT ?", (limit,)).fetchall()
         return [dict(r) for r in rows]

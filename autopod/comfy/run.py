@@ -230,22 +230,30 @@ class Runner:
     # -- submitting
 
     def submit(self, row: PromptRow) -> bool:
-        """POST one prompt. A rejected one is recorded with ComfyUI's node_errors and reported."""
+        """POST one prompt. Its id is chosen here and recorded first (ComfyUI keeps an id it is given),
+        so a prompt whose answer is lost to Ctrl-C or a dropped link is still known: Ctrl-C removes it
+        from the queue, ``--resume`` finds it, nothing runs twice. A rejected one is recorded with
+        ComfyUI's node_errors and reported."""
+        import uuid
+
+        pid = str(uuid.uuid4())
+        self.ledger.update(row.batch_id, row.idx, prompt_id=pid, status="submitting", submitted_at=time.time())
+        row = self.ledger.prompt(row.batch_id, row.idx)
+        self.active[pid] = Track(row, self._label(row))
         try:
-            sub = self.conn.call(lambda c: c.submit(row.prompt, self.batch.client_id))
+            sub = self.conn.call(lambda c: c.submit(row.prompt, self.batch.client_id, prompt_id=pid))
         except ComfyHTTPError as e:
             if e.status == 400 and isinstance(e.body, dict):
+                del self.active[pid]
                 self._rejected(row, e.body)
                 return False
             raise
-        now = time.time()
-        self.ledger.update(row.batch_id, row.idx, prompt_id=sub.prompt_id, status="queued", submitted_at=now)
-        row = self.ledger.prompt(row.batch_id, row.idx)
+        self.ledger.update(row.batch_id, row.idx, status="queued")
+        self.active[pid].row.status = "queued"
         if sub.node_errors:  # 200, but some outputs were dropped: never a plain success
             self.ledger.update(row.batch_id, row.idx, error={"node_errors": sub.node_errors})
             for msg in node_error_lines(sub.node_errors, row.prompt):
                 self.progress.note(f"{self._label(row)}: {msg} (that output is skipped)")
-        self.active[sub.prompt_id] = Track(row, self._label(row))
         return True
 
     def _rejected(self, row: PromptRow, body: dict[str, Any]) -> None:
@@ -419,18 +427,27 @@ class Runner:
         """Interrupt this run's running prompt, drop its queued ones; never another user's prompts."""
         with signals.shielded():
             notes = []
+            running: set[str] = set()
+            pending: set[str] = set()
             try:
-                q = self.conn.client.get_queue_info()
-                running = [i.prompt_id for i in q.running if i.prompt_id in self.active]
-                pending = [i.prompt_id for i in q.pending if i.prompt_id in self.active]
-                for pid in running:
-                    self.conn.client.interrupt(pid)
-                self.conn.client.delete_queued(pending)
+                # Pending ones first, so none of them starts when the running one stops; then look
+                # again: one may have started in between, or a submit cut short may land just now.
+                for n in range(4):
+                    q = self.conn.client.get_queue_info()
+                    now_pending = [i.prompt_id for i in q.pending if i.prompt_id in self.active]
+                    now_running = [i.prompt_id for i in q.running if i.prompt_id in self.active]
+                    self.conn.client.delete_queued(now_pending)
+                    for pid in now_running:
+                        self.conn.client.interrupt(pid)
+                    pending.update(now_pending)
+                    running.update(now_running)
+                    if n and not now_pending and not now_running:
+                        break
+                    time.sleep(0.2)
                 notes.append(f"interrupted {len(running)} running prompt(s) and removed {len(pending)} queued one(s)")
             except ComfyError as e:
                 notes.append(f"could not reach ComfyUI to stop this run's prompts ({e}); "
                              f"`autopod comfy.cancel --batch {self.batch.id}` does it later")
-                running, pending = [], []
             now = time.time()
             for pid, t in self.active.items():
                 status = "interrupted" if pid in running else "cancelled"
