@@ -19,19 +19,18 @@ class Progress:
         self.bars = enabled if enabled is not None else _stderr_is_terminal()
         self._bar: Any = None
         self._label = ""
-        self._done_nodes = 0
         self._node = ""
         self._steps = ""
 
     def start(self, label: str, total_nodes: int) -> None:
         """A prompt started running on the server."""
         self.close_bar()
-        self._label, self._done_nodes, self._node, self._steps = label, 0, "", ""
+        self._label, self._node, self._steps = label, "", ""
         if self.bars:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total_nodes, desc=safe_text(label), unit="node", file=sys.stderr, leave=True,
-                             dynamic_ncols=True, bar_format="{desc}: {n_fmt}/{total_fmt} nodes |{bar}| {postfix}")
+                             dynamic_ncols=True, bar_format="{desc}: {n_fmt}/{total_fmt} nodes |{bar}|{postfix}")
         else:
             line(f"{label}: running ({total_nodes} nodes)")
 
@@ -39,12 +38,13 @@ class Progress:
         self._advance(n)
 
     def node(self, node_id: str, class_type: str, title: str | None) -> None:
+        """A node started; the one before it (if any) is done. ComfyUI sends ``executed`` only for
+        nodes with output, so node starts are what counts."""
+        if self._node:
+            self._advance(1)
         self._node = f"{node_id} {class_type}" + (f" '{title}'" if title and title != class_type else "")
         self._steps = ""
         self._show()
-
-    def node_done(self) -> None:
-        self._advance(1)
 
     def step(self, value: int, maximum: int) -> None:
         self._steps = f"step {value}/{maximum}"
@@ -53,6 +53,8 @@ class Progress:
     def finish(self, label: str, status: str, detail: str = "") -> None:
         """A prompt ended (success, error, interrupted); the bar stays on screen with the result."""
         if self._bar is not None and self._label == label:
+            if status == "success" and self._bar.total:
+                self._bar.update(self._bar.total - self._bar.n)
             self._bar.set_postfix_str(safe_text(f"{status}{': ' + detail if detail else ''}"), refresh=False)
             self.close_bar()
         else:
@@ -73,7 +75,6 @@ class Progress:
             self._bar = None
 
     def _advance(self, n: int) -> None:
-        self._done_nodes += n
         if self._bar is not None:
             self._bar.update(n)
 

@@ -223,6 +223,7 @@ class Runner:
         self.pod_facts = pod_facts or {}
         self.active: dict[str, Track] = {}  # prompt_id -> Track
         self.total = 0
+        self.poll_at = float("inf")  # poll history early (an end event came, its record is due)
         self.stream = EventStream(lambda: self.conn.client.ws_url(self.batch.client_id),
                                   on_state=self._socket_state)
         self.root = Path(batch.output_dir)
@@ -276,7 +277,9 @@ class Runner:
         """Submit ``pending`` (bounded by max_queued) and follow everything active until all is final."""
         queue = list(pending)
         self.total = len(self.ledger.prompts(self.batch.id))
-        last_poll = 0.0
+        last_poll = time.monotonic()  # events come first; the history poll is the safety net
+        # Listen before submitting: ComfyUI sends a prompt's events only to sockets already open.
+        self.stream.connect()
         try:
             while queue or self.active:
                 while queue and len(self.active) < self.max_queued:
@@ -287,9 +290,9 @@ class Runner:
                 if ev is not None:
                     self.on_event(ev)
                 now = time.monotonic()
-                if now - last_poll >= (POLL_S if self.stream.up else POLL_DOWN_S):
+                if now - last_poll >= (POLL_S if self.stream.up else POLL_DOWN_S) or now >= self.poll_at:
                     self.poll()
-                    last_poll = now
+                    last_poll, self.poll_at = now, float("inf")
                 if not self.stream.up and ev is None:
                     time.sleep(0.1)
                 if deadline is not None and now > deadline and self.active:
@@ -314,16 +317,19 @@ class Runner:
             self.progress.start(t.label, len(t.row.prompt))
         elif kind == "execution_cached":
             self.progress.cached(len(data.get("nodes") or []))
-        elif kind == "executing" and data.get("node") is not None:
+        elif kind == "executing" and data.get("node") is None:
+            # ComfyUI sends this after it has written the history entry (execution_success comes before):
+            # the moment to read the result.
+            self.finish(t)
+        elif kind == "executing":
             node = str(data["node"])
             spec = t.row.prompt.get(node) or {}
             self.progress.node(node, spec.get("class_type", "?"), (spec.get("_meta") or {}).get("title"))
         elif kind == "progress":
             self.progress.step(int(data.get("value") or 0), int(data.get("max") or 0))
-        elif kind == "executed":
-            self.progress.node_done()
         elif kind in ("execution_success", "execution_error", "execution_interrupted"):
-            self.finish(t)
+            # The history entry follows in a moment; should "executing: null" be lost, poll for it soon.
+            self.poll_at = min(self.poll_at, time.monotonic() + 0.5)
 
     def poll(self) -> None:
         """The record: history for each active prompt; the queue tells pending from lost."""
@@ -620,6 +626,7 @@ def _resume(opts: RunOptions, conn: Connection, progress: Progress) -> dict[str,
         runner = Runner(ledger, batch, conn, progress=progress, previews=bool(batch.options.get("previews")),
                         max_queued=opts.max_queued, pod_facts=_pod_facts(batch.target_id))
         queue_ids = _server_queue(conn)
+        saved_before = sum(len(ledger.saved_outputs(r.prompt_id)) for r in rows if r.prompt_id)
         resubmit, follow = [], []
         for r in rows:
             if r.status == "success" and r.fetched_at:
@@ -638,7 +645,9 @@ def _resume(opts: RunOptions, conn: Connection, progress: Progress) -> dict[str,
             runner.active[r.prompt_id] = Track(r, runner._label(r))  # type: ignore[index]
         if not follow and not resubmit:
             report = _report(ledger, batch)
-            report["changed"] = report["changed"] or bool(runner.total)
+            saved_after = sum(len(ledger.saved_outputs(r.prompt_id)) for r in ledger.prompts(batch.id) if r.prompt_id)
+            if saved_after == saved_before:
+                report.update(changed=False, msg=f"nothing left to do: {report['msg']}")
             return report
         progress.note(f"batch {batch.id}: following {len(follow)} prompt(s) still on the server, "
                       f"submitting {len(resubmit)} that never finished")

@@ -1,0 +1,227 @@
+"""comfy.run's costs, side by side with the reference in one run, through one autopod tunnel.
+
+Run by hand (not part of the test suite):
+
+    .venv/bin/python bench/comfy_render.py                 # 1024 MB download, 10 single prompts, batch of 20
+    .venv/bin/python bench/comfy_render.py --mb 256 --singles 5 --batch 10
+
+One process starts a loopback OpenSSH sshd and the simulator's ComfyUI stand-in (its model-free
+nodes), puts the stand-in behind the sshd as an inventory host, and starts `autopod tunnel.start`.
+Then:
+
+1. Download: a prompt writes an N MB file (AutopodBigFile). `curl -o FILE` fetches it through the
+   tunnel (the reference); autopod's downloader (the code comfy.run and comfy.fetch use: a streamed
+   GET /view into a file, sha256 on the way) fetches it in this process; and the whole
+   `autopod comfy.fetch` command fetches it as a user runs it. All write to the same disk.
+   Throughput ratio autopod/curl (goal: at least 0.9), and the peak RSS of each autopod fetch, for
+   a small file and the N MB one: it must stay flat, not grow with the file.
+2. Per prompt: a tiny workflow (an 8x8 image, saved). The reference is a minimal Python script that
+   does what ComfyUI's own script examples do: POST /prompt, wait on the WebSocket, GET the output.
+   Both run as fresh processes, alternately; medians. Then a batch of distinct prompts: one
+   `autopod comfy.run --sweep` against the script doing the same prompts in a loop, per prompt.
+Everything stays on 127.0.0.1; AUTOPOD_HOME is a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+REFERENCE = r'''
+import json, sys, urllib.request, uuid
+import websocket
+host, prompt_file, out_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+prompts = json.load(open(prompt_file))
+client_id = str(uuid.uuid4())
+ws = websocket.WebSocket()
+ws.connect(f"ws://{host}/ws?clientId={client_id}")
+for n, prompt in enumerate(prompts):
+    req = urllib.request.Request(f"http://{host}/prompt", data=json.dumps({"prompt": prompt, "client_id": client_id}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    prompt_id = json.loads(urllib.request.urlopen(req).read())["prompt_id"]
+    while True:
+        msg = ws.recv()
+        if isinstance(msg, str):
+            m = json.loads(msg)
+            if m["type"] == "executing" and m["data"]["node"] is None and m["data"]["prompt_id"] == prompt_id:
+                break
+    hist = json.loads(urllib.request.urlopen(f"http://{host}/history/{prompt_id}").read())[prompt_id]
+    for node, out in hist["outputs"].items():
+        for img in out.get("images", []):
+            q = f"filename={img['filename']}&subfolder={img['subfolder']}&type={img['type']}"
+            data = urllib.request.urlopen(f"http://{host}/view?{q}").read()
+            open(f"{out_dir}/{n}_{img['filename']}", "wb").write(data)
+ws.close()
+'''
+
+TINY = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "tiny"}}}
+
+
+def timed(argv: list[str], env: dict) -> tuple[float, int, subprocess.CompletedProcess]:
+    """(seconds, peak RSS in KiB of the command, the result), the command run as a fresh process."""
+    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "d = time.perf_counter() - t; "
+               "print(d, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode); "
+               "sys.stderr.write(p.stderr[-2000:] if p.returncode else '')")
+    p = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, env=env, cwd=ROOT)
+    secs, rss, code = p.stdout.split()
+    if int(code):
+        raise SystemExit(f"{' '.join(argv[:6])} failed: {p.stderr}")
+    return float(secs), int(rss), p
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=int, default=1024, help="size of the big output in MB (default 1024)")
+    ap.add_argument("--singles", type=int, default=10, help="single-prompt runs each (default 10)")
+    ap.add_argument("--batch", type=int, default=20, help="prompts in the batch comparison (default 20)")
+    ap.add_argument("--rounds", type=int, default=5, help="downloads of each kind, median (default 5)")
+    args = ap.parse_args()
+
+    import shutil
+
+    import requests
+    import yaml
+
+    from autopod.sim.sshd import LocalSSHD, find_sshd
+
+    if not find_sshd() or not shutil.which("curl"):
+        raise SystemExit("needs OpenSSH's sshd and curl")
+    work = Path(tempfile.mkdtemp(prefix="autopod-bench-"))
+    env = {**os.environ, "AUTOPOD_HOME": str(work / "home"), "AUTOPOD_INVENTORY": str(work / "inv.yml")}
+    key = work / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    autopod = [sys.executable, "-m", "autopod"]
+    results = {}
+    # The stand-in in a process of its own, like a pod's ComfyUI: in this process it would share the GIL
+    # with the downloader being measured.
+    standin = subprocess.Popen([sys.executable, "-m", "autopod.sim.comfyui_standin", "--port", "0", "--sim-nodes",
+                                "--root", str(work / "comfyui")], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    sport = json.loads(standin.stdout.readline())["port"]
+    with LocalSSHD(work / "sshd", key.with_suffix(".pub").read_text()) as sshd:
+        (work / "inv.yml").write_text(yaml.safe_dump({"hosts": {"bench": {
+            "host": "127.0.0.1", "port": sshd.port, "user": sshd.user, "key": str(key),
+            "comfy_address": f"127.0.0.1:{sport}"}}}))
+        start = subprocess.run(autopod + ["tunnel.start", "bench", "--json"], env=env, capture_output=True, text=True)
+        if start.returncode:
+            raise SystemExit(start.stderr)
+        lp = json.loads(start.stdout)["local_port"]
+        base = f"http://127.0.0.1:{lp}"
+
+        # 1. Download.
+        def big(mb: int) -> Path:
+            wf = work / f"big{mb}.json"
+            wf.write_text(json.dumps({"1": {"class_type": "AutopodBigFile",
+                                            "inputs": {"size_mb": mb, "filename_prefix": f"big{mb}"}}}))
+            return wf
+
+        def fetch_once(mb: int) -> tuple[float, int]:
+            out = work / f"out-{time.monotonic_ns()}"
+            sub = subprocess.run(autopod + ["comfy.run", str(big(mb)), "--pod", "bench", "--output-dir", str(out),
+                                            "--detach", "--json"], env=env, capture_output=True, text=True)
+            batch = json.loads(sub.stdout)["batch"]
+            pid = json.loads(sub.stdout)["prompt_ids"][0]
+            while not requests.get(f"{base}/history/{pid}", timeout=30).json():
+                time.sleep(0.2)
+            secs, rss, _ = timed(autopod + ["comfy.fetch", batch, "--json"], env)
+            shutil.rmtree(out, ignore_errors=True)
+            return secs, rss
+
+        fetch_once(args.mb)  # writes the file once; later runs are cached by the server
+        hist = requests.get(f"http://127.0.0.1:{sport}/history", timeout=30).json()
+        item = next(iter(next(iter(hist.values()))["outputs"].values()))["files"][0]
+        url = f"{base}/view?filename={item['filename']}&subfolder={item['subfolder']}&type={item['type']}"
+        size = args.mb * (1 << 20)
+        from autopod.comfy.client import ComfyUIClient
+        from autopod.comfy.outputs import save_stream
+
+        def library_download() -> float:
+            """The code comfy.run and comfy.fetch use (client.download into save_stream), in this process."""
+            t = time.perf_counter()
+            with ComfyUIClient(base, timeout=60) as c:
+                path, got, _ = save_stream(work / "lib" / "big.bin", lambda f: c.download(item, f))
+            secs = time.perf_counter() - t
+            assert got == size
+            path.unlink()
+            return secs
+
+        curl, lib, cmd, rss_big = [], [], [], []
+        for n in range(args.rounds):
+            dest = work / f"curl-{n}.bin"  # to a file on the same disk, as autopod saves it
+            secs, _, _ = timed(["curl", "-s", "-o", str(dest), url], env)
+            dest.unlink()
+            curl.append(secs)
+            lib.append(library_download())
+            secs, rss = fetch_once(args.mb)
+            cmd.append(secs)
+            rss_big.append(rss)
+        rss_small = [fetch_once(8)[1] for _ in range(2)]
+        results["download"] = {
+            "mb": args.mb, "rounds": args.rounds, "curl_mb_s": round(size / statistics.median(curl) / 1e6, 1),
+            "autopod_mb_s": round(size / statistics.median(lib) / 1e6, 1),
+            "ratio": round(statistics.median(curl) / statistics.median(lib), 3),
+            "comfy_fetch_command_s": round(statistics.median(cmd), 3),
+            "command_ratio": round(statistics.median(curl) / statistics.median(cmd), 3),
+            "peak_rss_mib_8mb": round(max(rss_small) / 1024, 1),
+            f"peak_rss_mib_{args.mb}mb": round(max(rss_big) / 1024, 1)}
+
+        # 2. Per prompt.
+        tiny = work / "tiny.json"
+        tiny.write_text(json.dumps(TINY))
+        ref_script = work / "reference.py"
+        ref_script.write_text(REFERENCE)
+        ref_t, ours_t = [], []
+        for n in range(args.singles):
+            one = dict(TINY, **{"2": {**TINY["2"], "inputs": {**TINY["2"]["inputs"], "filename_prefix": f"r{n}"}}})
+            pf = work / f"ref{n}.json"
+            pf.write_text(json.dumps([one]))
+            (work / f"refout{n}").mkdir()
+            ref_t.append(timed([sys.executable, str(ref_script), f"127.0.0.1:{lp}", str(pf), str(work / f"refout{n}")],
+                               env)[0])
+            ours_t.append(timed(autopod + ["comfy.run", str(tiny), "--pod", "bench", "--set", f"2.filename_prefix=a{n}",
+                                           "--output-dir", str(work / f"ourout{n}")], env)[0])
+        results["single_prompt"] = {"reference_s": round(statistics.median(ref_t), 3),
+                                    "autopod_s": round(statistics.median(ours_t), 3),
+                                    "ratio": round(statistics.median(ours_t) / statistics.median(ref_t), 2)}
+        prompts = [dict(TINY, **{"2": {**TINY["2"], "inputs": {**TINY["2"]["inputs"], "filename_prefix": f"b{n}"}}})
+                   for n in range(args.batch)]
+        pf = work / "batch.json"
+        pf.write_text(json.dumps(prompts))
+        (work / "refbatch").mkdir()
+        ref_b = timed([sys.executable, str(ref_script), f"127.0.0.1:{lp}", str(pf), str(work / "refbatch")], env)[0]
+        values = ",".join(f"c{n}" for n in range(args.batch))
+        ours_b = timed(autopod + ["comfy.run", str(tiny), "--pod", "bench", "--sweep", f"2.filename_prefix={values}",
+                                  "--output-dir", str(work / "ourbatch")], env)[0]
+        results["batch"] = {"prompts": args.batch, "reference_s_per_prompt": round(ref_b / args.batch, 4),
+                            "autopod_s_per_prompt": round(ours_b / args.batch, 4),
+                            "ratio": round(ours_b / ref_b, 2)}
+        subprocess.run(autopod + ["tunnel.stop", "bench"], env=env, capture_output=True)
+    standin.terminate()
+    standin.wait(10)
+    shutil.rmtree(work, ignore_errors=True)
+    d, s, b = results["download"], results["single_prompt"], results["batch"]
+    print(f"download {d['mb']} MB through the tunnel (median of {d['rounds']}): curl {d['curl_mb_s']} MB/s, "
+          f"autopod's downloader {d['autopod_mb_s']} MB/s, ratio {d['ratio']}; the whole `comfy.fetch` command "
+          f"{d['comfy_fetch_command_s']} s, ratio {d['command_ratio']}; its peak RSS {d['peak_rss_mib_8mb']} MiB "
+          f"for 8 MB, {d[f'peak_rss_mib_{args.mb}mb']} MiB for {d['mb']} MB")
+    print(f"one tiny prompt, fresh process each (median of {args.singles}): reference script {s['reference_s']} s, "
+          f"autopod comfy.run {s['autopod_s']} s, ratio {s['ratio']}")
+    print(f"batch of {b['prompts']} distinct tiny prompts: reference {b['reference_s_per_prompt']} s/prompt, "
+          f"autopod {b['autopod_s_per_prompt']} s/prompt, ratio {b['ratio']}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
