@@ -93,6 +93,25 @@ run 0 autopod comfy.status --pod e2e --wait 60 --json
 expect_field ready True
 run 0 autopod tunnel.status --pod e2e --json
 
+step "comfy.run in the simulated pod: an override, a sweep, outputs on disk, the ledger"
+WORK=$(mktemp -d)
+cat > "$WORK/hello.json" <<'JSON'
+{"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 32, "batch_size": 1, "color": 16711680},
+       "_meta": {"title": "Canvas"}},
+ "2": {"class_type": "AutopodSleep", "inputs": {"image": ["1", 0], "seconds": 0.2, "steps": 4}},
+ "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "hello"}}}
+JSON
+run 2 autopod comfy.run "$WORK/hello.json" "$WORK/missing.json" --pod e2e --json
+run 2 autopod comfy.run "$WORK/hello.json" --pod e2e --set Canvas.width=0 --json
+run 0 autopod comfy.run "$WORK/hello.json" --pod e2e --set Canvas.width=128 --sweep 3.filename_prefix=a,b \
+    --output-dir "$WORK/out" --json
+expect_field counts.success 2
+[ "$(find "$WORK/out" -name '*.png' | wc -l)" -eq 2 ] || fail "expected 2 PNGs in $WORK/out"
+run 0 autopod comfy.jobs --json
+expect_field 0.done 2
+run 0 autopod comfy.run --resume "$(field 0.id)" --pod e2e --json
+expect_field status ok
+
 step "pod.kill, twice"
 run 0 autopod pod.kill --pod e2e --yes --json
 expect_field status changed

@@ -121,8 +121,9 @@ def run(c, workflow=None, pod=None, no_tunnel=False, set=None, input=None, sweep
 def _render_batch(report: dict, *, as_json: bool, ids_only: bool = False) -> None:
     """The run's summary: one document for scripts; a table and an ok/changed line for people."""
     code = int(report.get("exit_code") or 0)
+    report = {**report, "status": "changed" if report.get("changed") else "ok"}
     if code:
-        report = {**report, "failed": True}
+        report["failed"] = True
     if as_json:
         dump_json(report)
     elif ids_only:
