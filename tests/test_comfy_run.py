@@ -100,6 +100,35 @@ def test_a_runtime_error_exits_1_naming_the_node(tunneled, cli, tmp_path):
     assert r.code == 1
     (p,) = r.json["prompts"]
     assert p["status"] == "error" and "node 2 (AutopodFail)" in p["error"] and "boom" in p["error"]
+    assert "traceback" not in r.err
+    r = cli("--debug", "comfy.run", str(tmp_path / "fail.json"), "--pod", "gpu", "--output-dir", str(tmp_path / "o"))
+    assert r.code == 1 and "ComfyUI's traceback:" in r.err and "File " in r.err
+
+
+def test_an_interruption_on_the_server_exits_1(tunneled, cli, tmp_path, autopod_home):
+    """Someone interrupts the prompt in ComfyUI (the editor's cancel button, another autopod): exit 1."""
+    import requests
+
+    standin, port = tunneled
+    p = _spawn_run(tmp_path, autopod_home, str(write(tmp_path, "slow.json", sleepy(30.0, steps=300))))
+    _wait_running(standin)
+    requests.post(f"http://127.0.0.1:{port}/interrupt", json={}, timeout=5)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1, err
+    (q,) = json.loads(out)["prompts"]
+    assert q["status"] == "interrupted" and "interrupted at node" in q["error"]
+
+
+def test_a_job_file_names_its_pod_and_overrides(tunneled, cli, tmp_path):
+    wf = write(tmp_path, "red.json", IMAGE)
+    job = tmp_path / "job.yml"
+    job.write_text(f"workflow: {wf.name}\npod: gpu\nset: ['Canvas.width=24']\nsweep: ['2.filename_prefix=j1,j2']\n"
+                   "output: '{job}/{index}-{filename}'\n")
+    r = cli("comfy.run", "--job", str(job), "--output-dir", str(tmp_path / "out"), "--json")
+    assert r.code == 0, r.err
+    outs = sorted(Path(o).name for q in r.json["prompts"] for o in q["outputs"])
+    assert outs == ["0-j1_00001_.png", "1-j2_00001_.png"]
+    assert all(Path(o).parent.name == "job" for q in r.json["prompts"] for o in q["outputs"])
 
 
 def test_a_cached_run_and_several_kinds_of_output(tunneled, cli, tmp_path):

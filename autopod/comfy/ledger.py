@@ -93,8 +93,14 @@ def _m001_initial(db: sqlite3.Connection) -> None:
     """)
 
 
+def _m002_prompt_job(db: sqlite3.Connection) -> None:
+    """The ``{job}`` of the output template: the job file's name when the prompt came from one."""
+    db.execute("ALTER TABLE prompts ADD COLUMN job TEXT")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", _m001_initial),
+    ("m002_prompt_job", _m002_prompt_job),
 ]
 
 
@@ -115,6 +121,7 @@ class PromptRow:
     started_at: float | None
     finished_at: float | None
     fetched_at: float | None
+    job: str | None = None
 
     @property
     def final(self) -> bool:
@@ -208,9 +215,10 @@ class Ledger:
                         json.dumps(options)))
             for i, p in enumerate(prompts):
                 db.execute("INSERT INTO prompts (batch_id, idx, workflow, workflow_hash, prompt, prompt_hash, "
-                           "overrides, seeds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           "overrides, seeds, job) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (batch_id, i, p["workflow"], p["workflow_hash"], json.dumps(p["prompt"]),
-                            p["prompt_hash"], json.dumps(p.get("overrides") or {}), json.dumps(p.get("seeds") or {})))
+                            p["prompt_hash"], json.dumps(p.get("overrides") or {}), json.dumps(p.get("seeds") or {}),
+                            p.get("job")))
         return self.batch(batch_id)
 
     def batch(self, batch_id: str) -> BatchRow:

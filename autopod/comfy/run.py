@@ -59,6 +59,7 @@ class RunOptions:
     pod: str | None = None
     no_tunnel: bool = False
     resume: str | None = None
+    debug: bool = False  # print ComfyUI's traceback of a failed node
 
 
 @dataclass
@@ -77,7 +78,8 @@ class Planned:
         from .workflow import prompt_hash
 
         return {"workflow": self.workflow, "workflow_hash": self.workflow_hash, "prompt": self.prompt,
-                "prompt_hash": prompt_hash(self.prompt), "overrides": self.overrides, "seeds": self.seeds}
+                "prompt_hash": prompt_hash(self.prompt), "overrides": self.overrides, "seeds": self.seeds,
+                "job": self.job}
 
 
 # -- the connection: ComfyUI through a tunnel that may have to be rebuilt -----------------------------------
@@ -212,7 +214,7 @@ class Runner:
 
     def __init__(self, ledger: Ledger, batch: BatchRow, conn: Connection, *, progress: Progress,
                  previews: bool = False, max_queued: int = 16, object_info: dict[str, Any] | None = None,
-                 pod_facts: dict[str, Any] | None = None):
+                 pod_facts: dict[str, Any] | None = None, debug: bool = False):
         self.ledger = ledger
         self.batch = batch
         self.conn = conn
@@ -221,6 +223,7 @@ class Runner:
         self.max_queued = max(1, int(max_queued))
         self.object_info = object_info or {}
         self.pod_facts = pod_facts or {}
+        self.debug = debug
         self.active: dict[str, Track] = {}  # prompt_id -> Track
         self.total = 0
         self.poll_at = float("inf")  # poll history early (an end event came, its record is due)
@@ -375,6 +378,9 @@ class Runner:
         self.active.pop(pid, None)
         detail = f"{len(saved)} file(s)" if status == "success" else (error or {}).get("summary", "")
         self.progress.finish(t.label, status, detail)
+        trace = ((error or {}).get("execution_error") or {}).get("traceback")
+        if self.debug and trace:
+            self.progress.note("ComfyUI's traceback:\n" + "".join(str(line) for line in trace).rstrip())
 
     # -- fetching
 
@@ -391,7 +397,7 @@ class Runner:
                 if key in done:
                     continue
                 spec = row.prompt.get(node) or {}
-                dest = target_path(self.root, self.batch.template, job=Path(row.workflow).stem,
+                dest = target_path(self.root, self.batch.template, job=row.job or Path(row.workflow).stem,
                                    batch=self.batch.id, index=row.idx, prompt_id=pid, node=node,
                                    title=(spec.get("_meta") or {}).get("title") or spec.get("class_type") or node,
                                    kind=kind, filename=item["filename"], subfolder=item.get("subfolder") or "",
@@ -410,7 +416,7 @@ class Runner:
     def _sidecar(self, row: PromptRow, saved: list[dict[str, Any]]) -> None:
         run_s = (row.finished_at - row.started_at) if row.finished_at and row.started_at else None
         rate = self.pod_facts.get("cost_per_hr")
-        folder = Path(saved[0]["path"]).parent if saved else self.root / Path(row.workflow).stem
+        folder = Path(saved[0]["path"]).parent if saved else self.root / (row.job or Path(row.workflow).stem)
         doc = {
             "prompt_id": row.prompt_id, "batch": row.batch_id, "index": row.idx, "status": row.status,
             "workflow": row.workflow, "workflow_hash": row.workflow_hash, "prompt": row.prompt,
@@ -471,7 +477,7 @@ def _download_to(c: ComfyUIClient, item: dict[str, Any], f: Any) -> tuple[int, s
 
 
 def _prefix(row: PromptRow) -> str:
-    return f"{Path(row.workflow).stem}-{row.idx:04d}-{(row.prompt_id or 'unsent')[:8]}"
+    return f"{row.job or Path(row.workflow).stem}-{row.idx:04d}-{(row.prompt_id or 'unsent')[:8]}"
 
 
 def _ms(entry: dict[str, Any], *events: str) -> float | None:
@@ -532,7 +538,12 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
     progress = progress or Progress()
     if opts.max_queued < 1:
         raise UsageError(f"--max-queued must be at least 1, got {opts.max_queued}")
-    conn = Connection(opts.pod, opts.no_tunnel, progress.note)
+    pod = opts.pod
+    if pod is None and opts.job and not opts.no_tunnel:
+        from .jobfile import load_job
+
+        pod = load_job(opts.job).pod  # the job's pod (an inventory pod name), unless --pod says otherwise
+    conn = Connection(pod, opts.no_tunnel, progress.note)
     try:
         if opts.resume:
             return _resume(opts, conn, progress)
@@ -595,7 +606,8 @@ def _pod_facts(target_id: str | None) -> dict[str, Any]:
 def _execute(opts: RunOptions, ledger: Ledger, batch: BatchRow, conn: Connection, progress: Progress,
              object_info: dict[str, Any], rows: list[PromptRow]) -> dict[str, Any]:
     runner = Runner(ledger, batch, conn, progress=progress, previews=bool(batch.options.get("previews")),
-                    max_queued=opts.max_queued, object_info=object_info, pod_facts=_pod_facts(batch.target_id))
+                    max_queued=opts.max_queued, object_info=object_info, pod_facts=_pod_facts(batch.target_id),
+                    debug=opts.debug)
     todo = [r for r in rows if r.status == "planned"]
     if opts.detach:
         for r in todo:
@@ -624,7 +636,7 @@ def _resume(opts: RunOptions, conn: Connection, progress: Progress) -> dict[str,
         if batch.target_id and conn.endpoint.target_id and batch.target_id != conn.endpoint.target_id:
             progress.note(f"batch {batch.id} ran on {batch.target_name}; resuming on {conn.endpoint.target_name}")
         runner = Runner(ledger, batch, conn, progress=progress, previews=bool(batch.options.get("previews")),
-                        max_queued=opts.max_queued, pod_facts=_pod_facts(batch.target_id))
+                        max_queued=opts.max_queued, pod_facts=_pod_facts(batch.target_id), debug=opts.debug)
         queue_ids = _server_queue(conn)
         saved_before = sum(len(ledger.saved_outputs(r.prompt_id)) for r in rows if r.prompt_id)
         resubmit, follow = [], []

@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from ..core.output import dump_json, emit_outcome, emit_rows, safe_text, table
-from ._base import command, exit_quietly
+from ._base import command, debug_enabled, exit_quietly
 
 _POD = ("pod id or name, or an inventory host, also as the word after the task "
         "(default: the pod with the only live tunnel, or the only pod)")
@@ -109,7 +109,7 @@ def run(c, workflow=None, pod=None, no_tunnel=False, set=None, input=None, sweep
                       seed=seed, output_dir=output_dir or "outputs", template=output, previews=previews,
                       detach=detach, dry_run=dry_run, timeout=number(timeout, "--timeout", minimum=1),
                       max_queued=number(max_queued, "--max-queued", int, minimum=1, maximum=10_000) or 16,
-                      pod=pod, no_tunnel=no_tunnel, resume=resume)
+                      pod=pod, no_tunnel=no_tunnel, resume=resume, debug=debug_enabled())
     report = render(opts)
     if dry_run:
         doc = report["prompt"] if report["prompt"] is not None else report["prompts"]
