@@ -3,50 +3,12 @@
 from __future__ import annotations
 
 import copy
-import functools
-import gzip
-import json
 import random
-from pathlib import Path
 
 import pytest
 
 from autopod.comfy.batch import MAX_VARIANTS, RANDOM_MAX, Sweep, expand, parse_sweep, seed_inputs
-from autopod.comfy.workflow import WorkflowError
-from autopod.core.errors import ExitCode
-
-DATA = Path(__file__).parent / "data" / "workflows"
-OBJECT_INFO = Path(__file__).parent.parent / "autopod" / "sim" / "data" / "comfyui" / "object_info_full.json.gz"
-
-
-@functools.cache
-def _object_info() -> dict:
-    with gzip.open(OBJECT_INFO, "rt", encoding="utf-8") as f:
-        return json.load(f)
-
-
-@pytest.fixture
-def oi() -> dict:
-    return _object_info()
-
-
-@pytest.fixture
-def txt2img() -> dict:
-    """KSampler 3 (seed 42, cfg 7.5, steps from PrimitiveInt 18), EmptyLatentImage 5, prompts 6 and 7, SaveImage 9."""
-    return json.loads((DATA / "txt2img_features.api.json").read_text())
-
-
-@pytest.fixture
-def pipeline() -> dict:
-    """Model-free: EmptyImage 1, ImageScale 4, SaveImage 8, ImageBlur 9, PreviewImage 10; no seeds."""
-    return json.loads((DATA / "image_pipeline.api.json").read_text())
-
-
-def err(fn, *args, **kw) -> str:
-    with pytest.raises(WorkflowError) as e:
-        fn(*args, **kw)
-    assert e.value.exit_code == ExitCode.USAGE and "\n" not in str(e.value)
-    return str(e.value)
+from workflow_fixtures import DATA, err, object_info, oi, pipeline, txt2img  # noqa: F401
 
 
 class Ends(random.Random):

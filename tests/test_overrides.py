@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
-import gzip
 import json
 from pathlib import Path
 
@@ -13,22 +11,8 @@ import pytest
 from autopod.comfy.overrides import (InputFile, Override, apply_overrides, check_prompt, check_value, parse_input,
                                      parse_set, prompt_problems, resolve_input, resolve_node, resolve_target,
                                      set_uploaded)
-from autopod.comfy.workflow import Workflow, WorkflowError, to_api
-from autopod.core.errors import ExitCode
-
-DATA = Path(__file__).parent / "data" / "workflows"
-OBJECT_INFO = Path(__file__).parent.parent / "autopod" / "sim" / "data" / "comfyui" / "object_info_full.json.gz"
-
-
-@functools.cache
-def _object_info() -> dict:
-    with gzip.open(OBJECT_INFO, "rt", encoding="utf-8") as f:
-        return json.load(f)
-
-
-@pytest.fixture
-def oi() -> dict:
-    return _object_info()
+from autopod.comfy.workflow import Workflow, to_api
+from workflow_fixtures import DATA, err, object_info, oi, pipeline, txt2img  # noqa: F401
 
 
 @pytest.fixture
@@ -41,14 +25,6 @@ def txt2img() -> dict:
 def pipeline() -> dict:
     """Model-free: 1 EmptyImage, 4 ImageScale, 8 SaveImage "Result", 9 ImageBlur, 10 PreviewImage."""
     return json.loads((DATA / "image_pipeline.api.json").read_text())
-
-
-def err(fn, *args, **kw) -> str:
-    with pytest.raises(WorkflowError) as e:
-        fn(*args, **kw)
-    assert e.value.exit_code == ExitCode.USAGE
-    assert "\n" not in str(e.value), "errors are one line"
-    return str(e.value)
 
 
 # -- parsing --set -------------------------------------------------------------------------------------

@@ -7,12 +7,9 @@ each has its expected prompt beside it (NAME.api.json), written by hand from the
 from __future__ import annotations
 
 import copy
-import functools
-import gzip
 import json
 import struct
 import zlib
-from pathlib import Path
 
 import pytest
 
@@ -20,21 +17,9 @@ from autopod.comfy import schema as sch
 from autopod.comfy.workflow import (Workflow, WorkflowError, is_link, load_workflow, parse_workflow, prompt_hash,
                                     to_api)
 from autopod.core.errors import ExitCode, UsageError
+from workflow_fixtures import DATA, err, object_info, oi  # noqa: F401
 
-DATA = Path(__file__).parent / "data" / "workflows"
-OBJECT_INFO = Path(__file__).parent.parent / "autopod" / "sim" / "data" / "comfyui" / "object_info_full.json.gz"
 UI_FILES = ["default_txt2img", "txt2img_features", "image_pipeline", "load_image"]
-
-
-@functools.cache
-def _object_info() -> dict:
-    with gzip.open(OBJECT_INFO, "rt", encoding="utf-8") as f:
-        return json.load(f)
-
-
-@pytest.fixture
-def oi() -> dict:
-    return _object_info()
 
 
 def ui(name: str) -> dict:

@@ -3,8 +3,9 @@ history, cancel. Everything works from another terminal or after a disconnect, f
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from ..core import signals
 from ..core.errors import ComfyError, Interrupted, UsageError
@@ -35,74 +36,76 @@ def _connect(batch: BatchRow, pod: str | None, no_tunnel: bool, progress: Progre
     return Connection(pod or batch.target_id, False, progress.note)
 
 
-def watch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False, timeout: float | None = None,
-          progress: Progress | None = None) -> dict[str, Any]:
-    """Re-attach to a batch (the newest without ``ref``): follow its prompts on the server and fetch
-    their outputs as they finish. Prompts that were never submitted are left for ``--resume``."""
-    progress = progress or Progress()
+@contextlib.contextmanager
+def _attached(ref: str | None, pod: str | None, no_tunnel: bool,
+              progress: Progress) -> Iterator[tuple[Ledger, BatchRow, list[PromptRow], Runner]]:
+    """The batch (or one prompt) ``ref`` names, and a runner connected to where it ran."""
     with Ledger.open() as led:
         batch, rows = _batch(led, ref)
         conn = _connect(batch, pod, no_tunnel, progress)
         try:
             runner = Runner(led, batch, conn, progress=progress, previews=bool(batch.options.get("previews")))
             runner.total = len(led.prompts(batch.id))
-            for r in rows:
-                if r.prompt_id and (r.status in ("submitting", "queued", "running")
-                                    or (r.status in FINAL and not r.fetched_at)):
-                    runner.active[r.prompt_id] = Track(r, runner._label(r))
-            if not runner.active:
-                report = _report(led, batch)
-                report["changed"] = False
-                report["msg"] = f"nothing of batch {batch.id} is running or left to fetch; " + report["msg"]
-                return report
-            progress.note(f"batch {batch.id}: following {len(runner.active)} prompt(s)")
-            runner.poll()  # what finished while nobody watched is fetched at once
-            try:
-                with signals.handling():
-                    runner.follow([], deadline=time.monotonic() + timeout if timeout else None)
-            except KeyboardInterrupt as e:
-                # Watching is not running: Ctrl-C stops watching, the prompts go on.
-                sig = e if isinstance(e, Interrupted) else Interrupted()
-                report = _report(led, batch)
-                report.update(exit_code=sig.exit_code, msg=f"stopped watching; the prompts go on: {report['msg']}")
-                return report
-            except TimeoutError:
-                pass
-            return _report(led, batch)
+            yield led, batch, rows, runner
         finally:
             conn.close()
+
+
+def watch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False, timeout: float | None = None,
+          progress: Progress | None = None) -> dict[str, Any]:
+    """Re-attach to a batch (the newest without ``ref``): follow its prompts on the server and fetch
+    their outputs as they finish. Prompts that were never submitted are left for ``--resume``."""
+    progress = progress or Progress()
+    with _attached(ref, pod, no_tunnel, progress) as (led, batch, rows, runner):
+        for r in rows:
+            if r.prompt_id and (r.status in ("submitting", "queued", "running")
+                                or (r.status in FINAL and not r.fetched_at)):
+                runner.active[r.prompt_id] = Track(r, runner._label(r))
+        if not runner.active:
+            report = _report(led, batch)
+            report["changed"] = False
+            report["msg"] = f"nothing of batch {batch.id} is running or left to fetch; " + report["msg"]
+            return report
+        progress.note(f"batch {batch.id}: following {len(runner.active)} prompt(s)")
+        runner.poll()  # what finished while nobody watched is fetched at once
+        try:
+            with signals.handling():
+                runner.follow([], deadline=time.monotonic() + timeout if timeout else None)
+        except KeyboardInterrupt as e:
+            # Watching is not running: Ctrl-C stops watching, the prompts go on.
+            sig = e if isinstance(e, Interrupted) else Interrupted()
+            report = _report(led, batch)
+            report.update(exit_code=sig.exit_code, msg=f"stopped watching; the prompts go on: {report['msg']}")
+            return report
+        except TimeoutError:
+            pass
+        return _report(led, batch)
 
 
 def fetch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False,
           progress: Progress | None = None) -> dict[str, Any]:
     """Download whatever of a batch (or one prompt) finished and is not on disk yet."""
     progress = progress or Progress()
-    with Ledger.open() as led:
-        batch, rows = _batch(led, ref)
-        conn = _connect(batch, pod, no_tunnel, progress)
-        try:
-            runner = Runner(led, batch, conn, progress=progress, previews=bool(batch.options.get("previews")))
-            runner.total = len(led.prompts(batch.id))
-            before = sum(len(led.saved_outputs(r.prompt_id)) for r in rows if r.prompt_id)
-            waiting = 0
-            for r in rows:
-                if not r.prompt_id or (r.fetched_at and r.status in FINAL):
-                    continue
-                entry = conn.call(lambda c, r=r: c.get_history(r.prompt_id)).get(r.prompt_id)
-                if entry is None or not finished(entry):
-                    waiting += 1
-                    continue
-                runner.active[r.prompt_id] = Track(r, runner._label(r))
-                runner.finish(runner.active[r.prompt_id], entry)
-            report = _report(led, batch)
-            after = sum(len(led.saved_outputs(r.prompt_id)) for r in rows if r.prompt_id)
-            report["changed"] = after > before
-            report["fetched"] = after - before
-            report["msg"] = (f"fetched {after - before} file(s) of batch {batch.id}"
-                             + (f"; {waiting} prompt(s) not finished yet" if waiting else ""))
-            return report
-        finally:
-            conn.close()
+    with _attached(ref, pod, no_tunnel, progress) as (led, batch, rows, runner):
+        conn = runner.conn
+        before = sum(len(led.saved_outputs(r.prompt_id)) for r in rows if r.prompt_id)
+        waiting = 0
+        for r in rows:
+            if not r.prompt_id or (r.fetched_at and r.status in FINAL):
+                continue
+            entry = conn.call(lambda c, r=r: c.get_history(r.prompt_id)).get(r.prompt_id)
+            if entry is None or not finished(entry):
+                waiting += 1
+                continue
+            runner.active[r.prompt_id] = Track(r, runner._label(r))
+            runner.finish(runner.active[r.prompt_id], entry)
+        report = _report(led, batch)
+        after = sum(len(led.saved_outputs(r.prompt_id)) for r in rows if r.prompt_id)
+        report["changed"] = after > before
+        report["fetched"] = after - before
+        report["msg"] = (f"fetched {after - before} file(s) of batch {batch.id}"
+                         + (f"; {waiting} prompt(s) not finished yet" if waiting else ""))
+        return report
 
 
 def _batch(led: Ledger, ref: str | None) -> tuple[BatchRow, list[PromptRow]]:
