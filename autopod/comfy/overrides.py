@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import schema as sch
-from .workflow import WorkflowError, is_link, node_sort_key, prompt_node_label
+from .workflow import WorkflowError, is_link, node_sort_key, prompt_node_label, read_user_file
 
 _INT = re.compile(r"^-?[0-9]+$")
 _FLOAT = re.compile(r"^-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$")
@@ -43,17 +43,7 @@ MAX_VALUE_FILE = 16 * 1024 * 1024
 
 def read_text_file(path: str) -> str:
     """The text of a value file (``@path``): UTF-8, one trailing newline dropped; missing is exit 2."""
-    p = Path(path).expanduser()
-    try:
-        if p.stat().st_size > MAX_VALUE_FILE:
-            raise WorkflowError(f"{p}: too large for a value ({p.stat().st_size} bytes)")
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise WorkflowError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise WorkflowError(f"{p}: is a folder, not a file") from None
-    except OSError as e:
-        raise WorkflowError(f"{p}: cannot read it: {e.strerror or e}") from None
+    p, raw = read_user_file(path, what="file", limit=MAX_VALUE_FILE)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -91,19 +91,24 @@ class Workflow:
 
 
 # -- loading -------------------------------------------------------------------------------------------
-def load_workflow(path: str | Path) -> Workflow:
-    """Read a workflow file: JSON in either format, or a PNG that ComfyUI saved (its embedded prompt)."""
+def read_user_file(path: str | Path, *, what: str, limit: int) -> tuple[Path, bytes]:
+    """A file the user named on the command line, as bytes; anything wrong with it is one line, exit 2."""
     p = Path(path).expanduser()
     try:
-        if p.stat().st_size > MAX_FILE_BYTES:
-            raise WorkflowError(f"{p}: too large for a workflow ({p.stat().st_size} bytes)")
-        raw = p.read_bytes()
+        if p.stat().st_size > limit:
+            raise WorkflowError(f"{p}: too large for a {what} ({p.stat().st_size} bytes)")
+        return p, p.read_bytes()
     except FileNotFoundError:
-        raise WorkflowError(f"{p}: no such workflow file") from None
+        raise WorkflowError(f"{p}: no such {what}") from None
     except IsADirectoryError:
-        raise WorkflowError(f"{p}: is a folder, not a workflow file") from None
+        raise WorkflowError(f"{p}: is a folder, not a {what}") from None
     except OSError as e:
-        raise WorkflowError(f"{p}: cannot read the workflow: {e.strerror or e}") from None
+        raise WorkflowError(f"{p}: cannot read the {what}: {e.strerror or e}") from None
+
+
+def load_workflow(path: str | Path) -> Workflow:
+    """Read a workflow file: JSON in either format, or a PNG that ComfyUI saved (its embedded prompt)."""
+    p, raw = read_user_file(path, what="workflow file", limit=MAX_FILE_BYTES)
     if raw.startswith(_PNG_MAGIC):
         return _from_png(p, raw)
     try:
