@@ -8,7 +8,7 @@ shell commands (``--dry``, ``--warn-only``, ...) would do nothing for autopod's 
 so they are refused rather than silently ignored.
 """
 
-from invoke import ParseError, Program
+from invoke import Program
 
 from autopod.cli import RUN_FLAGS, contract, ns  # noqa: F401  (invoke looks for `ns`)
 
@@ -19,25 +19,11 @@ _run = Program.run
 
 
 def _parse_tasks_contract(self):  # type: ignore[no-untyped-def]
-    try:
-        given = [f for f in RUN_FLAGS if f in self.args and self.args[f].value]
-        if given:
-            raise ParseError(f"--{given[0]} configures shell commands, which autopod's tasks never run; "
-                             "leave it out (the dry run of pod.create and pod.up is their --dry-run)")
-        contract.plain_args(self)
-        problem = contract.repeated_flag(self)
-        if problem:
-            raise ParseError(problem)
-        _parse_tasks(self)
-    except ParseError as e:
-        contract.parse_failed(self, e)
+    contract.parse_tasks(self, lambda: _parse_tasks(self), refuse=RUN_FLAGS)
 
 
 def _parse_cleanup_contract(self):  # type: ignore[no-untyped-def]
-    try:
-        _parse_cleanup(self)
-    except ParseError as e:
-        contract.parse_failed(self, e)
+    contract.parse_cleanup(self, lambda: _parse_cleanup(self))
 
 
 def _execute_contract(self):  # type: ignore[no-untyped-def]

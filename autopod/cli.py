@@ -8,7 +8,7 @@ both programs apply).
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from invoke import Collection, Exit, ParseError, Program
 
@@ -54,6 +54,30 @@ class contract:
     @staticmethod
     def json_requested(argv: list[str]) -> bool:
         return any(a == "--json" or a.startswith("--json=") for a in argv)
+
+    @staticmethod
+    def parse_tasks(program: Program, parse: Callable[[], None], *, refuse: tuple[str, ...] = ()) -> None:
+        """invoke's task parsing (``parse``) with the contract around it: plain words become flags,
+        repeated flags and the core flags in ``refuse`` are named, and every error is exit 2."""
+        try:
+            given = [f for f in refuse if f in program.args and program.args[f].value]
+            if given:
+                raise ParseError(f"--{given[0]} configures shell commands, which autopod's tasks never run; "
+                                 "leave it out (the dry run of pod.create and pod.up is their --dry-run)")
+            contract.plain_args(program)
+            problem = contract.repeated_flag(program)
+            if problem:
+                raise ParseError(problem)
+            parse()
+        except ParseError as e:
+            contract.parse_failed(program, e)
+
+    @staticmethod
+    def parse_cleanup(program: Program, parse: Callable[[], None]) -> None:
+        try:
+            parse()
+        except ParseError as e:
+            contract.parse_failed(program, e)
 
     @staticmethod
     def parse_failed(program: Program, e: Exception) -> None:
@@ -189,21 +213,11 @@ class AutopodProgram(Program):
             contract.parse_failed(self, e)
 
     def parse_tasks(self) -> None:
-        try:
-            contract.plain_args(self)
-            problem = contract.repeated_flag(self)
-            if problem:
-                raise ParseError(problem)
-            super().parse_tasks()
-        except ParseError as e:
-            contract.parse_failed(self, e)
+        contract.parse_tasks(self, super().parse_tasks)
         set_debug(bool(self.args.debug.value))
 
     def parse_cleanup(self) -> None:
-        try:
-            super().parse_cleanup()
-        except ParseError as e:
-            contract.parse_failed(self, e)
+        contract.parse_cleanup(self, super().parse_cleanup)
 
     def update_config(self, merge: bool = True) -> None:
         # Program.update_config maps the removed run flags and a runtime config file into the

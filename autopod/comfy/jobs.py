@@ -45,7 +45,6 @@ def _attached(ref: str | None, pod: str | None, no_tunnel: bool,
         conn = _connect(batch, pod, no_tunnel, progress)
         try:
             runner = Runner(led, batch, conn, progress=progress, previews=bool(batch.options.get("previews")))
-            runner.total = len(led.prompts(batch.id))
             yield led, batch, rows, runner
         finally:
             conn.close()

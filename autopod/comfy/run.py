@@ -206,26 +206,24 @@ class Track:
     row: PromptRow
     label: str
     missing_polls: int = 0
-    nodes_done: int = 0
 
 
 class Runner:
     """Submits a batch's prompts (bounded), follows them, and fetches their outputs."""
 
     def __init__(self, ledger: Ledger, batch: BatchRow, conn: Connection, *, progress: Progress,
-                 previews: bool = False, max_queued: int = 16, object_info: dict[str, Any] | None = None,
-                 pod_facts: dict[str, Any] | None = None, debug: bool = False):
+                 previews: bool = False, max_queued: int = 16, pod_facts: dict[str, Any] | None = None,
+                 debug: bool = False):
         self.ledger = ledger
         self.batch = batch
         self.conn = conn
         self.progress = progress
         self.previews = previews
         self.max_queued = max(1, int(max_queued))
-        self.object_info = object_info or {}
         self.pod_facts = pod_facts or {}
         self.debug = debug
         self.active: dict[str, Track] = {}  # prompt_id -> Track
-        self.total = 0
+        self.total = len(ledger.prompts(batch.id))  # for "prompt 3/20"
         self.poll_at = float("inf")  # poll history early (an end event came, its record is due)
         self.stream = EventStream(lambda: self.conn.client.ws_url(self.batch.client_id),
                                   on_state=self._socket_state)
@@ -271,15 +269,13 @@ class Runner:
             self.progress.note(f"{self._label(row)}: rejected: {msg}")
 
     def _label(self, row: PromptRow) -> str:
-        n = self.total or len(self.ledger.prompts(row.batch_id))
-        return f"prompt {row.idx + 1}/{n}" + (f" ({row.prompt_id[:8]})" if row.prompt_id else "")
+        return f"prompt {row.idx + 1}/{self.total}" + (f" ({row.prompt_id[:8]})" if row.prompt_id else "")
 
     # -- following
 
     def follow(self, pending: list[PromptRow], *, deadline: float | None = None) -> None:
         """Submit ``pending`` (bounded by max_queued) and follow everything active until all is final."""
         queue = list(pending)
-        self.total = len(self.ledger.prompts(self.batch.id))
         last_poll = time.monotonic()  # events come first; the history poll is the safety net
         # Listen before submitting: ComfyUI sends a prompt's events only to sockets already open.
         self.stream.connect()
@@ -565,7 +561,7 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
             _upload_all(planned, conn, ledger, object_info, progress)
             for i, p in enumerate(planned):  # the prompts as they will be sent, uploads wired in
                 ledger.update(batch.id, i, prompt=p.prompt)
-            return _execute(opts, ledger, batch, conn, progress, object_info, ledger.prompts(batch.id))
+            return _execute(opts, ledger, batch, conn, progress, ledger.prompts(batch.id))
     finally:
         conn.close()
 
@@ -604,10 +600,9 @@ def _pod_facts(target_id: str | None) -> dict[str, Any]:
 
 
 def _execute(opts: RunOptions, ledger: Ledger, batch: BatchRow, conn: Connection, progress: Progress,
-             object_info: dict[str, Any], rows: list[PromptRow]) -> dict[str, Any]:
+             rows: list[PromptRow]) -> dict[str, Any]:
     runner = Runner(ledger, batch, conn, progress=progress, previews=bool(batch.options.get("previews")),
-                    max_queued=opts.max_queued, object_info=object_info, pod_facts=_pod_facts(batch.target_id),
-                    debug=opts.debug)
+                    max_queued=opts.max_queued, pod_facts=_pod_facts(batch.target_id), debug=opts.debug)
     todo = [r for r in rows if r.status == "planned"]
     if opts.detach:
         for r in todo:

@@ -95,8 +95,9 @@ def read_user_file(path: str | Path, *, what: str, limit: int) -> tuple[Path, by
     """A file the user named on the command line, as bytes; anything wrong with it is one line, exit 2."""
     p = Path(path).expanduser()
     try:
-        if p.stat().st_size > limit:
-            raise WorkflowError(f"{p}: too large for a {what} ({p.stat().st_size} bytes)")
+        size = p.stat().st_size
+        if size > limit:
+            raise WorkflowError(f"{p}: too large for a {what} ({size} bytes)")
         return p, p.read_bytes()
     except FileNotFoundError:
         raise WorkflowError(f"{p}: no such {what}") from None

@@ -4,8 +4,8 @@
 SIGHUP. Inside :func:`handling` all three raise :class:`~autopod.errors.Interrupted`
 (a KeyboardInterrupt), so every path written for Ctrl-C (stop the pod that was
 being created or waited for, say which) runs for them too. Inside
-:func:`shielded` a further signal is held back until the cleanup has finished:
-a second Ctrl-C must not leave a pod billing half way through stopping it.
+:func:`shielded` a further signal is not raised; it only prints a note: a second
+Ctrl-C must not leave a pod billing half way through stopping it.
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ from .errors import Interrupted
 SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None)
 
 _shield_depth = 0
-_held: list[int] = []
 
 
 def _handler(signum: int, _frame: Any) -> None:
-    if _shield_depth:
-        _held.append(signum)
+    if _shield_depth:  # dropped: the cleanup runs to its end, and the interrupt that began it ends the command
         with contextlib.suppress(OSError):  # os.write: safe inside a signal handler, unlike print
             os.write(2, b"autopod: still cleaning up so nothing keeps billing; this takes a few seconds\n")
         return
@@ -52,15 +50,10 @@ def handling() -> Iterator[None]:
 
 @contextlib.contextmanager
 def shielded() -> Iterator[None]:
-    """Signals that arrive inside are held, not raised, until the block ends."""
+    """Signals that arrive inside are not raised: the cleanup inside always runs to its end."""
     global _shield_depth
     _shield_depth += 1
     try:
         yield
     finally:
         _shield_depth -= 1
-
-
-def held() -> list[int]:
-    """Signals that arrived while shielded (the exit code names the first)."""
-    return list(_held)

@@ -115,9 +115,6 @@ def fmt_duration(seconds: int | None) -> str | None:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-PROXY_WARNING = "public: anyone with the URL can use it, no login"
-
-
 def proxy_urls(pod: Pod) -> list[dict[str, Any]]:
     """RunPod's HTTPS proxy for each http port: ``https://<pod id>-<port>.proxy.runpod.net``. It is
     public and unauthenticated (and capped at 100 s per request), which the user must be told."""
