@@ -250,6 +250,27 @@ def test_ctrl_c_interrupts_this_runs_prompt_and_clears_its_queue(tunneled, tmp_p
     assert not standin.running and not standin.pending  # interrupted, and the rest left the queue
 
 
+def test_resume_after_ctrl_c_runs_the_interrupted_prompt_again(tunneled, cli, tmp_path, autopod_home):
+    standin, _ = tunneled
+    wf = write(tmp_path, "slow.json", sleepy(1.5, steps=10))
+    p = _spawn_run(tmp_path, autopod_home, str(wf), "--sweep", "3.filename_prefix=r0,r1")
+    _wait_running(standin)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "interrupted 1 running prompt(s)" in json.loads(out)["msg"]
+    batch = cli("comfy.jobs", "--json").json[0]["id"]
+    r = cli("comfy.run", "--resume", batch, "--pod", "gpu", "--json")
+    assert r.code == 0, r.err
+    assert [q["status"] for q in r.json["prompts"]] == ["success", "success"]
+    assert all(len(q["outputs"]) == 1 for q in r.json["prompts"])
+    # The interrupted prompt ran again; the one Ctrl-C took off the queue ran for the first time.
+    runs = sorted((e["prompt"][2]["3"]["inputs"]["filename_prefix"], e["status"]["status_str"])
+                  for e in standin.history.values())
+    assert [s for _, s in runs].count("error") == 1
+    assert [x for x in runs if x[1] == "success"] == [("r0", "success"), ("r1", "success")]
+
+
 def test_resume_after_sigkill_runs_every_prompt_exactly_once(tunneled, cli, tmp_path, autopod_home):
     standin, _ = tunneled
     wf = write(tmp_path, "slow.json", sleepy(0.4, steps=2))

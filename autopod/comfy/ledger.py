@@ -1,7 +1,7 @@
 """The ledger: every batch and prompt autopod submits, in SQLite under AUTOPOD_HOME.
 
 It is what makes a render survive a disconnect: ``comfy.watch`` re-attaches to a batch,
-``comfy.fetch`` downloads what finished, ``comfy.run --resume`` submits only what never ran.
+``comfy.fetch`` downloads what finished, ``comfy.run --resume`` submits only what did not finish.
 SQLite (the standard library's ``sqlite3``) in WAL mode with a busy timeout is safe under
 several autopod processes at once; the schema evolves through an ordered list of named
 migrations, recorded in ``_autopod_migrations`` (the model of simonw/llm's logs.db).

@@ -625,7 +625,8 @@ def _execute(opts: RunOptions, ledger: Ledger, batch: BatchRow, conn: Connection
 
 def _resume(opts: RunOptions, conn: Connection, progress: Progress) -> dict[str, Any]:
     """Finish an interrupted batch: what finished is fetched (not rendered again), what is still on
-    the server is followed, what never ran (or was cancelled or lost) is submitted."""
+    the server is followed, what never finished (never ran, or was interrupted, cancelled or lost) is
+    submitted. A prompt that failed or was rejected is not: it would fail again."""
     with Ledger.open() as ledger:
         batch, rows = ledger.find(opts.resume)  # type: ignore[arg-type]
         if batch.target_id and conn.endpoint.target_id and batch.target_id != conn.endpoint.target_id:
@@ -639,7 +640,7 @@ def _resume(opts: RunOptions, conn: Connection, progress: Progress) -> dict[str,
             if r.status == "success" and r.fetched_at:
                 continue
             entry = conn.call(lambda c, r=r: c.get_history(r.prompt_id)).get(r.prompt_id) if r.prompt_id else None
-            if entry is not None:
+            if entry is not None and outcome_of(entry)[0] != "interrupted":
                 runner.active[r.prompt_id] = Track(r, runner._label(r))  # type: ignore[index]
                 runner.finish(runner.active[r.prompt_id], entry)  # type: ignore[index]
             elif r.prompt_id and r.prompt_id in queue_ids:

@@ -86,7 +86,8 @@ _RUN_HELP = {
     "dry_run": "print the API prompt(s) exactly as they would be sent; send nothing",
     "timeout": "stop waiting after S seconds (the prompts go on; exit 1)",
     "max_queued": "prompts of this run on the server at once (default 16)",
-    "resume": "finish batch BATCH: fetch what finished, follow what runs, submit what never ran",
+    "resume": ("finish batch BATCH: fetch what finished, follow what runs, "
+               "submit again what never ran or was interrupted"),
     "json": "print one JSON document",
 }
 
