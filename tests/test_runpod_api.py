@@ -165,3 +165,32 @@ def test_the_sdk_is_not_imported_by_the_adapter_module():
     code = "import sys, autopod.runpod.api, autopod.runpod.lifecycle, autopod.runpod.volumes; print('runpod' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_sdk_imports_without_its_cpu_probe_and_the_probe_is_where_expected():
+    """``api._sdk`` answers the SDK's import-time ``cpuinfo.get_cpu_info()`` from ``platform``. If a new
+    SDK moves or drops that call, this fails loudly; the import itself stays correct either way."""
+    import inspect
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json, platform\n"
+        "from autopod.runpod.api import _sdk\n"
+        "rp = _sdk()\n"
+        "import cpuinfo\n"
+        "from runpod.serverless.utils import rp_debugger\n"
+        "print(json.dumps({'processor': rp_debugger.PROCESSOR, 'restored': cpuinfo.get_cpu_info.__module__,\n"
+        "                  'api': hasattr(rp.api.graphql, 'run_graphql_query'), 'again': _sdk() is rp}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    import json
+    import platform
+
+    doc = json.loads(out.stdout)
+    assert doc == {"processor": platform.processor() or platform.machine() or "unknown", "restored": "cpuinfo.cpuinfo",
+                   "api": True, "again": True}
+    from runpod.serverless.utils import rp_debugger
+
+    assert "cpuinfo.get_cpu_info()" in inspect.getsource(rp_debugger)
