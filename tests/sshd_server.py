@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,3 +157,14 @@ def ssh_box(sshd, http_backend, ssh_user_key, tmp_path, monkeypatch, autopod_hom
         pass
     finally:
         kill_tunnel_daemons(autopod_home.resolve())
+
+
+def wait_until(pred, timeout: float = 10.0, interval: float = 0.1):
+    """``pred()``'s first true value within ``timeout``, else its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    return pred()

@@ -13,7 +13,7 @@ import urllib.request
 
 import psutil
 import pytest
-from sshd_server import BODY
+from sshd_server import BODY, wait_until
 
 from autopod.sim.sshd import free_port
 
@@ -28,16 +28,6 @@ def fetch(port: int, path: str = "/", timeout: float = 5.0) -> bytes:
 def entries(home) -> dict:
     path = home / "tunnels.json"
     return json.loads(path.read_text()).get("tunnels", {}) if path.exists() else {}
-
-
-def wait_until(pred, timeout: float = 10.0, interval: float = 0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    return pred()
 
 
 def daemons_for(home) -> list[psutil.Process]:

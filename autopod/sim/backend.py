@@ -9,14 +9,22 @@ autopod reaches ComfyUI through the pod's SSH exactly as on RunPod. The stand-in
 executes workflows, with its own nodes; its files live in the pod's folder (comfyui/). Every start
 gets a new SSH port, as on RunPod; the host key and ComfyUI's port stay with the
 pod, like a container disk.
+
+Like a RunPod pod, every SSH session has ``RUNPOD_POD_ID`` and a ``runpodctl`` on its PATH
+whose key may act only on that pod (``autopod.sim.runpodctl``), and ``python3``. So the idle
+watchdog (``autopod pod.guard``) runs in a simulated pod unchanged, and stops it through the
+stand-in. Stopping a pod ends every process started in it, as stopping a container does.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +32,15 @@ from typing import Any
 
 from ..core.procs import stop_child
 from .comfyui_standin import ComfyUIStandin
+from .runpodctl import write_script
 from .sshd import LocalSSHD, find_sshd, free_port
 
 log = logging.getLogger(__name__)
 
 # The pod-side ComfyUI address, announced through the pod's env (autopod honours it as the pod's default).
 COMFY_ADDRESS_ENV = "AUTOPOD_COMFY_ADDRESS"
+# Marks every process started in a simulated pod (its folder), so stopping the pod can end them.
+POD_MARKER_ENV = "AUTOPOD_SIM_POD"
 
 
 def pod_env(pod: dict[str, Any]) -> dict[str, str]:
@@ -60,6 +71,12 @@ class LocalPodBackend:
         self.comfy_sim_nodes = comfy_sim_nodes
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
+        self.api_url = ""  # the stand-in's, for each pod's runpodctl (``attach``)
+        self.api_key = ""
+
+    def attach(self, url: str, api_key: str) -> None:
+        """The stand-in this backend serves: each pod's runpodctl calls it."""
+        self.api_url, self.api_key = url, api_key
 
     # -- PodBackend ----------------------------------------------------------------------------
     def start(self, pod: dict) -> dict:
@@ -71,7 +88,7 @@ class LocalPodBackend:
         result: dict[str, Any] = {"ip": "127.0.0.1", "ports": {}}
         # Like RunPod's images: sshd only when PUBLIC_KEY is set.
         if env.get("PUBLIC_KEY", "").strip():
-            run.ssh = self._ssh_server(workdir, env["PUBLIC_KEY"]).start()
+            run.ssh = self._ssh_server(workdir, env["PUBLIC_KEY"], self._session_env(pod["id"], workdir)).start()
             result["ports"][22] = run.ssh.port
         comfy_port = self._comfy_port(workdir)
         run.comfy = self._start_comfy(comfy_port, workdir)
@@ -89,7 +106,8 @@ class LocalPodBackend:
             return
         for part in (run.ssh, run.comfy):
             _halt(part)
-        log.info("pod %s: processes stopped", pod["id"])
+        ended = end_pod_processes(self.root / pod["id"])
+        log.info("pod %s: processes stopped%s", pod["id"], f" ({ended} started in the pod)" if ended else "")
 
     def terminate(self, pod: dict) -> None:
         self.stop(pod)
@@ -102,18 +120,33 @@ class LocalPodBackend:
             self.stop({"id": pid})
 
     # -- parts ---------------------------------------------------------------------------------
-    def _ssh_server(self, workdir: Path, authorized_keys: str) -> Any:
+    def _session_env(self, pod_id: str, workdir: Path) -> dict[str, str]:
+        """What every SSH session in the pod sees: the pod's id, its runpodctl and python3 first on
+        PATH, where the watchdog keeps its files (the pod's folder outlives a stop, like /workspace)."""
+        bin_dir = workdir / "bin"
+        settings = workdir / "runpodctl.json"
+        fd = os.open(settings, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"url": self.api_url, "key": self.api_key, "pod_id": pod_id}, f)
+        write_script(bin_dir, settings, sys.executable)
+        py = bin_dir / "python3"
+        py.write_text(f"#!/bin/sh\nexec '{sys.executable}' \"$@\"\n")
+        py.chmod(0o755)
+        return {"RUNPOD_POD_ID": pod_id, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+                "AUTOPOD_GUARD_DIR": str(workdir / "guard"), POD_MARKER_ENV: str(workdir)}
+
+    def _ssh_server(self, workdir: Path, authorized_keys: str, env: dict[str, str]) -> Any:
         kind = self.ssh_server
         if kind == "auto":
             kind = "openssh" if find_sshd() else "python"
         if kind == "openssh":
-            return LocalSSHD(workdir / "ssh", authorized_keys)
+            return LocalSSHD(workdir / "ssh", authorized_keys, env=env)
         from .pyssh import PySSHD, available
 
         if not available():
             raise RuntimeError("no SSH server for simulated pods: install openssh-server, "
                                "or pip install 'autopod[sim-ssh]' for the pure-Python one")
-        return PySSHD(workdir / "ssh", authorized_keys)
+        return PySSHD(workdir / "ssh", authorized_keys, env=env)
 
     @staticmethod
     def _comfy_port(workdir: Path) -> int:
@@ -146,6 +179,33 @@ class LocalPodBackend:
 def comfy_faults_file(root: Path) -> Path:
     """Where a running simulator keeps its ComfyUI fault settings (JSON, like POST /_sim/faults)."""
     return Path(root) / "comfy-faults.json"
+
+
+def end_pod_processes(workdir: Path) -> int:
+    """End every process started in the simulated pod at ``workdir`` (SIGTERM, then SIGKILL), as
+    stopping a container ends everything in it. Returns how many there were."""
+    import psutil
+
+    marker = str(workdir)
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get(POD_MARKER_ENV) == marker:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue  # gone, or not ours to read
+    for proc in found:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _gone, alive = psutil.wait_procs(found, timeout=3)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    return len(found)
 
 
 def _halt(part: Any) -> None:

@@ -17,7 +17,8 @@ the 477 recorded node types, exactly as the recorded server did.
 Fault injection: ``ws_drop_after=N`` cuts every WebSocket connection instead of sending its
 (N+1)th message (that message is lost, as in real life; history still records the result).
 At run time: ``POST /_sim/faults {"ws_drop_after": N}`` (0 turns it off; every open
-connection's count restarts) or ``{"ws_drop_now": true}``; ``GET /_sim/faults`` shows them.
+connection's count restarts) or ``{"ws_drop_now": true}``; ``{"outage_s": S}`` leaves every request
+but ``/_sim/`` unanswered for S seconds (a hung ComfyUI); ``GET /_sim/faults`` shows them.
 ``faults_file`` (the simulator's) holds the same JSON, applied at start and when listening begins.
 
 Not listening yet: a pod's ComfyUI only starts after the image has copied it onto the
@@ -49,6 +50,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,7 @@ class ComfyUIStandin:
         self.requests: list[tuple[str, str]] = []  # (method, path) seen, for tests
         self._load_data()
         self.hub = Hub(drop_after=ws_drop_after)
+        self.down_until = 0.0  # monotonic time until which HTTP goes unanswered (the outage fault)
         self.engine = Engine(folders=self.folders, node_info=self.node_info,
                              nodes={**REAL_NODES, **(SIM_NODES if sim_nodes else {})}, send=self.hub.send)
         if state == "busy":
@@ -272,9 +275,14 @@ class ComfyUIStandin:
 
     def set_faults(self, doc: dict[str, Any]) -> dict[str, Any]:
         """The run-time fault switch behind ``POST /_sim/faults``."""
-        unknown = set(doc) - {"ws_drop_after", "ws_drop_now"}
+        unknown = set(doc) - {"ws_drop_after", "ws_drop_now", "outage_s"}
         if unknown:
             raise ValueError(f"unknown fault settings: {', '.join(sorted(unknown))}")
+        outage = doc.get("outage_s")
+        if outage is not None:
+            if not isinstance(outage, (int, float)) or isinstance(outage, bool) or not 0 <= outage <= 86400:
+                raise ValueError("outage_s must be a number of seconds from 0 to 86400 (0: answer again)")
+            self.down_until = time.monotonic() + float(outage)
         drop_after = doc.get("ws_drop_after")
         if drop_after is not None and (not isinstance(drop_after, int) or isinstance(drop_after, bool)
                                        or drop_after < 0):
@@ -282,7 +290,11 @@ class ComfyUIStandin:
         return self.hub.set_faults(drop_after=drop_after, drop_now=bool(doc.get("ws_drop_now")))
 
     def faults(self) -> dict[str, Any]:
-        return self.hub.faults()
+        return {**self.hub.faults(), "outage_left_s": round(max(0.0, self.down_until - time.monotonic()), 3)}
+
+    def unanswered(self, path: str) -> bool:
+        """During an outage every request but /_sim/ goes unanswered, as from a hung or crashed ComfyUI."""
+        return not path.startswith("/_sim/") and time.monotonic() < self.down_until
 
     def load_faults_file(self) -> None:
         """Apply ``faults_file`` (JSON like POST /_sim/faults) if it exists: the simulator writes it when
@@ -411,6 +423,9 @@ class _Handler(BaseHTTPRequestHandler):
         s = self.server.standin
         path, query = self._route()
         s.requests.append(("GET", path))
+        if s.unanswered(path):
+            self.close_connection = True
+            return
         try:
             self._get(s, path, query)
         except (BrokenPipeError, ConnectionResetError):
@@ -456,6 +471,9 @@ class _Handler(BaseHTTPRequestHandler):
         s = self.server.standin
         path, _ = self._route()
         s.requests.append(("POST", path))
+        if s.unanswered(path):
+            self.close_connection = True
+            return
         try:
             self._post(s, path)
         except (BrokenPipeError, ConnectionResetError):

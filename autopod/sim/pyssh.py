@@ -3,7 +3,7 @@
 It needs the optional extra ``autopod[sim-ssh]`` (asyncssh). It does what the
 simulator needs from a pod's sshd and nothing more: public-key login against the
 pod's PUBLIC_KEY, local port forwarding to loopback addresses (ComfyUI), and
-running a command (``pod.ssh --command``), all on 127.0.0.1.
+running a command (``pod.ssh --command``) with its standard input, all on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -30,13 +31,15 @@ def available() -> bool:
 class PySSHD:
     """Same surface as ``autopod.sim.sshd.LocalSSHD``: start(), stop(), port, host_key_pub, user."""
 
-    def __init__(self, workdir: Path, authorized_keys: str, *, host_key: Path | None = None, port: int = 0):
+    def __init__(self, workdir: Path, authorized_keys: str, *, host_key: Path | None = None, port: int = 0,
+                 env: dict[str, str] | None = None):
         self.workdir = Path(workdir)
         self.authorized_keys = authorized_keys
         self.host_key = host_key or self.workdir / "ssh_host_ed25519_key"
         self.port = port
         self.user = getpass.getuser()
         self.host_key_pub = ""
+        self.env = dict(env or {})  # set in every session, like sshd's SetEnv
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server = None
         self._thread: threading.Thread | None = None
@@ -52,6 +55,7 @@ class PySSHD:
         host_key = asyncssh.read_private_key(str(self.host_key))
         self.host_key_pub = host_key.export_public_key().decode().strip()
         authorized = asyncssh.import_authorized_keys(self.authorized_keys)
+        env = {**os.environ, **self.env}
         ready = threading.Event()
         errors: list[BaseException] = []
 
@@ -65,7 +69,7 @@ class PySSHD:
         async def _serve() -> None:
             self._server = await asyncssh.listen(
                 "127.0.0.1", self.port, server_host_keys=[host_key], authorized_client_keys=authorized,
-                server_factory=_Server, process_factory=_run_command, allow_scp=False)
+                server_factory=_Server, process_factory=lambda p: _run_command(p, env), allow_scp=False)
             self.port = self._server.sockets[0].getsockname()[1]
 
         def _thread_main() -> None:
@@ -113,7 +117,7 @@ class PySSHD:
         self.stop()
 
 
-async def _run_command(process) -> None:  # noqa: ANN001
+async def _run_command(process, env: dict[str, str]) -> None:  # noqa: ANN001
     """Run the client's command with the local shell, like sshd would; no interactive shell."""
     command = process.command
     if not command:
@@ -121,8 +125,26 @@ async def _run_command(process) -> None:  # noqa: ANN001
         process.exit(1)
         return
     proc = await asyncio.create_subprocess_shell(
-        command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
+        command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=env)
+
+    async def feed() -> None:  # the client's stdin, as it comes (`ssh host cmd < file`), closed at its EOF
+        try:
+            while True:
+                chunk = await process.stdin.read(65536)
+                if not chunk:
+                    break
+                proc.stdin.write(chunk.encode() if isinstance(chunk, str) else chunk)
+                await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            proc.stdin.close()
+
+    feeder = asyncio.ensure_future(feed())
+    out, err = await asyncio.gather(proc.stdout.read(), proc.stderr.read())
+    await proc.wait()
+    feeder.cancel()
     process.stdout.write(out.decode(errors="replace"))
     process.stderr.write(err.decode(errors="replace"))
     process.exit(proc.returncode or 0)

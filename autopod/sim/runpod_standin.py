@@ -49,6 +49,7 @@ NOT_ENOUGH_GPUS = "There are not enough free GPUs on the host machine to start t
 SOMETHING_WRONG = "Something went wrong. Please try again later or contact support."
 NO_DATA_CENTER = "Failed to find data center, please try again."
 SSH_BANNER = b"SSH-2.0-OpenSSH_9.2 autopod-standin\r\n"
+TIMER_TICK_S = 0.25  # how often the stand-in enforces stopAfter/terminateAfter
 
 SDL = """
 scalar Void
@@ -1210,6 +1211,8 @@ class RunPodStandin:
         self.port = self._server.server_address[1]
         self.url = f"http://{self.host}:{self.port}"
         self._stopping.clear()
+        if hasattr(self.backend, "attach"):  # pods reach the stand-in from inside (runpodctl)
+            self.backend.attach(self.url, self.api_key)
         with self.world.lock:  # pods that were running in a saved world come back up with fresh ports
             for pod in self.world.pods.values():
                 if pod.get("desiredStatus") == "RUNNING":
@@ -1218,8 +1221,19 @@ class RunPodStandin:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="runpod-standin", daemon=True)
         self._thread.start()
+        self._ticker = threading.Thread(target=self._tick, name="runpod-standin-timers", daemon=True)
+        self._ticker.start()
         log.info("RunPod stand-in listening on %s", self.url)
         return self
+
+    def _tick(self) -> None:
+        """RunPod enforces ``stopAfter``/``terminateAfter`` itself, whether or not anyone asks."""
+        while not self._stopping.wait(TIMER_TICK_S):
+            try:
+                with self.world.lock:
+                    self.api._enforce_deadlines()
+            except Exception:  # a failing backend must not end the timers for every other pod
+                log.exception("enforcing pod timers failed")
 
     def stop(self) -> None:
         self._stopping.set()  # wakes requests sleeping for latency or a hang
@@ -1230,6 +1244,9 @@ class RunPodStandin:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if getattr(self, "_ticker", None) is not None:
+            self._ticker.join(timeout=5)
+            self._ticker = None
         if self._own_backend and isinstance(self.backend, LocalTcpBackend):
             self.backend.close()
 

@@ -40,13 +40,14 @@ class LocalSSHD:
     """``with LocalSSHD(workdir, authorized_keys_text) as sshd: ... sshd.port ...``"""
 
     def __init__(self, workdir: Path, authorized_keys: str, *, host_key: Path | None = None, port: int = 0,
-                 sshd_path: str | None = None, startup_timeout: float = 10.0):
+                 sshd_path: str | None = None, startup_timeout: float = 10.0, env: dict[str, str] | None = None):
         self.workdir = Path(workdir).resolve()
         self.authorized_keys = authorized_keys
         self.host_key = Path(host_key) if host_key else None
         self.port = int(port)
         self.sshd_path = sshd_path or find_sshd()
         self.startup_timeout = startup_timeout
+        self.env = dict(env or {})  # set in every session (SetEnv), like a container's environment
         self.user = getpass.getuser()
         self.proc: subprocess.Popen | None = None
         self.host_key_pub = ""
@@ -118,6 +119,7 @@ class LocalSSHD:
             "X11Forwarding no",
             "PrintMotd no",
             "LogLevel VERBOSE",
+            *([_set_env(self.env)] if self.env else []),
             "",
         ]))
         return cfg
@@ -146,3 +148,11 @@ class LocalSSHD:
     def _terminate(self) -> None:
         stop_child(self.proc)
         self.proc = None
+
+
+def _set_env(env: dict[str, str]) -> str:
+    """An sshd ``SetEnv`` line; each NAME=VALUE quoted, so paths with spaces survive."""
+    for k, v in env.items():
+        if '"' in k + v or "\n" in k + v or "=" in k:
+            raise ValueError(f"cannot pass {k!r} through sshd's SetEnv")
+    return "SetEnv " + " ".join(f'"{k}={v}"' for k, v in env.items())
