@@ -184,7 +184,8 @@ def test_list_and_info(cli, endpoint):
     assert listed.code == 0, listed.err
     assert "autopod-cassette-info" in {p["name"] for p in listed.json}
     table = cli("pod.list")
-    assert table.out.splitlines()[0].split() == ["NAME", "ID", "STATUS", "GPU", "DATACENTER", "VOLUME", "UPTIME", "$/HR"]
+    assert table.out.splitlines()[0].split() == ["NAME", "ID", "STATUS", "GPU", "DATACENTER", "VOLUME", "UPTIME", "$/HR", "SPENT"]
+    assert table.out.splitlines()[-1].startswith("total: ")
     info = cli("pod.info", "--pod", "autopod-cassette-info", "--json")
     assert info.code == 0, info.err
     doc = info.json

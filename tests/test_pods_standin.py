@@ -186,7 +186,7 @@ def test_list_and_info(cli, standin):
     listed = cli("pod.list")
     assert listed.code == 0
     header = listed.out.splitlines()[0].split()
-    assert header == ["NAME", "ID", "STATUS", "GPU", "DATACENTER", "VOLUME", "UPTIME", "$/HR"]
+    assert header == ["NAME", "ID", "STATUS", "GPU", "DATACENTER", "VOLUME", "UPTIME", "$/HR", "SPENT"]
     assert "one" in listed.out and "two" in listed.out and vid in listed.out
     docs = cli("pod.list", "--json").json
     assert {p["name"] for p in docs} == {"one", "two"}

@@ -86,6 +86,10 @@ class NoCapacity(RemoteError):
     """RunPod has no instances for the requested GPU/cloud/data center."""
 
 
+class BudgetExceeded(AutopodError):
+    """A new or resumed pod would spend more than the daily budget (exit 1; ``--force`` overrides)."""
+
+
 class TunnelError(AutopodError):
     """An SSH tunnel could not be started, reached or verified."""
 

@@ -9,6 +9,7 @@ before any task runs. Numbers are read strictly: ``1_0``, ``+2``, `` 2 ``,
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import re
 from typing import Any
@@ -75,3 +76,47 @@ def decodable(value: str, flag: str) -> str:
     except UnicodeEncodeError:
         raise UsageError(f"{flag} is not valid UTF-8 text: {value.encode('utf-8', 'backslashreplace').decode()!r}") from None
     return value
+
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def duration_seconds(text: str) -> float | None:
+    """``90m``, ``2h``, ``1d``, ``1h30m``, ``45s`` as seconds; None when ``text`` is not a duration."""
+    m = _DURATION.match(text.strip().lower())
+    if not m or not any(m.groups()):
+        return None
+    days, hours, mins, secs = (float(g) if g else 0.0 for g in m.groups())
+    return days * 86400 + hours * 3600 + mins * 60 + secs
+
+
+def point_in_time(text: str) -> _dt.datetime | None:
+    """An ISO-8601 date and time (``2026-11-30T08:00``, ``...Z``, ``...+01:00``), or None. Without a
+    zone it is this machine's local time."""
+    try:
+        when = _dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if "T" not in text and " " not in text.strip():
+        return None  # a bare date: midnight is rarely what anyone means by "stop after"
+    return when if when.tzinfo else when.astimezone()
+
+
+def deadline(value: Any, flag: str, now: float, *, max_s: float = 365 * 86400) -> float:
+    """``value`` (a duration from ``now``, or an ISO-8601 time) as a Unix time in the future;
+    anything else is a UsageError (exit 2)."""
+    text = str(value)
+    secs = duration_seconds(text)
+    if secs is not None:
+        when = now + secs
+    else:
+        point = point_in_time(text)
+        if point is None:
+            raise UsageError(f"{flag} must be a duration like 90m, 2h, 1d or 1h30m, or an ISO-8601 time like "
+                             f"2026-11-30T08:00, got {text!r}")
+        when = point.timestamp()
+    if when <= now:
+        raise UsageError(f"{flag} {text!r} is not in the future")
+    if when - now > max_s:
+        raise UsageError(f"{flag} {text!r} is more than {max_s / 86400:g} days away")
+    return when

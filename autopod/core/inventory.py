@@ -36,11 +36,18 @@ POD_KEYS: dict[str, type | tuple[type, ...]] = {
     "env": dict,
     "comfy_address": str,
     "timeout": int,
+    # The cost guard: RunPod's own timers, and the idle watchdog inside the pod.
+    "stop_after": str,
+    "terminate_after": str,
+    "idle_minutes": float,
+    "idle_action": str,
+    "dead_minutes": float,
 }
 GLOBAL_KEYS: dict[str, type | tuple[type, ...]] = {
     "ssh_key": str,
     "tunnel_backend": str,
     "comfy_url": str,
+    "budget_usd_per_day": float,
 }
 DEFAULT_KEYS = {**POD_KEYS, **GLOBAL_KEYS}
 HOST_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -54,6 +61,9 @@ TOP_KEYS = {"defaults": dict, "pods": dict, "hosts": dict}
 
 # Allowed ranges of the whole-number keys (RunPod's and TCP's limits; a week for timeout).
 INT_RANGES = {"gpu_count": (1, 16), "disk_gb": (1, 4000), "timeout": (1, 604_800), "port": (1, 65_535)}
+# Allowed ranges of the keys that take any number (fractional minutes let scripts use seconds).
+FLOAT_RANGES = {"idle_minutes": (0.01, 10_080), "dead_minutes": (0.01, 10_080), "budget_usd_per_day": (0.01, 1_000_000)}
+IDLE_ACTIONS = ("stop", "terminate")
 CLOUD_TYPES = ("SECURE", "COMMUNITY", "ALL")
 TUNNEL_BACKENDS = ("sshtunnel", "openssh")
 NAME_MAX = 128
@@ -324,9 +334,21 @@ def _port_spec(s: str) -> str | None:
     return None if ok else "must be PORT/http or PORT/tcp with PORT 1-65535 (RunPod has no udp)"
 
 
+def _timer(s: str) -> str | None:
+    from .flags import duration_seconds, point_in_time
+
+    if duration_seconds(s) is None and point_in_time(s) is None:
+        return "must be a duration like 90m, 2h, 1d or 1h30m, or an ISO-8601 time in quotes"
+    return None
+
+
+def _idle_action(s: str) -> str | None:
+    return None if s in IDLE_ACTIONS else f"must be one of {', '.join(IDLE_ACTIONS)}"
+
+
 _FORMATS: dict[str, Callable[[str], str | None]] = {
     "cloud_type": _cloud_type, "tunnel_backend": _tunnel_backend, "comfy_address": _address, "comfy_url": _url,
-    "host": _host, "user": _user,
+    "host": _host, "user": _user, "stop_after": _timer, "terminate_after": _timer, "idle_action": _idle_action,
 }
 _ITEM_FORMATS: dict[str, Callable[[str], str | None]] = {"ports": _port_spec}
 
@@ -419,6 +441,8 @@ class _Validator:
             raise self.fail(knode, f"{what} has no value; leave the key out to use the default")
         if want is int:
             self.whole_number(key, vnode, what)
+        elif want is float:
+            self.any_number(key, vnode, what)
         elif want is str:
             self.string(vnode, what, _FORMATS.get(key))
         elif want is list:
@@ -455,6 +479,18 @@ class _Validator:
         if len(text) > len(str(hi)) or not lo <= int(text) <= hi:
             shown = text if len(text) <= 20 else text[:17] + "..."
             raise self.fail(node, f"{what} must be between {lo} and {hi}, got {shown}")
+
+    def any_number(self, key: str, node: Any, what: str) -> None:
+        import yaml
+
+        text = node.value if isinstance(node, yaml.ScalarNode) else ""
+        plain = isinstance(node, yaml.ScalarNode) and not node.style and node.tag in (_INT, _FLOAT)
+        if not (plain and re.match(r"^[0-9]+(\.[0-9]+)?$", text)):
+            hint = " (without quotes)" if isinstance(node, yaml.ScalarNode) and node.style else ""
+            raise self.fail(node, f"{what} must be a number like 30 or 0.5{hint}, got {self.kind(node)}")
+        lo, hi = FLOAT_RANGES[key]
+        if not lo <= float(text) <= hi:
+            raise self.fail(node, f"{what} must be between {lo:g} and {hi:g}, got {_show(text)}")
 
     def string(self, node: Any, what: str, fmt: Callable[[str], str | None] | None = None) -> str:
         import yaml

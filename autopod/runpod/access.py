@@ -1,5 +1,5 @@
-"""Reaching a pod: everything ``pod.info`` shows (SSH commands, the HTTP proxy, spend) and
-``pod.ssh`` with OpenSSH over the pod's direct endpoint."""
+"""Reaching a pod: ``pod.ssh`` with OpenSSH over the pod's direct endpoint, and the OpenSSH
+command line every SSH call into a pod uses (host keys pinned in AUTOPOD_HOME)."""
 
 from __future__ import annotations
 
@@ -13,61 +13,10 @@ from ..core import config as _config
 from ..core.errors import AutopodError, ConfigError, UsageError
 from ..core.inventory import load_inventory
 from ..core.paths import autopod_home
-from .records import Pod, fmt_duration, proxy_urls
+from .records import Pod
 from .registry import resolve_pod
 
 log = logging.getLogger(__name__)
-
-
-def pod_info(api: Any, ref: str | None) -> dict[str, Any]:
-    """Everything ``pod.list`` shows, plus image, ports, volume, SSH commands and spend so far."""
-    pod = resolve_pod(api, ref)
-    chain.set_pod(pod.id)
-    info = pod.to_dict()
-    volume = None
-    if pod.volume_id:
-        vols = {v["id"]: v for v in api.list_volumes()}
-        v = vols.get(pod.volume_id, {})
-        volume = {"id": pod.volume_id, "name": v.get("name"), "size_gb": v.get("size"),
-                  "mount": pod.volume_mount, "datacenter": v.get("dataCenterId") or pod.datacenter}
-    info["volume"] = volume
-    try:
-        key = str(_config.configured_ssh_key(load_inventory()))
-    except ConfigError:
-        key = "~/.ssh/id_ed25519"
-    user = _config.pod_ssh_user()
-    info["ssh"] = {
-        "direct": (f"ssh -i {key} -p {pod.ssh_direct[1]} {user}@{pod.ssh_direct[0]}" if pod.ssh_direct else None),
-        "proxy": f"ssh -i {key} {pod.ssh_proxy}" if pod.ssh_proxy else None,
-    }
-    spend = None
-    if pod.cost_per_hr is not None and pod.uptime_s is not None:
-        spend = round(pod.cost_per_hr * pod.uptime_s / 3600, 4)
-    info["spend_usd"] = spend
-    info["http_proxy"] = proxy_urls(pod)
-    return info
-
-
-INFO_FIELDS = [("name", "NAME"), ("id", "ID"), ("status", "STATUS"), ("gpu", "GPU"), ("gpu_count", "GPU COUNT"),
-               ("datacenter", "DATACENTER"), ("uptime", "UPTIME"), ("cost_per_hr", "$/HR"), ("spend", "SPENT (EST.)"),
-               ("image", "IMAGE"), ("ports", "PORTS"), ("volume", "VOLUME"), ("ssh", "SSH"),
-               ("ssh_fallback", "SSH (PROXY, SHELL ONLY)"), ("comfy_address", "COMFYUI (IN POD)"),
-               ("proxy", "HTTP PROXY (PUBLIC, NO LOGIN)")]
-
-
-def info_view(info: dict[str, Any]) -> dict[str, Any]:
-    """``pod_info`` flattened for the human KEY/VALUE table."""
-    v = info.get("volume")
-    return {
-        **info,
-        "uptime": fmt_duration(info.get("uptime_s")),
-        "spend": f"${info['spend_usd']:.2f}" if info.get("spend_usd") is not None else None,
-        "volume": (f"{v['id']} ({v.get('name') or '?'}, {v.get('size_gb') or '?'} GB, {v.get('datacenter')}) "
-                   f"at {v.get('mount')}") if v else None,
-        "ssh": info["ssh"]["direct"] or "(no direct endpoint yet: the pod is not running)",
-        "ssh_fallback": info["ssh"]["proxy"],
-        "proxy": [u["url"] for u in info.get("http_proxy") or []],
-    }
 
 
 def ssh_command(pod: Pod, key: Any, command: str | None = None, *, user: str | None = None,

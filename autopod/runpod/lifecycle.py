@@ -18,13 +18,16 @@ from typing import Any, Callable, Iterator, Sequence
 from ..core import chain, signals
 from ..core import config as _config
 from ..core.errors import AutopodError, Interrupted, NoCapacity, NotFound, RemoteError, UsageError
+from ..core.inventory import load_inventory
 from ..core.output import Outcome
 from ..core.state import exclusive
 from ..core.ui import progress, warn
+from . import guard as _guard
 from .api import connect as connect_api
 from .api import pod_create_mutation
+from .budget import Budget, billable_hours, configured_budget, gpu_rate
 from .gpus import check_gpu_count, check_known_datacenter, plan_gpu_order
-from .records import Pod
+from .records import Pod, cost_note
 from .registry import (
     KEEP_UNLISTED_S,
     candidates,
@@ -201,8 +204,33 @@ def _exists_outcome(pod: Pod, *, dry_run: bool) -> Outcome:
                    key="pod", data=pod.to_dict())
 
 
+def _affordable(spec: PodSpec, plan: list[dict[str, Any]], pods: Sequence[Pod], timers: dict[str, float],
+                name: str, force: bool) -> list[dict[str, Any]]:
+    """The GPUs of ``plan`` whose pod fits the daily budget beside the running pods (all of them
+    without a budget, or with ``--force``). None fits: ``BudgetExceeded`` (exit 1)."""
+    per_day = configured_budget(load_inventory())
+    if per_day is None or force:
+        return plan
+    now = time.time()
+    budget = Budget.of(per_day, pods, entries_or_warn(), now)
+    hours = billable_hours(timers, now)
+    fits, dearest = [], None
+    for g in plan:
+        rate = gpu_rate(g, spec.cloud_type, spec.gpu_count)
+        if rate is None or budget.room_for(rate, hours):
+            fits.append(g)
+        else:
+            progress(f"skipping {g.get('displayName') or g['id']}: ${rate:.3f}/hr does not fit the daily budget")
+            dearest = min(rate, dearest) if dearest is not None else rate
+    if not fits:
+        label = ", ".join(g.get("displayName") or g["id"] for g in plan)
+        raise budget.refuse(f"pod {name} on {label}", dearest or 0.0, hours)
+    return fits
+
+
 def _find_or_create(spec: PodSpec, api: Any, plan: list[dict[str, Any]], datacenter: str | None, *,
-                    dry_run: bool, billing: list[_Billing], pods: list[Pod] | None = None) -> Outcome | dict[str, Any]:
+                    dry_run: bool, billing: list[_Billing], pods: list[Pod] | None = None,
+                    force: bool = False) -> Outcome | dict[str, Any]:
     """Under the create lock: the live pod of that name (``ok``), the dry run's plan, or a new pod
     (the create answer plus ``gpu`` and ``attempts``). A new pod goes into ``billing`` at once."""
     pods = list_pods(api) if pods is None else pods
@@ -212,8 +240,10 @@ def _find_or_create(spec: PodSpec, api: Any, plan: list[dict[str, Any]], datacen
             return _exists_outcome(found, dry_run=dry_run)
     known = [p.name for p in pods] + [str(e.get("name")) for e in entries_or_warn().values() if not e.get("gone_at")]
     name = spec.name or generate_name(known)
+    timers = spec.timers(time.time())
+    plan = _affordable(spec, plan, pods, timers, name, force)
     public_key, key_source = _public_key(spec)
-    requests_ = [build_create_input(spec, name, g, datacenter, public_key) for g in plan]
+    requests_ = [build_create_input(spec, name, g, datacenter, public_key, timers) for g in plan]
     for inp in requests_:
         pod_create_mutation(inp)  # the adapter's own checks (ids, env names, enums), also for a dry run
     if dry_run:
@@ -223,7 +253,8 @@ def _find_or_create(spec: PodSpec, api: Any, plan: list[dict[str, Any]], datacen
                        + (f" (fallback: {', '.join(g.get('displayName') or g['id'] for g in plan[1:])})" if plan[1:] else "")
                        + f" in {datacenter or 'any data center'}; nothing was changed",
                        key="request", data=first,
-                       extra={"dry_run": True, "gpu_order": [g["id"] for g in plan]})
+                       extra={"dry_run": True, "gpu_order": [g["id"] for g in plan],
+                              "guard": spec.guard_settings()})
 
     attempts: list[dict[str, str]] = []
     for gpu, inp in zip(plan, requests_):
@@ -243,7 +274,7 @@ def _find_or_create(spec: PodSpec, api: Any, plan: list[dict[str, Any]], datacen
         billing.append(_Billing(created["id"], name, f"waiting for the new pod {name}"))
         attempts.append({"gpu": gpu["id"], "result": "created", "reason": ""})
         remember(created["id"], name=name, comfy_address=spec.comfy_address, spec=spec.to_dict(),
-                  created_at=time.time())
+                 created_at=time.time(), timers=timers or None)
         return {**created, "name": name, "gpu": gpu, "attempts": attempts}
     lines = "; ".join(f"{a['gpu']}: {a['reason']}" for a in attempts)
     raise NoCapacity(f"no GPU available for pod {name}, tried {len(attempts)}: {lines}")
@@ -258,6 +289,7 @@ def _hand_over_created(api: Any, spec: PodSpec, created: dict[str, Any], *, wait
         msg += f" after {len(attempts) - 1} GPU(s) had no capacity"
     if wait:
         pod = _wait(api, pod_id, name, float(timeout or spec.timeout), sleep, connect)
+        msg += _install_guard(api, pod, spec.guard_settings())
     else:
         try:
             pod = get_pod(api, pod_id)
@@ -266,10 +298,19 @@ def _hand_over_created(api: Any, spec: PodSpec, created: dict[str, Any], *, wait
             pod = None
         pod = pod or Pod(id=pod_id, name=name, status=created.get("desiredStatus") or "CREATED", gpu=gpu_label,
                          comfy_address=spec.comfy_address)
-    if pod.datacenter:
-        msg += f" in {pod.datacenter}"
+    if pod.datacenter and " in " + pod.datacenter not in msg:
+        msg = msg.replace(f" on {gpu_label}", f" on {gpu_label} in {pod.datacenter}", 1)
     chain.set_pod(pod_id)
     return Outcome(True, msg, key="pod", data=pod.to_dict(), extra={"gpu_attempts": attempts})
+
+
+def _install_guard(api: Any, pod: Pod, settings: dict[str, Any] | None) -> str:
+    """Install the idle watchdog in a pod just handed over; returns a note for the message. Inside
+    the hand-over, a failure stops the pod: a pod asked to guard itself must not bill unguarded."""
+    if not settings:
+        return ""
+    outcome = _guard.install(api, pod, settings)
+    return f"; the idle watchdog {_guard.describe(settings)}" if outcome.changed else "; its watchdog runs"
 
 
 def _wait(api: Any, pod_id: str, name: str, timeout: float, sleep: Callable[[float], None],
@@ -279,31 +320,52 @@ def _wait(api: Any, pod_id: str, name: str, timeout: float, sleep: Callable[[flo
 
 
 def ensure_pod(spec: PodSpec, api: Any, *, wait: bool = True, timeout: float | None = None, dry_run: bool = False,
-               sleep: Callable[[float], None] = time.sleep, connect: Callable[[str, int], bool] | None = None) -> Outcome:
+               sleep: Callable[[float], None] = time.sleep, connect: Callable[[str, int], bool] | None = None,
+               force: bool = False) -> Outcome:
     """Create the pod ``spec`` describes unless a live pod of that name exists (then ``ok``).
 
     Tries each GPU in order on RunPod's no-capacity answer. Every input is checked
     (GPU names and counts, the volume, the data center) before anything is created,
-    and a dry run checks the same. Until the new pod is handed over (ready, or
-    created with ``wait=False``), a timeout, failure or interrupt stops it.
+    and a dry run checks the same. Until the new pod is handed over (ready, with its
+    watchdog if one is asked for; or created with ``wait=False``), a timeout, failure or
+    interrupt stops it. With a daily budget, a pod that does not fit is refused (``force``
+    overrides).
     """
+    if spec.guard_settings() and not wait:
+        raise UsageError("--idle-minutes installs the watchdog once the pod is reachable, so it cannot go with "
+                         "--no-wait; leave out --no-wait, or run `autopod pod.guard` later")
     plan, datacenter = _checked_plan(spec, api)
     with _until_handed_over(api) as billing:
         with _create_lock(spec.name):
-            found = _find_or_create(spec, api, plan, datacenter, dry_run=dry_run, billing=billing)
+            found = _find_or_create(spec, api, plan, datacenter, dry_run=dry_run, billing=billing, force=force)
         if isinstance(found, Outcome):
-            return found
+            return found if dry_run else _guard_existing(api, found, spec.guard_settings())
         return _hand_over_created(api, spec, found, wait=wait, timeout=timeout, sleep=sleep, connect=connect)
 
 
-def create(flags: dict[str, Any], *, wait: bool = True, dry_run: bool = False, api: Any = None) -> Outcome:
+def _guard_existing(api: Any, exists: Outcome, settings: dict[str, Any] | None) -> Outcome:
+    """``pod.create --idle-minutes`` for a pod that exists: it gets the watchdog asked for (``ok`` when it
+    has it). A pod that does not run is left alone: ``pod.start`` or ``pod.up`` guards it."""
+    if not settings or exists.data.get("status") != "RUNNING":
+        return exists
+    pod = get_pod(api, exists.data["id"])
+    if pod is None or not pod.ssh_direct:
+        return exists
+    if _guard.install(api, pod, settings).changed:
+        return Outcome(True, f"{exists.msg}; the idle watchdog {_guard.describe(settings)}", key="pod",
+                       data=exists.data)
+    return exists
+
+
+def create(flags: dict[str, Any], *, wait: bool = True, dry_run: bool = False, force: bool = False,
+           api: Any = None) -> Outcome:
     """``pod.create``: resolve the settings, then ``ensure_pod``."""
     spec = load_settings(flags)
     api = api or connect_api()
-    return ensure_pod(spec, api, wait=wait, dry_run=dry_run)
+    return ensure_pod(spec, api, wait=wait, dry_run=dry_run, force=force)
 
 
-def up(flags: dict[str, Any], *, dry_run: bool = False, api: Any = None,
+def up(flags: dict[str, Any], *, dry_run: bool = False, force: bool = False, api: Any = None,
        sleep: Callable[[float], None] = time.sleep, connect: Callable[[str, int], bool] | None = None) -> Outcome:
     """Converge: create the pod if missing, start it if stopped, wait until it is ready.
 
@@ -319,33 +381,76 @@ def up(flags: dict[str, Any], *, dry_run: bool = False, api: Any = None,
         if len(live) > 1:
             raise UsageError(f"several pods exist; name the one to bring up with --name: {candidates(live)}")
         if not live:
-            return ensure_pod(spec, api, wait=True, dry_run=dry_run, sleep=sleep, connect=connect)
-        return _up_existing(api, spec, live[0], dry_run=dry_run, sleep=sleep, connect=connect)
+            return ensure_pod(spec, api, wait=True, dry_run=dry_run, sleep=sleep, connect=connect, force=force)
+        _timers_not_applied(flags, live[0])
+        return _up_existing(api, spec, live[0], dry_run=dry_run, sleep=sleep, connect=connect, force=force)
     plan, datacenter = _checked_plan(spec, api)
     with _until_handed_over(api) as billing:
         with _create_lock(spec.name):
             pods = list_pods(api)
             target = _live_named(api, pods, spec.name)
             if target is None:
-                found = _find_or_create(spec, api, plan, datacenter, dry_run=dry_run, billing=billing, pods=pods)
-            elif target.status != "RUNNING" and not dry_run:
-                _resume(api, target, billing)
-                found = None
+                found = _find_or_create(spec, api, plan, datacenter, dry_run=dry_run, billing=billing, pods=pods,
+                                        force=force)
             else:
+                _timers_not_applied(flags, target)
+                if target.status != "RUNNING":
+                    _check_resume_budget(api, target, pods, force)
                 found = None
+                if target.status != "RUNNING" and not dry_run:
+                    _resume(api, target, billing)
         if isinstance(found, Outcome):
             return found
         if found is not None:
             return _hand_over_created(api, spec, found, wait=True, timeout=None, sleep=sleep, connect=connect)
         if billing:
             return _hand_over_started(api, target, wait=True, timeout=float(spec.timeout), sleep=sleep,
-                                      connect=connect)
-    return _up_existing(api, spec, target, dry_run=dry_run, sleep=sleep, connect=connect)
+                                      connect=connect, guard_settings=spec.guard_settings())
+    return _up_existing(api, spec, target, dry_run=dry_run, sleep=sleep, connect=connect, force=force)
+
+
+def _timers_not_applied(flags: dict[str, Any], pod: Pod) -> None:
+    """RunPod takes its timers with the create request only: say so rather than drop them silently."""
+    given = [f"--{k.replace('_', '-')}" for k in ("stop_after", "terminate_after") if flags.get(k)]
+    if given:
+        warn(f"pod {pod.name} ({pod.id}) exists, and RunPod sets {' and '.join(given)} only when it creates a pod: "
+             f"not applied (`autopod pod.guard --idle-minutes N` guards a running pod)")
+
+
+def _resume_rate(api: Any, pod: Pod) -> float | None:
+    """What a stopped pod will cost per hour once started: its listed rate, the rate autopod saw it
+    run at, or its GPU type's price (the dearer cloud)."""
+    if pod.cost_per_hr:
+        return float(pod.cost_per_hr)
+    seen = entries_or_warn().get(pod.id, {}).get("cost_per_hr")
+    if isinstance(seen, (int, float)) and seen > 0:
+        return float(seen)
+    for g in api.gpu_types():
+        if pod.gpu and pod.gpu in (g.get("displayName"), g.get("id")):
+            return gpu_rate(g, "ALL", pod.gpu_count or 1)
+    return None
+
+
+def _check_resume_budget(api: Any, pod: Pod, pods: Sequence[Pod] | None, force: bool) -> None:
+    per_day = configured_budget(load_inventory())
+    if per_day is None or force:
+        return
+    rate = _resume_rate(api, pod)
+    if rate is None:
+        warn(f"cannot tell what pod {pod.name} ({pod.id}) costs per hour; the daily budget is not checked for it")
+        return
+    now = time.time()
+    entries = entries_or_warn()
+    budget = Budget.of(per_day, pods if pods is not None else list_pods(api), entries, now, exclude=pod.id)
+    hours = billable_hours(entries.get(pod.id, {}).get("timers") or {}, now)
+    if not budget.room_for(rate, hours):
+        raise budget.refuse(f"starting pod {pod.name} ({pod.id})", rate, hours)
 
 
 def _up_existing(api: Any, spec: PodSpec, target: Pod, *, dry_run: bool, sleep: Callable[[float], None],
-                 connect: Callable[[str, int], bool] | None) -> Outcome:
-    """``pod.up`` on a pod that exists: running (wait until reachable) or stopped (start it)."""
+                 connect: Callable[[str, int], bool] | None, force: bool = False) -> Outcome:
+    """``pod.up`` on a pod that exists: running (wait until reachable, and guard it if asked) or
+    stopped (start it)."""
     if dry_run:
         chain.mark_planned(f"a dry run for pod {target.name}")
         if target.status == "RUNNING":
@@ -354,10 +459,16 @@ def _up_existing(api: Any, spec: PodSpec, target: Pod, *, dry_run: bool, sleep: 
                        key="pod", data=target.to_dict(), extra={"dry_run": True})
     if target.status != "RUNNING":
         return start_pod(api, target.id, wait=True, timeout=spec.timeout, sleep=sleep, connect=connect,
-                         pods=[target])
+                         pods=[target], force=force, guard_settings=spec.guard_settings())
     chain.set_pod(target.id)
-    # It was running before this command: not ours to stop if the wait fails.
+    # It was running before this command: not ours to stop if the wait or the watchdog's install fails.
     pod = _wait(api, target.id, target.name, float(spec.timeout), sleep, connect)
+    settings = spec.guard_settings()
+    if settings:
+        guarded = _guard.install(api, pod, settings)
+        if guarded.changed:
+            return Outcome(True, f"pod {pod.name} ({pod.id}) is running and reachable; the idle watchdog "
+                                 f"{_guard.describe(settings)}", key="pod", data=pod.to_dict())
     return Outcome(False, f"pod {pod.name} ({pod.id}) is running and reachable", key="pod", data=pod.to_dict())
 
 
@@ -390,8 +501,13 @@ def stop_pod(api: Any, ref: str | None) -> Outcome:
         raise RemoteError(f"pod {pod.name} ({pod.id}) is terminated")
     api.stop_pod(pod.id)
     after = get_pod(api, pod.id) or pod
-    return Outcome(True, f"stopped pod {pod.name} ({pod.id}); its volume and disk are kept", key="pod",
-                   data=after.to_dict())
+    return Outcome(True, f"stopped pod {pod.name} ({pod.id}); its volume and disk are kept{cost_note(pod)}",
+                   key="pod", data=after.to_dict(), extra={"spend": _spend(pod)})
+
+
+def _spend(pod: Pod) -> dict[str, Any]:
+    """What the pod cost over its uptime, as the stop or kill found it."""
+    return {"uptime_s": pod.uptime_s, "cost_per_hr": pod.cost_per_hr, "spend_usd": pod.spend_usd}
 
 
 def _resume(api: Any, pod: Pod, billing: list[_Billing]) -> None:
@@ -404,27 +520,42 @@ def _resume(api: Any, pod: Pod, billing: list[_Billing]) -> None:
 
 
 def _hand_over_started(api: Any, pod: Pod, *, wait: bool, timeout: float, sleep: Callable[[float], None],
-                       connect: Callable[[str, int], bool] | None) -> Outcome:
+                       connect: Callable[[str, int], bool] | None,
+                       guard_settings: dict[str, Any] | None = None) -> Outcome:
     chain.set_pod(pod.id)
-    after = _wait(api, pod.id, pod.name, timeout, sleep, connect) if wait else (get_pod(api, pod.id) or pod)
-    return Outcome(True, f"started pod {pod.name} ({pod.id})", key="pod", data=after.to_dict())
+    settings = guard_settings or entries_or_warn().get(pod.id, {}).get("guard")
+    if not wait:
+        if settings:
+            warn(f"pod {pod.name} ({pod.id}) had an idle watchdog; with --no-wait it is not installed again: "
+                 f"run `autopod pod.guard --pod {pod.name}` once the pod is reachable")
+        return Outcome(True, f"started pod {pod.name} ({pod.id})", key="pod", data=(get_pod(api, pod.id) or pod).to_dict())
+    after = _wait(api, pod.id, pod.name, timeout, sleep, connect)
+    note = ""
+    if settings:
+        s = _guard.settings(settings["idle_minutes"], settings.get("action") or "stop", settings.get("dead_minutes"))
+        note = _install_guard(api, after, s)
+    return Outcome(True, f"started pod {pod.name} ({pod.id}){note}", key="pod", data=after.to_dict())
 
 
 def start_pod(api: Any, ref: str | None, *, wait: bool = True, timeout: float | None = None,
               sleep: Callable[[float], None] = time.sleep, connect: Callable[[str, int], bool] | None = None,
-              pods: list[Pod] | None = None) -> Outcome:
-    """Resume a stopped pod with its GPU count. A resumed pod gets a new SSH port. Until it is
-    ready (or, with ``wait=False``, until the request is answered) an interrupt or failure stops it again."""
+              pods: list[Pod] | None = None, force: bool = False,
+              guard_settings: dict[str, Any] | None = None) -> Outcome:
+    """Resume a stopped pod with its GPU count. A resumed pod gets a new SSH port, and the watchdog
+    autopod installed before (or ``guard_settings``) is installed again: a container starts afresh.
+    Until it is ready (or, with ``wait=False``, until the request is answered) an interrupt or
+    failure stops it again. With a daily budget, a pod that does not fit is refused (``force`` overrides)."""
     pod = resolve_pod(api, ref, pods)
     chain.set_pod(pod.id)
     if not pod.alive:
         raise RemoteError(f"pod {pod.name} ({pod.id}) is terminated; create a new one")
     if pod.status == "RUNNING":
         return Outcome(False, f"pod {pod.name} ({pod.id}) is already running", key="pod", data=pod.to_dict())
+    _check_resume_budget(api, pod, pods, force)
     with _until_handed_over(api) as billing:
         _resume(api, pod, billing)
         return _hand_over_started(api, pod, wait=wait, timeout=float(timeout or _config.BUILTIN["timeout"]),
-                                  sleep=sleep, connect=connect)
+                                  sleep=sleep, connect=connect, guard_settings=guard_settings)
 
 
 def kill_pod(api: Any, ref: str | None, *, confirm: Callable[[Pod], bool] | None = None) -> Outcome:
@@ -447,4 +578,5 @@ def kill_pod(api: Any, ref: str | None, *, confirm: Callable[[Pod], bool] | None
         if api.get_pod(pod.id) is not None:  # RunPod answers an error for a pod it already removed
             raise
     mark_gone(pod.id)
-    return Outcome(True, f"terminated pod {pod.name} ({pod.id})", key="pod", data={"id": pod.id, "name": pod.name})
+    return Outcome(True, f"terminated pod {pod.name} ({pod.id}){cost_note(pod)}", key="pod",
+                   data={"id": pod.id, "name": pod.name}, extra={"spend": _spend(pod)})

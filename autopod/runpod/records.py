@@ -85,9 +85,14 @@ class Pod:
     def alive(self) -> bool:
         return self.status != "TERMINATED"
 
+    @property
+    def spend_usd(self) -> float | None:
+        return spend_usd(self.cost_per_hr, self.uptime_s)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ssh_direct"] = {"host": self.ssh_direct[0], "port": self.ssh_direct[1]} if self.ssh_direct else None
+        d["spend_usd"] = self.spend_usd
         return d
 
     def row(self) -> dict[str, Any]:
@@ -95,11 +100,32 @@ class Pod:
         gpu = self.gpu and (f"{self.gpu_count}x {self.gpu}" if self.gpu_count > 1 else self.gpu)
         return {"name": self.name, "id": self.id, "status": self.status, "gpu": gpu, "datacenter": self.datacenter,
                 "volume": self.volume_id, "uptime": fmt_duration(self.uptime_s),
-                "cost": f"{self.cost_per_hr:.3f}" if self.cost_per_hr is not None else None}
+                "cost": f"{self.cost_per_hr:.3f}" if self.cost_per_hr is not None else None,
+                "spend": fmt_usd(self.spend_usd)}
 
 
 LIST_COLUMNS = [("name", "NAME"), ("id", "ID"), ("status", "STATUS"), ("gpu", "GPU"), ("datacenter", "DATACENTER"),
-                ("volume", "VOLUME"), ("uptime", "UPTIME"), ("cost", "$/HR")]
+                ("volume", "VOLUME"), ("uptime", "UPTIME"), ("cost", "$/HR"), ("spend", "SPENT")]
+
+
+def spend_usd(cost_per_hr: float | None, uptime_s: int | None) -> float | None:
+    """What a pod cost since it last started: its rate times its uptime. An estimate: RunPod bills
+    by the second, and storage (billed while stopped too) is not included."""
+    if cost_per_hr is None or uptime_s is None:
+        return None
+    return round(float(cost_per_hr) * int(uptime_s) / 3600.0, 4)
+
+
+def fmt_usd(amount: float | None) -> str | None:
+    return None if amount is None else f"${amount:.2f}"
+
+
+def cost_note(pod: "Pod") -> str:
+    """``; it ran 2h13m at $0.440/hr, about $0.98`` for a pod about to stop, or ''."""
+    spent = pod.spend_usd
+    if spent is None or not pod.uptime_s:
+        return ""
+    return f"; it ran {fmt_duration(pod.uptime_s)} at ${pod.cost_per_hr:.3f}/hr, about {fmt_usd(spent)}"
 
 
 def fmt_duration(seconds: int | None) -> str | None:

@@ -27,7 +27,7 @@ KEEP_UNLISTED_S = 120.0  # a just-created pod may not be listed yet; keep its st
 TOMBSTONE_S = 7 * 86400
 _ENTRY_TYPES: dict[str, Any] = {"name": str, "created_at": (int, float), "adopted_at": (int, float),
                                 "gone_at": (int, float), "comfy_address": str, "spec": dict, "gpu": str,
-                                "cost_per_hr": (int, float)}
+                                "cost_per_hr": (int, float), "guard": dict, "timers": dict}
 
 
 def _validate(data: dict[str, Any]) -> None:
@@ -84,6 +84,19 @@ def remember(pod_id: str, **fields: Any) -> None:
             entry = data.setdefault(pod_id, {})
             entry.pop("gone_at", None)
             entry.update({k: v for k, v in fields.items() if v is not None})
+    except ConfigError as e:
+        _warn_bookkeeping(e)
+
+
+def set_entry_field(pod_id: str, key: str, value: Any) -> None:
+    """Set one field of a pod's record; None removes it. Best effort, like ``remember``."""
+    try:
+        with _state().update() as data:
+            entry = data.setdefault(pod_id, {})
+            if value is None:
+                entry.pop(key, None)
+            else:
+                entry[key] = value
     except ConfigError as e:
         _warn_bookkeeping(e)
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from ..core import config as _config
 from ..core.errors import UsageError
-from ..core.flags import number
+from ..core.flags import deadline, number
 from ..core.flags import text as flags_text
-from ..core.inventory import Inventory, load_inventory
+from ..core.inventory import IDLE_ACTIONS, Inventory, load_inventory
 from .api import ENV_KEY_RE, check_cloud_type, check_datacenter, check_id
 from .records import ADDRESS_RE
 
@@ -38,6 +39,28 @@ class PodSpec:
     comfy_address: str
     timeout: int
     ssh_key: str | None = None
+    # The cost guard. Timers are kept as written (90m, an ISO time) and become absolute times when the
+    # create request is built; the watchdog settings go to ``pod.guard``.
+    stop_after: str | None = None
+    terminate_after: str | None = None
+    idle_minutes: float | None = None
+    idle_action: str = "stop"
+    dead_minutes: float | None = None
+
+    def guard_settings(self) -> dict[str, Any] | None:
+        """The watchdog this pod should have, or None."""
+        if self.idle_minutes is None:
+            return None
+        return {"idle_minutes": self.idle_minutes, "action": self.idle_action, "dead_minutes": self.dead_minutes}
+
+    def timers(self, now: float) -> dict[str, float]:
+        """RunPod's timers as Unix times from ``now``: ``stop_at`` and ``terminate_at`` where set."""
+        out = {}
+        if self.stop_after:
+            out["stop_at"] = deadline(self.stop_after, "--stop-after", now)
+        if self.terminate_after:
+            out["terminate_at"] = deadline(self.terminate_after, "--terminate-after", now)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -52,6 +75,7 @@ MAX_TIMEOUT_S = 7 * 86400
 MAX_NAME = 128
 IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
 MOUNT_RE = re.compile(r"^/[A-Za-z0-9._/-]{0,254}$")
+MAX_IDLE_MINUTES = 7 * 24 * 60
 
 
 def parse_env(items: Sequence[str] | dict[str, Any] | None) -> dict[str, str]:
@@ -140,6 +164,14 @@ def resolve_spec(flags: dict[str, Any], inventory: Inventory | None = None, conf
     volume_id = r("volume_id")
     volume_mount = flags_text(r("volume_mount"), "--volume-mount", max_len=255, pattern=MOUNT_RE,
                               expected="an absolute path like /workspace")
+    stop_after, terminate_after = r("stop_after"), r("terminate_after")
+    now = time.time()
+    for value, flag in ((stop_after, "--stop-after"), (terminate_after, "--terminate-after")):
+        if value is not None:
+            deadline(value, flag, now)  # checked now, so a bad value creates nothing; sent as a time later
+    idle_action = str(r("idle_action") or "stop")
+    if idle_action not in IDLE_ACTIONS:
+        raise UsageError(f"invalid --idle-action {idle_action!r}: use one of {', '.join(IDLE_ACTIONS)}")
     return PodSpec(
         name=name,
         gpus=[flags_text(g, "--gpu") for g in gpus or []],
@@ -156,6 +188,11 @@ def resolve_spec(flags: dict[str, Any], inventory: Inventory | None = None, conf
         comfy_address=check_address(r("comfy_address")),
         timeout=number(r("timeout"), "--timeout", int, minimum=1, maximum=MAX_TIMEOUT_S),
         ssh_key=r("ssh_key"),
+        stop_after=str(stop_after) if stop_after is not None else None,
+        terminate_after=str(terminate_after) if terminate_after is not None else None,
+        idle_minutes=number(r("idle_minutes"), "--idle-minutes", float, minimum=0.01, maximum=MAX_IDLE_MINUTES),
+        idle_action=idle_action,
+        dead_minutes=number(r("dead_minutes"), "--dead-minutes", float, minimum=0.01, maximum=MAX_IDLE_MINUTES),
     )
 
 
@@ -170,9 +207,15 @@ def generate_name(existing: Sequence[str], today: _dt.date | None = None) -> str
     return f"{prefix}{max(used, default=0) + 1:03d}"
 
 
+def rfc3339(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def build_create_input(spec: PodSpec, name: str, gpu: dict[str, Any], datacenter: str | None,
-                       public_key: str | None) -> dict[str, Any]:
-    """The ``podFindAndDeployOnDemand`` input for one GPU choice (GraphQL field names)."""
+                       public_key: str | None, timers: dict[str, float] | None = None) -> dict[str, Any]:
+    """The ``podFindAndDeployOnDemand`` input for one GPU choice (GraphQL field names). ``timers``
+    (``spec.timers(now)``) become RunPod's own ``stopAfter``/``terminateAfter``, which the SDK
+    does not expose: RunPod stops or terminates the pod then, whatever happens on this machine."""
     env = dict(spec.env)
     if public_key and "PUBLIC_KEY" not in env:
         # Official images start sshd and authorise these keys only when PUBLIC_KEY is set.
@@ -199,4 +242,8 @@ def build_create_input(spec: PodSpec, name: str, gpu: dict[str, Any], datacenter
         inp["templateId"] = spec.template_id
     if spec.volume_id:
         inp["networkVolumeId"] = spec.volume_id
+    if timers and timers.get("stop_at"):
+        inp["stopAfter"] = rfc3339(timers["stop_at"])
+    if timers and timers.get("terminate_at"):
+        inp["terminateAfter"] = rfc3339(timers["terminate_at"])
     return inp

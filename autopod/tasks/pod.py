@@ -8,10 +8,12 @@ from typing import Any
 from ..core.errors import UsageError
 from ..core.flags import number
 from ..core.output import dump_json, emit_object, emit_outcome, emit_rows
-from ..runpod import access, lifecycle, registry, waits
+from ..runpod import access, info as pod_info, lifecycle, registry, waits
+from ..runpod import guard as guards
 from ..runpod.api import connect
 from ..runpod.gpus import gpu_table
-from ..runpod.records import LIST_COLUMNS, Pod
+from ..runpod.budget import totals
+from ..runpod.records import LIST_COLUMNS, Pod, fmt_usd
 from ..runpod.spec import MAX_TIMEOUT_S
 from ._base import command, exit_quietly
 
@@ -32,6 +34,13 @@ CREATE_HELP = {
     "comfy-address": "ComfyUI's HOST:PORT inside the pod, the tunnel's remote end (default 127.0.0.1:8188)",
     "wait": "wait until the pod runs and its SSH endpoint answers (--no-wait to return at once)",
     "timeout": "seconds to wait before stopping the pod and failing (default 900)",
+    "stop-after": "RunPod stops the pod after this long (90m, 2h, 1d, 1h30m) or at this ISO-8601 time, "
+                  "whatever happens on this machine (inventory: stop_after)",
+    "terminate-after": "RunPod terminates the pod after this long or at this time (inventory: terminate_after)",
+    "idle-minutes": "install the idle watchdog in the pod: stop it after N minutes without ComfyUI activity, "
+                    "with this machine off too; fractions allowed (inventory: idle_minutes)",
+    "idle-action": "what the watchdog does: stop (default) or terminate (inventory: idle_action)",
+    "force": "create even if the pod would take the next 24 hours past budget_usd_per_day",
     "dry-run": "print the request that would be sent; change nothing",
     "json": "print one JSON document",
 }
@@ -39,7 +48,7 @@ POD_HELP = {"pod": "pod name or id, also as the word after the task (default: th
             "json": "print one JSON document"}
 
 
-def _flags(gpu: list[str], port: list[str], env: list[str], **kw: Any) -> dict[str, Any]:
+def _flags(gpu: list[str], port: list[str], env: list[str], **kw: Any) -> dict[str, Any]:  # noqa: D103
     return {**kw, "gpus": list(gpu or []), "ports": list(port or []), "env": list(env or [])}
 
 
@@ -52,44 +61,53 @@ def _emit_create(outcome: Any, as_json: bool) -> None:
 @command(help=CREATE_HELP, iterable=["gpu", "port", "env"], plain_arg="name")
 def create(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=None, image=None, template_id=None,
            disk_gb=None, volume_id=None, volume_mount=None, port=None, env=None, comfy_address=None, wait=True,
-           timeout=None, dry_run=False, json=False):
-    """Create a pod: GPU fallback, network volume, direct SSH; `ok` if a pod of that name exists."""
+           timeout=None, stop_after=None, terminate_after=None, idle_minutes=None, idle_action=None, force=False,
+           dry_run=False, json=False):
+    """Create a pod: GPU fallback, network volume, direct SSH, cost guards; `ok` if a pod of that name exists."""
     flags = _flags(gpu, port, env, name=name, gpu_count=gpu_count, cloud_type=cloud_type, datacenter=datacenter,
                    image=image, template_id=template_id, disk_gb=disk_gb, volume_id=volume_id,
-                   volume_mount=volume_mount, comfy_address=comfy_address, timeout=timeout)
-    _emit_create(lifecycle.create(flags, wait=wait, dry_run=dry_run), json)
+                   volume_mount=volume_mount, comfy_address=comfy_address, timeout=timeout, stop_after=stop_after,
+                   terminate_after=terminate_after, idle_minutes=idle_minutes, idle_action=idle_action)
+    _emit_create(lifecycle.create(flags, wait=wait, dry_run=dry_run, force=force), json)
 
 
 @command(help={k: v for k, v in CREATE_HELP.items() if k != "wait"}, iterable=["gpu", "port", "env"],
          plain_arg="name")
 def up(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=None, image=None, template_id=None,
        disk_gb=None, volume_id=None, volume_mount=None, port=None, env=None, comfy_address=None, timeout=None,
-       dry_run=False, json=False):
-    """Converge: create the pod if missing, start it if stopped, wait until it is reachable."""
+       stop_after=None, terminate_after=None, idle_minutes=None, idle_action=None, force=False, dry_run=False,
+       json=False):
+    """Converge: create the pod if missing, start it if stopped, wait until it is reachable, guard it."""
     flags = _flags(gpu, port, env, name=name, gpu_count=gpu_count, cloud_type=cloud_type, datacenter=datacenter,
                    image=image, template_id=template_id, disk_gb=disk_gb, volume_id=volume_id,
-                   volume_mount=volume_mount, comfy_address=comfy_address, timeout=timeout)
-    _emit_create(lifecycle.up(flags, dry_run=dry_run), json)
+                   volume_mount=volume_mount, comfy_address=comfy_address, timeout=timeout, stop_after=stop_after,
+                   terminate_after=terminate_after, idle_minutes=idle_minutes, idle_action=idle_action)
+    _emit_create(lifecycle.up(flags, dry_run=dry_run, force=force), json)
 
 
-@command(name="list", aliases=["ls"], help={"json": "print one JSON document (a list of pods)"})
+@command(name="list", aliases=["ls"], help={"json": "print one JSON document (a list of pods, each with "
+                                                 "cost_per_hr, uptime_s and spend_usd)"})
 def list_(c, json=False):
-    """List pods: NAME, ID, STATUS, GPU, DATACENTER, VOLUME, UPTIME, $/HR."""
+    """List pods with their rate, uptime and spend since they started, and a total line."""
     found = registry.list_pods(connect())
     if json:
         dump_json([p.to_dict() for p in found])
-    else:
-        emit_rows([p.row() for p in found], LIST_COLUMNS, as_json=False, empty="no pods")
+        return
+    emit_rows([p.row() for p in found], LIST_COLUMNS, as_json=False, empty="no pods")
+    if found:
+        t = totals(found)
+        print(f"total: {t['running']} of {t['pods']} pod(s) running at ${t['cost_per_hr']:.3f}/hr; "
+              f"spent {fmt_usd(t['spend_usd'])} since they last started")
 
 
 @command(help=POD_HELP, plain_arg="pod")
 def info(c, pod=None, json=False):
     """One pod in detail: image, ports, volume, SSH commands, estimated spend."""
-    data = access.pod_info(connect(), pod)
+    data = pod_info.pod_info(connect(), pod)
     if json:
         dump_json(data)
     else:
-        emit_object(access.info_view(data), as_json=False, fields=access.INFO_FIELDS)
+        emit_object(pod_info.info_view(data), as_json=False, fields=pod_info.INFO_FIELDS)
 
 
 @command(help={"pod": POD_HELP["pod"], "command": "run this command without a terminal; exit with its exit code",
@@ -111,11 +129,45 @@ def stop(c, pod=None, json=False):
 
 
 @command(help={**POD_HELP, "wait": "wait until reachable (--no-wait to return at once)",
-               "timeout": "seconds to wait before stopping it again and failing (default 900)"}, plain_arg="pod")
-def start(c, pod=None, wait=True, timeout=None, json=False):
-    """Resume a stopped pod with its GPU count; `ok` if already running."""
+               "timeout": "seconds to wait before stopping it again and failing (default 900)",
+               "force": "start even if the pod would take the next 24 hours past budget_usd_per_day"},
+         plain_arg="pod")
+def start(c, pod=None, wait=True, timeout=None, force=False, json=False):
+    """Resume a stopped pod with its GPU count and its watchdog; `ok` if already running."""
     secs = number(timeout, "--timeout", int, minimum=1, maximum=MAX_TIMEOUT_S)
-    emit_outcome(lifecycle.start_pod(connect(), pod, wait=wait, timeout=secs), as_json=json)
+    emit_outcome(lifecycle.start_pod(connect(), pod, wait=wait, timeout=secs, force=force), as_json=json)
+
+
+@command(help={"pod": POD_HELP["pod"],
+               "idle-minutes": "stop the pod after N minutes with ComfyUI idle: no prompt running or pending, none "
+                               "finished, nothing connected; fractions allowed (inventory: idle_minutes)",
+               "action": "stop (default: the volume and disk are kept) or terminate (inventory: idle_action)",
+               "dead-minutes": "a ComfyUI that does not answer for this long counts as dead, and the pod is "
+                               "stopped too (default: 30 or the idle minutes, whichever is longer)",
+               "status": "show the watchdog's state: its last check, what keeps the pod busy, the time left, and "
+                         "why it acted; exit 1 when none runs",
+               "off": "remove the watchdog",
+               "json": POD_HELP["json"]}, plain_arg="pod")
+def guard(c, pod=None, idle_minutes=None, action=None, dead_minutes=None, status=False, off=False, json=False):
+    """Install the idle watchdog in the pod; it stops the pod when ComfyUI is idle, with this machine off too."""
+    if status and off:
+        raise UsageError("give --status or --off, not both")
+    if (status or off) and any(v is not None for v in (idle_minutes, action, dead_minutes)):
+        raise UsageError("--status and --off take no watchdog settings")
+    if status:
+        doc = guards.status(connect(), pod)
+        if json:
+            dump_json(doc)
+        else:
+            print(f"pod {doc['name']} ({doc['pod']}): watchdog {guards.summary(doc)}")
+        if not doc.get("running"):
+            exit_quietly(1)
+        return
+    if off:
+        emit_outcome(guards.remove(connect(), pod), as_json=json)
+        return
+    emit_outcome(guards.ensure(connect(), pod, idle_minutes=idle_minutes, action=action, dead_minutes=dead_minutes),
+                 as_json=json)
 
 
 @command(aliases=["rm"], help={**POD_HELP, "yes": "do not ask (needed when stdin is not a terminal)"},
