@@ -155,3 +155,18 @@ def test_several_processes_write_the_ledger_at_once(tmp_path):
         assert len(led.batches(limit=1000)) == 60
         assert led.db.execute("SELECT COUNT(*) FROM prompts").fetchone()[0] == 120
     assert os.path.exists(path)
+
+
+def test_batch_ids_drawn_twice_in_one_second_do_not_collide(tmp_path, monkeypatch):
+    """Parallel runs started in the same second could draw the same short id: the second draws again."""
+    import secrets
+
+    draws = iter(["abcd", "abcd", "ef01"])
+    monkeypatch.setattr(secrets, "token_hex", lambda n=16: next(draws) if n == 2 else "c" * (2 * n))
+    monkeypatch.setattr("time.strftime", lambda fmt, *a: "20261129-120000-")
+    with Ledger.open(tmp_path / "ledger.db") as led:
+        a = led.new_batch("a", target_id=None, target_name=None, output_dir="/tmp", template="{filename}",
+                          options={}, prompts=_plan(1))
+        b = led.new_batch("b", target_id=None, target_name=None, output_dir="/tmp", template="{filename}",
+                          options={}, prompts=_plan(1))
+    assert (a.id, b.id) == ("20261129-120000-abcd", "20261129-120000-ef01")

@@ -206,13 +206,20 @@ class Ledger:
                   template: str, options: dict[str, Any], prompts: list[dict[str, Any]]) -> BatchRow:
         """Record a batch and its planned prompts (``workflow``, ``workflow_hash``, ``prompt``,
         ``prompt_hash``, ``overrides``, ``seeds``) in one transaction."""
-        batch_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
         client_id = secrets.token_hex(16)
         now = time.time()
         with self.tx() as db:
-            db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (batch_id, name, now, target_id, target_name, client_id, output_dir, template,
-                        json.dumps(options)))
+            for attempt in range(8):
+                # Short ids people can type; parallel runs in the same second may draw the same one: draw again.
+                batch_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2 if attempt < 4 else 4)
+                try:
+                    db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               (batch_id, name, now, target_id, target_name, client_id, output_dir, template,
+                                json.dumps(options)))
+                    break
+                except sqlite3.IntegrityError:
+                    if attempt == 7:
+                        raise
             for i, p in enumerate(prompts):
                 db.execute("INSERT INTO prompts (batch_id, idx, workflow, workflow_hash, prompt, prompt_hash, "
                            "overrides, seeds, job) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
