@@ -107,7 +107,7 @@ def load_world_file(path: str) -> dict[str, Any]:
 
 def fault_settings(*, latency: float | None = None, fail_every: int | None = None, hang_every: int | None = None,
                    never_ready: bool | None = None, boot_seconds: float | None = None,
-                   reject_key: bool | None = None) -> dict[str, Any]:
+                   reject_key: bool | None = None, graphql_retired: bool | None = None) -> dict[str, Any]:
     """The stand-in's fault settings from sim.start's flags (None: leave as is)."""
     s: dict[str, Any] = {}
     if latency is not None:
@@ -126,6 +126,8 @@ def fault_settings(*, latency: float | None = None, fail_every: int | None = Non
         s["never_ready"] = never_ready
     if reject_key is not None:
         s["reject_key"] = reject_key
+    if graphql_retired is not None:
+        s["graphql_retired"] = graphql_retired
     if boot_seconds is not None:
         s["boot_seconds"] = boot_seconds
     return s

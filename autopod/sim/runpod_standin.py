@@ -28,6 +28,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -39,15 +40,19 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from graphql import GraphQLError, build_schema, graphql_sync, parse
+
+from .runpod_facts import (  # noqa: F401 (tests and the REST routes name them from here too)
+    NO_CAPACITY,
+    NO_DATA_CENTER,
+    NOT_ENOUGH_GPUS,
+    SOMETHING_WRONG,
+    ApiError,
+    _stock_status,
+)
 from graphql.language import OperationDefinitionNode
 
 log = logging.getLogger(__name__)
 
-NO_CAPACITY = ("There are no longer any instances available with the requested specifications. "
-               "Please refresh and try again.")
-NOT_ENOUGH_GPUS = "There are not enough free GPUs on the host machine to start this pod."
-SOMETHING_WRONG = "Something went wrong. Please try again later or contact support."
-NO_DATA_CENTER = "Failed to find data center, please try again."
 SSH_BANNER = b"SSH-2.0-OpenSSH_9.2 autopod-standin\r\n"
 TIMER_TICK_S = 0.25  # how often the stand-in enforces stopAfter/terminateAfter
 
@@ -304,7 +309,11 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "hang_every": 0,          # every Nth GraphQL request sleeps hang_s, then answers 504
     "hang_s": 35.0,           # past the SDK's 30 s timeout
     "reject_key": False,      # answer 401 to every GraphQL request
+    "graphql_retired": False,  # answer GraphQL with 410 Gone, as after RunPod retires it (REST v2 still works)
 }
+REST_ID_RE = re.compile(r"/v2/(pods|network-volumes)/[^/]+")  # request counts name routes, not ids
+GRAPHQL_RETIRED = ("The GraphQL API has been retired. Use the REST API v2 at https://api.runpod.io/v2 "
+                   "(https://docs.runpod.io/api-reference).")
 
 # id, displayName, memoryInGb, cudaCores, maxGpuCount, secure $/h, community $/h (None: not offered)
 _GPUS = [
@@ -464,8 +473,8 @@ class World:
 
 
 def _new_request_log() -> dict[str, Any]:
-    return {"total": 0, "by_operation": {}, "by_field": {},
-            "faults": {"fail": 0, "hang": 0, "unauthorized": 0}}
+    return {"total": 0, "by_operation": {}, "by_field": {}, "rest": {},
+            "faults": {"fail": 0, "hang": 0, "unauthorized": 0, "retired": 0}}
 
 
 # --- pod backends ----------------------------------------------------------
@@ -552,14 +561,6 @@ class LocalTcpBackend:
 # --- helpers ---------------------------------------------------------------
 
 
-class ApiError(Exception):
-    """A RunPod-style GraphQL error raised by a resolver."""
-
-    def __init__(self, message: str, code: str = "INTERNAL_SERVER_ERROR"):
-        super().__init__(message)
-        self.extensions = {"code": code}
-
-
 def parse_ports(spec: str) -> list[tuple[int, str]]:
     """``"8188/http,22/tcp"`` -> ``[(8188, "http"), (22, "tcp")]``; bad entries raise ApiError."""
     out: list[tuple[int, str]] = []
@@ -595,17 +596,6 @@ def _timestamp(value: Any) -> float | None:
 def _js_date(ts: float) -> str:
     # RunPod writes dates the way JavaScript's Date.toString() does.
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%a %b %d %Y %H:%M:%S GMT+0000 (Coordinated Universal Time)")
-
-
-def _stock_status(free: int, count: int) -> str:
-    units = free // max(count, 1)
-    if units >= 8:
-        return "High"
-    if units >= 3:
-        return "Medium"
-    if units >= 1:
-        return "Low"
-    return "None"
 
 
 def _root_fields(document: Any) -> tuple[str | None, list[str]]:
@@ -1077,6 +1067,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         path = urlsplit(self.path).path
+        if path.startswith("/v2/"):
+            return self._rest("GET")
         if not path.startswith("/_sim/"):
             return self._json(404, {"error": "not found"})
         if not self._authorized():
@@ -1091,6 +1083,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:  # noqa: N802
         path = urlsplit(self.path).path
+        if path.startswith("/v2/"):
+            return self._rest("DELETE")
         if not self._authorized():
             return self._json(401, {"error": "Unauthorized"})
         if path == "/_sim/requests":
@@ -1111,7 +1105,57 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(400, {"error": f"bad patch: {e}"})
         if path == "/graphql":
             return self._graphql()
+        if path.startswith("/v2/"):
+            return self._rest("POST")
         return self._json(404, {"error": "not found"})
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        if urlsplit(self.path).path.startswith("/v2/"):
+            return self._rest("PATCH")
+        return self._json(404, {"error": "not found"})
+
+    def _problem(self, status: int, detail: str, title: str) -> None:
+        self._send(status, json.dumps({"title": title, "status": status, "detail": detail}).encode(),
+                   "application/problem+json")
+
+    def _rest(self, method: str) -> None:
+        """REST v2 (``runpod_rest``): the same world, key and faults as GraphQL."""
+        from . import runpod_rest  # noqa: PLC0415
+
+        standin, world = self.standin, self.standin.world
+        parts = urlsplit(self.path)
+        raw = self._body()
+        with world.lock:
+            world.requests["total"] += 1
+            settings = dict(world.settings)
+            world.data["counters"]["fault_clock"] += 1
+            tick = world.data["counters"]["fault_clock"]
+        if settings.get("reject_key") or not self._authorized():
+            with world.lock:
+                world.requests["faults"]["unauthorized"] += 1
+            return self._problem(401, "Invalid or missing API key.", "Unauthorized")
+        if settings.get("latency_s"):
+            standin._stopping.wait(float(settings["latency_s"]))
+        fail_every = int(settings.get("fail_every") or 0)
+        failing = bool(fail_every and tick % fail_every == 0)
+        if failing and not settings.get("fail_after_execute"):
+            return self._fail(int(settings.get("fail_status") or 502))
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            return self._problem(400, "The request body is not JSON.", "Bad Request")
+        with world.lock:
+            status, doc = runpod_rest.handle(standin.api, world, method, parts.path, parts.query, body)
+            route = REST_ID_RE.sub(r"/v2/\1/{id}", parts.path)
+            key = f"{method} {route}" + (f" {body.get('action')}" if route.endswith("/action")
+                                         and isinstance(body, dict) else "")
+            world.requests["rest"][key] = world.requests["rest"].get(key, 0) + 1
+        if failing:
+            return self._fail(int(settings.get("fail_status") or 502))
+        if doc is None:
+            return self._send(status, b"")
+        ctype = "application/problem+json" if status >= 400 else "application/json"
+        return self._send(status, json.dumps(doc).encode(), ctype)
 
     def _graphql(self) -> None:
         standin = self.standin
@@ -1120,6 +1164,10 @@ class _Handler(BaseHTTPRequestHandler):
         with world.lock:
             world.requests["total"] += 1
             settings = dict(world.settings)
+        if settings.get("graphql_retired"):
+            with world.lock:
+                world.requests["faults"]["retired"] += 1
+            return self._problem(410, GRAPHQL_RETIRED, "Gone")
         if settings.get("reject_key") or not self._authorized():
             with world.lock:
                 world.requests["faults"]["unauthorized"] += 1

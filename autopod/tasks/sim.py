@@ -13,6 +13,7 @@ from ._base import command, exit_quietly
     "hang_every": "every Nth API call hangs past the SDK's 30 s timeout; 0 turns it off",
     "reject_key": "answer 401 to every API call, as RunPod does for a bad key",
     "never_ready": "pods never become ready (pod.create then times out and stops the pod)",
+    "graphql_retired": "answer GraphQL with 410 Gone, as RunPod will once it retires GraphQL (REST v2 keeps working)",
     "boot_seconds": "seconds after a (re)start before a pod reports its ports",
     "comfy_ready_after": "seconds after a pod starts before its ComfyUI answers (default 3)",
     "comfy_command": "command that starts a pod's ComfyUI instead of the stand-in; {port} and {host} are filled in",
@@ -22,7 +23,7 @@ from ._base import command, exit_quietly
     "json": "print one JSON document",
 })
 def start(c, world=None, latency=None, fail_every=None, hang_every=None, never_ready=False, reject_key=False,
-          boot_seconds=None, comfy_ready_after=None, comfy_command=None, ssh_server="auto", comfy_ws_drop=None,
+          graphql_retired=False, boot_seconds=None, comfy_ready_after=None, comfy_command=None, ssh_server="auto", comfy_ws_drop=None,
           json=False):
     """Start the offline simulator; every later command uses it until sim.stop. On a running one, apply the fault flags."""
     from ..core.output import emit_outcome, table
@@ -33,6 +34,7 @@ def start(c, world=None, latency=None, fail_every=None, hang_every=None, never_r
                               hang_every=number(hang_every, "--hang-every", int, minimum=0),
                               never_ready=True if never_ready else None,
                               reject_key=True if reject_key else None,
+                              graphql_retired=True if graphql_retired else None,
                               boot_seconds=number(boot_seconds, "--boot-seconds", minimum=0, maximum=86400))
     ready_after = number(comfy_ready_after, "--comfy-ready-after", minimum=0, maximum=86400)
     ws_drop = number(comfy_ws_drop, "--comfy-ws-drop", int, minimum=0, maximum=1_000_000)
