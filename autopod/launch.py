@@ -1,7 +1,9 @@
-"""The ``autopod`` console script: a quick path for ``comfy.status``, invoke for everything else.
+"""The ``autopod`` console script: a quick path for ``comfy.status`` and the plain listings
+(``pod.list``, ``volume.list``), invoke for everything else.
 
-``autopod comfy.status`` is what scripts poll, so it should cost little more
-than starting Python and making one HTTP request. Loading invoke and every task
+``autopod comfy.status`` is what scripts poll, and ``pod.list`` what a watch loop runs, so each
+should cost little more than starting Python and making one HTTP request. A listing with at most
+``--json`` is answered here by the library call and renderer its task uses. Loading invoke and every task
 collection costs more than that request, so a plain ``comfy.status`` command
 line (only the flags ``--pod P`` or the pod as a plain word, ``--no-tunnel``, ``--wait S``,
 ``--json``) is
@@ -59,8 +61,52 @@ def _plain_value(value: str) -> bool:
     return True
 
 
+_LISTINGS = {"pod.list": "pods", "pod.ls": "pods", "volume.list": "volumes", "volume.ls": "volumes"}
+
+
+def parse_listing(argv: list[str]) -> tuple[str, bool] | None:
+    """(what, --json) for a plain ``pod.list`` or ``volume.list``, or None for the full CLI."""
+    if argv and argv[0] in _LISTINGS and argv[1:] in ([], ["--json"]):
+        return _LISTINGS[argv[0]], bool(argv[1:])
+    return None
+
+
 def comfy_status_quick(opts: dict) -> int:
     """Run ``comfy.status`` like the task does (see ``autopod.tasks._base`` for the error contract)."""
+
+    def run() -> int:
+        from .comfy.ops import comfy_status, parse_seconds, render_status
+        from .core.ui import progress
+
+        st = comfy_status(opts["pod"], no_tunnel=opts["no_tunnel"], wait=parse_seconds(opts["wait"]),
+                          on_wait=progress)
+        return render_status(st, as_json=opts["json"])
+
+    return _quick(run, opts["json"])
+
+
+def listing_quick(what: str, as_json: bool) -> int:
+    """``pod.list`` or ``volume.list``, as their tasks run them."""
+
+    def run() -> int:
+        from .runpod.api import connect
+
+        if what == "pods":
+            from .runpod.records import render_list
+            from .runpod.registry import list_pods
+
+            render_list(list_pods(connect()), as_json=as_json)
+        else:
+            from .runpod.volumes import list_volumes, render_list
+
+            render_list(list_volumes(connect()), as_json=as_json)
+        return 0
+
+    return _quick(run, as_json)
+
+
+def _quick(run, as_json: bool) -> int:  # noqa: ANN001
+    """The task contract (``autopod.tasks._base``) around a quick path: errors, signals, broken pipes."""
     from .core import signals
     from .core.errors import AutopodError, ExitCode, Interrupted
     from .core.log import setup_logging
@@ -69,22 +115,19 @@ def comfy_status_quick(opts: dict) -> int:
     try:
         with signals.handling():
             setup_logging(debug=debug)
-            from .comfy.ops import comfy_status, parse_seconds, render_status
-            from .core.ui import progress
-
-            st = comfy_status(opts["pod"], no_tunnel=opts["no_tunnel"], wait=parse_seconds(opts["wait"]),
-                              on_wait=progress)
-            return render_status(st, as_json=opts["json"])
+            code = run()
+            sys.stdout.flush()
+            return code
     except AutopodError as e:
-        return _fail(str(e), int(e.exit_code), opts["json"], debug, e.data)
+        return _fail(str(e), int(e.exit_code), as_json, debug, e.data)
     except KeyboardInterrupt as e:
         sig = e if isinstance(e, Interrupted) else Interrupted()
-        return _fail(sig.what, sig.exit_code, opts["json"], debug)
+        return _fail(sig.what, sig.exit_code, as_json, debug)
     except BrokenPipeError:
         return _stdout_gone()
     except Exception as e:  # a bug: one line, the traceback in the log
         return _fail(f"internal error: {type(e).__name__}: {e} (see the log, or rerun with --debug)",
-                     ExitCode.FAILED, opts["json"], debug)
+                     ExitCode.FAILED, as_json, debug)
 
 
 def _fail(msg: str, code: int, as_json: bool, debug: bool, data: dict | None = None) -> int:
@@ -106,6 +149,9 @@ def _stdout_gone() -> int:
 
 
 def main() -> None:
+    listing = parse_listing(sys.argv[1:])
+    if listing is not None:
+        sys.exit(listing_quick(*listing))
     opts = parse_comfy_status(sys.argv[1:])
     if opts is None:
         from .cli import main as cli_main

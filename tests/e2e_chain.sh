@@ -5,7 +5,8 @@
 # the second pass must be all `ok` with the same pod. Every exit code is checked
 # and every --json output goes through a JSON parser.
 #
-# Needs `autopod` on PATH, a scratch AUTOPOD_HOME and an SSH key in ~/.ssh.
+# Needs `autopod` on PATH, a scratch AUTOPOD_HOME and an SSH key in ~/.ssh. AUTOPOD_RUNPOD_API picks
+# RunPod's API (graphql, rest, auto); E2E_SIM_FLAGS adds sim.start flags (--graphql-retired).
 set -u -o pipefail
 
 PY=${PYTHON:-python3}
@@ -30,7 +31,8 @@ print(json.dumps(d) if isinstance(d, (dict, list)) else d)' "$1" || fail "bad JS
 expect_field() { local v; v=$(field "$1"); [ "$v" = "$2" ] || fail "$1 is '$v', wanted '$2'"; }
 
 step "sim.start"
-run 0 autopod sim.start --comfy-ready-after 2 --json
+# shellcheck disable=SC2086  # E2E_SIM_FLAGS is a list of flags (--graphql-retired)
+run 0 autopod sim.start --comfy-ready-after 2 ${E2E_SIM_FLAGS:-} --json
 expect_field status changed
 run 0 autopod volume.list --json
 VOL=$(printf '%s' "$OUT" | "$PY" -c 'import json,sys; print([v["id"] for v in json.load(sys.stdin) if v["name"] == "comfy-models"][0])') \

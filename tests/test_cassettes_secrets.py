@@ -21,8 +21,9 @@ FORBIDDEN = {
 
 def test_there_are_cassettes_to_check():
     names = {p.name for p in FILES}
-    assert {"test_volume_list.yaml", "test_create_with_volume_no_wait.yaml", "test_list_and_info.yaml",
-            "test_stop_and_start.yaml"} <= names
+    for api in ("graphql", "rest"):
+        assert {f"test_volume_list[{api}].yaml", f"test_create_with_volume_no_wait[{api}].yaml",
+                f"test_list_and_info[{api}].yaml", f"test_stop_and_start[{api}].yaml"} <= names
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(CASSETTES)))
@@ -52,3 +53,13 @@ def test_the_scrubber_removes_keys_from_requests_and_responses():
         body = ('{"query": "' + query.replace('"', '\\"') + '"}').encode()
 
     assert b"AAAA" not in scrub_request(Req()).body
+
+    class RestReq:  # REST v2: env is a map in the request and in the answer
+        body = json.dumps({"name": "n", "env": {"PUBLIC_KEY": keys, "HF_TOKEN": "hf_secret",
+                                                "AUTOPOD_COMFY_ADDRESS": "127.0.0.1:3000"}}).encode()
+
+    out = scrub_request(RestReq()).body
+    assert b"AAAA" not in out and b"hf_secret" not in out and b"127.0.0.1:3000" in out
+    rest = scrub_response({"body": {"string": json.dumps({"pods": [{"env": {"HF_TOKEN": "hf_secret"}}]})},
+                           "headers": {}})
+    assert "hf_secret" not in rest["body"]["string"].decode()

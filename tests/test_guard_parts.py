@@ -15,8 +15,8 @@ import pytest
 from autopod.core.errors import BudgetExceeded, UsageError
 from autopod.core.flags import deadline, duration_seconds, point_in_time
 from autopod.runpod import watchdog
-from autopod.runpod.budget import Budget, billable_hours, gpu_rate, totals
-from autopod.runpod.records import Pod
+from autopod.runpod.budget import Budget, billable_hours, gpu_rate
+from autopod.runpod.records import Pod, totals
 from autopod.runpod.spec import build_create_input, resolve_spec
 
 ROOT = Path(__file__).resolve().parent.parent

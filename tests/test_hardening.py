@@ -85,7 +85,7 @@ def test_parallel_pod_up_converges_on_one_pod(env, standin):  # noqa: F811
 
 
 def test_parallel_volume_creates_make_one_volume(env, standin):  # noqa: F811
-    procs = [spawn(env, "volume.create", "--name", "loras", "--size-gb", "5", "--datacenter", "US-KS-2")
+    procs = [spawn(env, "volume.create", "--name", "loras", "--size-gb", "10", "--datacenter", "US-KS-2")
              for _ in range(4)]
     for p in procs:
         assert p.wait(120) == 0, p.stderr.read()

@@ -1,8 +1,9 @@
 """Pod and volume tasks replayed from cassettes (vcrpy via pytest-recording).
 
-CI only replays (pytest-recording's default record mode is ``none``); nothing
-leaves the machine. Every GraphQL call is the same ``POST /graphql``, so requests
-match on method, path *and body*.
+Every test runs on both of RunPod's APIs, each with its own cassette
+(``test_x[graphql].yaml``, ``test_x[rest].yaml``). CI only replays (pytest-recording's
+default record mode is ``none``); nothing leaves the machine. Every GraphQL call is
+the same ``POST /graphql``, so requests match on method, path *and body*.
 
 Re-record against the RunPod stand-in (the default; deterministic ids)::
 
@@ -50,11 +51,14 @@ def scrub_env_inputs(text: str) -> str:
 
 
 def scrub_env_lists(doc):
-    """Every ``env`` list in a response: KEY=<scrubbed> except ENV_KEPT."""
+    """Every ``env`` in a body: GraphQL's KEY=value lists and REST v2's maps; values scrubbed except ENV_KEPT."""
     if isinstance(doc, dict):
         for k, v in doc.items():
             if k == "env" and isinstance(v, list):
                 doc[k] = [_scrub_env_item(e) for e in v]
+            elif k == "env" and isinstance(v, dict):
+                doc[k] = {n: (val if n in ENV_KEPT else PLACEHOLDER if n == "PUBLIC_KEY" else ENV_PLACEHOLDER)
+                          for n, val in v.items()}
             else:
                 scrub_env_lists(v)
     elif isinstance(doc, list):
@@ -83,8 +87,11 @@ def scrub_request(request):
         raw = request.body.decode() if isinstance(request.body, bytes) else request.body
         try:
             doc = json.loads(raw)
-            doc["query"] = scrub_text(doc["query"])
-            request.body = json.dumps(doc).encode()
+            if isinstance(doc, dict) and "query" in doc:
+                doc["query"] = scrub_text(doc["query"])
+                request.body = json.dumps(doc).encode()
+            else:  # a REST v2 body: its env is a map
+                request.body = scrub_text(json.dumps(scrub_env_lists(doc))).encode()
         except (ValueError, KeyError, TypeError):
             request.body = scrub_text(raw).encode()
     return request
@@ -120,9 +127,10 @@ def vcr_cassette_dir():
     return str(CASSETTES / "test_pods_cassettes")
 
 
-@pytest.fixture
-def endpoint(record_mode, monkeypatch, tmp_path):
-    """Where requests go: nowhere on replay, the stand-in (or RunPod itself) when recording."""
+@pytest.fixture(params=["graphql", "rest"])
+def endpoint(request, record_mode, monkeypatch, tmp_path):
+    """Where requests go: nowhere on replay, the stand-in (or RunPod itself) when recording; on each API."""
+    monkeypatch.setenv("AUTOPOD_RUNPOD_API", request.param)
     import subprocess
 
     key = tmp_path / "user-home" / ".ssh" / "id_ed25519"

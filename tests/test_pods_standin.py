@@ -1,7 +1,9 @@
-"""The pod tasks end to end against the RunPod stand-in (a local GraphQL server on loopback)."""
+"""The pod tasks end to end against the RunPod stand-in (a local server on loopback), on both of
+RunPod's APIs: every test runs once on GraphQL and once on REST v2, with the same assertions."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -24,25 +26,45 @@ def ssh_key(tmp_path):
     return key
 
 
-@pytest.fixture
-def standin(monkeypatch, ssh_key):
-    """A fresh stand-in account; the CLI points at it; waits and retries run fast."""
+@pytest.fixture(params=["graphql", "rest"])
+def standin(request, monkeypatch, ssh_key):
+    """A fresh stand-in account; the CLI points at it, on one backend; waits and retries run fast."""
     monkeypatch.setattr(waits, "POLL_INTERVAL", 0.05)
     monkeypatch.setattr(chain, "_pod_id", None)
     monkeypatch.setattr(runpod_api, "DEFAULT_BASE_DELAY", 0.01)
+    monkeypatch.setenv("AUTOPOD_RUNPOD_API", request.param)
     with RunPodStandin(api_key="sim-key") as s:
         monkeypatch.setenv("RUNPOD_API_KEY", "sim-key")
         monkeypatch.setenv("RUNPOD_API_BASE_URL", s.url)
+        s.backend = request.param
         yield s
+
+
+def backend_class(s):
+    from autopod.runpod.rest import RestAPI
+
+    return RestAPI if s.backend == "rest" else runpod_api.RunPodAPI
 
 
 def volume_id(s, name="comfy-models"):
     return next(k for k, v in s.world.network_volumes.items() if v["name"] == name)
 
 
+REST_AS_GRAPHQL = {"POST /v2/pods": "podFindAndDeployOnDemand", "POST /v2/pods/{id}/action stop": "podStop",
+                   "POST /v2/pods/{id}/action start": "podResume", "POST /v2/pods/{id}/action terminate": "podTerminate",
+                   "DELETE /v2/pods/{id}": "podTerminate", "GET /v2/pods": "myself", "GET /v2/pods/{id}": "pod",
+                   "GET /v2/catalog/gpus": "gpuTypes"}
+
+
 def ops(s):
+    """The operations the stand-in executed, by GraphQL field; REST v2 routes count as their GraphQL twin."""
     r = requests.get(f"{s.url}/_sim/requests", headers={"Authorization": "Bearer sim-key"}, timeout=5)
-    return r.json()["by_field"]
+    doc = r.json()
+    out = dict(doc["by_field"])
+    for route, n in doc.get("rest", {}).items():
+        name = REST_AS_GRAPHQL.get(route, route)
+        out[name] = out.get(name, 0) + n
+    return out
 
 
 def set_stock(s, gpu_id, n):
@@ -305,15 +327,54 @@ def test_invoke_list_in_a_checkout_does_not_import_runpod():
 
 def test_ctrl_c_during_the_create_request_stops_what_it_made(cli, standin, monkeypatch):
     """The request reached RunPod, then the user pressed Ctrl-C: the pod must not bill unseen."""
-    real = runpod_api.RunPodAPI.create_pod
+    backend = backend_class(standin)
+    real = backend.create_pod
 
     def create_then_interrupt(self, inp):
         real(self, inp)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runpod_api.RunPodAPI, "create_pod", create_then_interrupt)
+    monkeypatch.setattr(backend, "create_pod", create_then_interrupt)
     r = cli("pod.create", "--name", "oops", "--json")
     assert r.code == 130
     assert "interrupted while creating pod oops" in r.json["msg"] and "stopped it" in r.json["msg"]
     [pod] = standin.world.pods.values()
     assert pod["name"] == "oops" and pod["desiredStatus"] == "EXITED"
+
+
+def test_reading_tasks_never_import_the_sdk(cli, standin):
+    """`pod.list`, `pod.info` and `volume.list` pay neither the SDK's import nor its CPU probe, on either API."""
+    assert cli("pod.create", "--name", "quick", "--no-wait").code == 0
+    probe = ("import atexit, sys\n"
+             "atexit.register(lambda: sys.stderr.write('\\nRUNPOD_IMPORTED=%s\\n' % ('runpod' in sys.modules)))\n"
+             "from autopod.launch import main\nsys.argv = ['autopod'] + sys.argv[1:]\nmain()\n")
+    env = {**os.environ}
+    for argv in (["pod.list"], ["pod.info", "--pod", "quick"], ["volume.list"]):
+        p = subprocess.run([sys.executable, "-c", probe, *argv], env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert "RUNPOD_IMPORTED=False" in p.stderr, (argv, p.stderr[-300:])
+
+
+@pytest.mark.parametrize("argv", [["pod.list"], ["pod.list", "--json"], ["pod.ls"], ["volume.list"],
+                                  ["volume.list", "--json"]])
+def test_the_quick_listing_prints_what_the_task_prints(cli, standin, argv):
+    """The console script answers plain listings without invoke; the full CLI must agree to the byte."""
+    from autopod.launch import parse_listing
+
+    assert cli("pod.create", "--name", "same", "--no-wait").code == 0
+    quick = subprocess.run([sys.executable, "-m", "autopod", *argv], env={**os.environ}, capture_output=True,
+                           text=True, timeout=60)
+    full = cli(*argv)
+    assert parse_listing(argv) is not None
+    assert quick.returncode == full.code == 0, quick.stderr
+    # uptime and spend can tick between the two runs; everything else is identical
+    strip = (lambda t: re.sub(r'"?(uptime_s|spend_usd)"?:? ?[0-9.]+|\b\d+s\b|\$\d+\.\d+', "", t))
+    assert strip(quick.stdout) == strip(full.out)
+
+
+def test_anything_but_a_plain_listing_goes_to_the_full_cli():
+    from autopod.launch import parse_listing
+
+    for argv in (["pod.list", "--json", "--json"], ["pod.list", "pod.info"], ["pod.list", "--json=yes"],
+                 ["pod.info"], ["volume.list", "-h"], []):
+        assert parse_listing(argv) is None, argv

@@ -9,6 +9,7 @@ from graphql.utilities import value_from_ast_untyped
 
 from autopod.core.config import ApiCredentials
 from autopod.core.errors import AuthError, NoCapacity, RemoteError, TransientError, UsageError
+from autopod.runpod.api import _SdkLikeError
 from autopod.runpod.api import Enum, RunPodAPI, check_datacenter, check_id, gql_value, pod_create_mutation
 
 NASTY = 'say "hi" \\ back\\slash\nnew line\ttab é ✓ 🙂 }) { injected }'
@@ -88,10 +89,22 @@ class FakeSDK:
 
 
 def _api(answers, **kw):
+    """The adapter with scripted answers: mutations reach them through the SDK, reads through the
+    adapter's own transport (``_post``), whose failures the SDK's error classes stand for here."""
     sleeps = []
     api = RunPodAPI(ApiCredentials("sk-test-123456", None, "test"), sleep=sleeps.append, **kw)
-    api._runpod = FakeSDK(answers)
-    return api, api._runpod, sleeps
+    api._runpod = sdk = FakeSDK(answers)
+
+    def post(text):
+        try:
+            return sdk._run(text)
+        except FakeSDK.AuthenticationError as e:
+            raise _SdkLikeError("auth", str(e)) from None
+        except FakeSDK.QueryError as e:
+            raise _SdkLikeError("query", str(e)) from None
+
+    api._post = post
+    return api, sdk, sleeps
 
 
 def _pods(*names):
@@ -194,3 +207,55 @@ def test_the_sdk_imports_without_its_cpu_probe_and_the_probe_is_where_expected()
     from runpod.serverless.utils import rp_debugger
 
     assert "cpuinfo.get_cpu_info()" in inspect.getsource(rp_debugger)
+
+
+def test_reads_send_the_request_the_sdk_sends_without_importing_it(monkeypatch):
+    """Reads go out through the adapter's own transport so that `pod.list` does not pay for `import runpod`.
+    It must send what the SDK's run_graphql_query sends; if a new SDK changes its request, this fails."""
+    import http.server
+    import inspect
+    import json
+    import subprocess
+    import sys
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            out = b'{"data": {"myself": {"pods": []}}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        monkeypatch.setenv("RUNPOD_API_BASE_URL", base)
+        import runpod
+        from runpod.api.graphql import run_graphql_query
+
+        monkeypatch.setattr(runpod, "api_key", "sk-test-123456")
+        text = "query myPods {\n  myself {\n    pods { id }\n  }\n}"
+        run_graphql_query(text)
+        RunPodAPI(ApiCredentials("sk-test-123456", base, "test"))._post(text)
+        # and a fresh process that lists pods never imports the SDK
+        code = ("import sys\nfrom autopod.runpod.api import RunPodAPI\nfrom autopod.core.config import ApiCredentials\n"
+                f"RunPodAPI(ApiCredentials('k', {base!r}, 't')).list_pods()\nprint('runpod' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    finally:
+        srv.shutdown()
+    (m1, p1, h1, b1), (m2, p2, h2, b2), _ = seen
+    assert (m1, p1, b1) == (m2, p2, b2) == ("POST", "/graphql", json.dumps({"query": text}).encode())
+    for h in ("content-type", "authorization"):
+        assert h1[h] == h2[h], h
+    assert "timeout=30" in inspect.getsource(run_graphql_query)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

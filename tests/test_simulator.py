@@ -50,13 +50,20 @@ def volume_id(env: dict, name: str = "comfy-models") -> str:
 
 
 @pytest.mark.sshd
-def test_e2e_chain_script(sim_env):
-    """tests/e2e_chain.sh: the user's script, every exit code and JSON document checked, run twice for idempotency."""
+@pytest.mark.parametrize("api,sim_flags", [("graphql", ""), ("rest", ""), ("auto", "--graphql-retired")],
+                         ids=["graphql", "rest", "auto-after-graphql-retired"])
+def test_e2e_chain_script(sim_env, api, sim_flags):
+    """tests/e2e_chain.sh: the user's script, every exit code and JSON document checked, run twice for idempotency;
+    on GraphQL, on REST v2, and on auto while GraphQL answers that it is retired."""
     require_sshd()
-    p = subprocess.run(["bash", str(ROOT / "tests" / "e2e_chain.sh")], env=sim_env, capture_output=True, text=True,
+    env = {**sim_env, "AUTOPOD_RUNPOD_API": api, "E2E_SIM_FLAGS": sim_flags}
+    p = subprocess.run(["bash", str(ROOT / "tests" / "e2e_chain.sh")], env=env, capture_output=True, text=True,
                        timeout=400, stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr[-4000:]
     assert "e2e OK" in p.stderr
+    if sim_flags:
+        assert p.stderr.count("GraphQL API is retired") == 1  # said once, then remembered
+        assert "REST v2" in p.stderr
 
 
 @pytest.mark.sshd
@@ -79,9 +86,11 @@ def test_one_line_chain_targets_the_new_pod(sim_env):
 
 
 @pytest.mark.sshd
-def test_retries_through_injected_5xx_complete_without_duplicate_pods(sim_env):
-    """Every third API call answers 502: the chain still completes and exactly one pod exists."""
+@pytest.mark.parametrize("api", ["graphql", "rest"])
+def test_retries_through_injected_5xx_complete_without_duplicate_pods(sim_env, api):
+    """Every third API call answers 502: the chain still completes and exactly one pod exists, on both APIs."""
     require_sshd()
+    sim_env = {**sim_env, "AUTOPOD_RUNPOD_API": api}
     assert autopod(sim_env, "sim.start", "--comfy-ready-after", "0").returncode == 0
     vol = volume_id(sim_env)
     on = autopod(sim_env, "sim.start", "--fail-every", "3", "--json")

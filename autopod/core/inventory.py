@@ -48,6 +48,7 @@ GLOBAL_KEYS: dict[str, type | tuple[type, ...]] = {
     "tunnel_backend": str,
     "comfy_url": str,
     "budget_usd_per_day": float,
+    "runpod_api": str,
 }
 DEFAULT_KEYS = {**POD_KEYS, **GLOBAL_KEYS}
 HOST_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -342,13 +343,17 @@ def _timer(s: str) -> str | None:
     return None
 
 
+def _runpod_api(s: str) -> str | None:
+    return None if s in ("auto", "graphql", "rest") else "must be one of auto, graphql, rest"
+
+
 def _idle_action(s: str) -> str | None:
     return None if s in IDLE_ACTIONS else f"must be one of {', '.join(IDLE_ACTIONS)}"
 
 
 _FORMATS: dict[str, Callable[[str], str | None]] = {
     "cloud_type": _cloud_type, "tunnel_backend": _tunnel_backend, "comfy_address": _address, "comfy_url": _url,
-    "host": _host, "user": _user, "stop_after": _timer, "terminate_after": _timer, "idle_action": _idle_action,
+    "host": _host, "user": _user, "runpod_api": _runpod_api, "stop_after": _timer, "terminate_after": _timer, "idle_action": _idle_action,
 }
 _ITEM_FORMATS: dict[str, Callable[[str], str | None]] = {"ports": _port_spec}
 

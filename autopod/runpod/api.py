@@ -26,17 +26,20 @@ from typing import Any, Callable
 
 from ..core.errors import AuthError, NoCapacity, RemoteError, TransientError, UsageError
 from ..core.log import redact
+from .values import (  # noqa: F401 (the adapter's face: other modules import these from here)
+    CLOUD_TYPES,
+    DATACENTER_RE,
+    ENUM_RE,
+    ENV_KEY_RE,
+    FIELD_RE,
+    ID_RE,
+    NO_CAPACITY_TEXT,
+    check_cloud_type,
+    check_datacenter,
+    check_id,
+)
 
 log = logging.getLogger(__name__)
-
-NO_CAPACITY_TEXT = "There are no longer any instances available"
-# Ids are short alphanumeric strings (pods "5xpma5eg46tqjq", volumes "grvtso8ftn").
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-DATACENTER_RE = re.compile(r"^[A-Z]{2,4}(-[A-Z0-9]{1,8}){1,3}$")
-ENUM_RE = re.compile(r"^[A-Z][A-Z_]{0,31}$")
-FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-CLOUD_TYPES = ("SECURE", "COMMUNITY", "ALL")
 
 DEFAULT_RETRIES = 4
 DEFAULT_BASE_DELAY = 1.0
@@ -71,26 +74,6 @@ VOLUME_FIELDS = "id name size dataCenterId"
 
 class Enum(str):
     """A GraphQL enum value (written bare, e.g. ``cloudType: SECURE``)."""
-
-
-def check_id(value: Any, what: str = "id") -> str:
-    """Pod and volume ids go into queries; anything but a plain id is refused before use."""
-    if not isinstance(value, str) or not ID_RE.match(value):
-        raise UsageError(f"invalid {what} {value!r}: expected letters, digits, '-' or '_'")
-    return value
-
-
-def check_datacenter(value: Any) -> str:
-    if not isinstance(value, str) or not DATACENTER_RE.match(value):
-        raise UsageError(f"invalid data center id {value!r}: expected an id like EU-RO-1 or US-KS-2")
-    return value
-
-
-def check_cloud_type(value: Any) -> str:
-    v = str(value or "").upper()
-    if v not in CLOUD_TYPES:
-        raise UsageError(f"invalid cloud type {value!r}: use one of {', '.join(CLOUD_TYPES)}")
-    return v
 
 
 def gql_value(v: Any) -> str:
@@ -158,6 +141,33 @@ class _Transient(Exception):
     why: str
 
 
+class _SdkLikeError(Exception):
+    """What the SDK would raise (AuthenticationError, QueryError), from autopod's own transport."""
+
+    def __init__(self, kind: str, msg: str):
+        super().__init__(msg)
+        self.kind, self.msg = kind, msg
+
+
+class GraphQLRetired(RemoteError):
+    """RunPod answered that its GraphQL API is gone (410, or 404 for /graphql): REST v2 must take over."""
+
+
+GRAPHQL_TIMEOUT_S = 30.0  # the SDK's own timeout
+USER_AGENT = "autopod (RunPod GraphQL)"
+
+
+def _problem_text(r: Any) -> str:
+    """The ``detail`` of an RFC 9457 body, else the start of the text."""
+    try:
+        doc = r.json()
+        if isinstance(doc, dict):
+            return str(doc.get("detail") or doc.get("title") or doc)[:300]
+    except ValueError:
+        pass
+    return (r.text or r.reason or "")[:300]
+
+
 def _sdk() -> Any:
     """``import runpod``, without its CPU probe. The SDK's serverless debugger calls
     ``cpuinfo.get_cpu_info()`` at import time (about 1.1 s of the import's 1.5 s) to label worker
@@ -200,7 +210,11 @@ class RunPodAPI:
         self.base_delay = DEFAULT_BASE_DELAY if base_delay is None else base_delay
         self.sleep = sleep
         self._runpod: Any = None
+        self._session: Any = None
         self.requests_sent = 0
+
+    backend = "graphql"
+    supports_timers = True  # stopAfter/terminateAfter on the create input
 
     # -- plumbing
 
@@ -215,26 +229,44 @@ class RunPodAPI:
             os.environ["RUNPOD_API_BASE_URL"] = self.creds.base_url.rstrip("/")
         return rp
 
-    def _once(self, op: str, fn: Callable[[Any], Any]) -> Any:
-        """One attempt: SDK exceptions become autopod errors or ``_Transient``."""
+    def _post(self, text: str) -> dict[str, Any]:
+        """The request the SDK's ``run_graphql_query`` sends (URL, headers, body, timeout; a test holds
+        the two to each other), sent without importing the SDK, which reads would otherwise pay for.
+        It also sees what the SDK hides: the status, so a retired GraphQL is told from an outage."""
         import requests  # noqa: PLC0415
 
-        rp = self._sdk()
+        if self._session is None:
+            self._session = requests.Session()
+        base = (self.creds.base_url or os.environ.get("RUNPOD_API_BASE_URL") or "https://api.runpod.io").rstrip("/")
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
+                   "Authorization": f"Bearer {self.creds.api_key}"}
+        r = self._session.post(f"{base}/graphql", headers=headers, data=json.dumps({"query": text}),
+                               timeout=GRAPHQL_TIMEOUT_S)
+        if r.status_code == 401:
+            raise _SdkLikeError("auth", "Unauthorized request, please check your API key.")
+        if r.status_code == 410 or (r.status_code == 404 and "json" not in r.headers.get("Content-Type", "")) or (
+                r.status_code == 404 and "retired" in r.text.lower()):
+            raise GraphQLRetired(f"RunPod answered {r.status_code} for its GraphQL API: "
+                                 f"{redact(_problem_text(r))}")
+        doc = r.json()
+        if "errors" in doc:
+            raise _SdkLikeError("query", str(doc["errors"][0].get("message")))
+        return doc
+
+    def _once(self, op: str, fn: Callable[[Any], Any], *, sdk: bool = True) -> Any:
+        """One attempt: SDK (or transport) exceptions become autopod errors or ``_Transient``."""
+        import requests  # noqa: PLC0415
+
+        rp = self._sdk() if sdk else None
+        sdk_errors = (rp.error.AuthenticationError, rp.error.QueryError) if rp is not None else ()
         self.requests_sent += 1
         try:
             return fn(rp)
-        except rp.error.AuthenticationError as e:
-            raise AuthError(
-                f"API key rejected by RunPod (key from {self.creds.source or 'configuration'}): "
-                f"{redact(str(e)).rstrip('.')}. Check RUNPOD_API_KEY or ~/.runpod/config.toml"
-            ) from None
-        except rp.error.QueryError as e:
-            msg = redact(str(e) or "GraphQL error")
-            if NO_CAPACITY_TEXT in msg:
-                raise NoCapacity(msg) from None
-            if _looks_transient(msg):
-                raise _Transient(msg) from None
-            raise RemoteError(f"RunPod: {msg}") from None
+        except sdk_errors as e:
+            is_auth = isinstance(e, rp.error.AuthenticationError)
+            raise self._mapped(_SdkLikeError("auth" if is_auth else "query", str(e))) from None
+        except _SdkLikeError as e:
+            raise self._mapped(e) from None
         except requests.JSONDecodeError:  # 5xx/429 pages from a proxy: the SDK parses them as JSON
             raise _Transient("the answer was not JSON (server error or rate limit)") from None
         except (requests.ConnectionError, requests.Timeout) as e:
@@ -242,7 +274,19 @@ class RunPodAPI:
         except (KeyError, TypeError) as e:  # a JSON body without "data" (429/5xx with a message)
             raise _Transient(f"the answer had no data ({type(e).__name__}: {e})") from None
 
-    def _call(self, op: str, fn: Callable[[Any], Any], *, before_retry: Callable[[], Any] | None = None) -> Any:
+    def _mapped(self, e: "_SdkLikeError") -> Exception:
+        if e.kind == "auth":
+            return AuthError(f"API key rejected by RunPod (key from {self.creds.source or 'configuration'}): "
+                             f"{redact(e.msg).rstrip('.')}. Check RUNPOD_API_KEY or ~/.runpod/config.toml")
+        msg = redact(e.msg or "GraphQL error")
+        if NO_CAPACITY_TEXT in msg:
+            return NoCapacity(msg)
+        if _looks_transient(msg):
+            return _Transient(msg)
+        return RemoteError(f"RunPod: {msg}")
+
+    def _call(self, op: str, fn: Callable[[Any], Any], *, before_retry: Callable[[], Any] | None = None,
+              sdk: bool = True) -> Any:
         """Retry transient failures with exponential backoff.
 
         ``before_retry`` runs before each re-send; if it returns something other than
@@ -251,7 +295,7 @@ class RunPodAPI:
         attempt = 0
         while True:
             try:
-                return self._once(op, fn)
+                return self._once(op, fn, sdk=sdk)
             except _Transient as t:
                 attempt += 1
                 if attempt > self.retries:
@@ -267,12 +311,15 @@ class RunPodAPI:
                         return found
 
     def query(self, op: str, text: str) -> dict[str, Any]:
-        """Send ``text`` through the SDK's transport; returns ``data``."""
+        """Send ``text``; returns ``data``. Reads go out without the SDK (``_post``), mutations through
+        the SDK's transport."""
 
         def run(rp: Any) -> Any:
+            if rp is None:
+                return self._post(text)["data"]
             return rp.api.graphql.run_graphql_query(text)["data"]
 
-        data = self._call(op, run)
+        data = self._call(op, run, sdk=not text.lstrip().startswith("query"))
         if data is None:
             raise _as_remote(op)
         return data
@@ -375,11 +422,111 @@ def _as_remote(op: str) -> RemoteError:
     return RemoteError(f"RunPod {op}: the answer carried no data")
 
 
-def connect() -> RunPodAPI:
-    """The adapter for the configured account (``RUNPOD_API_KEY`` / ~/.runpod/config.toml / simulator)."""
+API_CHOICES = ("auto", "graphql", "rest")
+SWITCH_STATE = "runpod-api.json"
+DEFAULT_ORIGIN = "https://api.runpod.io"
+
+
+def configured_backend() -> str:
+    """``AUTOPOD_RUNPOD_API``, else ``runpod_api`` from the inventory defaults or config.yaml, else auto."""
+    value = os.environ.get("AUTOPOD_RUNPOD_API") or None
+    where = "AUTOPOD_RUNPOD_API"
+    if value is None:
+        from ..core import config  # noqa: PLC0415
+        from ..core.inventory import load_inventory  # noqa: PLC0415
+
+        value = config.resolve("runpod_api", None, inventory=load_inventory(), config=config.user_config())
+        where = "runpod_api"
+    choice = str(value or "auto").strip().lower()
+    if choice not in API_CHOICES:
+        raise UsageError(f"invalid {where} {value!r}: use one of {', '.join(API_CHOICES)}")
+    return choice
+
+
+def _switch_state() -> Any:
+    from ..core.state import StateFile  # noqa: PLC0415
+
+    return StateFile.named(SWITCH_STATE)
+
+
+def switched_to_rest(origin: str) -> dict[str, Any] | None:
+    """Whether ``auto`` already found GraphQL retired at this endpoint (remembered for good)."""
+    from ..core.errors import ConfigError  # noqa: PLC0415
+
+    try:
+        return (_switch_state().read() or {}).get(origin)
+    except ConfigError as e:
+        log.warning("%s; asking GraphQL first", e)
+        return None
+
+
+class SwitchingAPI:
+    """``runpod_api: auto``: GraphQL until RunPod answers that it is retired, then REST v2 for good.
+    The switch is remembered per endpoint in AUTOPOD_HOME, and the call that found it is sent again
+    on REST v2 (a retired GraphQL made nothing, so nothing is sent twice)."""
+
+    def __init__(self, creds: Any):
+        self.creds = creds
+        self.origin = (creds.base_url or DEFAULT_ORIGIN).rstrip("/")
+        self._impl: Any = RunPodAPI(creds)
+
+    @property
+    def backend(self) -> str:
+        return self._impl.backend
+
+    @property
+    def supports_timers(self) -> bool:
+        return self._impl.supports_timers
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._impl, name)
+        if not callable(attr) or name.startswith("_"):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return getattr(self._impl, name)(*args, **kwargs)
+            except GraphQLRetired as e:
+                if self._impl.backend != "graphql":
+                    raise
+                self._switch(str(e))
+                return getattr(self._impl, name)(*args, **kwargs)
+
+        return call
+
+    def _switch(self, why: str) -> None:
+        from ..core.errors import ConfigError  # noqa: PLC0415
+        from ..core.ui import warn  # noqa: PLC0415
+        from .rest import RestAPI  # noqa: PLC0415
+
+        try:
+            with _switch_state().update() as data:
+                data[self.origin] = {"since": time.time(), "why": why[:300]}
+            where = f"remembered in {_switch_state().path}"
+        except ConfigError as e:
+            where = f"not remembered: {e}"
+        warn(f"RunPod's GraphQL API is retired ({why}); autopod uses REST v2 from now on ({where})")
+        self._impl = RestAPI(self.creds)
+
+
+def connect(creds: Any = None) -> Any:
+    """The adapter for the configured account (``RUNPOD_API_KEY`` / ~/.runpod/config.toml / simulator)
+    and backend (``runpod_api``): GraphQL, REST v2, or auto (GraphQL until it is retired)."""
     from ..core.config import api_credentials  # noqa: PLC0415
 
-    return RunPodAPI(api_credentials())
+    creds = creds or api_credentials()
+    choice = configured_backend()
+    origin = (creds.base_url or DEFAULT_ORIGIN).rstrip("/")
+    if choice == "auto" and switched_to_rest(origin):
+        choice = "rest"
+    log.debug("RunPod API: %s at %s", choice, origin)
+    if choice == "rest":
+        from .rest import RestAPI  # noqa: PLC0415
+
+        return RestAPI(creds)
+    if choice == "graphql":
+        return RunPodAPI(creds)
+    return SwitchingAPI(creds)
 
 
 __all__ = ["RunPodAPI", "connect", "check_id", "check_datacenter", "check_cloud_type", "gql_value",

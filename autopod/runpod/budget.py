@@ -18,15 +18,6 @@ from .records import Pod
 HORIZON_S = 86400.0
 
 
-def totals(pods: Sequence[Pod]) -> dict[str, Any]:
-    """The total line of ``pod.list``: the running pods' rate, and every pod's spend so far."""
-    running = [p for p in pods if p.status == "RUNNING"]
-    spent = [p.spend_usd for p in pods if p.spend_usd is not None]
-    return {"running": len(running), "pods": len(pods),
-            "cost_per_hr": round(sum(p.cost_per_hr or 0.0 for p in running), 4),
-            "spend_usd": round(sum(spent), 4)}
-
-
 def gpu_rate(gpu: dict[str, Any], cloud_type: str, count: int) -> float | None:
     """$/hr of ``count`` of this GPU type in ``cloud_type`` (ALL: the dearer cloud, to be safe)."""
     secure, community = gpu.get("securePrice"), gpu.get("communityPrice")

@@ -43,6 +43,7 @@ def pod_info(api: Any, ref: str | None) -> dict[str, Any]:
     }
     info["http_proxy"] = proxy_urls(pod)
     info["guards"] = guards(api, pod)
+    info["api"] = getattr(api, "backend", "graphql")  # which RunPod API answered
     return info
 
 
@@ -77,7 +78,7 @@ INFO_FIELDS = [("name", "NAME"), ("id", "ID"), ("status", "STATUS"), ("gpu", "GP
                ("stop_at", "STOP TIMER"), ("terminate_at", "TERMINATE TIMER"), ("watchdog", "IDLE WATCHDOG"),
                ("image", "IMAGE"), ("ports", "PORTS"), ("volume", "VOLUME"), ("ssh", "SSH"),
                ("ssh_fallback", "SSH (PROXY, SHELL ONLY)"), ("comfy_address", "COMFYUI (IN POD)"),
-               ("proxy", "HTTP PROXY (PUBLIC, NO LOGIN)")]
+               ("proxy", "HTTP PROXY (PUBLIC, NO LOGIN)"), ("api", "RUNPOD API")]
 
 
 def info_view(info: dict[str, Any]) -> dict[str, Any]:

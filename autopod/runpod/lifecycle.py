@@ -241,6 +241,12 @@ def _find_or_create(spec: PodSpec, api: Any, plan: list[dict[str, Any]], datacen
     known = [p.name for p in pods] + [str(e.get("name")) for e in entries_or_warn().values() if not e.get("gone_at")]
     name = spec.name or generate_name(known)
     timers = spec.timers(time.time())
+    if timers and not getattr(api, "supports_timers", True):
+        flags = " and ".join(f for f, k in (("--stop-after", "stop_at"), ("--terminate-after", "terminate_at"))
+                             if k in timers)
+        warn(f"RunPod's {flags} timer is not available on REST v2 (only GraphQL has it), so pod {name} gets none; "
+             f"the in-pod watchdog covers it: `autopod pod.guard --idle-minutes N`")
+        timers = {}
     plan = _affordable(spec, plan, pods, timers, name, force)
     public_key, key_source = _public_key(spec)
     requests_ = [build_create_input(spec, name, g, datacenter, public_key, timers) for g in plan]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from ..core import config as _config
 
@@ -106,6 +106,30 @@ class Pod:
 
 LIST_COLUMNS = [("name", "NAME"), ("id", "ID"), ("status", "STATUS"), ("gpu", "GPU"), ("datacenter", "DATACENTER"),
                 ("volume", "VOLUME"), ("uptime", "UPTIME"), ("cost", "$/HR"), ("spend", "SPENT")]
+
+
+def totals(pods: Sequence["Pod"]) -> dict[str, Any]:
+    """The total line of ``pod.list``: the running pods' rate, and every pod's spend so far."""
+    running = [p for p in pods if p.status == "RUNNING"]
+    spent = [p.spend_usd for p in pods if p.spend_usd is not None]
+    return {"running": len(running), "pods": len(pods),
+            "cost_per_hr": round(sum(p.cost_per_hr or 0.0 for p in running), 4),
+            "spend_usd": round(sum(spent), 4)}
+
+
+def render_list(pods: Sequence["Pod"], *, as_json: bool) -> None:
+    """``pod.list``: one JSON list, or the table and its total line. Shared by the task and the quick
+    path of the console script (``autopod.launch``), so the two print the same."""
+    from ..core.output import dump_json, emit_rows  # noqa: PLC0415
+
+    if as_json:
+        dump_json([p.to_dict() for p in pods])
+        return
+    emit_rows([p.row() for p in pods], LIST_COLUMNS, as_json=False, empty="no pods")
+    if pods:
+        t = totals(pods)
+        print(f"total: {t['running']} of {t['pods']} pod(s) running at ${t['cost_per_hr']:.3f}/hr; "
+              f"spent {fmt_usd(t['spend_usd'])} since they last started")
 
 
 def spend_usd(cost_per_hr: float | None, uptime_s: int | None) -> float | None:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from ..core.errors import ConfigError, Conflict, NotFound, UsageError
 from ..core.flags import number
 from ..core.flags import text as flags_text
-from ..core.output import Outcome
+from ..core.output import Outcome, dump_json, emit_rows
 from ..core.state import StateFile, check_fields, exclusive
 from ..core.ui import warn
 from .api import check_datacenter, check_id
@@ -153,3 +153,11 @@ def delete_volume(api: Any, volume_id: str, *, confirm: Callable[[dict[str, Any]
     api.delete_volume(volume_id)
     _update(lambda data: data.setdefault(volume_id, {"name": v["name"]}).update(gone_at=time.time()))
     return Outcome(True, f"deleted volume {v['name']} ({volume_id}) in {v['datacenter']}", key="volume", data=v)
+
+
+def render_list(vols: list[dict[str, Any]], *, as_json: bool) -> None:
+    """``volume.list``, for the task and the console script's quick path alike."""
+    if as_json:
+        dump_json(vols)
+    else:
+        emit_rows(rows(vols), LIST_COLUMNS, as_json=False, empty="no network volumes")

@@ -51,11 +51,11 @@ class _Account:
 
         from ..core.config import ApiCredentials, api_credentials
         from ..core.errors import AuthError
-        from ..runpod.api import RunPodAPI
+        from ..runpod.api import connect
 
         creds = api_credentials() if key is None else ApiCredentials(
             key, os.environ.get("RUNPOD_API_BASE_URL") or None, "config.init")
-        self.api = RunPodAPI(creds)
+        self.api = connect(creds)
         user = self.api.user()
         if not user.get("id"):
             raise AuthError("RunPod accepted the request but named no account; check the API key")

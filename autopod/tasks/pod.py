@@ -12,8 +12,7 @@ from ..runpod import access, info as pod_info, lifecycle, registry, waits
 from ..runpod import guard as guards
 from ..runpod.api import connect
 from ..runpod.gpus import gpu_table
-from ..runpod.budget import totals
-from ..runpod.records import LIST_COLUMNS, Pod, fmt_usd
+from ..runpod.records import Pod, render_list
 from ..runpod.spec import MAX_TIMEOUT_S
 from ._base import command, exit_quietly
 
@@ -89,15 +88,7 @@ def up(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=None,
                                                  "cost_per_hr, uptime_s and spend_usd)"})
 def list_(c, json=False):
     """List pods with their rate, uptime and spend since they started, and a total line."""
-    found = registry.list_pods(connect())
-    if json:
-        dump_json([p.to_dict() for p in found])
-        return
-    emit_rows([p.row() for p in found], LIST_COLUMNS, as_json=False, empty="no pods")
-    if found:
-        t = totals(found)
-        print(f"total: {t['running']} of {t['pods']} pod(s) running at ${t['cost_per_hr']:.3f}/hr; "
-              f"spent {fmt_usd(t['spend_usd'])} since they last started")
+    render_list(registry.list_pods(connect()), as_json=json)
 
 
 @command(help=POD_HELP, plain_arg="pod")

@@ -19,11 +19,7 @@ def _api():
 @command(name="list", aliases=["ls"], help={"json": "print one JSON document (a list of volumes)"})
 def list_(c, json=False):
     """List network volumes: ID, NAME, SIZE, DATACENTER and the PODS using each."""
-    vols = volumes.list_volumes(_api())
-    if json:
-        dump_json(vols)
-    else:
-        emit_rows(volumes.rows(vols), volumes.LIST_COLUMNS, as_json=False, empty="no network volumes")
+    volumes.render_list(volumes.list_volumes(_api()), as_json=json)
 
 
 @command(help={"id": "volume id, also as the word after the task", "json": "print one JSON document"},

@@ -85,10 +85,10 @@ def _recorded_target(ref: str | None) -> SSHTarget | None:
 
 def _pod_target(ref: str | None, inv: Any, remote_port: int | None, config: Any,
                 key_path: Path | None = None) -> SSHTarget:
-    from ..runpod.api import RunPodAPI
+    from ..runpod.api import connect
     from ..runpod.registry import resolve_pod
 
-    pod = resolve_pod(RunPodAPI(config.api_credentials()), ref)
+    pod = resolve_pod(connect(config.api_credentials()), ref)
     direct = getattr(pod, "ssh_direct", None)
     if not direct:
         raise no_direct_ssh(pod)

@@ -1,0 +1,223 @@
+"""The REST v2 backend: error mapping from RFC 9457 bodies, retries and Retry-After, no duplicate pod
+after a lost answer, the create body REST v2 accepts; and the automatic switch-over when GraphQL
+is retired (against the stand-in, which serves both from one world)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+
+import pytest
+from test_pods_standin import ssh_key, volume_id  # noqa: F401 (fixtures)
+
+from autopod.core import chain
+from autopod.core.config import ApiCredentials
+from autopod.core.errors import AuthError, Conflict, NoCapacity, RemoteError, TransientError
+from autopod.core.paths import autopod_home
+from autopod.runpod import api as runpod_api
+from autopod.runpod import waits
+from autopod.runpod.rest import RestAPI, create_body, pod_from_rest
+from autopod.sim.runpod_standin import RunPodStandin
+
+
+class Scripted:
+    """A local HTTP server answering a script of (status, headers, body) and recording requests."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.seen = []
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def _any(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                outer.seen.append((self.command, self.path, self.rfile.read(n) if n else b""))
+                status, headers, body = outer.answers.pop(0)
+                raw = json.dumps(body).encode() if isinstance(body, (dict, list)) else (body or b"")
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            do_GET = do_POST = do_DELETE = _any
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
+
+    def api(self, **kw):
+        sleeps = []
+        api = RestAPI(ApiCredentials("sk-test-123456", self.url, "test"), sleep=sleeps.append, **kw)
+        return api, sleeps
+
+    def close(self):
+        self.srv.shutdown()
+
+
+@pytest.fixture
+def scripted():
+    made = []
+
+    def make(*answers):
+        s = Scripted(answers)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+PROBLEM = {"Content-Type": "application/problem+json"}
+
+
+def problem(status, detail, errors=None):
+    body = {"title": "x", "status": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return (status, PROBLEM, body)
+
+
+@pytest.mark.parametrize("answer,error,text", [
+    (problem(400, "There are no longer any instances available with the requested specifications. "
+                  "Please refresh and try again."), NoCapacity, "no longer any instances"),
+    (problem(402, "Insufficient balance."), RemoteError, "balance is too low (402)"),
+    (problem(409, "Action stop is not allowed while the pod is EXITED."), Conflict, "current state (409)"),
+    (problem(422, "Request validation failed.", ["$.stopAfter: additional properties are not allowed"]),
+     RemoteError, "$.stopAfter"),
+    (problem(401, "Invalid API key."), AuthError, "API key rejected"),
+    (problem(403, "Forbidden."), AuthError, "may not do this (403)"),
+])
+def test_problem_bodies_become_autopods_errors(scripted, answer, error, text):
+    s = scripted(answer)
+    api, _ = s.api()
+    with pytest.raises(error) as e:
+        api.create_pod({"name": "x", "gpuTypeId": "NVIDIA RTX A40", "gpuCount": 1, "imageName": "i"})
+    assert text in str(e.value) and "sk-test" not in str(e.value)
+
+
+def test_429_waits_as_retry_after_says_even_for_a_post(scripted):
+    pod = {"id": "p1", "name": "x", "status": "RUNNING", "gpu": {"id": "NVIDIA RTX A40", "count": 1}}
+    s = scripted((429, {"Retry-After": "7", **PROBLEM}, {"title": "Too Many Requests", "status": 429,
+                                                         "detail": "rate limit exceeded for the minute window"}),
+                 (201, {"Content-Type": "application/json"}, pod))
+    api, sleeps = s.api()
+    assert api.create_pod({"name": "x", "gpuTypeId": "NVIDIA RTX A40", "gpuCount": 1, "imageName": "i"})["id"] == "p1"
+    assert sleeps == [7.0] and [m for m, _, _ in s.seen] == ["POST", "POST"]
+
+
+def test_5xx_retries_reads_and_gives_up_with_a_transient_error(scripted):
+    s = scripted(*[(502, {}, b"<html>502</html>")] * 3)
+    api, sleeps = s.api(retries=2, base_delay=0.5)
+    with pytest.raises(TransientError, match="after 3 attempts"):
+        api.list_pods()
+    assert sleeps == [0.5, 1.0]
+
+
+def test_a_lost_create_answer_adopts_the_pod_instead_of_making_a_second(scripted):
+    made = {"id": "p9", "name": "mine", "status": "RUNNING", "gpu": {"id": "NVIDIA RTX A40", "count": 1}}
+    s = scripted((502, {}, b"bad gateway"), (200, {"Content-Type": "application/json"}, {"pods": [made]}))
+    api, _ = s.api()
+    pod = api.create_pod({"name": "mine", "gpuTypeId": "NVIDIA RTX A40", "gpuCount": 1, "imageName": "i"})
+    assert pod["id"] == "p9" and [(m, p) for m, p, _ in s.seen] == [("POST", "/v2/pods"), ("GET", "/v2/pods")]
+
+
+def test_terminate_answers_204_and_a_missing_pod_reads_as_none(scripted):
+    s = scripted((204, {}, b""), problem(404, "Pod nope not found."))
+    api, _ = s.api()
+    assert api.terminate_pod("p1") is None
+    assert api.get_pod("nope") is None
+    assert s.seen[0][2] == b'{"action": "terminate"}'
+
+
+def test_the_create_body_is_what_rest_v2_accepts():
+    inp = {"name": "n", "imageName": "runpod/comfyui:latest", "gpuTypeId": "NVIDIA RTX A40", "gpuCount": 2,
+           "cloudType": "ALL", "supportPublicIp": True, "startSsh": True, "volumeInGb": 0, "containerDiskInGb": 50,
+           "minVcpuCount": 1, "minMemoryInGb": 1, "dockerArgs": "", "ports": "8188/http,22/tcp",
+           "volumeMountPath": "/workspace", "env": {"PUBLIC_KEY": "ssh-ed25519 AAAA", "N": 1},
+           "dataCenterId": "EU-RO-1", "networkVolumeId": "vol123", "stopAfter": "2026-12-01T00:00:00Z"}
+    body = create_body(inp)
+    assert body == {"name": "n", "gpu": {"id": "NVIDIA RTX A40", "count": 2}, "cloud": "SECURE",
+                    "ports": ["8188/http", "22/tcp"], "env": {"PUBLIC_KEY": "ssh-ed25519 AAAA", "N": "1"},
+                    "startSsh": True, "image": "runpod/comfyui:latest", "disk": 50, "dataCenterIds": ["EU-RO-1"],
+                    "mounts": {"network": [{"volumeId": "vol123", "path": "/workspace"}]}}
+
+
+def test_a_rest_pod_reads_as_the_graphql_record():
+    p = pod_from_rest({"id": "p", "name": "n", "status": "STARTING", "cost": 0.44, "image": "img", "disk": 50,
+                       "ports": ["8188/http", "22/tcp"], "env": {"A": "1"}, "gpu": {"id": "NVIDIA GeForce RTX 4090",
+                                                                                   "count": 1},
+                       "mounts": {"network": [{"volumeId": "v", "path": "/workspace"}]}, "dataCenterId": "EU-RO-1",
+                       "ssh": {"proxy": {"username": "p-abc"}, "direct": {"host": "1.2.3.4", "port": 40022}},
+                       "runtime": {"uptime": 12, "ports": [{"ip": "100.65.0.1", "private": 8188, "public": 60000,
+                                                           "type": "http"}]}})
+    from autopod.runpod.records import Pod
+
+    pod = Pod.from_api(p)
+    assert (pod.status, pod.gpu, pod.cost_per_hr, pod.uptime_s) == ("RUNNING", "RTX 4090", 0.44, 12)
+    assert pod.ssh_direct == ("1.2.3.4", 40022) and pod.ssh_proxy == "p-abc@ssh.runpod.io"
+    assert (pod.volume_id, pod.volume_mount, pod.datacenter) == ("v", "/workspace", "EU-RO-1")
+    assert Pod.from_api(pod_from_rest({"id": "q", "status": "RUNNING", "runtime": None,
+                                       "ssh": {"direct": None}})).ssh_direct is None
+
+
+# --- the switch-over, against the stand-in ----------------------------------------------------
+
+
+@pytest.fixture
+def standin_auto(monkeypatch, ssh_key):  # noqa: F811
+    monkeypatch.setattr(waits, "POLL_INTERVAL", 0.05)
+    monkeypatch.setattr(chain, "_pod_id", None)
+    monkeypatch.setattr(runpod_api, "DEFAULT_BASE_DELAY", 0.01)
+    monkeypatch.delenv("AUTOPOD_RUNPOD_API", raising=False)
+    with RunPodStandin(api_key="sim-key") as s:
+        monkeypatch.setenv("RUNPOD_API_KEY", "sim-key")
+        monkeypatch.setenv("RUNPOD_API_BASE_URL", s.url)
+        yield s
+
+
+def test_auto_switches_to_rest_for_good_when_graphql_answers_retired(cli, standin_auto):
+    s = standin_auto
+    assert cli("pod.list").code == 0
+    assert s.world.requests["by_field"].get("myself") == 1 and not s.world.requests["rest"]
+    s.world.patch({"settings": {"graphql_retired": True}})  # RunPod retires GraphQL mid-session
+    r = cli("pod.create", "--name", "after", "--volume-id", volume_id(s), "--stop-after", "2h", "--json")
+    assert r.code == 0, r.err
+    assert r.err.count("GraphQL API is retired") == 1 and "REST v2 from now on" in r.err
+    assert "--stop-after timer is not available on REST v2" in r.err and "pod.guard" in r.err  # never silent
+    assert r.json["pod"]["status"] == "RUNNING" and [p["name"] for p in s.world.pods.values()] == ["after"]
+    assert s.world.pods[r.json["pod"]["id"]].get("stopAfter") is None
+    remembered = json.loads((autopod_home() / "runpod-api.json").read_text())
+    assert list(remembered) == [s.url] and "retired" in remembered[s.url]["why"]
+    tried = s.world.requests["faults"]["retired"]
+    info = cli("pod.info", "--pod", "after", "--json")
+    assert info.code == 0 and info.json["api"] == "rest" and info.json["guards"]["stop_at"] is None
+    assert cli("pod.list").code == 0 and "retired" not in cli("pod.list").err
+    assert s.world.requests["faults"]["retired"] == tried  # later commands do not ask GraphQL again
+    assert cli("pod.kill", "--pod", "after", "--yes").code == 0
+
+
+def test_graphql_chosen_explicitly_after_retirement_says_what_to_do(cli, standin_auto, monkeypatch):
+    standin_auto.world.patch({"settings": {"graphql_retired": True}})
+    monkeypatch.setenv("AUTOPOD_RUNPOD_API", "graphql")
+    r = cli("pod.list")
+    assert r.code == 1 and "410" in r.err and "retired" in r.err and "Traceback" not in r.err
+    monkeypatch.setenv("AUTOPOD_RUNPOD_API", "soap")
+    r = cli("pod.list")
+    assert r.code == 2 and "AUTOPOD_RUNPOD_API" in r.err
+
+
+def test_runpod_api_setting_in_config_yaml(cli, standin_auto):
+    (autopod_home()).mkdir(parents=True, exist_ok=True)
+    (autopod_home() / "config.yaml").write_text("runpod_api: rest\n")
+    assert cli("pod.list").code == 0
+    assert standin_auto.world.requests["rest"] == {"GET /v2/pods": 1} and not standin_auto.world.requests["by_field"]
+    (autopod_home() / "config.yaml").write_text("runpod_api: soap\n")
+    r = cli("pod.list")
+    assert r.code == 2 and "runpod_api" in r.err
