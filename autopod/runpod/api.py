@@ -37,6 +37,7 @@ from .values import (  # noqa: F401 (the adapter's face: other modules import th
     check_cloud_type,
     check_datacenter,
     check_id,
+    lost_create_finder,
 )
 
 log = logging.getLogger(__name__)
@@ -345,18 +346,7 @@ class RunPodAPI:
         def run(rp: Any) -> Any:
             return rp.api.graphql.run_graphql_query(text)["data"]["podFindAndDeployOnDemand"]
 
-        def adopt() -> dict[str, Any] | None:
-            if not name:
-                return None
-            try:
-                pods = self.list_pods()
-            except TransientError:
-                return None
-            for p in pods:
-                if p.get("name") == name and p.get("desiredStatus") != "TERMINATED":
-                    log.warning("pod %s (%s) appeared although its create answer was lost; using it", name, p["id"])
-                    return p
-            return None
+        adopt = lost_create_finder(self.list_pods, name)
 
         pod = self._call("create pod", run, before_retry=adopt)
         if not pod or not pod.get("id"):

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from ..core.errors import AuthError, Conflict, NoCapacity, RemoteError, TransientError, UsageError
 from ..core.log import redact
 from ..core.ui import warn
-from .values import NO_CAPACITY_TEXT, check_datacenter, check_id
+from .values import NO_CAPACITY_TEXT, check_datacenter, check_id, lost_create_finder
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +143,7 @@ class RestAPI:
         body = create_body(input)
         name = body["name"]
 
-        def adopt() -> dict[str, Any] | None:
-            try:
-                pods = self.list_pods()
-            except TransientError:
-                return None
-            for p in pods:
-                if p.get("name") == name and p.get("desiredStatus") != "TERMINATED":
-                    log.warning("pod %s (%s) appeared although its create answer was lost; using it", name, p["id"])
-                    return p
-            return None
+        adopt = lost_create_finder(self.list_pods, name)
 
         _, doc = self._request("create pod", "POST", "/v2/pods", body=body, before_retry=adopt)
         pod = doc if "desiredStatus" in (doc or {}) else pod_from_rest(doc or {})

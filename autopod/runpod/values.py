@@ -1,12 +1,16 @@
-"""Values every RunPod backend checks before sending them: ids, data centers, cloud types, and
-RunPod's no-capacity text (the GPU fallback's signal on GraphQL and REST v2 alike)."""
+"""What both RunPod backends share: the checks on values before they are sent (ids, data centers,
+cloud types), RunPod's no-capacity text (the GPU fallback's signal on GraphQL and REST v2 alike), and
+how a create whose answer was lost finds its pod instead of making a second."""
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Any
+from typing import Any, Callable
 
-from ..core.errors import UsageError
+from ..core.errors import TransientError, UsageError
+
+log = logging.getLogger(__name__)
 
 NO_CAPACITY_TEXT = "There are no longer any instances available"
 # Ids are short alphanumeric strings (pods "5xpma5eg46tqjq", volumes "grvtso8ftn").
@@ -36,3 +40,22 @@ def check_cloud_type(value: Any) -> str:
     if v not in CLOUD_TYPES:
         raise UsageError(f"invalid cloud type {value!r}: use one of {', '.join(CLOUD_TYPES)}")
     return v
+
+
+def lost_create_finder(list_pods: Callable[[], list[dict[str, Any]]], name: str | None) -> Callable[[], Any]:
+    """For the retry of a create: the live pod called ``name`` that a lost answer may have made, or None."""
+
+    def find() -> dict[str, Any] | None:
+        if not name:
+            return None
+        try:
+            pods = list_pods()
+        except TransientError:
+            return None
+        for p in pods:
+            if p.get("name") == name and p.get("desiredStatus") != "TERMINATED":
+                log.warning("pod %s (%s) appeared although its create answer was lost; using it", name, p["id"])
+                return p
+        return None
+
+    return find
