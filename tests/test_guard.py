@@ -42,7 +42,8 @@ def stops_requested(env: dict) -> int:
     sim = json.loads((Path(env["AUTOPOD_HOME"]) / "sim.json").read_text())
     r = requests.get(sim["base_url"] + "/_sim/requests", headers={"Authorization": f"Bearer {sim['api_key']}"},
                      timeout=5)
-    return r.json()["by_field"].get("podStop", 0)
+    doc = r.json()  # the pod's runpodctl speaks REST v2; autopod, GraphQL by default
+    return doc["by_field"].get("podStop", 0) + doc.get("rest", {}).get("POST /v2/pods/{id}/action stop", 0)
 
 
 def guard_status(env: dict, name: str) -> tuple[int, dict]:
@@ -271,6 +272,16 @@ def test_the_watchdog_runs_unchanged_behind_the_pure_python_ssh_server(sim_env):
     assert p.returncode == 0, p.stderr
     create(sim_env, "py1", "--idle-minutes", IDLE)
     assert wait_until(lambda: status_of(sim_env, "py1") == "EXITED", 20)
+
+
+def test_the_watchdog_stops_the_pod_after_graphql_is_retired(sim_env):  # noqa: F811
+    """autopod switches to REST v2, and the pod's runpodctl speaks it too: the guard still works."""
+    require_sshd()
+    assert autopod(sim_env, "sim.start", "--comfy-ready-after", "0.3", "--graphql-retired").returncode == 0
+    doc = create(sim_env, "late", "--idle-minutes", IDLE)
+    assert "idle watchdog" in doc["msg"]
+    assert wait_until(lambda: status_of(sim_env, "late") == "EXITED", 20)
+    assert stops_requested(sim_env) == 1
 
 
 # --- RunPod's timers ------------------------------------------------------------------------

@@ -9,7 +9,9 @@ pod commands a pod uses on itself, in the older and the newer syntax:
     runpodctl start pod ID     runpodctl pod start ID
     runpodctl get pod ID       runpodctl pod get ID
 
-Like a pod-scoped key, it may act only on its own pod. Standard library only: it starts quickly.
+Like a pod-scoped key, it may act only on its own pod. It speaks REST v2, so it keeps working when
+the simulator answers GraphQL as retired (``sim.start --graphql-retired``). Standard library only: it
+starts quickly.
 """
 
 from __future__ import annotations
@@ -23,12 +25,7 @@ from pathlib import Path
 USAGE = "usage: runpodctl (stop|remove|start|get) pod POD_ID  |  runpodctl pod (stop|delete|start|get) POD_ID"
 VERBS = {"stop": "stop", "remove": "terminate", "delete": "terminate", "terminate": "terminate",
          "start": "start", "get": "get"}
-MUTATIONS = {
-    "stop": 'mutation { podStop(input: {podId: %s}) { id desiredStatus } }',
-    "terminate": 'mutation { podTerminate(input: {podId: %s}) }',
-    "start": 'mutation { podResume(input: {podId: %s}) { id desiredStatus } }',
-    "get": 'query { pod(input: {podId: %s}) { id name desiredStatus costPerHr } }',
-}
+DONE = {"stop": 'pod "%s" stopped', "terminate": 'pod "%s" removed', "start": 'pod "%s" started'}
 
 
 def write_script(bin_dir: Path, settings: Path, python: str) -> Path:
@@ -63,24 +60,27 @@ def main(argv: list[str] | None = None) -> int:
     if pod_id != settings["pod_id"]:
         print(f"Error: this pod's key may act only on pod {settings['pod_id']}, not {pod_id}", file=sys.stderr)
         return 1
-    body = json.dumps({"query": MUTATIONS[verb] % json.dumps(pod_id)}).encode()
-    req = urllib.request.Request(settings["url"].rstrip("/") + "/graphql", data=body, method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          "Authorization": f"Bearer {settings['key']}"})
+    base = settings["url"].rstrip("/") + "/v2/pods/" + pod_id
+    if verb == "get":
+        req = urllib.request.Request(base, method="GET")
+    else:
+        req = urllib.request.Request(base + "/action", data=json.dumps({"action": verb}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    req.add_header("Authorization", f"Bearer {settings['key']}")
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
-            doc = json.loads(r.read().decode("utf-8"))
-    except (urllib.error.URLError, OSError, ValueError) as e:
+            raw = r.read().decode("utf-8")
+    except urllib.error.HTTPError as e:
+        try:
+            detail = json.loads(e.read().decode("utf-8")).get("detail")
+        except ValueError:
+            detail = e.reason
+        print(f"Error: {e.code}: {detail}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
-    if doc.get("errors"):
-        print("Error: " + "; ".join(str(e.get("message")) for e in doc["errors"]), file=sys.stderr)
-        return 1
-    if verb == "get":
-        print(json.dumps(doc["data"]["pod"]))
-    else:
-        print({"stop": 'pod "%s" stopped', "terminate": 'pod "%s" removed', "start": 'pod "%s" started'}[verb]
-              % pod_id)
+    print(raw if verb == "get" else DONE[verb] % pod_id)
     return 0
 
 
