@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -26,13 +25,10 @@ from typing import Any, Callable
 
 from ..core.errors import AuthError, NoCapacity, RemoteError, TransientError, UsageError
 from ..core.log import redact
-from .values import (  # noqa: F401 (the adapter's face: other modules import these from here)
-    CLOUD_TYPES,
-    DATACENTER_RE,
+from .values import (  # noqa: F401 (the adapter's face: other modules import the checks from here)
     ENUM_RE,
     ENV_KEY_RE,
     FIELD_RE,
-    ID_RE,
     NO_CAPACITY_TEXT,
     check_cloud_type,
     check_datacenter,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..core.errors import UsageError
-from ..core.output import dump_json, emit_object, emit_outcome, emit_rows
+from ..core.output import dump_json, emit_object, emit_outcome
 from ..runpod import volumes
 from ._base import command
 
