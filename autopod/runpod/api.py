@@ -241,8 +241,9 @@ class RunPodAPI:
                                timeout=GRAPHQL_TIMEOUT_S)
         if r.status_code == 401:
             raise _SdkLikeError("auth", "Unauthorized request, please check your API key.")
-        if r.status_code == 410 or (r.status_code == 404 and "json" not in r.headers.get("Content-Type", "")) or (
-                r.status_code == 404 and "retired" in r.text.lower()):
+        # 410 Gone; or a 404 for /graphql itself (a page, not a GraphQL answer, or one that says so).
+        not_json = "json" not in r.headers.get("Content-Type", "")
+        if r.status_code == 410 or (r.status_code == 404 and (not_json or "retired" in r.text.lower())):
             raise GraphQLRetired(f"RunPod answered {r.status_code} for its GraphQL API: "
                                  f"{redact(_problem_text(r))}")
         doc = r.json()

@@ -213,13 +213,12 @@ def _view(pod: Pod, doc: dict[str, Any], recorded: Any = None) -> dict[str, Any]
     return out
 
 
-def reinstall(api: Any, pod: Pod) -> Outcome | None:
-    """After ``pod.start``: the container started afresh, so the watchdog autopod installed before
-    is installed again. None when the pod has none recorded."""
-    s = entries_or_warn().get(pod.id, {}).get("guard")
+def recorded(pod_id: str) -> dict[str, Any] | None:
+    """The watchdog autopod installed in this pod (pods.json), as ``settings()``; None when none was."""
+    s = entries_or_warn().get(pod_id, {}).get("guard")
     if not s:
         return None
-    return install(api, pod, settings(s["idle_minutes"], s.get("action") or "stop", s.get("dead_minutes")))
+    return settings(s["idle_minutes"], s.get("action") or "stop", s.get("dead_minutes"))
 
 
 def summary(doc: dict[str, Any]) -> str:

@@ -4,7 +4,6 @@ idle watchdog, whose state is read from the pod)."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import time
 from typing import Any
@@ -16,6 +15,7 @@ from ..core.inventory import load_inventory
 from . import guard
 from .records import fmt_duration, fmt_usd, proxy_urls
 from .registry import entries_or_warn, resolve_pod
+from .spec import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,7 @@ def _when(ts: Any) -> dict[str, Any] | None:
     if not isinstance(ts, (int, float)):
         return None
     left = ts - time.time()
-    return {"at": _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "in_s": round(left) if left > 0 else 0, "passed": left <= 0}
+    return {"at": rfc3339(ts), "in_s": round(left) if left > 0 else 0, "passed": left <= 0}
 
 
 INFO_FIELDS = [("name", "NAME"), ("id", "ID"), ("status", "STATUS"), ("gpu", "GPU"), ("gpu_count", "GPU COUNT"),

@@ -529,17 +529,14 @@ def _hand_over_started(api: Any, pod: Pod, *, wait: bool, timeout: float, sleep:
                        connect: Callable[[str, int], bool] | None,
                        guard_settings: dict[str, Any] | None = None) -> Outcome:
     chain.set_pod(pod.id)
-    settings = guard_settings or entries_or_warn().get(pod.id, {}).get("guard")
+    settings = guard_settings or _guard.recorded(pod.id)
     if not wait:
         if settings:
             warn(f"pod {pod.name} ({pod.id}) had an idle watchdog; with --no-wait it is not installed again: "
                  f"run `autopod pod.guard --pod {pod.name}` once the pod is reachable")
         return Outcome(True, f"started pod {pod.name} ({pod.id})", key="pod", data=(get_pod(api, pod.id) or pod).to_dict())
     after = _wait(api, pod.id, pod.name, timeout, sleep, connect)
-    note = ""
-    if settings:
-        s = _guard.settings(settings["idle_minutes"], settings.get("action") or "stop", settings.get("dead_minutes"))
-        note = _install_guard(api, after, s)
+    note = _install_guard(api, after, settings)
     return Outcome(True, f"started pod {pod.name} ({pod.id}){note}", key="pod", data=after.to_dict())
 
 
