@@ -221,3 +221,14 @@ def test_runpod_api_setting_in_config_yaml(cli, standin_auto):
     (autopod_home() / "config.yaml").write_text("runpod_api: soap\n")
     r = cli("pod.list")
     assert r.code == 2 and "runpod_api" in r.err
+
+
+@pytest.mark.parametrize("damage", ['{"x": 5}', '{"x": {"since": "now"}}', "[1]", "{oops"])
+def test_a_damaged_switch_record_is_set_aside_and_graphql_asked_first(cli, standin_auto, damage):
+    autopod_home().mkdir(parents=True, exist_ok=True)
+    path = autopod_home() / "runpod-api.json"
+    path.write_text(damage)
+    r = cli("pod.list")
+    assert r.code == 0 and "runpod-api.json" in r.err, r.err
+    assert standin_auto.world.requests["by_field"].get("myself") == 1 and not standin_auto.world.requests["rest"]
+    assert path.read_text() == damage  # never overwritten

@@ -430,10 +430,17 @@ def configured_backend() -> str:
     return choice
 
 
+def _validate_switches(data: dict[str, Any]) -> None:
+    from ..core.state import check_fields  # noqa: PLC0415
+
+    for origin, entry in data.items():
+        check_fields(entry, f"endpoint {origin!r}", {"since": (int, float), "why": str})
+
+
 def _switch_state() -> Any:
     from ..core.state import StateFile  # noqa: PLC0415
 
-    return StateFile.named(SWITCH_STATE)
+    return StateFile.named(SWITCH_STATE, validate=_validate_switches)
 
 
 def switched_to_rest(origin: str) -> dict[str, Any] | None:
