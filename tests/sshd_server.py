@@ -10,6 +10,7 @@ Without sshd these tests skip with a reason; under CI (``CI=true``) they fail.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import shutil
@@ -118,6 +119,26 @@ def write_host_inventory(path: Path, hosts: dict[str, dict]) -> Path:
 
     path.write_text(yaml.safe_dump({"hosts": hosts}, sort_keys=False))
     return path
+
+
+@contextlib.contextmanager
+def comfy_behind_host(sshd, key: Path, comfy_port: int, inventory: Path, monkeypatch, home: Path):  # noqa: ANN001
+    """Inventory host "gpu" (this test sshd) in front of a ComfyUI on ``comfy_port``, with quick tunnel pings;
+    every tunnel autopod starts meanwhile is stopped afterwards."""
+    write_host_inventory(inventory, {"gpu": {"host": "127.0.0.1", "port": sshd.port, "user": sshd.user,
+                                             "key": str(key), "comfy_address": f"127.0.0.1:{comfy_port}"}})
+    monkeypatch.setenv("AUTOPOD_INVENTORY", str(inventory))
+    monkeypatch.setenv("AUTOPOD_TUNNEL_PING_S", "1")
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    try:
+        yield
+    finally:
+        from autopod.tunnels.manager import stop_all
+
+        try:
+            stop_all()
+        finally:
+            kill_tunnel_daemons(home.resolve())
 
 
 def kill_tunnel_daemons(home: Path) -> list[int]:

@@ -241,27 +241,14 @@ needs_sshd = pytest.mark.skipif(not HAVE_TUNNELS, reason="the tunnel layer or te
 @pytest.fixture
 def comfy_box(request, tmp_path, monkeypatch, autopod_home):
     """Inventory host "gpu": the test sshd, with a ComfyUI stand-in behind it (``ready_after`` via indirect param)."""
-    from sshd_server import kill_tunnel_daemons, write_host_inventory
+    from sshd_server import comfy_behind_host
 
     sshd = request.getfixturevalue("sshd")
     key = request.getfixturevalue("ssh_user_key")
     ready_after = getattr(request, "param", 0.0)
-    with ComfyUIStandin(ready_after=ready_after) as standin:
-        inv = write_host_inventory(tmp_path / "inventory.yml", {"gpu": {
-            "host": "127.0.0.1", "port": sshd.port, "user": sshd.user, "key": str(key),
-            "comfy_address": f"127.0.0.1:{standin.port}"}})
-        monkeypatch.setenv("AUTOPOD_INVENTORY", str(inv))
-        monkeypatch.setenv("AUTOPOD_TUNNEL_PING_S", "1")
-        monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-        try:
-            yield standin
-        finally:
-            from autopod.tunnels.manager import stop_all
-
-            try:
-                stop_all()
-            finally:
-                kill_tunnel_daemons(autopod_home.resolve())
+    with ComfyUIStandin(ready_after=ready_after) as standin, \
+            comfy_behind_host(sshd, key, standin.port, tmp_path / "inventory.yml", monkeypatch, autopod_home):
+        yield standin
 
 
 def tunnel_entry(home) -> dict:

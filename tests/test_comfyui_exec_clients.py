@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import websocket
 from comfy_fixtures import sim, wait_history  # noqa: F401  (fixtures)
-from sshd_server import kill_tunnel_daemons, require_sshd, write_host_inventory
+from sshd_server import comfy_behind_host, require_sshd
 
 from autopod.sim.comfyui import images as im
 from autopod.sim.comfyui_standin import ComfyUIStandin
@@ -85,26 +85,13 @@ def tunneled(request, tmp_path, monkeypatch, autopod_home, cli):
     require_sshd()
     sshd = request.getfixturevalue("sshd")
     key = request.getfixturevalue("ssh_user_key")
-    with ComfyUIStandin(sim_nodes=True, root=tmp_path / "comfyui") as standin:
-        inv = write_host_inventory(tmp_path / "inventory.yml", {"gpu": {
-            "host": "127.0.0.1", "port": sshd.port, "user": sshd.user, "key": str(key),
-            "comfy_address": f"127.0.0.1:{standin.port}"}})
-        monkeypatch.setenv("AUTOPOD_INVENTORY", str(inv))
-        monkeypatch.setenv("AUTOPOD_TUNNEL_PING_S", "1")
-        monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-        try:
-            r = cli("tunnel.start", "--pod", "gpu", "--json")
-            assert r.code == 0, r.err
-            port = r.json["local_port"]
-            assert port != standin.port
-            yield standin, port
-        finally:
-            from autopod.tunnels.manager import stop_all
-
-            try:
-                stop_all()
-            finally:
-                kill_tunnel_daemons(autopod_home.resolve())
+    with ComfyUIStandin(sim_nodes=True, root=tmp_path / "comfyui") as standin, \
+            comfy_behind_host(sshd, key, standin.port, tmp_path / "inventory.yml", monkeypatch, autopod_home):
+        r = cli("tunnel.start", "--pod", "gpu", "--json")
+        assert r.code == 0, r.err
+        port = r.json["local_port"]
+        assert port != standin.port
+        yield standin, port
 
 
 @pytest.mark.sshd

@@ -249,14 +249,19 @@ def test_a_second_interrupt_while_settling_an_interrupted_create_is_held(standin
 
 # -- 7, 8. damaged bookkeeping never blocks a stop, and a typo is not success ------------------------------------------
 
-@pytest.mark.parametrize("damage", ['{"tunnels": [1, 2]}', '{"tunnels": {"x": {"pid": "abc"}}}', "{oops", "DIR"])
-def test_a_damaged_tunnels_json_does_not_block_pod_kill(cli, standin, autopod_home, damage):  # noqa: F811
-    assert cli("pod.create", "--name", "victim", "--no-wait").code == 0
-    path = autopod_home / "tunnels.json"
+def damage_file(path, damage):
+    """Put ``damage`` (text, or "DIR": a folder) where a state file belongs."""
     if damage == "DIR":
         path.mkdir()
     else:
         path.write_text(damage)
+
+
+@pytest.mark.parametrize("damage", ['{"tunnels": [1, 2]}', '{"tunnels": {"x": {"pid": "abc"}}}', "{oops", "DIR"])
+def test_a_damaged_tunnels_json_does_not_block_pod_kill(cli, standin, autopod_home, damage):  # noqa: F811
+    assert cli("pod.create", "--name", "victim", "--no-wait").code == 0
+    path = autopod_home / "tunnels.json"
+    damage_file(path, damage)
     r = cli("pod.kill", "--pod", "victim", "--yes")
     assert r.code == 0, r.err
     assert r.out.startswith("changed: terminated pod victim") and "tunnels.json" in r.err
@@ -269,10 +274,7 @@ def test_a_damaged_pods_json_is_reported_but_does_not_block_the_lifecycle(cli, s
                                                                          damage):
     autopod_home.mkdir(parents=True, exist_ok=True)
     path = autopod_home / "pods.json"
-    if damage == "DIR":
-        path.mkdir()
-    else:
-        path.write_text(damage)
+    damage_file(path, damage)
     r = cli("pod.create", "--name", "p1", "--no-wait")
     assert r.code == 0 and "pods.json" in r.err, r.err
     assert cli("pod.list").code == 0

@@ -1,6 +1,7 @@
 """The pod tasks end to end against the RunPod stand-in (a local server on loopback), on both of
 RunPod's APIs: every test runs once on GraphQL and once on REST v2, with the same assertions."""
 
+import contextlib
 import json
 import os
 import re
@@ -26,17 +27,28 @@ def ssh_key(tmp_path):
     return key
 
 
-@pytest.fixture(params=["graphql", "rest"])
-def standin(request, monkeypatch, ssh_key):
-    """A fresh stand-in account; the CLI points at it, on one backend; waits and retries run fast."""
+@contextlib.contextmanager
+def standin_for(monkeypatch, backend):
+    """A fresh stand-in account the CLI points at, on ``backend`` (None: the configured choice, auto);
+    waits and retries run fast."""
     monkeypatch.setattr(waits, "POLL_INTERVAL", 0.05)
     monkeypatch.setattr(chain, "_pod_id", None)
     monkeypatch.setattr(runpod_api, "DEFAULT_BASE_DELAY", 0.01)
-    monkeypatch.setenv("AUTOPOD_RUNPOD_API", request.param)
+    if backend is None:
+        monkeypatch.delenv("AUTOPOD_RUNPOD_API", raising=False)
+    else:
+        monkeypatch.setenv("AUTOPOD_RUNPOD_API", backend)
     with RunPodStandin(api_key="sim-key") as s:
         monkeypatch.setenv("RUNPOD_API_KEY", "sim-key")
         monkeypatch.setenv("RUNPOD_API_BASE_URL", s.url)
-        s.backend = request.param
+        s.backend = backend
+        yield s
+
+
+@pytest.fixture(params=["graphql", "rest"])
+def standin(request, monkeypatch, ssh_key):
+    """A fresh stand-in account; the CLI points at it, on one backend each run."""
+    with standin_for(monkeypatch, request.param) as s:
         yield s
 
 

@@ -9,16 +9,12 @@ import json
 import threading
 
 import pytest
-from test_pods_standin import ssh_key, volume_id  # noqa: F401 (fixtures)
+from test_pods_standin import ssh_key, standin_for, volume_id  # noqa: F401 (fixtures)
 
-from autopod.core import chain
 from autopod.core.config import ApiCredentials
 from autopod.core.errors import AuthError, Conflict, NoCapacity, RemoteError, TransientError
 from autopod.core.paths import autopod_home
-from autopod.runpod import api as runpod_api
-from autopod.runpod import waits
 from autopod.runpod.rest import RestAPI, create_body, pod_from_rest
-from autopod.sim.runpod_standin import RunPodStandin
 
 
 class Scripted:
@@ -27,12 +23,14 @@ class Scripted:
     def __init__(self, answers):
         self.answers = list(answers)
         self.seen = []
+        self.headers = []  # each request's headers, lower-case names
         outer = self
 
         class H(http.server.BaseHTTPRequestHandler):
             def _any(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 outer.seen.append((self.command, self.path, self.rfile.read(n) if n else b""))
+                outer.headers.append({k.lower(): v for k, v in self.headers.items()})
                 status, headers, body = outer.answers.pop(0)
                 raw = json.dumps(body).encode() if isinstance(body, (dict, list)) else (body or b"")
                 self.send_response(status)
@@ -172,13 +170,7 @@ def test_a_rest_pod_reads_as_the_graphql_record():
 
 @pytest.fixture
 def standin_auto(monkeypatch, ssh_key):  # noqa: F811
-    monkeypatch.setattr(waits, "POLL_INTERVAL", 0.05)
-    monkeypatch.setattr(chain, "_pod_id", None)
-    monkeypatch.setattr(runpod_api, "DEFAULT_BASE_DELAY", 0.01)
-    monkeypatch.delenv("AUTOPOD_RUNPOD_API", raising=False)
-    with RunPodStandin(api_key="sim-key") as s:
-        monkeypatch.setenv("RUNPOD_API_KEY", "sim-key")
-        monkeypatch.setenv("RUNPOD_API_BASE_URL", s.url)
+    with standin_for(monkeypatch, None) as s:
         yield s
 
 

@@ -212,32 +212,16 @@ def test_the_sdk_imports_without_its_cpu_probe_and_the_probe_is_where_expected()
 def test_reads_send_the_request_the_sdk_sends_without_importing_it(monkeypatch):
     """Reads go out through the adapter's own transport so that `pod.list` does not pay for `import runpod`.
     It must send what the SDK's run_graphql_query sends; if a new SDK changes its request, this fails."""
-    import http.server
     import inspect
     import json
     import subprocess
     import sys
-    import threading
 
-    seen = []
+    from test_rest_api import Scripted
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-            out = b'{"data": {"myself": {"pods": []}}}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    answer = (200, {"Content-Type": "application/json"}, {"data": {"myself": {"pods": []}}})
+    srv = Scripted([answer] * 3)
+    base = srv.url
     try:
         monkeypatch.setenv("RUNPOD_API_BASE_URL", base)
         import runpod
@@ -252,8 +236,9 @@ def test_reads_send_the_request_the_sdk_sends_without_importing_it(monkeypatch):
                 f"RunPodAPI(ApiCredentials('k', {base!r}, 't')).list_pods()\nprint('runpod' in sys.modules)")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     finally:
-        srv.shutdown()
-    (m1, p1, h1, b1), (m2, p2, h2, b2), _ = seen
+        srv.close()
+    (m1, p1, b1), (m2, p2, b2), _ = srv.seen
+    h1, h2, _ = srv.headers
     assert (m1, p1, b1) == (m2, p2, b2) == ("POST", "/graphql", json.dumps({"query": text}).encode())
     for h in ("content-type", "authorization"):
         assert h1[h] == h2[h], h
