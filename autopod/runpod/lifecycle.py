@@ -82,7 +82,7 @@ def _stopped_after(api: Any, b: _Billing, exc: BaseException) -> BaseException:
     label = f"pod {b.name} ({b.pod_id})"
     if isinstance(exc, KeyboardInterrupt):
         sig = exc if isinstance(exc, Interrupted) else Interrupted()
-        return AutopodError(f"{sig.what} while {b.doing}; {label} {note}", exit_code=sig.exit_code, data=data)
+        return AutopodError(f"{sig.what} while {b.doing}; {label}: {note}", exit_code=sig.exit_code, data=data)
     if isinstance(exc, AutopodError):
         return type(exc)(f"{exc}; {label}: {note}", exit_code=exc.exit_code, data=data)
     return AutopodError(f"internal error while {b.doing}: {type(exc).__name__}: {exc}; {label}: {note}", data=data)
