@@ -190,3 +190,41 @@ def comfy_info(pod: str | None = None, *, no_tunnel: bool = False) -> dict[str, 
         "history_size": len(history),
         "node_types": len(nodes),
     }
+
+
+# -- a fleet: every member's ComfyUI ---------------------------------------------------------------
+
+
+def fleet_status(fleet: str, *, wait: float = 0.0) -> tuple[list[Any], str]:
+    """``comfy.status --fleet``: each member's ComfyUI, ready or starting (a failed result), in parallel."""
+    from ..core.fanout import Result
+    from ..runpod.fleet import on_members
+
+    def one(pod: Any, cancel: Any) -> Result:
+        st = comfy_status(pod.id, wait=wait, sleep=cancel.sleep)
+        doc = {"member": pod.name, **st.to_dict()}
+        if st.ready:
+            return Result(pod.name, True, f"{pod.name}: Ready (ComfyUI {st.comfyui_version or '?'} at "
+                                          f"{st.endpoint.url})", False, doc)
+        return Result(pod.name, False, f"{pod.name}: Starting… ({st.detail})", False, doc, 1)
+
+    results = on_members(fleet, one, running_only=True)
+    return results, f"fleet {fleet}: {sum(r.ok for r in results)} of {len(results)} ComfyUI ready"
+
+
+def fleet_info(fleet: str) -> tuple[list[Any], str]:
+    """``comfy.info --fleet``: a line per member (version, GPU and free VRAM, queue, URL)."""
+    from ..core.fanout import Result
+    from ..runpod.fleet import on_members
+
+    def one(pod: Any, _cancel: Any) -> Result:
+        doc = comfy_info(pod.id)
+        dev = (doc.get("devices") or [{}])[0]
+        vram = (f", {dev['vram_free'] / 2**30:.1f} of {dev['vram_total'] / 2**30:.1f} GiB free"
+                if isinstance(dev.get("vram_free"), (int, float)) and dev.get("vram_total") else "")
+        line = (f"{pod.name}: ComfyUI {doc.get('comfyui_version') or '?'}, {dev.get('name') or 'no GPU'}{vram}, "
+                f"queue {doc['queue']['running']} running {doc['queue']['pending']} pending, {doc['url']}")
+        return Result(pod.name, True, line, False, {"member": pod.name, **doc})
+
+    results = on_members(fleet, one, running_only=True)
+    return results, f"fleet {fleet}: {sum(r.ok for r in results)} of {len(results)} ComfyUI answering"

@@ -51,6 +51,8 @@ GLOBAL_KEYS: dict[str, type | tuple[type, ...]] = {
     "runpod_api": str,
 }
 DEFAULT_KEYS = {**POD_KEYS, **GLOBAL_KEYS}
+# Only a named pod spec can be a fleet: pods NAME-1 … NAME-<count>, the ones past count stopped or killed.
+SPEC_KEYS: dict[str, type | tuple[type, ...]] = {**POD_KEYS, "count": int, "surplus": str}
 HOST_KEYS: dict[str, type | tuple[type, ...]] = {
     "host": str,
     "port": int,
@@ -61,7 +63,7 @@ HOST_KEYS: dict[str, type | tuple[type, ...]] = {
 TOP_KEYS = {"defaults": dict, "pods": dict, "hosts": dict}
 
 # Allowed ranges of the whole-number keys (RunPod's and TCP's limits; a week for timeout).
-INT_RANGES = {"gpu_count": (1, 16), "disk_gb": (1, 4000), "timeout": (1, 604_800), "port": (1, 65_535)}
+INT_RANGES = {"count": (1, 64), "gpu_count": (1, 16), "disk_gb": (1, 4000), "timeout": (1, 604_800), "port": (1, 65_535)}
 # Allowed ranges of the keys that take any number (fractional minutes let scripts use seconds).
 FLOAT_RANGES = {"idle_minutes": (0.01, 10_080), "dead_minutes": (0.01, 10_080), "budget_usd_per_day": (0.01, 1_000_000)}
 IDLE_ACTIONS = ("stop", "terminate")
@@ -70,7 +72,7 @@ TUNNEL_BACKENDS = ("sshtunnel", "openssh")
 NAME_MAX = 128
 
 # Sections of the inventory: the schema of each entry, and whether entries are named (pods, hosts).
-_SECTIONS = {"defaults": (DEFAULT_KEYS, False), "pods": (POD_KEYS, True), "hosts": (HOST_KEYS, True)}
+_SECTIONS = {"defaults": (DEFAULT_KEYS, False), "pods": (SPEC_KEYS, True), "hosts": (HOST_KEYS, True)}
 _LABELS = {"pods": "pod spec", "hosts": "host"}
 
 _T = "tag:yaml.org,2002:"
@@ -351,9 +353,14 @@ def _idle_action(s: str) -> str | None:
     return None if s in IDLE_ACTIONS else f"must be one of {', '.join(IDLE_ACTIONS)}"
 
 
+def _surplus(s: str) -> str | None:
+    return None if s in ("stop", "kill") else "must be stop or kill"
+
+
 _FORMATS: dict[str, Callable[[str], str | None]] = {
     "cloud_type": _cloud_type, "tunnel_backend": _tunnel_backend, "comfy_address": _address, "comfy_url": _url,
     "host": _host, "user": _user, "runpod_api": _runpod_api, "stop_after": _timer, "terminate_after": _timer, "idle_action": _idle_action,
+    "surplus": _surplus,
 }
 _ITEM_FORMATS: dict[str, Callable[[str], str | None]] = {"ports": _port_spec}
 

@@ -21,6 +21,7 @@ from .errors import Interrupted
 SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None)
 
 _shield_depth = 0
+_shield_lock = threading.Lock()  # fleet members clean up in threads of their own
 
 
 def _handler(signum: int, _frame: Any) -> None:
@@ -52,8 +53,10 @@ def handling() -> Iterator[None]:
 def shielded() -> Iterator[None]:
     """Signals that arrive inside are not raised: the cleanup inside always runs to its end."""
     global _shield_depth
-    _shield_depth += 1
+    with _shield_lock:
+        _shield_depth += 1
     try:
         yield
     finally:
-        _shield_depth -= 1
+        with _shield_lock:
+            _shield_depth -= 1

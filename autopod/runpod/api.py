@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -171,21 +172,25 @@ def _sdk() -> Any:
     logs, which autopod never writes. While the SDK imports, that call answers from ``platform``;
     ``tests/test_runpod_api.py`` checks the probe is still where this expects it. Should cpuinfo be
     missing or changed, the SDK imports the slow way, unchanged."""
-    if "runpod" in sys.modules:
-        return sys.modules["runpod"]
-    try:
-        import cpuinfo  # noqa: PLC0415
-    except ImportError:
-        cpuinfo = None
-    real = getattr(cpuinfo, "get_cpu_info", None)
-    if real is not None:
-        cpuinfo.get_cpu_info = _quick_cpu_info
-    try:
-        import runpod  # noqa: PLC0415  (lazy on purpose)
-    finally:
+    with _SDK_IMPORT:  # fleet members create pods in threads: none may see a half-imported SDK
+        if "runpod" in sys.modules:
+            return sys.modules["runpod"]
+        try:
+            import cpuinfo  # noqa: PLC0415
+        except ImportError:
+            cpuinfo = None
+        real = getattr(cpuinfo, "get_cpu_info", None)
         if real is not None:
-            cpuinfo.get_cpu_info = real
-    return runpod
+            cpuinfo.get_cpu_info = _quick_cpu_info
+        try:
+            import runpod  # noqa: PLC0415  (lazy on purpose)
+        finally:
+            if real is not None:
+                cpuinfo.get_cpu_info = real
+        return runpod
+
+
+_SDK_IMPORT = threading.Lock()
 
 
 def _quick_cpu_info() -> dict[str, Any]:

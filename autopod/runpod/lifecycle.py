@@ -155,7 +155,7 @@ def _volume_and_datacenter(api: Any, spec: PodSpec) -> tuple[dict[str, Any] | No
     return vol, dc or spec.datacenter
 
 
-def _checked_plan(spec: PodSpec, api: Any) -> tuple[list[dict[str, Any]], str | None]:
+def checked_plan(spec: PodSpec, api: Any) -> tuple[list[dict[str, Any]], str | None]:
     """Everything a create needs to know before it may send anything: GPUs (and how many each
     takes), the volume, the data center. A dry run runs exactly these checks."""
     plan = plan_gpu_order(spec.gpus, api.gpu_types())
@@ -340,7 +340,7 @@ def ensure_pod(spec: PodSpec, api: Any, *, wait: bool = True, timeout: float | N
     if spec.guard_settings() and not wait:
         raise UsageError("--idle-minutes installs the watchdog once the pod is reachable, so it cannot go with "
                          "--no-wait; leave out --no-wait, or run `autopod pod.guard` later")
-    plan, datacenter = _checked_plan(spec, api)
+    plan, datacenter = checked_plan(spec, api)
     with _until_handed_over(api) as billing:
         with _create_lock(spec.name):
             found = _find_or_create(spec, api, plan, datacenter, dry_run=dry_run, billing=billing, force=force)
@@ -367,6 +367,9 @@ def create(flags: dict[str, Any], *, wait: bool = True, dry_run: bool = False, f
            api: Any = None) -> Outcome:
     """``pod.create``: resolve the settings, then ``ensure_pod``."""
     spec = load_settings(flags)
+    if (load_inventory().pods.get(spec.name or "") or {}).get("count") is not None:
+        raise UsageError(f"the inventory makes {spec.name} a fleet (count); create it with "
+                         f"`autopod pod.up --name {spec.name}`")
     api = api or connect_api()
     return ensure_pod(spec, api, wait=wait, dry_run=dry_run, force=force)
 
@@ -381,7 +384,19 @@ def up(flags: dict[str, Any], *, dry_run: bool = False, force: bool = False, api
     runs converge on one pod.
     """
     spec = load_settings(flags)
-    api = api or connect_api()
+    if (load_inventory().pods.get(spec.name or "") or {}).get("count") is not None:
+        raise UsageError(f"the inventory makes {spec.name} a fleet (count); bring it up with "
+                         f"`autopod pod.up --name {spec.name}` (or give --count)")
+    return converge(spec, api or connect_api(), given=flags, dry_run=dry_run, force=force, sleep=sleep,
+                    connect=connect)
+
+
+def converge(spec: PodSpec, api: Any, *, given: dict[str, Any] | None = None, dry_run: bool = False,
+             force: bool = False, sleep: Callable[[float], None] = time.sleep,
+             connect: Callable[[str, int], bool] | None = None) -> Outcome:
+    """``pod.up`` for settings already resolved (a fleet member's, too). ``given`` holds the flags as typed,
+    for the note that RunPod's timers apply only to a new pod."""
+    flags = given or {}
     if not spec.name:
         live = [p for p in list_pods(api) if p.alive]
         if len(live) > 1:
@@ -390,7 +405,7 @@ def up(flags: dict[str, Any], *, dry_run: bool = False, force: bool = False, api
             return ensure_pod(spec, api, wait=True, dry_run=dry_run, sleep=sleep, connect=connect, force=force)
         _timers_not_applied(flags, live[0])
         return _up_existing(api, spec, live[0], dry_run=dry_run, sleep=sleep, connect=connect, force=force)
-    plan, datacenter = _checked_plan(spec, api)
+    plan, datacenter = checked_plan(spec, api)
     with _until_handed_over(api) as billing:
         with _create_lock(spec.name):
             pods = list_pods(api)

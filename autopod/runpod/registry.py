@@ -170,6 +170,8 @@ def resolve_pod(api: Any, ref: str | None, pods: list[Pod] | None = None) -> Pod
     if ref is None and chain.planned():
         raise UsageError(f"an earlier task on this command line only pretended to act ({chain.planned()}); "
                          "name the pod with --pod")
+    if ref is None:
+        chain.refuse_to_guess()
     if pods is None:
         pods = list_pods(api)
     live = [p for p in pods if p.alive]

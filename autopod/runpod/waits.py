@@ -75,7 +75,9 @@ class PodNotRunning(RemoteError):
     """The pod a wait was for stopped, was terminated or vanished: it does not bill, so nothing is stopped."""
 
 
-def wait(api: Any, ref: str | None, timeout: float | None = None) -> Pod:
+def wait(api: Any, ref: str | None, timeout: float | None = None, *,
+         sleep: Callable[[float], None] = time.sleep) -> Pod:
     pod = resolve_pod(api, ref)
     chain.set_pod(pod.id)
-    return wait_ready(api, pod.id, timeout=float(timeout or _config.BUILTIN["timeout"]), label=f"{pod.name} ({pod.id})")
+    return wait_ready(api, pod.id, timeout=float(timeout or _config.BUILTIN["timeout"]),
+                      label=f"{pod.name} ({pod.id})", sleep=sleep)

@@ -11,15 +11,39 @@ from ._base import command, debug_enabled, exit_quietly
 _POD = ("pod id or name, or an inventory host, also as the word after the task "
         "(default: the pod with the only live tunnel, or the only pod)")
 _NO_TUNNEL = "talk to the configured comfy_url as it is (default http://127.0.0.1:8188): no pod, no tunnel"
+_FLEET = ("every member of fleet NAME, in parallel: a line each and a summary; exit 1 if any failed; "
+          "--json: a list, one document per member")
 
 
-@command(help={"pod": _POD, "no-tunnel": _NO_TUNNEL,
+def _fleet(fleet: Any, pod: Any, no_tunnel: bool = False) -> Any:
+    from ..core.chain import fleet_target
+    from ..core.errors import UsageError
+
+    name = fleet_target(fleet, pod) if not no_tunnel or fleet is not None else None
+    if name is not None and no_tunnel:
+        raise UsageError("--no-tunnel talks to the configured comfy_url; it takes no --fleet")
+    return name
+
+
+def _members_out(done: tuple[list, str], as_json: bool) -> None:
+    from ..core.fanout import render
+
+    code = render(done[0], done[1], as_json=as_json)
+    if code:
+        exit_quietly(code)
+
+
+@command(help={"pod": _POD, "fleet": _FLEET, "no-tunnel": _NO_TUNNEL,
                "wait": "poll for up to S seconds until ComfyUI answers (default: one check)",
                "json": "print one JSON document"}, plain_arg="pod")
-def status(c, pod=None, no_tunnel=False, wait=None, json=False):
+def status(c, pod=None, fleet=None, no_tunnel=False, wait=None, json=False):
     """Print "Ready" (exit 0) or "Starting…" (exit 1) for ComfyUI on a pod."""
-    from ..comfy.ops import comfy_status, parse_seconds, render_status
+    from ..comfy.ops import comfy_status, fleet_status, parse_seconds, render_status
     from ..core.ui import progress
+
+    if (fleet := _fleet(fleet, pod, no_tunnel)) is not None:
+        _members_out(fleet_status(fleet, wait=parse_seconds(wait, "--wait")), json)
+        return
 
     st = comfy_status(pod, no_tunnel=no_tunnel, wait=parse_seconds(wait, "--wait"), on_wait=progress)
     code = render_status(st, as_json=json)
@@ -27,11 +51,16 @@ def status(c, pod=None, no_tunnel=False, wait=None, json=False):
         exit_quietly(code)
 
 
-@command(help={"pod": _POD, "no-tunnel": _NO_TUNNEL, "json": "print one JSON document"}, plain_arg="pod")
-def info(c, pod=None, no_tunnel=False, json=False):
+@command(help={"pod": _POD, "fleet": _FLEET, "no-tunnel": _NO_TUNNEL, "json": "print one JSON document"},
+         plain_arg="pod")
+def info(c, pod=None, fleet=None, no_tunnel=False, json=False):
     """Show ComfyUI's versions, GPUs and VRAM, RAM, queue, history and node count, and the URL to open."""
-    from ..comfy.ops import comfy_info
+    from ..comfy.ops import comfy_info, fleet_info
     from ..core.output import emit_object
+
+    if (fleet := _fleet(fleet, pod, no_tunnel)) is not None:
+        _members_out(fleet_info(fleet), json)
+        return
 
     doc = comfy_info(pod, no_tunnel=no_tunnel)
     if json:

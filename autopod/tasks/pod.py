@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ..core import chain
 from ..core.errors import UsageError
 from ..core.flags import number
 from ..core.output import dump_json, emit_object, emit_outcome, emit_rows
-from ..runpod import access, info as pod_info, lifecycle, registry, waits
+from ..core.fanout import render as render_members
+from ..runpod import access, fleet as fleets, info as pod_info, lifecycle, registry, waits
 from ..runpod import guard as guards
 from ..runpod.api import connect
 from ..runpod.gpus import gpu_table
@@ -44,7 +46,15 @@ CREATE_HELP = {
     "json": "print one JSON document",
 }
 POD_HELP = {"pod": "pod name or id, also as the word after the task (default: the only pod)",
+            "fleet": "every member of fleet NAME (pods NAME-1 … NAME-N), in parallel: a line each and a summary; "
+                     "exit 1 if any failed; --json: a list, one document per member",
             "json": "print one JSON document"}
+
+
+def _members_out(done: tuple[list, str], as_json: bool) -> None:
+    code = render_members(done[0], done[1], as_json=as_json)
+    if code:
+        exit_quietly(code)
 
 
 def _flags(gpu: list[str], port: list[str], env: list[str], **kw: Any) -> dict[str, Any]:  # noqa: D103
@@ -70,30 +80,41 @@ def create(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=N
     _emit_create(lifecycle.create(flags, wait=wait, dry_run=dry_run, force=force), json)
 
 
-@command(help={k: v for k, v in CREATE_HELP.items() if k != "wait"}, iterable=["gpu", "port", "env"],
-         plain_arg="name")
+@command(help={**{k: v for k, v in CREATE_HELP.items() if k != "wait"},
+               "count": "a fleet: N pods named NAME-1 … NAME-N, brought up in parallel, GPU fallback per member "
+                        "(inventory: count)",
+               "surplus": "members past --count: stop (default) or kill (inventory: surplus)"},
+         iterable=["gpu", "port", "env"], plain_arg="name")
 def up(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=None, image=None, template_id=None,
        disk_gb=None, volume_id=None, volume_mount=None, port=None, env=None, comfy_address=None, timeout=None,
        stop_after=None, terminate_after=None, idle_minutes=None, idle_action=None, force=False, dry_run=False,
-       json=False):
-    """Converge: create the pod if missing, start it if stopped, wait until it is reachable, guard it."""
+       count=None, surplus=None, json=False):
+    """Converge: create the pod (or --count pods) if missing, start if stopped, wait until reachable, guard."""
     flags = _flags(gpu, port, env, name=name, gpu_count=gpu_count, cloud_type=cloud_type, datacenter=datacenter,
                    image=image, template_id=template_id, disk_gb=disk_gb, volume_id=volume_id,
                    volume_mount=volume_mount, comfy_address=comfy_address, timeout=timeout, stop_after=stop_after,
                    terminate_after=terminate_after, idle_minutes=idle_minutes, idle_action=idle_action)
+    if count is not None or surplus is not None or fleets.declared(name):
+        _members_out(fleets.up(flags, count=count, surplus=surplus, dry_run=dry_run, force=force), json)
+        return
     _emit_create(lifecycle.up(flags, dry_run=dry_run, force=force), json)
 
 
-@command(name="list", aliases=["ls"], help={"json": "print one JSON document (a list of pods, each with "
-                                                 "cost_per_hr, uptime_s and spend_usd)"})
-def list_(c, json=False):
+@command(name="list", aliases=["ls"], help={"fleet": "only the members of fleet NAME",
+                                            "json": "print one JSON document (a list of pods, each with "
+                                                    "cost_per_hr, uptime_s and spend_usd)"})
+def list_(c, fleet=None, json=False):
     """List pods with their rate, uptime and spend since they started, and a total line."""
-    render_list(registry.list_pods(connect()), as_json=json)
+    api = connect()
+    render_list(fleets.members(api, fleet) if fleet is not None else registry.list_pods(api), as_json=json)
 
 
 @command(help=POD_HELP, plain_arg="pod")
-def info(c, pod=None, json=False):
+def info(c, pod=None, fleet=None, json=False):
     """One pod in detail: image, ports, volume, SSH commands, estimated spend."""
+    if (fleet := chain.fleet_target(fleet, pod)) is not None:
+        _members_out(fleets.info(fleet), json)
+        return
     data = pod_info.pod_info(connect(), pod)
     if json:
         dump_json(data)
@@ -114,8 +135,11 @@ def ssh(c, pod=None, command=None, json=False):
 
 
 @command(help=POD_HELP, plain_arg="pod")
-def stop(c, pod=None, json=False):
+def stop(c, pod=None, fleet=None, json=False):
     """Stop the pod (and its tunnel); `ok` if already stopped. Its volume and disk are kept."""
+    if (fleet := chain.fleet_target(fleet, pod)) is not None:
+        _members_out(fleets.stop(fleet), json)
+        return
     emit_outcome(lifecycle.stop_pod(connect(), pod), as_json=json)
 
 
@@ -123,13 +147,16 @@ def stop(c, pod=None, json=False):
                "timeout": "seconds to wait before stopping it again and failing (default 900)",
                "force": "start even if the pod would take the next 24 hours past budget_usd_per_day"},
          plain_arg="pod")
-def start(c, pod=None, wait=True, timeout=None, force=False, json=False):
+def start(c, pod=None, fleet=None, wait=True, timeout=None, force=False, json=False):
     """Resume a stopped pod with its GPU count and its watchdog; `ok` if already running."""
     secs = number(timeout, "--timeout", int, minimum=1, maximum=MAX_TIMEOUT_S)
+    if (fleet := chain.fleet_target(fleet, pod)) is not None:
+        _members_out(fleets.start(fleet, wait=wait, timeout=secs, force=force), json)
+        return
     emit_outcome(lifecycle.start_pod(connect(), pod, wait=wait, timeout=secs, force=force), as_json=json)
 
 
-@command(help={"pod": POD_HELP["pod"],
+@command(help={"pod": POD_HELP["pod"], "fleet": POD_HELP["fleet"],
                "idle-minutes": "stop the pod after N minutes with ComfyUI idle: no prompt running or pending, none "
                                "finished, nothing connected; fractions allowed (inventory: idle_minutes)",
                "action": "stop (default: the volume and disk are kept) or terminate (inventory: idle_action)",
@@ -139,12 +166,17 @@ def start(c, pod=None, wait=True, timeout=None, force=False, json=False):
                          "why it acted; exit 1 when none runs",
                "off": "remove the watchdog",
                "json": POD_HELP["json"]}, plain_arg="pod")
-def guard(c, pod=None, idle_minutes=None, action=None, dead_minutes=None, status=False, off=False, json=False):
+def guard(c, pod=None, fleet=None, idle_minutes=None, action=None, dead_minutes=None, status=False, off=False,
+          json=False):
     """Install the idle watchdog in the pod; it stops the pod when ComfyUI is idle, with this machine off too."""
     if status and off:
         raise UsageError("give --status or --off, not both")
     if (status or off) and any(v is not None for v in (idle_minutes, action, dead_minutes)):
         raise UsageError("--status and --off take no watchdog settings")
+    if (fleet := chain.fleet_target(fleet, pod)) is not None:
+        _members_out(fleets.guard(fleet, idle_minutes=idle_minutes, action=action, dead_minutes=dead_minutes,
+                                  status=status, off=off), json)
+        return
     if status:
         doc = guards.status(connect(), pod)
         if json:
@@ -163,11 +195,20 @@ def guard(c, pod=None, idle_minutes=None, action=None, dead_minutes=None, status
 
 @command(aliases=["rm"], help={**POD_HELP, "yes": "do not ask (needed when stdin is not a terminal)"},
          plain_arg="pod")
-def kill(c, pod=None, yes=False, json=False):
+def kill(c, pod=None, fleet=None, yes=False, json=False):
     """Terminate the pod; its container disk is lost (network volumes are kept). `ok` if already gone."""
     if not yes and not sys.stdin.isatty():
         raise UsageError("pod.kill terminates the pod for good; pass --yes to confirm (stdin is not a terminal)")
+    if (fleet := chain.fleet_target(fleet, pod)) is not None:
+        _members_out(fleets.kill(fleet, confirm=None if yes else _confirm_fleet_kill), json)
+        return
     emit_outcome(lifecycle.kill_pod(connect(), pod, confirm=None if yes else _confirm_kill), as_json=json)
+
+
+def _confirm_fleet_kill(fleet: str, pods: list[Pod]) -> bool:
+    print(f"terminate the {len(pods)} pod(s) of fleet {fleet} ({', '.join(p.name for p in pods)})? "
+          f"Their container disks are lost. [y/N] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def _confirm_kill(pod: Pod) -> bool:
@@ -176,11 +217,14 @@ def _confirm_kill(pod: Pod) -> bool:
     return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
-@command(help={"pod": POD_HELP["pod"], "timeout": "seconds to wait (default 900)", "json": POD_HELP["json"]},
-         plain_arg="pod")
-def wait(c, pod=None, timeout=None, json=False):
+@command(help={"pod": POD_HELP["pod"], "fleet": POD_HELP["fleet"], "timeout": "seconds to wait (default 900)",
+               "json": POD_HELP["json"]}, plain_arg="pod")
+def wait(c, pod=None, fleet=None, timeout=None, json=False):
     """Wait until the pod is RUNNING and its SSH endpoint answers; exit 1 on timeout."""
     secs = number(timeout, "--timeout", int, minimum=1, maximum=MAX_TIMEOUT_S)
+    if (fleet := chain.fleet_target(fleet, pod)) is not None:
+        _members_out(fleets.wait(fleet, secs), json)
+        return
     ready = waits.wait(connect(), pod, secs)
     if json:
         dump_json(ready.to_dict())

@@ -10,6 +10,22 @@ from ._base import command, exit_quietly
 
 _TARGET_HELP = ("pod id or name, or inventory host name, also as the word after the task "
                 "(default: the only tunnel, or the only pod)")
+_FLEET_HELP = ("every member of fleet NAME, in parallel: a line each and a summary; exit 1 if any failed; "
+               "--json: a list, one document per member")
+
+
+def _members(fleet: Any, pod: Any) -> Any:
+    from ..core.chain import fleet_target
+
+    return fleet_target(fleet, pod)
+
+
+def _members_out(done: tuple[list, str], as_json: bool) -> None:
+    from ..core.fanout import render
+
+    code = render(done[0], done[1], as_json=as_json)
+    if code:
+        exit_quietly(code)
 
 
 def _render(outcome: Outcome, as_json: bool) -> None:
@@ -23,6 +39,7 @@ def _render(outcome: Outcome, as_json: bool) -> None:
 
 @command(help={
     "pod": _TARGET_HELP,
+    "fleet": _FLEET_HELP,
     "local_port": "port on 127.0.0.1 (default 8188; when taken, the next free one unless given explicitly)",
     "remote_port": "port behind the SSH server (default: the target's ComfyUI port, 8188)",
     "backend": "sshtunnel (default) or openssh (ssh -N -L); config key tunnel_backend",
@@ -30,7 +47,8 @@ def _render(outcome: Outcome, as_json: bool) -> None:
     "ssh_key": "private key to log in with, instead of the configured ssh_key",
     "json": "print one JSON document",
 }, plain_arg="pod")
-def start(c, pod=None, local_port=None, remote_port=None, backend=None, timeout=None, ssh_key=None, json=False):
+def start(c, pod=None, fleet=None, local_port=None, remote_port=None, backend=None, timeout=None, ssh_key=None,
+          json=False):
     """Start (or reuse) a background tunnel; succeeds once a connection through it works."""
     from ..core.errors import UsageError
     from ..tunnels.manager import BACKENDS, start_tunnel
@@ -41,15 +59,27 @@ def start(c, pod=None, local_port=None, remote_port=None, backend=None, timeout=
     t = number(timeout, "--timeout", int, minimum=1, maximum=3600)
     if backend is not None and backend not in BACKENDS:
         raise UsageError(f"--backend must be {' or '.join(BACKENDS)}, got {backend!r}")
+    if (fleet := _members(fleet, pod)) is not None:
+        from ..tunnels import fleet as fleets
+
+        _members_out(fleets.start(fleet, local_port=lport, remote_port=rport, backend=backend,
+                                  timeout=float(t) if t else 30.0, ssh_key=ssh_key), json)
+        return
     outcome = start_tunnel(pod, local_port=lport, remote_port=rport, backend=backend, timeout=float(t) if t else 30.0,
                            ssh_key=ssh_key)
     _render(outcome, json)
 
 
-@command(help={"pod": _TARGET_HELP, "json": "print one JSON document"}, plain_arg="pod")
-def stop(c, pod=None, json=False):
+@command(help={"pod": _TARGET_HELP, "fleet": _FLEET_HELP, "json": "print one JSON document"}, plain_arg="pod")
+def stop(c, pod=None, fleet=None, json=False):
     """Stop the tunnel to a pod or host."""
     from ..tunnels.manager import stop_tunnel
+
+    if (fleet := _members(fleet, pod)) is not None:
+        from ..tunnels import fleet as fleets
+
+        _members_out(fleets.stop(fleet), json)
+        return
 
     _render(stop_tunnel(pod), json)
 
@@ -73,10 +103,16 @@ def _row(info: Any) -> dict[str, Any]:
     return d
 
 
-@command(help={"pod": _TARGET_HELP, "json": "print one JSON document"}, plain_arg="pod")
-def status(c, pod=None, json=False):
+@command(help={"pod": _TARGET_HELP, "fleet": _FLEET_HELP, "json": "print one JSON document"}, plain_arg="pod")
+def status(c, pod=None, fleet=None, json=False):
     """Exit 0 when the tunnel runs and a connection through it works, else 1 (`tunnel.status || tunnel.start`)."""
     from ..tunnels.manager import tunnel_status
+
+    if (fleet := _members(fleet, pod)) is not None:
+        from ..tunnels import fleet as fleets
+
+        _members_out(fleets.status(fleet), json)
+        return
 
     info = tunnel_status(pod)
     if info is None:

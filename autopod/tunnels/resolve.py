@@ -31,6 +31,7 @@ def resolve_target(ref: str | None, *, remote_port: int | None = None, fresh: bo
 
     if ref is None:
         # `autopod pod.create ... tunnel.start`: the pod of this command line, not an older tunnel.
+        chain.refuse_to_guess()
         ref = chain.pod_id()
     inv = load_inventory()
     if ref is not None:
