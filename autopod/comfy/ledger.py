@@ -98,9 +98,18 @@ def _m002_prompt_job(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE prompts ADD COLUMN job TEXT")
 
 
+def _m003_prompt_pod(db: sqlite3.Connection) -> None:
+    """Which pod ran each prompt (a fleet spreads one batch over several), and how often it was given
+    to a pod (a member taken out gives its unfinished prompts back)."""
+    db.execute("ALTER TABLE prompts ADD COLUMN target_id TEXT")
+    db.execute("ALTER TABLE prompts ADD COLUMN target_name TEXT")
+    db.execute("ALTER TABLE prompts ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", _m001_initial),
     ("m002_prompt_job", _m002_prompt_job),
+    ("m003_prompt_pod", _m003_prompt_pod),
 ]
 
 
@@ -122,6 +131,9 @@ class PromptRow:
     finished_at: float | None
     fetched_at: float | None
     job: str | None = None
+    target_id: str | None = None  # the pod it was submitted to
+    target_name: str | None = None
+    attempts: int = 0
 
     @property
     def final(self) -> bool:
@@ -227,6 +239,10 @@ class Ledger:
                             p["prompt_hash"], json.dumps(p.get("overrides") or {}), json.dumps(p.get("seeds") or {}),
                             p.get("job")))
         return self.batch(batch_id)
+
+    def set_options(self, batch_id: str, options: dict[str, Any]) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE batches SET options = ? WHERE id = ?", (json.dumps(options), batch_id))
 
     def batch(self, batch_id: str) -> BatchRow:
         r = self.db.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 from ..core.errors import UsageError
 
 DEFAULT_TEMPLATE = "{job}/{node}_{filename}"
-FIELDS = {"job", "batch", "index", "prompt_id", "node", "title", "kind", "filename", "subfolder", "type"}
+FIELDS = {"job", "batch", "index", "prompt_id", "node", "title", "kind", "filename", "subfolder", "type", "pod"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ +=@,()\[\]-]")
 
 

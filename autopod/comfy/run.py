@@ -60,6 +60,9 @@ class RunOptions:
     no_tunnel: bool = False
     resume: str | None = None
     debug: bool = False  # print ComfyUI's traceback of a failed node
+    fleet: str | None = None  # spread the batch over this fleet's running members (``spread``)
+    per_member: int | None = None  # with a fleet: prompts on each member's server (--max-queued)
+    then: str | None = None  # stop or kill the pod (or fleet) once the batch is done
 
 
 @dataclass
@@ -88,11 +91,16 @@ class Planned:
 class Connection:
     """The client for the pod's ComfyUI, re-pointed when the tunnel is rebuilt (its local port can change)."""
 
-    def __init__(self, pod: str | None, no_tunnel: bool, note: Callable[[str], None]):
+    def __init__(self, pod: str | None, no_tunnel: bool, note: Callable[[str], None], *,
+                 recover_s: float = RECOVER_S, strict: bool = False):
         from .ops import comfy_endpoint
 
         self.no_tunnel = no_tunnel
         self.note = note
+        self.recover_s = recover_s
+        # A fleet member: a pod that cannot be reached again (stopped, gone) ends its part at once,
+        # so its prompts go to the other members rather than wait out the recovery time.
+        self.strict = strict
         self.endpoint = comfy_endpoint(pod, no_tunnel=no_tunnel)
         self.client = ComfyUIClient(self.endpoint.url, timeout=30.0)
 
@@ -102,14 +110,14 @@ class Connection:
 
     def call(self, fn: Callable[[ComfyUIClient], Any]) -> Any:
         """``fn(client)``; when ComfyUI cannot be reached, rebuild the tunnel and try again for a while."""
-        deadline = time.monotonic() + RECOVER_S
+        deadline = time.monotonic() + self.recover_s
         delay = 0.5
         while True:
             try:
                 return fn(self.client)
             except ComfyUnreachable as e:
                 if time.monotonic() >= deadline:
-                    raise ComfyUnreachable(f"{e} (gave up after {RECOVER_S:.0f}s)") from None
+                    raise ComfyUnreachable(f"{e} (gave up after {self.recover_s:.0f}s)") from None
                 self.note(f"ComfyUI is out of reach ({e}); reconnecting")
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -123,6 +131,8 @@ class Connection:
         try:
             self.endpoint = comfy_endpoint(self.endpoint.target_id)  # reuses a healthy tunnel, rebuilds a dead one
         except AutopodError as e:
+            if self.strict:
+                raise ComfyUnreachable(f"{self.endpoint.target_name or self.endpoint.target_id}: {e}") from None
             log.info("tunnel recovery failed for now: %s", e)
             return
         self.client.base_url = self.endpoint.url.rstrip("/")
@@ -213,7 +223,7 @@ class Runner:
 
     def __init__(self, ledger: Ledger, batch: BatchRow, conn: Connection, *, progress: Progress,
                  previews: bool = False, max_queued: int = 16, pod_facts: dict[str, Any] | None = None,
-                 debug: bool = False):
+                 debug: bool = False, lost_is_fatal: bool = False):
         self.ledger = ledger
         self.batch = batch
         self.conn = conn
@@ -228,6 +238,11 @@ class Runner:
         self.stream = EventStream(lambda: self.conn.client.ws_url(self.batch.client_id),
                                   on_state=self._socket_state)
         self.root = Path(batch.output_dir)
+        self.source: Any = _ListSource([])
+        # A fleet member whose ComfyUI forgot a prompt (it restarted) is taken out, and the prompt goes
+        # to another member; alone, the prompt is reported lost for ``--resume``.
+        self.lost_is_fatal = lost_is_fatal
+        self.target = (conn.endpoint.target_id or batch.target_id, conn.endpoint.target_name or batch.target_name)
 
     # -- submitting
 
@@ -239,7 +254,8 @@ class Runner:
         import uuid
 
         pid = str(uuid.uuid4())
-        self.ledger.update(row.batch_id, row.idx, prompt_id=pid, status="submitting", submitted_at=time.time())
+        self.ledger.update(row.batch_id, row.idx, prompt_id=pid, status="submitting", submitted_at=time.time(),
+                           target_id=self.target[0], target_name=self.target[1], attempts=row.attempts + 1)
         row = self.ledger.prompt(row.batch_id, row.idx)
         self.active[pid] = Track(row, self._label(row))
         try:
@@ -248,6 +264,7 @@ class Runner:
             if e.status == 400 and isinstance(e.body, dict):
                 del self.active[pid]
                 self._rejected(row, e.body)
+                self.source.settled(row)
                 return False
             raise
         self.ledger.update(row.batch_id, row.idx, status="queued")
@@ -271,19 +288,33 @@ class Runner:
     def _label(self, row: PromptRow) -> str:
         return f"prompt {row.idx + 1}/{self.total}" + (f" ({row.prompt_id[:8]})" if row.prompt_id else "")
 
+    def adopt(self, row: PromptRow) -> None:
+        """Follow a prompt submitted earlier (``--resume``)."""
+        self.active[row.prompt_id] = Track(row, self._label(row))  # type: ignore[index]
+
     # -- following
 
-    def follow(self, pending: list[PromptRow], *, deadline: float | None = None) -> None:
-        """Submit ``pending`` (bounded by max_queued) and follow everything active until all is final."""
-        queue = list(pending)
+    def follow(self, pending: list[PromptRow], *, deadline: float | None = None, source: Any = None,
+               cancel: Any = None) -> None:
+        """Submit ``pending`` (bounded by max_queued) and follow everything active until all is final.
+
+        ``source`` (a fleet's shared queue) replaces ``pending``: ``take()`` the next prompt or None,
+        ``more()`` while other members may still give prompts back, ``settled(row)`` when one is final,
+        ``idle(s)`` to wait. ``cancel`` (``core.fanout.Cancel``) ends the loop with ``Interrupted``."""
+        self.source = source or _ListSource(list(pending))
         last_poll = time.monotonic()  # events come first; the history poll is the safety net
         # Listen before submitting: ComfyUI sends a prompt's events only to sockets already open.
         self.stream.connect()
         try:
-            while queue or self.active:
-                while queue and len(self.active) < self.max_queued:
-                    self.submit(queue.pop(0))
+            while True:
+                if cancel is not None:
+                    cancel.check()
+                while len(self.active) < self.max_queued and (row := self.source.take()) is not None:
+                    self.submit(row)
                 if not self.active:
+                    if not self.source.more():
+                        break
+                    self.source.idle(0.2)
                     continue
                 ev = self.stream.next(0.5 if self.stream.up else 0.0)
                 if ev is not None:
@@ -352,6 +383,9 @@ class Runner:
             else:
                 t.missing_polls += 1
                 if t.missing_polls >= LOST_AFTER_POLLS:  # neither queued nor in history: ComfyUI restarted
+                    if self.lost_is_fatal:
+                        raise ComfyError(f"ComfyUI no longer knows {t.label} (it restarted)")
+                    self.source.settled(t.row)
                     self.ledger.update(t.row.batch_id, t.row.idx, status="error", finished_at=time.time(),
                                        error={"lost": "ComfyUI no longer knows this prompt (was it restarted?)"})
                     self.progress.finish(t.label, "lost", "ComfyUI no longer knows it; `--resume` submits it again")
@@ -372,6 +406,7 @@ class Runner:
                            **({"error": {**(row.error or {}), **error}} if error else {}))
         saved = self.fetch(self.ledger.prompt(row.batch_id, row.idx), entry)
         self.active.pop(pid, None)
+        self.source.settled(row)
         detail = f"{len(saved)} file(s)" if status == "success" else (error or {}).get("summary", "")
         self.progress.finish(t.label, status, detail)
         trace = ((error or {}).get("execution_error") or {}).get("traceback")
@@ -397,7 +432,7 @@ class Runner:
                                    batch=self.batch.id, index=row.idx, prompt_id=pid, node=node,
                                    title=(spec.get("_meta") or {}).get("title") or spec.get("class_type") or node,
                                    kind=kind, filename=item["filename"], subfolder=item.get("subfolder") or "",
-                                   type=item.get("type") or "output")
+                                   type=item.get("type") or "output", pod=row.target_name or self.target[1] or "")
                 path, size, digest = save_stream(dest, lambda f, item=item: self.conn.call(
                     lambda c: _download_to(c, item, f)))
                 self.ledger.add_output(pid, node, kind, item, str(path), size, digest)
@@ -417,7 +452,8 @@ class Runner:
             "prompt_id": row.prompt_id, "batch": row.batch_id, "index": row.idx, "status": row.status,
             "workflow": row.workflow, "workflow_hash": row.workflow_hash, "prompt": row.prompt,
             "overrides": row.overrides, "seeds": row.seeds,
-            "pod": {"id": self.batch.target_id, "name": self.batch.target_name, **self.pod_facts},
+            "pod": {"id": row.target_id or self.target[0], "name": row.target_name or self.target[1],
+                    **self.pod_facts},
             "timings": {"submitted_at": row.submitted_at, "started_at": row.started_at,
                         "finished_at": row.finished_at, "run_s": round(run_s, 3) if run_s is not None else None,
                         "queued_s": round(row.started_at - row.submitted_at, 3)
@@ -433,8 +469,15 @@ class Runner:
 
     def abandon(self, sig: Interrupted) -> AutopodError:
         """Interrupt this run's running prompt, drop its queued ones; never another user's prompts."""
+        note = self.withdraw()
+        return AutopodError(f"{sig.what}: {note}; finish the batch with "
+                            f"`autopod comfy.run --resume {self.batch.id}`", exit_code=sig.exit_code,
+                            data={"batch": self.batch.id})
+
+    def withdraw(self) -> str:
+        """Take this run's prompts off the server (interrupt the running one, delete the queued ones) and
+        record them interrupted or cancelled; says what was done."""
         with signals.shielded():
-            notes = []
             running: set[str] = set()
             pending: set[str] = set()
             try:
@@ -452,18 +495,35 @@ class Runner:
                     if n and not now_pending and not now_running:
                         break
                     time.sleep(0.2)
-                notes.append(f"interrupted {len(running)} running prompt(s) and removed {len(pending)} queued one(s)")
+                note = f"interrupted {len(running)} running prompt(s) and removed {len(pending)} queued one(s)"
             except ComfyError as e:
-                notes.append(f"could not reach ComfyUI to stop this run's prompts ({e}); "
-                             f"`autopod comfy.cancel --batch {self.batch.id}` does it later")
+                note = (f"could not reach ComfyUI to stop this run's prompts ({e}); "
+                        f"`autopod comfy.cancel --batch {self.batch.id}` does it later")
             now = time.time()
             for pid, t in self.active.items():
                 status = "interrupted" if pid in running else "cancelled"
                 self.ledger.update(t.row.batch_id, t.row.idx, status=status, finished_at=now)
             self.progress.close_bar()
-        return AutopodError(f"{sig.what}: {'; '.join(notes)}; finish the batch with "
-                            f"`autopod comfy.run --resume {self.batch.id}`", exit_code=sig.exit_code,
-                            data={"batch": self.batch.id})
+        return note
+
+
+class _ListSource:
+    """The prompts of a run on one pod, in order."""
+
+    def __init__(self, rows: list[PromptRow]):
+        self.rows = rows
+
+    def take(self) -> PromptRow | None:
+        return self.rows.pop(0) if self.rows else None
+
+    def more(self) -> bool:
+        return bool(self.rows)
+
+    def settled(self, row: PromptRow) -> None:
+        pass
+
+    def idle(self, seconds: float) -> None:
+        pass
 
 
 def _download_to(c: ComfyUIClient, item: dict[str, Any], f: Any) -> tuple[int, str]:
@@ -529,7 +589,7 @@ def node_error_lines(node_errors: dict[str, Any], prompt: dict[str, Any]) -> lis
 
 
 def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, Any]:
-    """``comfy.run``: plan, record, upload, submit, follow, fetch. Returns the run's report
+    """``comfy.run`` on one pod: plan, record, upload, submit, follow, fetch. Returns the run's report
     (``exit_code`` 0 when every output is saved, 1 when any prompt failed)."""
     progress = progress or Progress()
     if opts.max_queued < 1:
@@ -679,7 +739,8 @@ def _report(ledger: Ledger, batch: BatchRow, *, detached: bool = False) -> dict[
     prompts = []
     for r in rows:
         outs = ledger.saved_outputs(r.prompt_id).values() if r.prompt_id else []
-        prompts.append({"index": r.idx, "prompt_id": r.prompt_id, "status": r.status, "workflow": r.workflow,
+        prompts.append({"index": r.idx, "prompt_id": r.prompt_id, "status": r.status, "pod": r.target_name,
+                        "workflow": r.workflow,
                         "overrides": r.overrides, "seeds": r.seeds,
                         "outputs": sorted(o["path"] for o in outs),
                         "error": (r.error or {}).get("summary") or "; ".join((r.error or {}).get("lines") or [])

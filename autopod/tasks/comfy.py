@@ -109,12 +109,15 @@ _RUN_HELP = {
     "job": "job file (YAML or JSON): workflow, set, input, sweep, repeat, seed, output, pod",
     "output_dir": "where outputs go (default ./outputs)",
     "output": "file name template under --output-dir (default {job}/{node}_{filename}); fields: job, batch, "
-              "index, prompt_id, node, title, kind, filename, subfolder, type",
+              "index, prompt_id, node, title, kind, filename, subfolder, type, pod",
     "previews": "also save temp previews (PreviewImage)",
     "detach": "submit, print the prompt ids and exit; `comfy.watch` or `comfy.fetch` later",
     "dry_run": "print the API prompt(s) exactly as they would be sent; send nothing",
     "timeout": "stop waiting after S seconds (the prompts go on; exit 1)",
-    "max_queued": "prompts of this run on the server at once (default 16)",
+    "max_queued": "prompts of this run on the server at once (default 16; with --fleet: on each member, default 2)",
+    "fleet": "spread the prompts over fleet NAME's running members: whichever is free next takes the next "
+             "prompt; a member that fails is taken out and its prompts go to the others",
+    "then": "stop or kill the pod (or the fleet) once the batch is done, so nothing bills overnight",
     "resume": ("finish batch BATCH: fetch what finished, follow what runs, "
                "submit again what never ran or was interrupted"),
     "json": "print one JSON document",
@@ -122,11 +125,12 @@ _RUN_HELP = {
 
 
 @command(iterable=["workflow", "set", "input", "sweep"], help=_RUN_HELP, plain_arg="workflow")
-def run(c, workflow=None, pod=None, no_tunnel=False, set=None, input=None, sweep=None, repeat=None, seed=None,
-        job=None, output_dir=None, output=None, previews=False, detach=False, dry_run=False, timeout=None,
-        max_queued=None, resume=None, json=False):
+def run(c, workflow=None, pod=None, fleet=None, no_tunnel=False, set=None, input=None, sweep=None, repeat=None,
+        seed=None, job=None, output_dir=None, output=None, previews=False, detach=False, dry_run=False, timeout=None,
+        max_queued=None, resume=None, then=None, json=False):
     """Run workflows on the pod: overrides, uploads, live progress, outputs on disk, batches, a ledger."""
-    from ..comfy.run import RunOptions, render
+    from ..comfy.run import RunOptions
+    from ..comfy.spread import render
     from ..core.errors import UsageError
     from ..core.flags import number
 
@@ -134,11 +138,16 @@ def run(c, workflow=None, pod=None, no_tunnel=False, set=None, input=None, sweep
         raise UsageError(f"--seed must be fixed, random or increment, got {seed!r}")
     if resume is not None and (workflow or job or set or input or sweep):
         raise UsageError("--resume finishes a recorded batch as it was planned; it takes no workflow or overrides")
+    fleet = _fleet(fleet, pod, no_tunnel)
+    if fleet is not None and detach:
+        raise UsageError("--detach submits to one pod; a fleet's batch is spread as members become free, "
+                         "so it needs this command to run")
+    queued = number(max_queued, "--max-queued", int, minimum=1, maximum=10_000)
     opts = RunOptions(workflows=list(workflow or []), job=job, sets=list(set or []), inputs=list(input or []),
                       sweeps=list(sweep or []), repeat=number(repeat, "--repeat", int, minimum=1, maximum=100_000),
                       seed=seed, output_dir=output_dir or "outputs", template=output, previews=previews,
                       detach=detach, dry_run=dry_run, timeout=number(timeout, "--timeout", minimum=1),
-                      max_queued=number(max_queued, "--max-queued", int, minimum=1, maximum=10_000) or 16,
+                      max_queued=queued or 16, per_member=queued, fleet=fleet, then=then,
                       pod=pod, no_tunnel=no_tunnel, resume=resume, debug=debug_enabled())
     report = render(opts)
     if dry_run:
@@ -162,9 +171,11 @@ def _render_batch(report: dict, *, as_json: bool, ids_only: bool = False) -> Non
         print(report["msg"], file=sys.stderr)
     else:
         rows = [{"index": p["index"], "prompt_id": (p["prompt_id"] or "")[:8] or None, "status": p["status"],
-                 "outputs": len(p["outputs"]), "error": p["error"]} for p in report.get("prompts") or []]
+                 "pod": p.get("pod"), "outputs": len(p["outputs"]), "error": p["error"]}
+                for p in report.get("prompts") or []]
+        pod_column = [("pod", "POD")] if report.get("fleet") else []
         if rows:
-            print(table(rows, [("index", "#"), ("prompt_id", "PROMPT"), ("status", "STATUS"),
+            print(table(rows, [("index", "#"), ("prompt_id", "PROMPT"), ("status", "STATUS"), *pod_column,
                                ("outputs", "FILES"), ("error", "ERROR")]))
         status = "changed" if report.get("changed") else "ok"
         print(f"{'failed' if code else status}: {safe_text(report['msg'])}")
