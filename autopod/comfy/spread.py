@@ -325,23 +325,30 @@ class Spread:
         """Run every planned prompt (``rows`` in state planned), on every member, until all are settled."""
         self.queue = WorkQueue(rows)
         self.deadline = time.monotonic() + self.opts.timeout if self.opts.timeout else None
-        threads = [threading.Thread(target=self.work, args=(m,), name=f"member-{m.name}", daemon=True)
-                   for m in self.members]
-        for t in threads:
-            t.start()
+        ended = [threading.Event() for _ in self.members]
+
+        def work(m: Member, end: threading.Event) -> None:
+            try:
+                self.work(m)
+            finally:
+                end.set()
+
+        for m, end in zip(self.members, ended):
+            threading.Thread(target=work, args=(m, end), name=f"member-{m.name}", daemon=True).start()
         try:
             with signals.handling():
-                while any(t.is_alive() for t in threads):
-                    for t in threads:
-                        t.join(0.2)  # short joins: the signal handler runs between them
+                # Events, not Thread.join: a join cut short by the signal can later return while the
+                # thread still runs, and its member's cleanup would be read before it is done.
+                while not all(end.wait(0.2) for end in ended):
+                    pass
         except KeyboardInterrupt as e:
             sig = e if isinstance(e, Interrupted) else Interrupted()
             self.cancel.set(sig)
             with signals.shielded():
-                for t in threads:
-                    t.join()
+                for end in ended:
+                    end.wait()
             self.progress.close()
-            notes = "; ".join(f"{m.name}: {m.note}" for m in self.members if m.note)
+            notes = "; ".join(f"{m.name}: {m.note or m.why or m.state}" for m in self.members)
             raise AutopodError(f"{sig.what}: {notes or 'nothing was running'}; finish the batch with "
                                f"`autopod comfy.run --resume {self.batch.id} --fleet {self.fleet}`",
                                exit_code=sig.exit_code, data={"batch": self.batch.id}) from None
