@@ -167,6 +167,8 @@ def test_fleet_on_every_task_with_one_member_failing(fleet_env):
                  ["comfy.run", "--fleet", "flux", env["WORKFLOW"], "--then", "pause"]):
         bad = run(env, *argv)
         assert bad.returncode == 2 and bad.stderr.startswith("error: "), (argv, bad.stderr)
+    dry = run(env, "pod.up", "--name", "flux", "--count", "3", "--dry-run", "pod.stop")
+    assert dry.returncode == 2 and "only pretended" in dry.stderr  # a dry run hands no fleet on
     assert statuses(env) == {"flux-1": "RUNNING", "flux-2": "RUNNING", "flux-3": "RUNNING"}
 
 
@@ -195,6 +197,10 @@ def test_a_batch_is_spread_and_every_prompt_runs_exactly_once(fleet_env, tmp_pat
         side = json.loads(next(Path(out).parent.parent.rglob(f"*-{q['index']:04d}-*.json")).read_text())
         assert side["pod"]["name"] == q["pod"]
     assert "[12/12, " in p.stderr and "flux-" in p.stderr  # the batch's count and each member's prompts
+    whole = run(env, "comfy.watch", report["batch"])
+    assert whole.returncode == 2 and f"--resume {report['batch']} --fleet flux" in whole.stderr
+    one = run(env, "comfy.fetch", ids[0], "--json")  # one prompt: fetched from the member that ran it
+    assert one.returncode == 0 and json.loads(one.stdout)["fetched"] == 0, one.stderr  # already on disk
 
 
 def _ledger_rows(env: dict, batch: str | None = None, *, not_before: str = "") -> list[sqlite3.Row]:

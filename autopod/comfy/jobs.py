@@ -29,10 +29,19 @@ def list_jobs(ref: str | None = None, *, limit: int = 20) -> dict[str, Any]:
         return report
 
 
-def _connect(batch: BatchRow, pod: str | None, no_tunnel: bool, progress: Progress) -> Connection:
-    """ComfyUI where the batch ran (its pod or host), unless the user names another."""
+def _connect(batch: BatchRow, rows: list[PromptRow], pod: str | None, no_tunnel: bool,
+             progress: Progress) -> Connection:
+    """ComfyUI where the batch ran (its pod or host), unless the user names another. A fleet's batch
+    ran on several pods: one of its prompts goes to the pod that ran it; the whole batch needs --fleet."""
     if no_tunnel or (pod is None and batch.target_id is None):
         return Connection(None, True, progress.note)
+    if pod is None and (batch.target_id or "").startswith("fleet:"):
+        pods = {r.target_id for r in rows}
+        if len(pods) == 1 and None not in pods:
+            return Connection(pods.pop(), False, progress.note)
+        raise UsageError(f"batch {batch.id} ran on fleet {batch.target_name}: `autopod comfy.run --resume {batch.id} "
+                         f"--fleet {batch.target_name}` fetches what finished and runs what did not; or name one "
+                         f"member with --pod (its prompts only)")
     return Connection(pod or batch.target_id, False, progress.note)
 
 
@@ -42,7 +51,7 @@ def _attached(ref: str | None, pod: str | None, no_tunnel: bool,
     """The batch (or one prompt) ``ref`` names, and a runner connected to where it ran."""
     with Ledger.open() as led:
         batch, rows = _batch(led, ref)
-        conn = _connect(batch, pod, no_tunnel, progress)
+        conn = _connect(batch, rows, pod, no_tunnel, progress)
         try:
             runner = Runner(led, batch, conn, progress=progress, previews=bool(batch.options.get("previews")))
             yield led, batch, rows, runner

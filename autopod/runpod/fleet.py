@@ -247,7 +247,10 @@ def up(flags: dict[str, Any], *, count: Any = None, surplus: Any = None, dry_run
                                                       sleep=cancel.sleep))
 
     results = run_all(jobs, one, name=lambda j: j.name, concurrency=concurrency, what=f"fleet {fleet}")
-    chain.set_fleet(fleet)
+    if dry_run:  # later tasks on this command line must not act on the real fleet
+        chain.mark_planned(f"a dry run for fleet {fleet}")
+    else:
+        chain.set_fleet(fleet)
     up_ = [r for r, j in zip(results, jobs) if not j.surplus]
     extra = [r for r, j in zip(results, jobs) if j.surplus]
     summary = f"fleet {fleet}: {count_line(up_)}"
