@@ -202,6 +202,22 @@ def test_a_batch_is_spread_and_every_prompt_runs_exactly_once(fleet_env, tmp_pat
     one = run(env, "comfy.fetch", ids[0], "--json")  # one prompt: fetched from the member that ran it
     assert one.returncode == 0 and json.loads(one.stdout)["fetched"] == 0, one.stderr  # already on disk
 
+    # --resume --fleet with a prompt that finished on a member but whose outputs never reached the disk
+    # (the command was killed while fetching): fetched from that member, not run again, and the batch ends.
+    lost = report["prompts"][0]
+    db = sqlite3.connect(Path(env["AUTOPOD_HOME"]) / "ledger.db")
+    with db:
+        db.execute("UPDATE prompts SET status = 'running', fetched_at = NULL WHERE batch_id = ? AND idx = 0",
+                   (report["batch"],))
+        db.execute("DELETE FROM outputs WHERE prompt_id = ?", (lost["prompt_id"],))
+    db.close()
+    resumed = run(env, "comfy.run", "--resume", report["batch"], "--fleet", "flux", "--json", timeout=60)
+    assert resumed.returncode == 0, resumed.stderr
+    again = json.loads(resumed.stdout)
+    assert again["counts"] == {"success": 12}
+    assert again["prompts"][0]["prompt_id"] == lost["prompt_id"] and len(again["prompts"][0]["outputs"]) == 1
+    assert {m: h - before[m] for m, h in _histories(env).items()} == ran  # nothing ran again
+
 
 def _ledger_rows(env: dict, batch: str | None = None, *, not_before: str = "") -> list[sqlite3.Row]:
     """The prompts of ``batch``, or of the newest batch if it is newer than ``not_before`` (else none)."""

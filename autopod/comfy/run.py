@@ -288,9 +288,20 @@ class Runner:
     def _label(self, row: PromptRow) -> str:
         return f"prompt {row.idx + 1}/{self.total}" + (f" ({row.prompt_id[:8]})" if row.prompt_id else "")
 
-    def adopt(self, row: PromptRow) -> None:
-        """Follow a prompt submitted earlier (``--resume``)."""
-        self.active[row.prompt_id] = Track(row, self._label(row))  # type: ignore[index]
+    def reclaim(self, rows: list[PromptRow], queued: set[str]) -> list[PromptRow]:
+        """Prompts of this batch sent to this server earlier (``--resume``): a finished one is fetched, one
+        still in ``queued`` (the server's queue) is followed; the others are returned, planned again."""
+        again = []
+        for r in rows:
+            entry = self.conn.call(lambda c, r=r: c.get_history(r.prompt_id)).get(r.prompt_id) if r.prompt_id else None
+            if entry is not None and outcome_of(entry)[0] != "interrupted":
+                self.active[r.prompt_id] = Track(r, self._label(r))  # type: ignore[index]
+                self.finish(self.active[r.prompt_id], entry)  # type: ignore[index]
+            elif r.prompt_id and r.prompt_id in queued:
+                self.active[r.prompt_id] = Track(r, self._label(r))
+            else:
+                again.append(replan(self.ledger, r))
+        return again
 
     # -- following
 
@@ -507,6 +518,13 @@ class Runner:
         return note
 
 
+def replan(ledger: Ledger, r: PromptRow) -> PromptRow:
+    """The prompt as if never sent: to be submitted again, to any pod."""
+    ledger.update(r.batch_id, r.idx, status="planned", prompt_id=None, error=None, submitted_at=None,
+                  started_at=None, finished_at=None, fetched_at=None, target_id=None, target_name=None)
+    return ledger.prompt(r.batch_id, r.idx)
+
+
 class _ListSource:
     """The prompts of a run on one pod, in order."""
 
@@ -606,13 +624,10 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
         object_info = conn.call(lambda c: c.get_object_info())
         planned, template = plan(opts, object_info)
         if opts.dry_run:
-            wire_uploads(planned, upload=None)
-            prompts = [p.prompt for p in planned]
-            return {"dry_run": True, "changed": False, "prompt": prompts[0] if len(prompts) == 1 else None,
-                    "prompts": prompts, "exit_code": 0}
+            return dry_run_report(planned)
         with Ledger.open() as ledger:
             batch = ledger.new_batch(
-                planned[0].job if len({p.job for p in planned}) == 1 else "batch", target_id=conn.endpoint.target_id,
+                batch_name(planned), target_id=conn.endpoint.target_id,
                 target_name=conn.endpoint.target_name, output_dir=str(Path(opts.output_dir).resolve()),
                 template=template, options={"previews": opts.previews, "max_queued": opts.max_queued},
                 prompts=[p.as_ledger() for p in planned])
@@ -624,6 +639,19 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
             return _execute(opts, ledger, batch, conn, progress, ledger.prompts(batch.id))
     finally:
         conn.close()
+
+
+def dry_run_report(planned: list[Planned]) -> dict[str, Any]:
+    """``--dry-run``: the prompts exactly as they would be sent (an input file's own name stands in)."""
+    wire_uploads(planned, upload=None)
+    prompts = [p.prompt for p in planned]
+    return {"dry_run": True, "changed": False, "prompt": prompts[0] if len(prompts) == 1 else None,
+            "prompts": prompts, "exit_code": 0}
+
+
+def batch_name(planned: list[Planned]) -> str:
+    """The batch's name in the ledger: its job, or "batch" when it mixes several."""
+    return planned[0].job if len({p.job for p in planned}) == 1 else "batch"
 
 
 def _upload_all(planned: list[Planned], conn: Connection, ledger: Ledger, object_info: dict[str, Any],
@@ -693,24 +721,10 @@ def _resume(opts: RunOptions, conn: Connection, progress: Progress) -> dict[str,
             progress.note(f"batch {batch.id} ran on {batch.target_name}; resuming on {conn.endpoint.target_name}")
         runner = Runner(ledger, batch, conn, progress=progress, previews=bool(batch.options.get("previews")),
                         max_queued=opts.max_queued, pod_facts=_pod_facts(batch.target_id), debug=opts.debug)
-        queue_ids = _server_queue(conn)
         saved_before = sum(len(ledger.saved_outputs(r.prompt_id)) for r in rows if r.prompt_id)
-        resubmit, follow = [], []
-        for r in rows:
-            if r.status == "success" and r.fetched_at:
-                continue
-            entry = conn.call(lambda c, r=r: c.get_history(r.prompt_id)).get(r.prompt_id) if r.prompt_id else None
-            if entry is not None and outcome_of(entry)[0] != "interrupted":
-                runner.active[r.prompt_id] = Track(r, runner._label(r))  # type: ignore[index]
-                runner.finish(runner.active[r.prompt_id], entry)  # type: ignore[index]
-            elif r.prompt_id and r.prompt_id in queue_ids:
-                follow.append(r)
-            elif r.status not in ("rejected",):
-                ledger.update(r.batch_id, r.idx, status="planned", prompt_id=None, error=None, submitted_at=None,
-                              started_at=None, finished_at=None, fetched_at=None)
-                resubmit.append(ledger.prompt(r.batch_id, r.idx))
-        for r in follow:
-            runner.active[r.prompt_id] = Track(r, runner._label(r))  # type: ignore[index]
+        resubmit = runner.reclaim([r for r in rows if not (r.status == "success" and r.fetched_at)
+                                   and r.status != "rejected"], _server_queue(conn))
+        follow = list(runner.active)
         if not follow and not resubmit:
             report = _report(ledger, batch)
             saved_after = sum(len(ledger.saved_outputs(r.prompt_id)) for r in ledger.prompts(batch.id) if r.prompt_id)

@@ -34,7 +34,8 @@ from ..core.output import safe_text
 from ..core.ui import progress as line
 from .ledger import Ledger, PromptRow
 from .progress import Progress
-from .run import Connection, RunOptions, Runner, _pod_facts, _report, _server_queue, _upload_all, outcome_of, plan
+from .run import (Connection, RunOptions, Runner, _pod_facts, _report, _server_queue, _upload_all, batch_name,
+                  dry_run_report, plan, replan)
 from .run import render as render_one
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class WorkQueue:
             return self._rows.popleft()
 
     def hold(self, n: int) -> None:
-        """A member follows ``n`` prompts it did not take (``--resume``: they were on its server)."""
+        """``n`` prompts members hold without taking them (``--resume``: each is recorded on a member)."""
         with self._cond:
             self._held += n
 
@@ -68,11 +69,10 @@ class WorkQueue:
             self._held -= 1
             self._cond.notify_all()
 
-    def give_back(self, rows: list[PromptRow], *, held: bool = True) -> None:
+    def give_back(self, rows: list[PromptRow]) -> None:
         """Prompts a member cannot finish go to the front of the queue, for the next free member."""
         with self._cond:
-            if held:
-                self._held -= len(rows)
+            self._held -= len(rows)
             self._rows.extendleft(reversed(rows))
             self._cond.notify_all()
 
@@ -252,7 +252,7 @@ class Spread:
                     m.state = "working"
                     self.progress.state(m.name, "ready")
                     if m.assigned:
-                        self._adopt(m, runner, ledger)
+                        self._adopt(m, runner)
                     runner.follow([], deadline=self.deadline, source=self.queue, cancel=self.cancel)
                     m.state = "done"
                     self.progress.state(m.name, "done")
@@ -283,38 +283,28 @@ class Spread:
                 raise ComfyError(f"input file {path} of this batch is gone; put it back to run its prompts here")
             conn.call(lambda c, p=path, n=name, s=subfolder: c.upload_image(p, name=n, subfolder=s, overwrite=True))
 
-    def _adopt(self, m: Member, runner: Runner, ledger: Ledger) -> None:
-        """``--resume``: the prompts recorded on this member. Finished ones are fetched, ones still on its
-        server followed; the rest go to the queue for any member."""
+    def _adopt(self, m: Member, runner: Runner) -> None:
+        """``--resume``: the prompts recorded on this member, held by it from the start. Finished ones are
+        fetched (and settle), ones still on its server followed; the rest go to the queue. One at a time, so
+        a member taken out half way gives back exactly what it still holds."""
+        runner.source = self.queue
         queued = _server_queue(m.conn)  # type: ignore[arg-type]
-        again = []
-        for r in m.assigned:
-            entry = m.conn.call(lambda c, r=r: c.get_history(r.prompt_id)).get(r.prompt_id)  # type: ignore[union-attr]
-            if entry is not None and outcome_of(entry)[0] != "interrupted":
-                self.queue.hold(1)
-                runner.adopt(r)
-                runner.finish(runner.active[r.prompt_id], entry)  # type: ignore[index]
-            elif r.prompt_id in queued:
-                self.queue.hold(1)
-                runner.adopt(r)
-            else:
-                again.append(_replan(ledger, r))
-        m.assigned = []
-        if again:
-            self.queue.give_back(again, held=False)
+        while m.assigned:
+            again = runner.reclaim(m.assigned[:1], queued)
+            m.assigned.pop(0)
+            if again:
+                self.queue.give_back(again)
 
     def _take_out(self, m: Member, runner: Runner | None, ledger: Ledger, why: str) -> None:
         m.state, m.why = "out", why
         rows = [t.row for t in runner.active.values()] if runner is not None else []
-        rows += m.assigned
+        rows += [r for r in m.assigned if r.idx not in {x.idx for x in rows}]
+        m.assigned = []
         if runner is not None and m.conn is not None:
             _forget_on_server(m.conn, list(runner.active))
-        back = [_replan(ledger, r) for r in rows]
-        held = len(rows) - len(m.assigned)
-        m.assigned = []
+        back = [replan(ledger, r) for r in rows]
         if back:
-            self.queue.give_back(back[:held], held=True)
-            self.queue.give_back(back[held:], held=False)
+            self.queue.give_back(back)
         self.progress.note(f"{m.name} is taken out ({why})"
                            + (f"; its {len(back)} unfinished prompt(s) go to the other members" if back else ""))
         self.progress.state(m.name, "out")
@@ -324,6 +314,7 @@ class Spread:
     def execute(self, rows: list[PromptRow]) -> None:
         """Run every planned prompt (``rows`` in state planned), on every member, until all are settled."""
         self.queue = WorkQueue(rows)
+        self.queue.hold(sum(len(m.assigned) for m in self.members))
         self.deadline = time.monotonic() + self.opts.timeout if self.opts.timeout else None
         ended = [threading.Event() for _ in self.members]
 
@@ -353,12 +344,6 @@ class Spread:
                                f"`autopod comfy.run --resume {self.batch.id} --fleet {self.fleet}`",
                                exit_code=sig.exit_code, data={"batch": self.batch.id}) from None
         self.progress.close()
-
-
-def _replan(ledger: Ledger, r: PromptRow) -> PromptRow:
-    ledger.update(r.batch_id, r.idx, status="planned", prompt_id=None, error=None, submitted_at=None,
-                  started_at=None, finished_at=None, fetched_at=None, target_id=None, target_name=None)
-    return ledger.prompt(r.batch_id, r.idx)
 
 
 def _forget_on_server(conn: Connection, prompt_ids: list[str]) -> None:
@@ -476,14 +461,9 @@ def render_fleet(opts: RunOptions) -> dict[str, Any]:
             planned, template = plan(opts, object_info)
             if opts.dry_run:
                 first.close()
-                from .run import wire_uploads
-
-                wire_uploads(planned, upload=None)
-                prompts = [p.prompt for p in planned]
-                return {"dry_run": True, "changed": False, "prompt": prompts[0] if len(prompts) == 1 else None,
-                        "prompts": prompts, "exit_code": 0}
+                return dry_run_report(planned)
             batch = ledger.new_batch(
-                planned[0].job if len({p.job for p in planned}) == 1 else "batch", target_id=f"fleet:{fleet}",
+                batch_name(planned), target_id=f"fleet:{fleet}",
                 target_name=fleet, output_dir=str(Path(opts.output_dir).resolve()), template=template,
                 options={"previews": opts.previews, "max_queued": opts.max_queued, "fleet": fleet,
                          "uploads": []}, prompts=[p.as_ledger() for p in planned])
@@ -554,7 +534,7 @@ def _resume_plan(ledger: Ledger, rows: list[PromptRow],
         if r.prompt_id and r.target_id in live:
             assigned.setdefault(r.target_id, []).append(r)  # type: ignore[arg-type]
         elif r.status != "planned" or r.prompt_id:
-            todo.append(_replan(ledger, r))
+            todo.append(replan(ledger, r))
         else:
             todo.append(r)
     return todo, assigned
