@@ -44,11 +44,6 @@ def check_fleet_name(name: Any) -> str:
     return check_name(name, "--fleet")
 
 
-def declared(name: str | None) -> bool:
-    """The inventory pod spec ``name`` has a ``count``: ``pod.up --name NAME`` brings up a fleet."""
-    return bool(name) and (load_inventory().pods.get(str(name)) or {}).get("count") is not None
-
-
 def members(api: Any, fleet: str, *, pods: Sequence[Pod] | None = None) -> list[Pod]:
     """The fleet's live pods in member order. None: exit 2, saying how to make the fleet."""
     fleet = check_fleet_name(fleet)

@@ -39,7 +39,7 @@ from .registry import (
     remember,
     resolve_pod,
 )
-from .spec import PodSpec, build_create_input, generate_name, load_settings
+from .spec import PodSpec, build_create_input, generate_name, is_fleet, load_settings
 from .waits import PodNotRunning, wait_ready
 
 log = logging.getLogger(__name__)
@@ -367,7 +367,7 @@ def create(flags: dict[str, Any], *, wait: bool = True, dry_run: bool = False, f
            api: Any = None) -> Outcome:
     """``pod.create``: resolve the settings, then ``ensure_pod``."""
     spec = load_settings(flags)
-    if (load_inventory().pods.get(spec.name or "") or {}).get("count") is not None:
+    if is_fleet(spec.name):
         raise UsageError(f"the inventory makes {spec.name} a fleet (count); create it with "
                          f"`autopod pod.up --name {spec.name}`")
     api = api or connect_api()
@@ -384,7 +384,7 @@ def up(flags: dict[str, Any], *, dry_run: bool = False, force: bool = False, api
     runs converge on one pod.
     """
     spec = load_settings(flags)
-    if (load_inventory().pods.get(spec.name or "") or {}).get("count") is not None:
+    if is_fleet(spec.name):
         raise UsageError(f"the inventory makes {spec.name} a fleet (count); bring it up with "
                          f"`autopod pod.up --name {spec.name}` (or give --count)")
     return converge(spec, api or connect_api(), given=flags, dry_run=dry_run, force=force, sleep=sleep,

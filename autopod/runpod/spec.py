@@ -200,6 +200,11 @@ def load_settings(flags: dict[str, Any]) -> PodSpec:
     return resolve_spec(flags, load_inventory(), _config.user_config())
 
 
+def is_fleet(name: str | None) -> bool:
+    """The inventory pod spec ``name`` has a ``count``: ``pod.up --name NAME`` brings up a fleet of it."""
+    return bool(name) and (load_inventory().pods.get(str(name)) or {}).get("count") is not None
+
+
 def generate_name(existing: Sequence[str], today: _dt.date | None = None) -> str:
     """``autopod-YYYY-MM-DD-NNN``, the next number free among ``existing``."""
     prefix = f"autopod-{(today or _dt.date.today()).isoformat()}-"

@@ -115,6 +115,16 @@ def stdout_gone() -> None:
     raise Exit(code=ExitCode.BROKEN_PIPE)
 
 
+def render_members(done: tuple[list, str], as_json: bool) -> None:
+    """A fleet task's ``(results, summary)``: a line per member and the summary, or one JSON list; exit 1
+    if any member failed."""
+    from ..core.fanout import render
+
+    code = render(done[0], done[1], as_json=as_json)
+    if code:
+        exit_quietly(code)
+
+
 def exit_quietly(code: int) -> None:
     """End the task with ``code`` after it already rendered its result (status checks)."""
     raise Exit(code=code)

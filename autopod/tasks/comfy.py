@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from ..core.output import dump_json, emit_outcome, emit_rows, safe_text, table
-from ._base import command, debug_enabled, exit_quietly
+from ._base import command, debug_enabled, exit_quietly, render_members
 
 _POD = ("pod id or name, or an inventory host, also as the word after the task "
         "(default: the pod with the only live tunnel, or the only pod)")
@@ -25,14 +25,6 @@ def _fleet(fleet: Any, pod: Any, no_tunnel: bool = False) -> Any:
     return name
 
 
-def _members_out(done: tuple[list, str], as_json: bool) -> None:
-    from ..core.fanout import render
-
-    code = render(done[0], done[1], as_json=as_json)
-    if code:
-        exit_quietly(code)
-
-
 @command(help={"pod": _POD, "fleet": _FLEET, "no-tunnel": _NO_TUNNEL,
                "wait": "poll for up to S seconds until ComfyUI answers (default: one check)",
                "json": "print one JSON document"}, plain_arg="pod")
@@ -42,7 +34,7 @@ def status(c, pod=None, fleet=None, no_tunnel=False, wait=None, json=False):
     from ..core.ui import progress
 
     if (fleet := _fleet(fleet, pod, no_tunnel)) is not None:
-        _members_out(fleet_status(fleet, wait=parse_seconds(wait, "--wait")), json)
+        render_members(fleet_status(fleet, wait=parse_seconds(wait, "--wait")), json)
         return
 
     st = comfy_status(pod, no_tunnel=no_tunnel, wait=parse_seconds(wait, "--wait"), on_wait=progress)
@@ -59,7 +51,7 @@ def info(c, pod=None, fleet=None, no_tunnel=False, json=False):
     from ..core.output import emit_object
 
     if (fleet := _fleet(fleet, pod, no_tunnel)) is not None:
-        _members_out(fleet_info(fleet), json)
+        render_members(fleet_info(fleet), json)
         return
 
     doc = comfy_info(pod, no_tunnel=no_tunnel)

@@ -9,14 +9,13 @@ from ..core import chain
 from ..core.errors import UsageError
 from ..core.flags import number
 from ..core.output import dump_json, emit_object, emit_outcome, emit_rows
-from ..core.fanout import render as render_members
 from ..runpod import access, fleet as fleets, info as pod_info, lifecycle, registry, waits
 from ..runpod import guard as guards
 from ..runpod.api import connect
 from ..runpod.gpus import gpu_table
 from ..runpod.records import Pod, render_list
-from ..runpod.spec import MAX_TIMEOUT_S
-from ._base import command, exit_quietly
+from ..runpod.spec import MAX_TIMEOUT_S, is_fleet
+from ._base import command, exit_quietly, render_members
 
 CREATE_HELP = {
     "name": "pod name, also as the word after the task; selects the inventory pod spec of that name "
@@ -49,12 +48,6 @@ POD_HELP = {"pod": "pod name or id, also as the word after the task (default: th
             "fleet": "every member of fleet NAME (pods NAME-1 … NAME-N), in parallel: a line each and a summary; "
                      "exit 1 if any failed; --json: a list, one document per member",
             "json": "print one JSON document"}
-
-
-def _members_out(done: tuple[list, str], as_json: bool) -> None:
-    code = render_members(done[0], done[1], as_json=as_json)
-    if code:
-        exit_quietly(code)
 
 
 def _flags(gpu: list[str], port: list[str], env: list[str], **kw: Any) -> dict[str, Any]:  # noqa: D103
@@ -94,8 +87,8 @@ def up(c, name=None, gpu=None, gpu_count=None, cloud_type=None, datacenter=None,
                    image=image, template_id=template_id, disk_gb=disk_gb, volume_id=volume_id,
                    volume_mount=volume_mount, comfy_address=comfy_address, timeout=timeout, stop_after=stop_after,
                    terminate_after=terminate_after, idle_minutes=idle_minutes, idle_action=idle_action)
-    if count is not None or surplus is not None or fleets.declared(name):
-        _members_out(fleets.up(flags, count=count, surplus=surplus, dry_run=dry_run, force=force), json)
+    if count is not None or surplus is not None or is_fleet(name):
+        render_members(fleets.up(flags, count=count, surplus=surplus, dry_run=dry_run, force=force), json)
         return
     _emit_create(lifecycle.up(flags, dry_run=dry_run, force=force), json)
 
@@ -113,7 +106,7 @@ def list_(c, fleet=None, json=False):
 def info(c, pod=None, fleet=None, json=False):
     """One pod in detail: image, ports, volume, SSH commands, estimated spend."""
     if (fleet := chain.fleet_target(fleet, pod)) is not None:
-        _members_out(fleets.info(fleet), json)
+        render_members(fleets.info(fleet), json)
         return
     data = pod_info.pod_info(connect(), pod)
     if json:
@@ -138,7 +131,7 @@ def ssh(c, pod=None, command=None, json=False):
 def stop(c, pod=None, fleet=None, json=False):
     """Stop the pod (and its tunnel); `ok` if already stopped. Its volume and disk are kept."""
     if (fleet := chain.fleet_target(fleet, pod)) is not None:
-        _members_out(fleets.stop(fleet), json)
+        render_members(fleets.stop(fleet), json)
         return
     emit_outcome(lifecycle.stop_pod(connect(), pod), as_json=json)
 
@@ -151,7 +144,7 @@ def start(c, pod=None, fleet=None, wait=True, timeout=None, force=False, json=Fa
     """Resume a stopped pod with its GPU count and its watchdog; `ok` if already running."""
     secs = number(timeout, "--timeout", int, minimum=1, maximum=MAX_TIMEOUT_S)
     if (fleet := chain.fleet_target(fleet, pod)) is not None:
-        _members_out(fleets.start(fleet, wait=wait, timeout=secs, force=force), json)
+        render_members(fleets.start(fleet, wait=wait, timeout=secs, force=force), json)
         return
     emit_outcome(lifecycle.start_pod(connect(), pod, wait=wait, timeout=secs, force=force), as_json=json)
 
@@ -174,7 +167,7 @@ def guard(c, pod=None, fleet=None, idle_minutes=None, action=None, dead_minutes=
     if (status or off) and any(v is not None for v in (idle_minutes, action, dead_minutes)):
         raise UsageError("--status and --off take no watchdog settings")
     if (fleet := chain.fleet_target(fleet, pod)) is not None:
-        _members_out(fleets.guard(fleet, idle_minutes=idle_minutes, action=action, dead_minutes=dead_minutes,
+        render_members(fleets.guard(fleet, idle_minutes=idle_minutes, action=action, dead_minutes=dead_minutes,
                                   status=status, off=off), json)
         return
     if status:
@@ -200,7 +193,7 @@ def kill(c, pod=None, fleet=None, yes=False, json=False):
     if not yes and not sys.stdin.isatty():
         raise UsageError("pod.kill terminates the pod for good; pass --yes to confirm (stdin is not a terminal)")
     if (fleet := chain.fleet_target(fleet, pod)) is not None:
-        _members_out(fleets.kill(fleet, confirm=None if yes else _confirm_fleet_kill), json)
+        render_members(fleets.kill(fleet, confirm=None if yes else _confirm_fleet_kill), json)
         return
     emit_outcome(lifecycle.kill_pod(connect(), pod, confirm=None if yes else _confirm_kill), as_json=json)
 
@@ -223,7 +216,7 @@ def wait(c, pod=None, fleet=None, timeout=None, json=False):
     """Wait until the pod is RUNNING and its SSH endpoint answers; exit 1 on timeout."""
     secs = number(timeout, "--timeout", int, minimum=1, maximum=MAX_TIMEOUT_S)
     if (fleet := chain.fleet_target(fleet, pod)) is not None:
-        _members_out(fleets.wait(fleet, secs), json)
+        render_members(fleets.wait(fleet, secs), json)
         return
     ready = waits.wait(connect(), pod, secs)
     if json:

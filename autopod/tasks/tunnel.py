@@ -4,28 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.chain import fleet_target
 from ..core.flags import number
 from ..core.output import Outcome, emit_object, emit_outcome, emit_rows
-from ._base import command, exit_quietly
+from ._base import command, exit_quietly, render_members
 
 _TARGET_HELP = ("pod id or name, or inventory host name, also as the word after the task "
                 "(default: the only tunnel, or the only pod)")
 _FLEET_HELP = ("every member of fleet NAME, in parallel: a line each and a summary; exit 1 if any failed; "
                "--json: a list, one document per member")
-
-
-def _members(fleet: Any, pod: Any) -> Any:
-    from ..core.chain import fleet_target
-
-    return fleet_target(fleet, pod)
-
-
-def _members_out(done: tuple[list, str], as_json: bool) -> None:
-    from ..core.fanout import render
-
-    code = render(done[0], done[1], as_json=as_json)
-    if code:
-        exit_quietly(code)
 
 
 def _render(outcome: Outcome, as_json: bool) -> None:
@@ -59,10 +46,10 @@ def start(c, pod=None, fleet=None, local_port=None, remote_port=None, backend=No
     t = number(timeout, "--timeout", int, minimum=1, maximum=3600)
     if backend is not None and backend not in BACKENDS:
         raise UsageError(f"--backend must be {' or '.join(BACKENDS)}, got {backend!r}")
-    if (fleet := _members(fleet, pod)) is not None:
+    if (fleet := fleet_target(fleet, pod)) is not None:
         from ..tunnels import fleet as fleets
 
-        _members_out(fleets.start(fleet, local_port=lport, remote_port=rport, backend=backend,
+        render_members(fleets.start(fleet, local_port=lport, remote_port=rport, backend=backend,
                                   timeout=float(t) if t else 30.0, ssh_key=ssh_key), json)
         return
     outcome = start_tunnel(pod, local_port=lport, remote_port=rport, backend=backend, timeout=float(t) if t else 30.0,
@@ -75,10 +62,10 @@ def stop(c, pod=None, fleet=None, json=False):
     """Stop the tunnel to a pod or host."""
     from ..tunnels.manager import stop_tunnel
 
-    if (fleet := _members(fleet, pod)) is not None:
+    if (fleet := fleet_target(fleet, pod)) is not None:
         from ..tunnels import fleet as fleets
 
-        _members_out(fleets.stop(fleet), json)
+        render_members(fleets.stop(fleet), json)
         return
 
     _render(stop_tunnel(pod), json)
@@ -108,10 +95,10 @@ def status(c, pod=None, fleet=None, json=False):
     """Exit 0 when the tunnel runs and a connection through it works, else 1 (`tunnel.status || tunnel.start`)."""
     from ..tunnels.manager import tunnel_status
 
-    if (fleet := _members(fleet, pod)) is not None:
+    if (fleet := fleet_target(fleet, pod)) is not None:
         from ..tunnels import fleet as fleets
 
-        _members_out(fleets.status(fleet), json)
+        render_members(fleets.status(fleet), json)
         return
 
     info = tunnel_status(pod)
