@@ -19,7 +19,7 @@ from ..core import chain
 from ..core.errors import NotFound, UsageError
 from ..core.fanout import DEFAULT_CONCURRENCY, Cancel, Result, count_line, run_all
 from ..core.flags import number
-from ..core.inventory import load_inventory
+from ..core.inventory import INT_RANGES, load_inventory
 from . import lifecycle
 from .api import connect as connect_api
 from .budget import Budget, billable_hours, configured_budget, gpu_rate
@@ -27,7 +27,7 @@ from .records import Pod
 from .registry import entries_or_warn, list_pods
 from .spec import check_name, load_settings
 
-MAX_COUNT = 64
+MAX_COUNT = INT_RANGES["count"][1]  # the inventory's limit too
 SURPLUS = ("stop", "kill")
 
 
@@ -179,8 +179,8 @@ def _spend_note(results: Sequence[Result]) -> str:
 
 def gpu_mix(results: Sequence[Result]) -> str:
     """``; GPUs: 3x RTX A40, 1x RTX A6000 (mixed: stock was short)`` from the members' pod documents."""
-    gpus = Counter(str((r.doc.get("pod") or r.doc).get("gpu") or "GPU ?") for r in results
-                   if r.ok and isinstance(r.doc.get("pod") or r.doc, dict) and (r.doc.get("pod") or r.doc).get("gpu"))
+    pods = [r.doc.get("pod") or r.doc for r in results if r.ok]  # pod.up's documents carry a pod; pod.info's are one
+    gpus = Counter(str(p["gpu"]) for p in pods if isinstance(p, dict) and p.get("gpu"))
     if not gpus:
         return ""
     mix = ", ".join(f"{n}x {g}" for g, n in gpus.most_common())
