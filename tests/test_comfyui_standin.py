@@ -145,3 +145,31 @@ def test_command_line_prints_url_and_stops_on_sigterm():
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_nagle_is_off_and_a_reply_is_one_write_like_aiohttp(standin, monkeypatch):
+    """aiohttp (ComfyUI's server) sets TCP_NODELAY and sends a small reply in one write; otherwise every
+    request on a kept-alive connection waits about 40 ms for a delayed ACK, which no real pod shows."""
+    accepted, nodelay, writes = [], [], []
+    accept = standin._httpd.get_request
+
+    def recording_accept():
+        sock, addr = accept()
+        accepted.append(sock)
+        nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        return sock, addr
+
+    send = socket.socket.send
+
+    def recording_send(self, data, *args):
+        if any(self is a for a in accepted):
+            writes.append(bytes(data))
+        return send(self, data, *args)
+
+    monkeypatch.setattr(standin._httpd, "get_request", recording_accept)
+    monkeypatch.setattr(socket.socket, "send", recording_send)
+    with requests.Session() as s:
+        for _ in range(3):
+            assert s.get(standin.url + "/history/nope", timeout=5).json() == {}
+    assert nodelay == [1]  # one kept-alive connection, Nagle off
+    assert len(writes) == 3 and all(w.startswith(b"HTTP/1.1 200") and w.endswith(b"\r\n\r\n{}") for w in writes)

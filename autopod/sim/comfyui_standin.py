@@ -47,6 +47,7 @@ import mimetypes
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -78,6 +79,14 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     standin: "ComfyUIStandin"
+
+    def get_request(self) -> tuple[Any, Any]:
+        # aiohttp, ComfyUI's server, turns Nagle off on every connection (and sends a small reply's headers
+        # and body in one write, see _Handler.wbufsize). Without both, a reply written as headers then
+        # body waits for the client's delayed ACK, about 40 ms, on a kept-alive connection.
+        sock, addr = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, addr
 
 
 class ComfyUIStandin:
@@ -364,6 +373,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "Python/3.11 aiohttp/3.12"
     sys_version = ""
+    wbufsize = -1  # buffered: a reply goes out in one write when the request is done (the WebSocket flushes)
 
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet: tests and the simulator own stderr
         pass
@@ -616,6 +626,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "upgrade")
             self.send_header("Sec-WebSocket-Accept", accept_key(key))
             self.end_headers()
+            self.wfile.flush()  # frames go to the socket itself from here on
 
         ws = ServerWebSocket(self.connection, self.rfile)
         s.hub.serve(ws, (query.get("clientId") or [""])[0], accept=accept, greeting=s.engine.greeting,
