@@ -173,3 +173,33 @@ def test_nagle_is_off_and_a_reply_is_one_write_like_aiohttp(standin, monkeypatch
             assert s.get(standin.url + "/history/nope", timeout=5).json() == {}
     assert nodelay == [1]  # one kept-alive connection, Nagle off
     assert len(writes) == 3 and all(w.startswith(b"HTTP/1.1 200") and w.endswith(b"\r\n\r\n{}") for w in writes)
+
+
+def test_model_files_are_listed_like_comfyui_in_definitions_and_models(standin):
+    """A model pull changes the node definitions: the loaders' lists are the files under models/ now."""
+    def choices(cls, name):
+        spec = requests.get(f"{standin.url}/object_info/{cls}", timeout=5).json()[cls]["input"]["required"][name]
+        return spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+
+    assert choices("CheckpointLoaderSimple", "ckpt_name") == [] and choices("VAELoader", "vae_name") == ["pixel_space"]
+    ckpts = standin.root / "models" / "checkpoints"
+    (ckpts / "sdxl").mkdir(parents=True)
+    for name in ("b.safetensors", "sdxl/a.ckpt", "notes.txt", ".hidden.safetensors"):
+        (ckpts / name).write_bytes(b"x")
+    (standin.root / "models" / "vae").mkdir()
+    (standin.root / "models" / "vae" / "ae.sft").write_bytes(b"x")
+    (standin.root / "models" / "upscale_models").mkdir()
+    (standin.root / "models" / "upscale_models" / "4x.pth").write_bytes(b"x")
+    assert choices("CheckpointLoaderSimple", "ckpt_name") == ["b.safetensors", "sdxl/a.ckpt"]
+    assert choices("VAELoader", "vae_name") == ["ae.sft", "pixel_space"]
+    assert choices("UpscaleModelLoader", "model_name") == ["4x.pth"]  # a v3 combo: its options
+    assert requests.get(standin.url + "/models/checkpoints", timeout=5).json() == ["b.safetensors", "sdxl/a.ckpt"]
+    full = requests.get(standin.url + "/object_info", timeout=5).json()
+    assert full["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == ["b.safetensors", "sdxl/a.ckpt"]
+    (ckpts / "b.safetensors").unlink()
+    assert choices("CheckpointLoaderSimple", "ckpt_name") == ["sdxl/a.ckpt"]
+    # ComfyUI checks a prompt against the same lists.
+    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.safetensors"}},
+              "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+    r = requests.post(standin.url + "/prompt", json={"prompt": prompt}, timeout=5)
+    assert r.status_code == 400 and r.json()["node_errors"]["1"]["errors"][0]["type"] == "value_not_in_list"

@@ -1,5 +1,9 @@
 """A ComfyUI stand-in: answers and executes like a real ComfyUI 0.3.64, with no GPU and no models.
 
+Model files dropped under ``ROOT/models/<folder>/`` (``checkpoints``, ``loras``, ``vae`` ...) are
+listed as ComfyUI lists them, in the core loaders' node definitions and ``/models/<folder>``,
+read on every request; they are never loaded.
+
 Tests and the offline simulator use it where a real ComfyUI is not available. Fixed answers
 (system stats, node definitions) come from recordings of a real server in
 ``autopod/sim/data/comfyui/``; prompts are validated like ComfyUI validates them and queued;
@@ -59,7 +63,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .comfyui import images as im
 from .comfyui.engine import Engine
-from .comfyui.folders import Folders
+from .comfyui.folders import MODEL_INPUTS, Folders
 from .comfyui.hub import Hub
 from .comfyui.nodes import REAL_NODES, SIM_NODES
 from .comfyui.wsproto import ServerWebSocket, accept_key, handshake_problem
@@ -69,6 +73,16 @@ MAX_UPLOAD_SIZE = 104857600  # ComfyUI's default --max-upload-size (100 MB), as 
 SERVER_ERROR = "500 Internal Server Error\n\nServer got itself in trouble"
 # /view makes these download instead of display (ComfyUI does the same)
 _UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
+
+
+def _with_choices(spec: list, files: list[str]) -> list:
+    """A combo input with the model files as its choices, in either combo style; values the recorded list
+    holds besides files (VAELoader's "pixel_space") stay after them, as ComfyUI appends them."""
+    if spec and isinstance(spec[0], list):
+        return [files + list(spec[0]), *spec[1:]]
+    opts = dict(spec[1]) if len(spec) > 1 else {}
+    opts["options"] = files + list(opts.get("options") or [])
+    return [spec[0], opts]
 
 
 def _load(data_dir: Path, name: str) -> dict[str, Any]:
@@ -143,17 +157,24 @@ class ComfyUIStandin:
         self.static = {name: _load(d, name)["body"] for name in ("embeddings", "extensions", "features", "models")}
 
     def node_info(self, class_type: str) -> dict | None:
-        """One object_info entry; LoadImage's list is the input folder's images, as in ComfyUI."""
+        """One object_info entry; LoadImage's list is the input folder's images and a loader's list the
+        model files in its folder under models/, read now, as in ComfyUI."""
         info = self.object_info.get(class_type)
         if class_type == "LoadImage" and info is not None:
             info = {**info, "input": {**info["input"], "required": {
                 **info["input"]["required"], "image": [self.folders.input_images(), {"image_upload": True}]}}}
+        models = [(name, folder) for (cls, name), folder in MODEL_INPUTS.items() if cls == class_type]
+        if info is not None and models:
+            required = dict(info["input"]["required"])
+            for name, folder in models:
+                required[name] = _with_choices(required[name], self.folders.model_files(folder))
+            info = {**info, "input": {**info["input"], "required": required}}
         return info
 
     def full_object_info(self) -> dict[str, Any]:
         out = dict(self.object_info)
-        if "LoadImage" in out:
-            out["LoadImage"] = self.node_info("LoadImage")
+        for cls in {"LoadImage", *(c for c, _ in MODEL_INPUTS)} & set(out):
+            out[cls] = self.node_info(cls)
         return out
 
     # queue and history, as attributes (tests and the busy replay set them)
@@ -467,7 +488,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/models/"):
             folder = unquote(path[len("/models/"):])
             if folder in s.static["models"]:
-                return self._send(200, [])  # no model files on the stand-in
+                return self._send(200, s.folders.model_files(folder))
             return self._empty(404)
         if path == "/view":
             return self._view(s, query)
@@ -643,7 +664,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="seconds before the port accepts connections (a first boot copying ComfyUI)")
     p.add_argument("--state", choices=("idle", "busy"), default="idle")
     p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--root", type=Path, default=None, help="folder for input/, output/ and temp/ (default: a temp dir)")
+    p.add_argument("--root", type=Path, default=None, help="folder for input/, output/, temp/ and models/ (default: a temp dir)")
     p.add_argument("--sim-nodes", action="store_true", help="also list and run the stand-in's own nodes")
     p.add_argument("--ws-drop-after", type=int, default=0, metavar="N",
                    help="cut every WebSocket connection instead of sending its (N+1)th message (0: never)")
