@@ -149,7 +149,7 @@ def fake_tunnel(monkeypatch, standin):
 
     def resolve_target(ref, **kw):
         calls.append(("resolve", ref))
-        return types.SimpleNamespace(id="pod123", name=ref or "my-pod")
+        return types.SimpleNamespace(id="pod123", name=ref or "my-pod", remote_host="127.0.0.1", remote_port=8188)
 
     def ensure_tunnel(target, **kw):
         calls.append(("ensure", target.id))

@@ -218,6 +218,25 @@ def test_a_batch_is_spread_and_every_prompt_runs_exactly_once(fleet_env, tmp_pat
     assert again["prompts"][0]["prompt_id"] == lost["prompt_id"] and len(again["prompts"][0]["outputs"]) == 1
     assert {m: h - before[m] for m, h in _histories(env).items()} == ran  # nothing ran again
 
+    # The batch was planned on the first member's kept node definitions: a dry run reads them, checks its
+    # classes against that member and fetches nothing more; a kept copy that member disagrees with (a
+    # value it would refuse) is caught and fetched again before it counts.
+    kept = sorted((Path(env["AUTOPOD_HOME"]) / "cache" / "object_info").glob("*.json"))
+    stamps = [k.stat().st_mtime_ns for k in kept]
+    dry = run(env, "comfy.run", "--fleet", "flux", env["WORKFLOW"], "--dry-run")
+    assert dry.returncode == 0 and kept and [k.stat().st_mtime_ns for k in kept] == stamps, dry.stderr
+
+    def seconds_max(k: Path) -> float:
+        return json.loads(k.read_text())["object_info"]["AutopodSleep"]["input"]["required"]["seconds"][1]["max"]
+
+    for k in kept:
+        doc = json.loads(k.read_text())
+        doc["object_info"]["AutopodSleep"]["input"]["required"]["seconds"][1]["max"] = 0.1  # SLEEP sleeps 0.3
+        k.write_text(json.dumps(doc))
+    dry = run(env, "comfy.run", "--fleet", "flux", env["WORKFLOW"], "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["2"]["inputs"]["seconds"] == 0.3 and 3600 in [seconds_max(k) for k in kept]
+
 
 def _ledger_rows(env: dict, batch: str | None = None, *, not_before: str = "") -> list[sqlite3.Row]:
     """The prompts of ``batch``, or of the newest batch if it is newer than ``not_before`` (else none)."""

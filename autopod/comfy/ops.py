@@ -38,6 +38,7 @@ class ComfyEndpoint:
     target_name: str | None = None
     local_port: int | None = None
     tunnel: str | None = None  # "created" (new or recreated), "reused", or None without a tunnel
+    comfy_address: str | None = None  # ComfyUI's host:port as the pod or host sees it (through a tunnel)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,7 +118,8 @@ def comfy_endpoint(pod: str | None = None, *, no_tunnel: bool = False) -> ComfyE
     log.debug("tunnel to %s (%s): %s on 127.0.0.1:%d", target.name, target.id,
               "created" if outcome.changed else "reused", port)
     return ComfyEndpoint(url=f"http://127.0.0.1:{port}", target_id=target.id, target_name=target.name,
-                         local_port=port, tunnel="created" if outcome.changed else "reused")
+                         local_port=port, tunnel="created" if outcome.changed else "reused",
+                         comfy_address=f"{target.remote_host}:{target.remote_port}")
 
 
 def comfy_status(pod: str | None = None, *, no_tunnel: bool = False, wait: float = 0.0,

@@ -621,8 +621,7 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
     try:
         if opts.resume:
             return _resume(opts, conn, progress)
-        object_info = conn.call(lambda c: c.get_object_info())
-        planned, template = plan(opts, object_info)
+        (planned, template), object_info = plan_on(conn, opts)
         if opts.dry_run:
             return dry_run_report(planned)
         with Ledger.open() as ledger:
@@ -639,6 +638,18 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
             return _execute(opts, ledger, batch, conn, progress, ledger.prompts(batch.id))
     finally:
         conn.close()
+
+
+def plan_on(conn: Connection, opts: RunOptions) -> tuple[tuple[list[Planned], str], dict[str, Any]]:
+    """:func:`plan` against the pod's node definitions, kept between runs and checked against the
+    server before the plan is used (``nodedefs``); also the definitions it used."""
+    from .nodedefs import plan_checked
+
+    def read_later(result: tuple[list[Planned], str]) -> list[str]:
+        # _upload_all reads LoadImage's list (the pod's input files) to skip files already there.
+        return ["LoadImage"] if any(p.uploads for p in result[0]) else []
+
+    return plan_checked(conn, lambda object_info: plan(opts, object_info), also=read_later)
 
 
 def dry_run_report(planned: list[Planned]) -> dict[str, Any]:

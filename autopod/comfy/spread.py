@@ -35,7 +35,7 @@ from ..core.ui import progress as line
 from .ledger import Ledger, PromptRow
 from .progress import Progress
 from .run import (Connection, RunOptions, Runner, _pod_facts, _report, _server_queue, _upload_all, batch_name,
-                  dry_run_report, plan, replan)
+                  dry_run_report, plan_on, replan)
 from .run import render as render_one
 
 log = logging.getLogger(__name__)
@@ -451,14 +451,14 @@ def render_fleet(opts: RunOptions) -> dict[str, Any]:
         raise ComfyError(f"no member of fleet {fleet} is running ({', '.join(f'{p.name} {p.status}' for p in pods)}); "
                          f"`autopod pod.up --name {fleet} --count {len(pods)}` brings them up")
     notes = Progress(enabled=False)
-    first, object_info = _first_member(ready, notes)
+    first, planned_on = _first_member(ready, notes, opts)
     assigned: dict[str, list[PromptRow]] = {}
     with Ledger.open() as ledger:
         if opts.resume:
             batch, rows = ledger.find(opts.resume)
             todo, assigned = _resume_plan(ledger, rows, {p.id for p in ready})
         else:
-            planned, template = plan(opts, object_info)
+            (planned, template), object_info = planned_on
             if opts.dry_run:
                 first.close()
                 return dry_run_report(planned)
@@ -491,8 +491,9 @@ def render_fleet(opts: RunOptions) -> dict[str, Any]:
     return _fleet_report(report, spread)
 
 
-def _first_member(ready: list[Any], notes: Progress) -> tuple[Connection, dict[str, Any]]:
-    """The first member that answers, and its node schema (the batch is planned against it)."""
+def _first_member(ready: list[Any], notes: Progress, opts: RunOptions) -> tuple[Connection, Any]:
+    """The first member that answers, and the batch planned against its node definitions (``run.plan_on``:
+    the kept ones, checked against that member); with ``--resume``, which plans nothing, None."""
     problems = []
     for pod in ready:
         try:
@@ -501,7 +502,13 @@ def _first_member(ready: list[Any], notes: Progress) -> tuple[Connection, dict[s
             problems.append(f"{pod.name}: {e}")
             continue
         try:
-            return conn, conn.call(lambda c: c.get_object_info())
+            if opts.resume:
+                conn.call(lambda c: c.get_system_stats())
+                return conn, None
+            return conn, plan_on(conn, opts)
+        except UsageError:  # bad input: the same on every member
+            conn.close()
+            raise
         except AutopodError as e:
             conn.close()
             problems.append(f"{pod.name}: {e}")
