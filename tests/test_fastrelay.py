@@ -113,6 +113,29 @@ def test_read_ahead_socket_keeps_recv_semantics():
         b.close()
 
 
+def test_the_ssh_socket_sends_at_once_and_acks_each_read(monkeypatch):
+    """Nagle off and an immediate ACK after each read: otherwise a small request or the second packet of a
+    reply waits about 40 ms for a delayed ACK (sshd leaves Nagle on without a terminal)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    calls = []
+    setsockopt = socket.socket.setsockopt
+    monkeypatch.setattr(ReadAheadSocket, "setsockopt",
+                        lambda self, *a: calls.append(a) or setsockopt(self, *a), raising=False)
+    r = ReadAheadSocket.connect(server.getsockname(), 2.0)
+    peer, _ = server.accept()
+    try:
+        assert r.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        peer.sendall(b"reply")
+        calls.clear()
+        assert r.recv(2) == b"re" and r.recv(10) == b"ply"  # the second is served from memory: no read
+        if hasattr(socket, "TCP_QUICKACK"):
+            assert calls == [(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)]
+    finally:
+        r.close()
+        peer.close()
+        server.close()
+
+
 @pytest.mark.sshd
 def test_download_is_byte_exact_and_mostly_direct(forward):
     port = forward.local_bind_port
