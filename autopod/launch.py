@@ -1,5 +1,5 @@
-"""The ``autopod`` console script: a quick path for ``comfy.status`` and the plain listings
-(``pod.list``, ``volume.list``), invoke for everything else.
+"""The ``autopod`` console script: a quick path for ``comfy.status``, ``comfy.run`` and the plain
+listings (``pod.list``, ``volume.list``), invoke for everything else.
 
 ``autopod comfy.status`` is what scripts poll, and ``pod.list`` what a watch loop runs, so each
 should cost little more than starting Python and making one HTTP request. A listing with at most
@@ -12,6 +12,12 @@ codes as the invoke task. Anything else, including chains, ``--help``, core
 flags such as ``--debug``, ``--flag=value`` forms, repeated flags and values that
 are empty or not UTF-8, goes to the full CLI (``autopod.cli``) unchanged, so the
 two can never disagree on an unusual command line.
+
+``comfy.run`` is what a script calls once per image, so loading invoke and every task collection
+was most of what one small run cost over a minimal script. A ``comfy.run`` line made only of its own
+flags (``--flag value`` and bare switches, each non-repeatable one at most once) and workflow files
+as plain words is answered here with the task's two calls (``comfy.spread.run_options`` and
+``print_report``); anything else goes to the full CLI as above.
 """
 
 from __future__ import annotations
@@ -61,6 +67,49 @@ def _plain_value(value: str) -> bool:
     return True
 
 
+# comfy.run's flags (see autopod.tasks.comfy.run): value flags, the repeatable ones among them, switches.
+_RUN_VALUES = {"--workflow": "workflow", "--pod": "pod", "--fleet": "fleet", "--set": "set", "--input": "input",
+               "--sweep": "sweep", "--repeat": "repeat", "--seed": "seed", "--job": "job", "--output-dir": "output_dir",
+               "--output": "output", "--timeout": "timeout", "--max-queued": "max_queued", "--resume": "resume",
+               "--then": "then"}
+_RUN_LISTS = {"workflow", "set", "input", "sweep"}
+_RUN_SWITCHES = {"--no-tunnel": "no_tunnel", "--previews": "previews", "--detach": "detach", "--dry-run": "dry_run",
+                 "--json": "json"}
+# A bare word starting with a collection's name may name a task (a chain): the full CLI decides.
+_COLLECTIONS = ("pod.", "volume.", "tunnel.", "comfy.", "sim.", "config.")
+
+
+def parse_comfy_run(argv: list[str]) -> dict | None:
+    """The flags of a plain ``comfy.run`` command line, or None when the full CLI must handle it."""
+    if not argv or argv[0] != "comfy.run":
+        return None
+    opts: dict = {name: [] if name in _RUN_LISTS else None for name in _RUN_VALUES.values()}
+    opts.update({name: False for name in _RUN_SWITCHES.values()})
+    seen: set[str] = set()
+    rest = list(argv[1:])
+    while rest:
+        tok = rest.pop(0)
+        if tok in _RUN_SWITCHES:
+            if tok in seen:
+                return None
+            opts[_RUN_SWITCHES[tok]] = True
+        elif tok in _RUN_VALUES:
+            name = _RUN_VALUES[tok]
+            if (tok in seen and name not in _RUN_LISTS) or not rest or not _plain_value(rest[0]):
+                return None  # repeated, or a missing or odd value: the full CLI words the error
+            value = rest.pop(0)
+            if name in _RUN_LISTS:
+                opts[name].append(value)
+            else:
+                opts[name] = value
+        elif _plain_value(tok) and not tok.startswith(_COLLECTIONS):
+            opts["workflow"].append(tok)  # `comfy.run a.json b.json`
+        else:
+            return None  # a chain, help, --flag=value, a flag of another task, a core flag
+        seen.add(tok)
+    return opts
+
+
 _LISTINGS = {"pod.list": "pods", "pod.ls": "pods", "volume.list": "volumes", "volume.ls": "volumes"}
 
 
@@ -81,6 +130,19 @@ def comfy_status_quick(opts: dict) -> int:
         st = comfy_status(opts["pod"], no_tunnel=opts["no_tunnel"], wait=parse_seconds(opts["wait"]),
                           on_wait=progress)
         return render_status(st, as_json=opts["json"])
+
+    return _quick(run, opts["json"])
+
+
+def comfy_run_quick(opts: dict) -> int:
+    """Run ``comfy.run`` like the task does: the same two calls, the same output and exit codes."""
+
+    def run() -> int:
+        from .comfy.spread import print_report, render, run_options
+
+        flags = {k: v for k, v in opts.items() if k != "json"}
+        report = render(run_options(**flags, debug=bool(os.environ.get("AUTOPOD_DEBUG"))))
+        return print_report(report, as_json=opts["json"], dry_run=opts["dry_run"], detach=opts["detach"])
 
     return _quick(run, opts["json"])
 
@@ -152,6 +214,9 @@ def main() -> None:
     listing = parse_listing(sys.argv[1:])
     if listing is not None:
         sys.exit(listing_quick(*listing))
+    run = parse_comfy_run(sys.argv[1:])
+    if run is not None:
+        sys.exit(comfy_run_quick(run))
     opts = parse_comfy_status(sys.argv[1:])
     if opts is None:
         from .cli import main as cli_main

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from comfy_fixtures import empty_save, sleep_save
+from test_comfyui_exec_clients import tunneled  # noqa: F401  (fixture: stand-in behind inventory host "gpu")
 
 from autopod.comfy.nodedefs import Consulted
 from autopod.sim.comfyui_standin import ComfyUIStandin
@@ -202,5 +203,3 @@ def test_a_pod_keeps_its_definitions_by_id_and_address(tunneled, cli, tmp_path, 
     doc = json.loads(kept.read_text())
     assert (doc["target"], doc["address"]) == ("host:gpu", f"127.0.0.1:{standin.port}")
 
-
-from test_comfyui_exec_clients import tunneled  # noqa: E402,F401  (fixture: stand-in behind inventory host "gpu")

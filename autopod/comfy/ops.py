@@ -90,6 +90,17 @@ def render_status(st: ComfyStatus, *, as_json: bool) -> int:
     return 0 if st.ready else 1
 
 
+def fleet_for(fleet: str | None, pod: str | None, no_tunnel: bool = False) -> str | None:
+    """The fleet a comfy task works on: ``--fleet``, or this command line's fleet when no ``--pod`` is
+    given (``core.chain``); ``--no-tunnel`` takes none."""
+    from ..core.chain import fleet_target
+
+    name = fleet_target(fleet, pod) if not no_tunnel or fleet is not None else None
+    if name is not None and no_tunnel:
+        raise UsageError("--no-tunnel talks to the configured comfy_url; it takes no --fleet")
+    return name
+
+
 def configured_url() -> str:
     """``comfy_url`` from the inventory defaults or config.yaml (default http://127.0.0.1:8188)."""
     from ..core import config

@@ -366,6 +366,67 @@ def _forget_on_server(conn: Connection, prompt_ids: list[str]) -> None:
 THEN = ("stop", "kill")
 
 
+def run_options(*, workflow: list[str] | None = None, pod: str | None = None, fleet: str | None = None,
+                no_tunnel: bool = False, set: list[str] | None = None, input: list[str] | None = None,
+                sweep: list[str] | None = None, repeat: str | None = None, seed: str | None = None,
+                job: str | None = None, output_dir: str | None = None, output: str | None = None,
+                previews: bool = False, detach: bool = False, dry_run: bool = False, timeout: str | None = None,
+                max_queued: str | None = None, resume: str | None = None, then: str | None = None,
+                debug: bool = False) -> RunOptions:
+    """``comfy.run``'s flags, as typed, checked and made into RunOptions (exit 2 on a bad one). The task and
+    the console script's quick path (``autopod.launch``) both come here, so they cannot disagree."""
+    from ..core.flags import number
+    from .ops import fleet_for
+
+    if seed is not None and seed not in ("fixed", "random", "increment"):
+        raise UsageError(f"--seed must be fixed, random or increment, got {seed!r}")
+    if resume is not None and (workflow or job or set or input or sweep):
+        raise UsageError("--resume finishes a recorded batch as it was planned; it takes no workflow or overrides")
+    fleet = fleet_for(fleet, pod, no_tunnel)
+    if fleet is not None and detach:
+        raise UsageError("--detach submits to one pod; a fleet's batch is spread as members become free, "
+                         "so it needs this command to run")
+    queued = number(max_queued, "--max-queued", int, minimum=1, maximum=10_000)
+    return RunOptions(workflows=list(workflow or []), job=job, sets=list(set or []), inputs=list(input or []),
+                      sweeps=list(sweep or []), repeat=number(repeat, "--repeat", int, minimum=1, maximum=100_000),
+                      seed=seed, output_dir=output_dir or "outputs", template=output, previews=previews,
+                      detach=detach, dry_run=dry_run, timeout=number(timeout, "--timeout", minimum=1),
+                      max_queued=queued or 16, per_member=queued, fleet=fleet, then=then,
+                      pod=pod, no_tunnel=no_tunnel, resume=resume, debug=debug)
+
+
+def print_report(report: dict[str, Any], *, as_json: bool, dry_run: bool = False, detach: bool = False) -> int:
+    """Print a batch's report as ``comfy.run`` (and ``comfy.watch``, ``comfy.fetch``) do; its exit code.
+    ``dry_run``: the prompt(s) exactly as they would be sent, with or without ``--json``. Otherwise one
+    document for scripts, the prompt ids with ``detach``, or a table and an ok/changed line for people."""
+    from ..core.output import dump_json, safe_text, table
+
+    if dry_run:
+        dump_json(report["prompt"] if report["prompt"] is not None else report["prompts"])
+        return 0
+    code = int(report.get("exit_code") or 0)
+    report = {**report, "status": "changed" if report.get("changed") else "ok"}
+    if code:
+        report["failed"] = True
+    if as_json:
+        dump_json(report)
+    elif detach:
+        for pid in report.get("prompt_ids") or []:
+            print(pid)
+        print(report["msg"], file=sys.stderr)
+    else:
+        rows = [{"index": p["index"], "prompt_id": (p["prompt_id"] or "")[:8] or None, "status": p["status"],
+                 "pod": p.get("pod"), "outputs": len(p["outputs"]), "error": p["error"]}
+                for p in report.get("prompts") or []]
+        pod_column = [("pod", "POD")] if report.get("fleet") else []
+        if rows:
+            print(table(rows, [("index", "#"), ("prompt_id", "PROMPT"), ("status", "STATUS"), *pod_column,
+                               ("outputs", "FILES"), ("error", "ERROR")]))
+        status = "changed" if report.get("changed") else "ok"
+        print(f"{'failed' if code else status}: {safe_text(report['msg'])}")
+    return code
+
+
 def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, Any]:
     """``comfy.run``: on one pod (``run.render``) or spread over a fleet (:func:`render_fleet`).
     ``--then stop|kill`` acts on the pod or fleet once the batch is done, also when prompts failed,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from ..core.output import dump_json, emit_outcome, emit_rows, safe_text, table
+from ..core.output import dump_json, emit_outcome, emit_rows, table
 from ._base import command, debug_enabled, exit_quietly, render_members
 
 _POD = ("pod id or name, or an inventory host, also as the word after the task "
@@ -16,13 +15,9 @@ _FLEET = ("every member of fleet NAME, in parallel: a line each and a summary; e
 
 
 def _fleet(fleet: Any, pod: Any, no_tunnel: bool = False) -> Any:
-    from ..core.chain import fleet_target
-    from ..core.errors import UsageError
+    from ..comfy.ops import fleet_for
 
-    name = fleet_target(fleet, pod) if not no_tunnel or fleet is not None else None
-    if name is not None and no_tunnel:
-        raise UsageError("--no-tunnel talks to the configured comfy_url; it takes no --fleet")
-    return name
+    return fleet_for(fleet, pod, no_tunnel)
 
 
 @command(help={"pod": _POD, "fleet": _FLEET, "no-tunnel": _NO_TUNNEL,
@@ -121,56 +116,24 @@ def run(c, workflow=None, pod=None, fleet=None, no_tunnel=False, set=None, input
         seed=None, job=None, output_dir=None, output=None, previews=False, detach=False, dry_run=False, timeout=None,
         max_queued=None, resume=None, then=None, json=False):
     """Run workflows on the pod: overrides, uploads, live progress, outputs on disk, batches, a ledger."""
-    from ..comfy.run import RunOptions
-    from ..comfy.spread import render
-    from ..core.errors import UsageError
-    from ..core.flags import number
+    from ..comfy.spread import print_report, render, run_options
 
-    if seed is not None and seed not in ("fixed", "random", "increment"):
-        raise UsageError(f"--seed must be fixed, random or increment, got {seed!r}")
-    if resume is not None and (workflow or job or set or input or sweep):
-        raise UsageError("--resume finishes a recorded batch as it was planned; it takes no workflow or overrides")
-    fleet = _fleet(fleet, pod, no_tunnel)
-    if fleet is not None and detach:
-        raise UsageError("--detach submits to one pod; a fleet's batch is spread as members become free, "
-                         "so it needs this command to run")
-    queued = number(max_queued, "--max-queued", int, minimum=1, maximum=10_000)
-    opts = RunOptions(workflows=list(workflow or []), job=job, sets=list(set or []), inputs=list(input or []),
-                      sweeps=list(sweep or []), repeat=number(repeat, "--repeat", int, minimum=1, maximum=100_000),
-                      seed=seed, output_dir=output_dir or "outputs", template=output, previews=previews,
-                      detach=detach, dry_run=dry_run, timeout=number(timeout, "--timeout", minimum=1),
-                      max_queued=queued or 16, per_member=queued, fleet=fleet, then=then,
-                      pod=pod, no_tunnel=no_tunnel, resume=resume, debug=debug_enabled())
-    report = render(opts)
-    if dry_run:
-        doc = report["prompt"] if report["prompt"] is not None else report["prompts"]
-        dump_json(doc)  # exactly what would be sent, with or without --json
-        return
-    _render_batch(report, as_json=json, ids_only=detach)
+    # The console script answers a plain comfy.run line without invoke, with these same two calls
+    # (autopod.launch); what the flags mean and what is printed live in comfy.spread for both.
+    opts = run_options(workflow=workflow, pod=pod, fleet=fleet, no_tunnel=no_tunnel, set=set, input=input,
+                       sweep=sweep, repeat=repeat, seed=seed, job=job, output_dir=output_dir, output=output,
+                       previews=previews, detach=detach, dry_run=dry_run, timeout=timeout, max_queued=max_queued,
+                       resume=resume, then=then, debug=debug_enabled())
+    code = print_report(render(opts), as_json=json, dry_run=dry_run, detach=detach)
+    if code:
+        exit_quietly(code)
 
 
 def _render_batch(report: dict, *, as_json: bool, ids_only: bool = False) -> None:
-    """The run's summary: one document for scripts; a table and an ok/changed line for people."""
-    code = int(report.get("exit_code") or 0)
-    report = {**report, "status": "changed" if report.get("changed") else "ok"}
-    if code:
-        report["failed"] = True
-    if as_json:
-        dump_json(report)
-    elif ids_only:
-        for pid in report.get("prompt_ids") or []:
-            print(pid)
-        print(report["msg"], file=sys.stderr)
-    else:
-        rows = [{"index": p["index"], "prompt_id": (p["prompt_id"] or "")[:8] or None, "status": p["status"],
-                 "pod": p.get("pod"), "outputs": len(p["outputs"]), "error": p["error"]}
-                for p in report.get("prompts") or []]
-        pod_column = [("pod", "POD")] if report.get("fleet") else []
-        if rows:
-            print(table(rows, [("index", "#"), ("prompt_id", "PROMPT"), ("status", "STATUS"), *pod_column,
-                               ("outputs", "FILES"), ("error", "ERROR")]))
-        status = "changed" if report.get("changed") else "ok"
-        print(f"{'failed' if code else status}: {safe_text(report['msg'])}")
+    """A batch's summary as comfy.run prints it; exit with the batch's code."""
+    from ..comfy.spread import print_report
+
+    code = print_report(report, as_json=as_json, detach=ids_only)
     if code:
         exit_quietly(code)
 

@@ -1,0 +1,151 @@
+"""The console script answers a plain ``comfy.run`` line itself, without invoke (``autopod.launch``), and
+must print exactly what the invoke task prints, with the same exit codes."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from comfy_fixtures import empty_save
+
+from autopod.sim.comfyui_standin import ComfyUIStandin
+from conftest import CliResult
+
+RUN_DEFAULTS = {"workflow": [], "pod": None, "fleet": None, "set": [], "input": [], "sweep": [], "repeat": None,
+                "seed": None, "job": None, "output_dir": None, "output": None, "timeout": None, "max_queued": None,
+                "resume": None, "then": None, "no_tunnel": False, "previews": False, "detach": False,
+                "dry_run": False, "json": False}
+
+
+def flags(**kw):
+    return {**RUN_DEFAULTS, **kw}
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["comfy.run", "a.json"], flags(workflow=["a.json"])),
+    (["comfy.run", "a.json", "b.json", "--set", "1.w=2", "--set", "Canvas.text=@t.txt", "--json"],
+     flags(workflow=["a.json", "b.json"], set=["1.w=2", "Canvas.text=@t.txt"], json=True)),
+    (["comfy.run", "--job", "j.yml", "--pod", "flux", "--sweep", "1.seed=1..4", "--repeat", "2", "--seed",
+      "random", "--output-dir", "out", "--output", "{job}/{filename}", "--timeout", "60", "--max-queued", "3",
+      "--previews", "--detach", "--dry-run", "--no-tunnel", "--input", "LoadImage=cat.png"],
+     flags(job="j.yml", pod="flux", sweep=["1.seed=1..4"], repeat="2", seed="random", output_dir="out",
+           output="{job}/{filename}", timeout="60", max_queued="3", previews=True, detach=True, dry_run=True,
+           no_tunnel=True, input=["LoadImage=cat.png"])),
+    (["comfy.run", "--fleet", "flux", "a.json", "--then", "stop"], flags(fleet="flux", workflow=["a.json"], then="stop")),
+    (["comfy.run", "--resume", "B1", "--fleet", "flux"], flags(resume="B1", fleet="flux")),
+    (["comfy.run", "a.json", "--pod", "p", "--pod", "q"], None),  # repeated: the full CLI refuses it
+    (["comfy.run", "a.json", "--json", "--json"], None),
+    (["comfy.run", "a.json", "--set=1.w=2"], None),  # --flag=value: the full CLI parses it
+    (["comfy.run", "a.json", "--set"], None),  # missing value: the full CLI words the error
+    (["comfy.run", "a.json", "--pod", ""], None),  # empty
+    (["comfy.run", "a.json", "--pod", "\udcff"], None),  # not UTF-8
+    (["comfy.run", "a.json", "--timeout", "-5"], None),  # looks like a flag
+    (["comfy.run", "a.json", "--debug"], None),
+    (["comfy.run", "a.json", "--help"], None),
+    (["comfy.run", "a.json", "-h"], None),
+    (["comfy.run", "a.json", "--no-such-flag"], None),
+    (["comfy.run", "a.json", "comfy.jobs"], None),  # a chain: invoke runs it
+    (["comfy.run", "pod.json"], None),  # may name a task: the full CLI decides (here: a workflow file)
+    (["pod.up", "--name", "x", "comfy.run", "a.json"], None),
+    (["--debug", "comfy.run", "a.json"], None),
+    (["comfy.run"], flags()),  # no workflow: run_options/plan refuse it, as the task does
+])
+def test_quick_path_takes_only_plain_run_command_lines(argv, expect):
+    from autopod.launch import parse_comfy_run
+
+    assert parse_comfy_run(argv) == expect
+
+
+@pytest.fixture
+def console(capsys, monkeypatch):
+    """``autopod ARGS...`` through the console script's entry (``autopod.launch.main``), in this process."""
+    import autopod.cli
+    from autopod import launch
+
+    monkeypatch.setattr(autopod.cli, "main", lambda: autopod.cli.make_program().run())
+
+    def run(*argv: str) -> CliResult:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["autopod", *argv])
+        code = 0
+        try:
+            launch.main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def comfy(tmp_path, autopod_home):
+    with ComfyUIStandin(sim_nodes=True, root=tmp_path / "comfyui") as s:
+        autopod_home.mkdir(parents=True, exist_ok=True)
+        (autopod_home / "config.yaml").write_text(f"comfy_url: {s.url}\n")
+        yield s
+
+
+def _same(text: str) -> str:
+    """Output with what differs between two runs of the same command masked: ids, times, counters."""
+    text = re.sub(r"\b\d{8}-\d{6}-[0-9a-f]{4}\b", "BATCH", text)
+    text = re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "ID", text)
+    text = re.sub(r"\b[0-9a-f]{32}\b", "CLIENT", text)
+    text = re.sub(r"\b[0-9a-f]{8}\b", "ID8", text)
+    text = re.sub(r"_\d{5}_", "_N_", text)
+    return re.sub(r"out-(quick|task)", "out", text)
+
+
+@pytest.mark.parametrize("args,code", [
+    ([], 0),
+    (["--json"], 0),
+    (["--set", "1.width=24", "--dry-run"], 0),
+    (["--set", "1.width=24", "--dry-run", "--json"], 0),
+    (["--detach"], 0),
+    (["--set", "1.width=0", "--json"], 2),  # checked against the node definitions, before anything is sent
+    (["--set", "1.width=0"], 2),
+    (["--seed", "sometimes", "--json"], 2),  # run_options
+    (["--max-queued", "0"], 2),
+    (["--then", "stop", "--no-tunnel"], 2),
+    (["--output", "{nope}"], 2),
+])
+def test_quick_path_prints_what_the_task_prints(comfy, cli, console, tmp_path, args, code):
+    wf = tmp_path / "tiny.json"
+    wf.write_text(json.dumps(empty_save("tiny", width=8, height=8)))
+    runs = {}
+    for name, entry in (("quick", console), ("task", cli)):
+        argv = ["comfy.run", str(wf), "--no-tunnel", "--output-dir", str(tmp_path / f"out-{name}"), *args]
+        runs[name] = entry(*argv)
+    assert runs["quick"].code == runs["task"].code == code, (runs["quick"].err, runs["task"].err)
+    assert _same(runs["quick"].out) == _same(runs["task"].out)
+    assert _same(runs["quick"].err) == _same(runs["task"].err)
+    if "--json" in args:
+        json.loads(runs["quick"].out)  # one document
+
+
+def test_a_failed_prompt_exits_1_on_both(comfy, cli, console, tmp_path):
+    wf = tmp_path / "fail.json"
+    prompt = empty_save("x", width=8, height=8)
+    prompt["3"] = {"class_type": "AutopodFail", "inputs": {"image": ["1", 0], "message": "boom"}}
+    prompt["2"]["inputs"]["images"] = ["3", 0]
+    wf.write_text(json.dumps(prompt))
+    quick = console("comfy.run", str(wf), "--no-tunnel", "--output-dir", str(tmp_path / "out"), "--json")
+    task = cli("comfy.run", str(wf), "--no-tunnel", "--output-dir", str(tmp_path / "out"), "--json")
+    assert quick.code == task.code == 1
+    assert quick.json["failed"] is True and "boom" in quick.json["prompts"][0]["error"]
+
+
+def test_the_quick_path_skips_invoke_and_the_task_collections(comfy, tmp_path):
+    wf = tmp_path / "tiny.json"
+    wf.write_text(json.dumps(empty_save("tiny", width=8, height=8)))
+    code = ("import sys\nfrom autopod.launch import main\nsys.argv = ['autopod'] + sys.argv[1:]\ntry:\n    main()\n"
+            "finally:\n    print(sorted(m for m in sys.modules if m.split('.')[0] in ('invoke', 'runpod', 'tabulate')"
+            " or m.startswith('autopod.tasks')), file=sys.stderr)\n")
+    p = subprocess.run([sys.executable, "-c", code, "comfy.run", str(wf), "--no-tunnel", "--output-dir",
+                        str(tmp_path / "out"), "--json"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["counts"] == {"success": 1}
+    assert p.stderr.strip().splitlines()[-1] == "[]"
