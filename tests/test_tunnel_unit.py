@@ -562,3 +562,29 @@ def test_log_tail_reads_only_this_spawns_lines_across_a_rotation(autopod_home):
                     "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nValueError: boom\n")
     assert logs.log_tail("host:box", start) == "mine before rotation / mine after rotation / ValueError: boom"
     assert logs.log_tail("host:nothing", (0, 0)).startswith("no details (see ")
+
+
+def test_a_process_command_line_reads_as_psutil_reads_it():
+    """core.procs.cmdline reads /proc on Linux (no psutil import on every comfy command): the same answer."""
+    import psutil
+
+    from autopod.core.procs import cmdline
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "a b", "é", ""],
+                             stdin=subprocess.PIPE)
+    try:
+        assert manager_wait(lambda: psutil.Process(child.pid).cmdline()[-3:] == ["a b", "é", ""])  # exec'd
+        assert cmdline(child.pid) == psutil.Process(child.pid).cmdline()
+        child.kill()
+        assert manager_wait(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE)
+        assert cmdline(child.pid) == []  # a zombie is gone
+    finally:
+        child.kill()
+        child.wait()
+    assert cmdline(child.pid) == [] and cmdline(None) == [] and cmdline(0) == []
+
+
+def manager_wait(predicate, timeout: float = 5.0) -> bool:
+    from autopod.core.procs import wait_for
+
+    return wait_for(predicate, timeout, interval=0.01)

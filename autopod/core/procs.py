@@ -6,7 +6,9 @@ command line (``cmdline``) before ever signalling it.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -25,11 +27,16 @@ def stop_child(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
 
 
 def cmdline(pid: int | None) -> list[str]:
-    """The command line of a live process; [] when it is gone, a zombie, or not ours to inspect."""
-    import psutil
-
+    """The command line of a live process; [] when it is gone, a zombie, or not ours to inspect (on Linux
+    also when it rewrote its command line without NUL separators: autopod's own processes never do)."""
     if not pid:
         return []
+    if sys.platform.startswith("linux"):
+        # Two small reads of /proc: every comfy command checks its tunnel's daemon this way, and importing
+        # psutil for it cost about 15 ms of CPU. Elsewhere psutil knows how to ask.
+        return _proc_cmdline(pid)
+    import psutil
+
     try:
         p = psutil.Process(int(pid))
         if p.status() == psutil.STATUS_ZOMBIE:
@@ -37,6 +44,20 @@ def cmdline(pid: int | None) -> list[str]:
         return p.cmdline()
     except (psutil.Error, ValueError):
         return []
+
+
+def _proc_cmdline(pid: int | str) -> list[str]:
+    try:
+        base = f"/proc/{int(pid)}"
+        with open(f"{base}/stat", "rb") as f:
+            stat = f.read()
+        if stat[stat.rindex(b")") + 2:][:1] == b"Z":  # the state follows "(name) "; the name may hold ")"
+            return []
+        with open(f"{base}/cmdline", "rb") as f:
+            raw = f.read()
+    except (OSError, ValueError):
+        return []
+    return [os.fsdecode(arg) for arg in raw.split(b"\0")[:-1]] if raw.endswith(b"\0") else []
 
 
 def terminate_pid(pid: int, timeout: float = 5.0, *, on_kill: Callable[[], None] | None = None) -> None:
