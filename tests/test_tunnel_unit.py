@@ -32,9 +32,21 @@ def _record(target_id: str, pid: int, **extra) -> None:
 
 
 def _sleeper(argv: list[str], **kw) -> subprocess.Popen:
-    """A process that sleeps with ``argv`` as its command line (argv[0] included)."""
-    return subprocess.Popen([argv[0], "-c", "import time; time.sleep(60)", *argv[1:]], executable=sys.executable,
-                            **kw)
+    """A process that sleeps with ``argv`` as its command line (argv[0] included), once the kernel shows it
+    (right after exec, /proc/<pid>/cmdline can still read empty for a moment)."""
+    p = subprocess.Popen([argv[0], "-c", "import time; time.sleep(60)", *argv[1:]], executable=sys.executable,
+                         **kw)
+    assert manager_wait(lambda: len(_psutil_cmdline(p.pid)) > 1)
+    return p
+
+
+def _psutil_cmdline(pid: int) -> list[str]:
+    import psutil
+
+    try:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return []
 
 
 @pytest.fixture
@@ -564,17 +576,18 @@ def test_log_tail_reads_only_this_spawns_lines_across_a_rotation(autopod_home):
     assert logs.log_tail("host:nothing", (0, 0)).startswith("no details (see ")
 
 
-def test_a_process_command_line_reads_as_psutil_reads_it():
-    """core.procs.cmdline reads /proc on Linux (no psutil import on every comfy command): the same answer."""
+def test_a_process_command_line_and_environment_read_as_psutil_reads_them():
+    """core.procs reads /proc on Linux (no psutil import on every comfy command): the same answers."""
     import psutil
 
-    from autopod.core.procs import cmdline
+    from autopod.core.procs import cmdline, environ
 
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "a b", "é", ""],
                              stdin=subprocess.PIPE)
     try:
         assert manager_wait(lambda: psutil.Process(child.pid).cmdline()[-3:] == ["a b", "é", ""])  # exec'd
         assert cmdline(child.pid) == psutil.Process(child.pid).cmdline()
+        assert environ(child.pid) == psutil.Process(child.pid).environ() and environ(child.pid)["AUTOPOD_HOME"]
         child.kill()
         assert manager_wait(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE)
         assert cmdline(child.pid) == []  # a zombie is gone
@@ -582,6 +595,7 @@ def test_a_process_command_line_reads_as_psutil_reads_it():
         child.kill()
         child.wait()
     assert cmdline(child.pid) == [] and cmdline(None) == [] and cmdline(0) == []
+    assert environ(child.pid) is None and environ(None) is None
 
 
 def manager_wait(predicate, timeout: float = 5.0) -> bool:

@@ -60,6 +60,26 @@ def _proc_cmdline(pid: int | str) -> list[str]:
     return [os.fsdecode(arg) for arg in raw.split(b"\0")[:-1]] if raw.endswith(b"\0") else []
 
 
+def environ(pid: int | None) -> dict[str, str] | None:
+    """The environment a live process started with; None when it is gone or not ours to inspect."""
+    if not pid:
+        return None
+    if sys.platform.startswith("linux"):  # as cmdline: /proc, without importing psutil
+        try:
+            with open(f"/proc/{int(pid)}/environ", "rb") as f:
+                raw = f.read()
+        except (OSError, ValueError):
+            return None
+        pairs = (os.fsdecode(item).partition("=") for item in raw.split(b"\0") if item)
+        return {k: v for k, sep, v in pairs if sep}
+    import psutil
+
+    try:
+        return psutil.Process(int(pid)).environ()
+    except (psutil.Error, ValueError, OSError):
+        return None
+
+
 def terminate_pid(pid: int, timeout: float = 5.0, *, on_kill: Callable[[], None] | None = None) -> None:
     """SIGTERM a process that is not our child (a detached daemon), then SIGKILL after ``timeout``.
 

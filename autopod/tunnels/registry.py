@@ -15,7 +15,7 @@ from typing import Any
 
 from ..core.errors import ConfigError, UsageError
 from ..core.paths import autopod_home
-from ..core.procs import cmdline, terminate_pid
+from ..core.procs import cmdline, environ, terminate_pid
 from ..core.state import StateFile, check_fields, require
 from .targets import HOST_PREFIX, check_host, check_user
 
@@ -159,12 +159,10 @@ def _arg(cmd: list[str], flag: str) -> str | None:
 def _runs_in_our_home(pid: Any) -> bool:
     """The process has our AUTOPOD_HOME: a daemon of another home (another user, a test) for the same
     pod is not ours to signal. One we may not inspect is not ours either."""
-    import psutil
-
+    home = (environ(pid) or {}).get("AUTOPOD_HOME")
     try:
-        home = psutil.Process(int(pid)).environ().get("AUTOPOD_HOME")
         return bool(home) and Path(home).resolve() == autopod_home().resolve()
-    except (psutil.Error, ValueError, OSError):
+    except OSError:
         return False
 
 
