@@ -38,9 +38,9 @@ def test_instantiation_defaults_and_one_session():
     assert c.retry_delays() == [2.0, 4.0, 8.0]
     c2 = ComfyUIClient("http://127.0.0.1:9000/", timeout=3)
     assert c2.base_url == "http://127.0.0.1:9000" and c2.timeout == 3.0
-    import requests
+    from autopod.comfy.transport import Session
 
-    assert isinstance(c2.session, requests.Session) and c2.session is not c.session
+    assert isinstance(c2.session, Session) and c2.session is not c.session
     with c2 as same:
         assert same is c2
 
@@ -189,3 +189,64 @@ def test_every_call_is_logged_with_url_status_and_time(standin):
         logger.setLevel(old_level)
     line = records[0].getMessage()
     assert f"GET {standin.url}/history?max_items=2 -> 200 in " in line and line.endswith("s")
+
+
+# -- the transport (autopod.comfy.transport, on http.client) -------------------------------------
+
+def _accepted(standin, monkeypatch) -> list:
+    """The server side of every connection the stand-in accepts from now on."""
+    socks = []
+    accept = standin._httpd.get_request
+
+    def recording():
+        sock, addr = accept()
+        socks.append(sock)
+        return sock, addr
+
+    monkeypatch.setattr(standin._httpd, "get_request", recording)
+    return socks
+
+
+def test_requests_share_one_kept_alive_connection_and_a_post_is_one_write(standin, monkeypatch):
+    """A body sent apart from its headers would wait for a delayed ACK (about 40 ms) on a kept-alive
+    connection; http.client sends bytes with the headers in one write."""
+    socks = _accepted(standin, monkeypatch)
+    writes = []
+    sendall = socket.socket.sendall
+
+    def recording(self, data, *args):
+        if self.getsockname()[1] != standin.port:  # the client's end
+            writes.append(bytes(data))
+        return sendall(self, data, *args)
+
+    monkeypatch.setattr(socket.socket, "sendall", recording)
+    with ComfyUIClient(standin.url) as c:
+        c.get_system_stats()
+        c.delete_queued(["not-queued"])
+        assert c.get_history("nope") == {}
+    assert len(socks) == 1  # one TCP connection for all three
+    post = [w for w in writes if w.startswith(b"POST /queue")]
+    assert len(post) == 1 and post[0].endswith(b'{"delete": ["not-queued"]}')
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(standin, monkeypatch):
+    socks = _accepted(standin, monkeypatch)
+    with ComfyUIClient(standin.url) as c:
+        c.get_system_stats()
+        socks[0].shutdown(socket.SHUT_RDWR)  # ComfyUI dropped the idle connection (its keep-alive timeout)
+        assert c.get_history("nope") == {}
+        assert c.get_object_info("EmptyImage")["EmptyImage"]["name"] == "EmptyImage"
+    assert len(socks) == 2
+
+
+def test_an_upload_names_the_file_as_requests_did(standin, tmp_path):
+    """Multipart as urllib3 writes it: a quote or line break in a name is percent-encoded, the rest as is."""
+    from autopod.sim.comfyui import images as im
+
+    src = tmp_path / "src.png"
+    with src.open("wb") as f:
+        im.write_png(f, 2, 2, im.solid(2, 2, 0x112233).rows())
+    with ComfyUIClient(standin.url) as c:
+        got = c.upload_image(src, name="café 1.png", subfolder="sub")
+    assert got == {"name": "café 1.png", "subfolder": "sub", "type": "input"}
+    assert (standin.root / "input" / "sub" / "café 1.png").read_bytes() == src.read_bytes()

@@ -110,7 +110,7 @@ class ComfyUIClient:
     def __init__(self, base_url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT, *, retries: int = 3,
                  backoff: float = 2.0, max_delay: float = 8.0, sleep: Callable[[float], None] = time.sleep,
                  session: Any = None):
-        import requests  # deferred: `autopod --help` should not pay for it
+        from .transport import Session  # http.client: importing requests cost every comfy command ~40 ms
 
         self.base_url = base_url.rstrip("/")
         self.timeout = float(timeout)
@@ -118,7 +118,7 @@ class ComfyUIClient:
         self.backoff = float(backoff)
         self.max_delay = float(max_delay)
         self.sleep = sleep
-        self.session = session or requests.Session()
+        self.session = session or Session()
 
     def __enter__(self) -> "ComfyUIClient":
         return self
@@ -306,19 +306,18 @@ class ComfyUIClient:
 
     def request(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> Any:
         """One HTTP call, logged with URL, status and elapsed time; errors become ComfyError subclasses."""
-        import requests
+        from .transport import ConnectionFailed, Timeout
 
         url = self.base_url + path
         t = self.timeout if timeout is None else timeout
         start = time.monotonic()
         try:
             resp = self.session.request(method, url, timeout=t, **kw)
-        except requests.Timeout:
-            # Checked before ConnectionError: ConnectTimeout is both.
+        except Timeout:
             log.debug("%s %s -> timeout after %.3fs", method, url, time.monotonic() - start)
             raise ComfyTimeout(f"ComfyUI is not responding at {self.base_url} (no answer within {t:g}s); "
                                "it may be busy loading models, or the pod is overloaded") from None
-        except requests.ConnectionError as e:
+        except ConnectionFailed as e:
             elapsed = time.monotonic() - start
             log.debug("%s %s -> connection error after %.3fs: %s", method, url, elapsed, e)
             raise ComfyUnreachable(_unreachable_msg(self.base_url, e)) from None
