@@ -181,6 +181,40 @@ def test_a_damaged_kept_file_is_said_set_aside_and_fetched_again(comfy, cli, tmp
     assert len(json.loads(kept.read_text())["object_info"]) == 477  # and a whole copy kept again
 
 
+def test_a_kept_copy_that_trips_planning_up_is_replaced_not_a_crash(comfy, cli, tmp_path, autopod_home):
+    wf = write(tmp_path, "tiny.json", empty_save("tiny"))
+    assert run(cli, tmp_path, wf, "--dry-run").code == 0
+    [kept] = kept_files(autopod_home)
+    doc = json.loads(kept.read_text())
+    doc["object_info"]["EmptyImage"]["input"] = ["not", "a", "mapping"]  # parses, has the right outer shape
+    kept.write_text(json.dumps(doc))
+    r = run(cli, tmp_path, wf, "--set", "1.width=32", "--json")
+    assert r.code == 0, r.err
+    assert isinstance(json.loads(kept.read_text())["object_info"]["EmptyImage"]["input"], dict)
+
+
+def test_copies_unused_for_30_days_are_removed_when_another_is_written(comfy, cli, tmp_path, autopod_home):
+    import os
+    import time
+
+    wf = write(tmp_path, "tiny.json", empty_save("tiny"))
+    assert run(cli, tmp_path, wf, "--dry-run").code == 0
+    [kept] = kept_files(autopod_home)
+    folder = kept.parent
+    old, recent, aside = folder / "0ld.json", folder / "recent.json", folder / "x.json.corrupt-abc"
+    for f in (old, recent, aside):
+        f.write_text("{}")
+    month_ago = time.time() - 31 * 86400
+    os.utime(old, (month_ago, month_ago))
+    os.utime(aside, (month_ago, month_ago))
+    os.utime(kept, (month_ago, month_ago))
+    assert run(cli, tmp_path, wf, "--dry-run").code == 0  # a hit: marks the pod's copy as used
+    assert kept.stat().st_mtime > month_ago + 86400 and old.exists()  # nothing written, nothing pruned
+    kept.write_text("damaged")  # the next run writes a fresh copy, and prunes
+    assert run(cli, tmp_path, wf, "--dry-run").code == 0
+    assert not old.exists() and recent.exists() and aside.exists() and kept.exists()
+
+
 def test_consulted_records_what_planning_reads():
     c = Consulted({"A": {"x": 1}, "B": {}})
     assert c.get("A") == {"x": 1} and "Nope" not in c and c["B"] == {} and c.get(7) is None

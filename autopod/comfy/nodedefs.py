@@ -28,7 +28,8 @@ for exactly the classes a plan uses.
 
 A kept file that does not parse or has the wrong shape is a cache miss: it is copied aside
 (``<file>.corrupt-<hash>``, as state files are), a line on stderr says so, and the definitions are
-fetched again.
+fetched again. One that parses but trips planning up is replaced by the server's list the same way
+a stale one is. A copy nobody used for 30 days is removed when another is written.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
@@ -48,6 +50,7 @@ T = TypeVar("T")
 VERSION = 1
 LOCK_TIMEOUT_S = 30.0
 CHECK_THREADS = 8  # per-class checks in flight at once (each is one small request)
+PRUNE_DAYS = 30  # a kept copy nobody used for this long is removed when another is written
 
 
 class Consulted(dict):
@@ -120,7 +123,7 @@ def plan_checked(conn: Any, plan: Callable[[dict[str, Any]], T], *,
     ``conn`` is a ``run.Connection``: ``conn.call(fn)`` reaches the pod's ComfyUI, ``conn.endpoint``
     says which one, ``conn.note`` prints a line on stderr."""
     key = cache_key(conn)
-    kept = load(key, note=conn.note) if key is not None else None
+    kept = load(key, note=conn.note)
     if kept is not None:
         view = Consulted(kept)
         try:
@@ -128,7 +131,10 @@ def plan_checked(conn: Any, plan: Callable[[dict[str, Any]], T], *,
             refusal: AutopodError | None = None
         except AutopodError as e:
             result, refusal = None, e
-        names = set(view.names) | (set(also(result)) if refusal is None else set())  # type: ignore[arg-type]
+        except Exception:  # a kept copy that parses but trips planning up: the server's own list decides
+            log.debug("planning on the kept node definitions failed; fetching them all", exc_info=True)
+            view.whole = True
+        names = set(view.names) | (set(also(result)) if refusal is None and not view.whole else set())  # type: ignore[arg-type]
         if not view.whole and _unchanged(conn, kept, names):
             if refusal is not None:
                 raise refusal
@@ -136,8 +142,7 @@ def plan_checked(conn: Any, plan: Callable[[dict[str, Any]], T], *,
         log.debug("kept node definitions differ from the server's for %s; fetching them all",
                   "the whole list" if view.whole else sorted(names))
     fresh = conn.call(lambda c: c.get_object_info())
-    if key is not None:
-        store(key, fresh, note=conn.note)
+    store(key, fresh, note=conn.note)
     return plan(fresh), fresh
 
 
@@ -165,7 +170,7 @@ def _unchanged(conn: Any, kept: dict[str, Any], names: set[str]) -> bool:
 # -- the kept copies ------------------------------------------------------------------------------------------
 
 
-def cache_key(conn: Any) -> tuple[str, str] | None:
+def cache_key(conn: Any) -> tuple[str, str]:
     """(target, ComfyUI's address as the target sees it): the pod id or ``host:<name>`` with
     ``comfy_address``; with ``--no-tunnel``, the configured URL."""
     ep = conn.endpoint
@@ -203,6 +208,10 @@ def load(key: tuple[str, str], *, note: Callable[[str], None]) -> dict[str, Any]
         kept = f"; a copy is kept at {backup}" if backup else ""
         note(f"the kept node definitions {path} are damaged ({e}){kept}; fetching them from ComfyUI")
         return None
+    try:
+        os.utime(path)  # used: the pruning of kept copies goes by this time
+    except OSError:
+        pass
     return doc["object_info"]
 
 
@@ -229,5 +238,19 @@ def store(key: tuple[str, str], object_info: dict[str, Any], *, note: Callable[[
                            "object_info": object_info}, separators=(",", ":"))
         with private_lock(str(path) + ".lock", LOCK_TIMEOUT_S):
             write_private(path, text)
+        _prune(path.parent, keep=path)
     except (OSError, LockTimeout, AutopodError) as e:
         note(f"could not keep the node definitions for the next run ({e})")
+
+
+def _prune(folder: Path, *, keep: Path) -> None:
+    """Kept copies unused for PRUNE_DAYS go (pods come and go; each copy is 0.5 MB or more), with
+    their locks. Damaged copies set aside stay: the user was told about them."""
+    cutoff = time.time() - PRUNE_DAYS * 86400
+    for entry in folder.glob("*.json"):
+        try:
+            if entry != keep and entry.stat().st_mtime < cutoff:
+                entry.unlink()
+                Path(str(entry) + ".lock").unlink(missing_ok=True)
+        except OSError:
+            pass
