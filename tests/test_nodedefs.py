@@ -186,11 +186,11 @@ def test_a_kept_copy_that_trips_planning_up_is_replaced_not_a_crash(comfy, cli, 
     assert run(cli, tmp_path, wf, "--dry-run").code == 0
     [kept] = kept_files(autopod_home)
     doc = json.loads(kept.read_text())
-    doc["object_info"]["EmptyImage"]["input"] = ["not", "a", "mapping"]  # parses, has the right outer shape
+    doc["object_info"]["EmptyImage"]["input_order"] = {"required": 5}  # parses, has the right outer shape
     kept.write_text(json.dumps(doc))
     r = run(cli, tmp_path, wf, "--set", "1.width=32", "--json")
     assert r.code == 0, r.err
-    assert isinstance(json.loads(kept.read_text())["object_info"]["EmptyImage"]["input"], dict)
+    assert json.loads(kept.read_text())["object_info"]["EmptyImage"]["input_order"]["required"][0] == "width"
 
 
 def test_copies_unused_for_30_days_are_removed_when_another_is_written(comfy, cli, tmp_path, autopod_home):

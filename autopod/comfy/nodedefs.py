@@ -126,11 +126,12 @@ def plan_checked(conn: Any, plan: Callable[[dict[str, Any]], T], *,
     kept = load(key, note=conn.note)
     if kept is not None:
         view = Consulted(kept)
+        result: T | None = None
+        refusal: AutopodError | None = None
         try:
-            result: T | None = plan(view)
-            refusal: AutopodError | None = None
+            result = plan(view)
         except AutopodError as e:
-            result, refusal = None, e
+            refusal = e
         except Exception:  # a kept copy that parses but trips planning up: the server's own list decides
             log.debug("planning on the kept node definitions failed; fetching them all", exc_info=True)
             view.whole = True
