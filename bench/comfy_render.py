@@ -4,6 +4,7 @@ Run by hand (not part of the test suite):
 
     .venv/bin/python bench/comfy_render.py                 # 1024 MB download, 10 single prompts, batch of 20
     .venv/bin/python bench/comfy_render.py --mb 256 --singles 5 --batch 10
+    .venv/bin/python bench/comfy_render.py --no-download --before ../old-checkout   # and an older autopod
 
 One process starts a loopback OpenSSH sshd and the simulator's ComfyUI stand-in (its model-free
 nodes), puts the stand-in behind the sshd as an inventory host, and starts `autopod tunnel.start`.
@@ -19,7 +20,12 @@ Then:
    does what ComfyUI's own script examples do: POST /prompt, wait on the WebSocket, GET the output.
    Both run as fresh processes, alternately; medians. Then a batch of distinct prompts: one
    `autopod comfy.run --sweep` against the script doing the same prompts in a loop, per prompt.
-Everything stays on 127.0.0.1; AUTOPOD_HOME is a temporary folder.
+   With --before DIR, an older autopod checkout runs the same commands in the same rounds, through
+   a tunnel its own code started (to the same sshd and stand-in), against the reference script
+   through that tunnel: before and after side by side.
+Everything stays on 127.0.0.1; AUTOPOD_HOME is a temporary folder. The autopod code is compiled
+first (compileall), as an installed package is: with PYTHONDONTWRITEBYTECODE set, every run would
+otherwise compile it from source, about 70 ms that no installed autopod pays.
 """
 
 from __future__ import annotations
@@ -68,14 +74,14 @@ TINY = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "b
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "tiny"}}}
 
 
-def timed(argv: list[str], env: dict) -> tuple[float, int, subprocess.CompletedProcess]:
+def timed(argv: list[str], env: dict, cwd: Path = ROOT) -> tuple[float, int, subprocess.CompletedProcess]:
     """(seconds, peak RSS in KiB of the command, the result), the command run as a fresh process."""
     wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
                "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
                "d = time.perf_counter() - t; "
                "print(d, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode); "
                "sys.stderr.write(p.stderr[-2000:] if p.returncode else '')")
-    p = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, env=env, cwd=ROOT)
+    p = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, env=env, cwd=cwd)
     secs, rss, code = p.stdout.split()
     if int(code):
         raise SystemExit(f"{' '.join(argv[:6])} failed: {p.stderr}")
@@ -88,6 +94,8 @@ def main() -> None:
     ap.add_argument("--singles", type=int, default=10, help="single-prompt runs each (default 10)")
     ap.add_argument("--batch", type=int, default=20, help="prompts in the batch comparison (default 20)")
     ap.add_argument("--rounds", type=int, default=5, help="downloads of each kind, median (default 5)")
+    ap.add_argument("--no-download", action="store_true", help="skip the download comparison")
+    ap.add_argument("--before", type=Path, help="an older autopod checkout to time side by side (per prompt)")
     args = ap.parse_args()
 
     import shutil
@@ -99,8 +107,15 @@ def main() -> None:
 
     if not find_sshd() or not shutil.which("curl"):
         raise SystemExit("needs OpenSSH's sshd and curl")
+    before = args.before.resolve() if args.before else None
+    for tree in (ROOT, before):
+        if tree is not None:
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "autopod")], check=True,
+                           stdout=subprocess.DEVNULL)
     work = Path(tempfile.mkdtemp(prefix="autopod-bench-"))
     env = {**os.environ, "AUTOPOD_HOME": str(work / "home"), "AUTOPOD_INVENTORY": str(work / "inv.yml")}
+    # The older checkout: its own home (tunnels.json, ledger), code found first from its folder.
+    old_env = {**env, "AUTOPOD_HOME": str(work / "home-before"), "PYTHONPATH": str(before)} if before else {}
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     autopod = [sys.executable, "-m", "autopod"]
@@ -119,6 +134,13 @@ def main() -> None:
             raise SystemExit(start.stderr)
         lp = json.loads(start.stdout)["local_port"]
         base = f"http://127.0.0.1:{lp}"
+        old_lp = None
+        if before:  # the older code's own tunnel daemon, on another port
+            start = subprocess.run(autopod + ["tunnel.start", "bench", "--local-port", str(lp + 1000), "--json"],
+                                   env=old_env, capture_output=True, text=True, cwd=before)
+            if start.returncode:
+                raise SystemExit(start.stderr)
+            old_lp = json.loads(start.stdout)["local_port"]
 
         # 1. Download.
         def big(mb: int) -> Path:
@@ -139,7 +161,9 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             return secs, rss
 
-        fetch_once(args.mb)  # writes the file once; later runs are cached by the server
+        if args.no_download:
+            args.rounds = 0
+        fetch_once(args.mb if args.rounds else 8)  # writes the file once; later runs are cached by the server
         hist = requests.get(f"http://127.0.0.1:{sport}/history", timeout=30).json()
         item = next(iter(next(iter(hist.values()))["outputs"].values()))["files"][0]
         url = f"{base}/view?filename={item['filename']}&subfolder={item['subfolder']}&type={item['type']}"
@@ -167,8 +191,8 @@ def main() -> None:
             secs, rss = fetch_once(args.mb)
             cmd.append(secs)
             rss_big.append(rss)
-        rss_small = [fetch_once(8)[1] for _ in range(2)]
-        results["download"] = {
+        rss_small = [fetch_once(8)[1] for _ in range(2 if args.rounds else 0)]
+        results["download"] = {} if not args.rounds else {
             "mb": args.mb, "rounds": args.rounds, "curl_mb_s": round(size / statistics.median(curl) / 1e6, 1),
             "autopod_mb_s": round(size / statistics.median(lib) / 1e6, 1),
             "ratio": round(statistics.median(curl) / statistics.median(lib), 3),
@@ -182,19 +206,36 @@ def main() -> None:
         tiny.write_text(json.dumps(TINY))
         ref_script = work / "reference.py"
         ref_script.write_text(REFERENCE)
-        ref_t, ours_t = [], []
-        for n in range(args.singles):
-            one = dict(TINY, **{"2": {**TINY["2"], "inputs": {**TINY["2"]["inputs"], "filename_prefix": f"r{n}"}}})
-            pf = work / f"ref{n}.json"
+        ref_t, ours_t, old_ref_t, old_t = [], [], [], []
+
+        def reference(port: int, tag: str) -> float:
+            one = dict(TINY, **{"2": {**TINY["2"], "inputs": {**TINY["2"]["inputs"], "filename_prefix": tag}}})
+            pf = work / f"{tag}.json"
             pf.write_text(json.dumps([one]))
-            (work / f"refout{n}").mkdir()
-            ref_t.append(timed([sys.executable, str(ref_script), f"127.0.0.1:{lp}", str(pf), str(work / f"refout{n}")],
-                               env)[0])
-            ours_t.append(timed(autopod + ["comfy.run", str(tiny), "--pod", "bench", "--set", f"2.filename_prefix=a{n}",
-                                           "--output-dir", str(work / f"ourout{n}")], env)[0])
+            (work / f"out-{tag}").mkdir()
+            return timed([sys.executable, str(ref_script), f"127.0.0.1:{port}", str(pf), str(work / f"out-{tag}")],
+                         env)[0]
+
+        for n in range(-1, args.singles):  # round -1 warms up: the first run keeps the node definitions
+            secs = [reference(lp, f"r{n}"),
+                    timed(autopod + ["comfy.run", str(tiny), "--pod", "bench", "--set", f"2.filename_prefix=a{n}",
+                                     "--output-dir", str(work / f"ourout{n}")], env)[0]]
+            if before:
+                secs += [reference(old_lp, f"q{n}"),
+                         timed(autopod + ["comfy.run", str(tiny), "--pod", "bench", "--set",
+                                          f"2.filename_prefix=b{n}", "--output-dir", str(work / f"oldout{n}")],
+                               old_env, cwd=before)[0]]
+            if n >= 0:
+                for times, t in zip((ref_t, ours_t, old_ref_t, old_t), secs):
+                    times.append(t)
         results["single_prompt"] = {"reference_s": round(statistics.median(ref_t), 3),
                                     "autopod_s": round(statistics.median(ours_t), 3),
                                     "ratio": round(statistics.median(ours_t) / statistics.median(ref_t), 2)}
+        if before:
+            results["single_prompt_before"] = {
+                "checkout": str(before), "reference_s": round(statistics.median(old_ref_t), 3),
+                "autopod_s": round(statistics.median(old_t), 3),
+                "ratio": round(statistics.median(old_t) / statistics.median(old_ref_t), 2)}
         prompts = [dict(TINY, **{"2": {**TINY["2"], "inputs": {**TINY["2"]["inputs"], "filename_prefix": f"b{n}"}}})
                    for n in range(args.batch)]
         pf = work / "batch.json"
@@ -208,16 +249,23 @@ def main() -> None:
                             "autopod_s_per_prompt": round(ours_b / args.batch, 4),
                             "ratio": round(ours_b / ref_b, 2)}
         subprocess.run(autopod + ["tunnel.stop", "bench"], env=env, capture_output=True)
+        if before:
+            subprocess.run(autopod + ["tunnel.stop", "bench"], env=old_env, capture_output=True, cwd=before)
     standin.terminate()
     standin.wait(10)
     shutil.rmtree(work, ignore_errors=True)
     d, s, b = results["download"], results["single_prompt"], results["batch"]
-    print(f"download {d['mb']} MB through the tunnel (median of {d['rounds']}): curl {d['curl_mb_s']} MB/s, "
-          f"autopod's downloader {d['autopod_mb_s']} MB/s, ratio {d['ratio']}; the whole `comfy.fetch` command "
-          f"{d['comfy_fetch_command_s']} s, ratio {d['command_ratio']}; its peak RSS {d['peak_rss_mib_8mb']} MiB "
-          f"for 8 MB, {d[f'peak_rss_mib_{args.mb}mb']} MiB for {d['mb']} MB")
+    if d:
+        print(f"download {d['mb']} MB through the tunnel (median of {d['rounds']}): curl {d['curl_mb_s']} MB/s, "
+              f"autopod's downloader {d['autopod_mb_s']} MB/s, ratio {d['ratio']}; the whole `comfy.fetch` command "
+              f"{d['comfy_fetch_command_s']} s, ratio {d['command_ratio']}; its peak RSS {d['peak_rss_mib_8mb']} MiB "
+              f"for 8 MB, {d[f'peak_rss_mib_{args.mb}mb']} MiB for {d['mb']} MB")
     print(f"one tiny prompt, fresh process each (median of {args.singles}): reference script {s['reference_s']} s, "
           f"autopod comfy.run {s['autopod_s']} s, ratio {s['ratio']}")
+    if before:
+        o = results["single_prompt_before"]
+        print(f"  the same rounds, {before}: reference script through its tunnel {o['reference_s']} s, "
+              f"its comfy.run {o['autopod_s']} s, ratio {o['ratio']}")
     print(f"batch of {b['prompts']} distinct tiny prompts: reference {b['reference_s_per_prompt']} s/prompt, "
           f"autopod {b['autopod_s_per_prompt']} s/prompt, ratio {b['ratio']}")
     print(json.dumps(results))
