@@ -222,9 +222,10 @@ def test_a_batch_is_spread_and_every_prompt_runs_exactly_once(fleet_env, tmp_pat
     # classes against that member and fetches nothing more; a kept copy that member disagrees with (a
     # value it would refuse) is caught and fetched again before it counts.
     kept = sorted((Path(env["AUTOPOD_HOME"]) / "cache" / "object_info").glob("*.json"))
-    stamps = [k.stat().st_mtime_ns for k in kept]
+    fetched = [json.loads(k.read_text())["fetched_at"] for k in kept]
     dry = run(env, "comfy.run", "--fleet", "flux", env["WORKFLOW"], "--dry-run")
-    assert dry.returncode == 0 and kept and [k.stat().st_mtime_ns for k in kept] == stamps, dry.stderr
+    assert dry.returncode == 0 and kept and [json.loads(k.read_text())["fetched_at"] for k in kept] == fetched, \
+        dry.stderr
 
     def seconds_max(k: Path) -> float:
         return json.loads(k.read_text())["object_info"]["AutopodSleep"]["input"]["required"]["seconds"][1]["max"]
