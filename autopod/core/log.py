@@ -12,7 +12,7 @@ import os
 import sys
 
 from .errors import ConfigError
-from .paths import log_dir
+from .paths import log_dir, open_private
 
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 5
@@ -46,7 +46,7 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """A rotating log only its owner can read (0600), that never fails on odd characters."""
 
     def _open(self):  # type: ignore[no-untyped-def]
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = open_private(self.baseFilename)
         return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
 
 

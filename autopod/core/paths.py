@@ -45,6 +45,18 @@ def private_dir(path: Path, what: str) -> Path:
     return path
 
 
+def open_private(path: Path | str, flags: int = os.O_WRONLY | os.O_APPEND | os.O_CREAT) -> int:
+    """A file descriptor on ``path``, a file only its owner can read: made 0600, and tightened to 0600
+    when an older autopod left it looser (logs hold pod ids, addresses and commands)."""
+    fd = os.open(path, flags, 0o600)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+    except OSError:
+        pass  # not ours to change (another owner, a read-only mount): writing still works or says why not
+    return fd
+
+
 def state_path(name: str) -> Path:
     return autopod_home() / name
 

@@ -22,7 +22,7 @@ from ..core.config import sim_state
 from ..core.errors import AutopodError, ConfigError, UsageError
 from ..core.log import register_secret
 from ..core.output import Outcome
-from ..core.paths import autopod_home, log_dir
+from ..core.paths import autopod_home, log_dir, open_private
 from ..core.procs import cmdline, terminate_pid
 from ..core.state import CorruptState, StateFile, exclusive
 from ..core.ui import progress
@@ -263,7 +263,7 @@ def _start_locked(world_file: str | None, settings: dict[str, Any], comfy_ready_
     api_key = "sim-" + secrets.token_hex(16)
     register_secret(api_key)
     progress("starting the offline simulator")
-    logf = (log_dir() / "sim-server.log").open("ab")
+    logf = os.fdopen(open_private(log_dir() / "sim-server.log"), "ab")
     try:
         # A new session: the simulator outlives the shell that started it.
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logf,
