@@ -287,6 +287,14 @@ def test_ctrl_c_clears_every_member_and_resume_then_stop_finishes_it(fleet_env, 
     try:
         assert wait_until(lambda: sum(r["status"] == "success" for r in _ledger_rows(env, not_before=old)) >= 2,
                           timeout=60)
+        # The run holds its batch: a resume meanwhile (the run stopped, so it cannot end first) exits 1.
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            busy = run(env, "comfy.run", "--resume", _newest_batch(env), "--fleet", "flux", "--json")
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        assert busy.returncode == 1, busy.stderr
+        assert f"autopod process {proc.pid} (comfy.run --fleet flux" in busy.stderr
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=60)
     finally:

@@ -17,6 +17,7 @@ server's queue, and exits 130; ``comfy.run --resume BATCH`` finishes the batch l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -28,7 +29,7 @@ from ..core import signals
 from ..core.errors import AutopodError, ComfyError, ExitCode, Interrupted, UsageError
 from .client import BadDownload, ComfyHTTPError, ComfyTimeout, ComfyUIClient, ComfyUnreachable, DownloadDeadline
 from .events import EventStream
-from .ledger import FINAL, BatchRow, Ledger, PromptRow
+from .ledger import FINAL, BatchRow, Ledger, PromptRow, hold
 from .outputs import (DEFAULT_TEMPLATE, check_destination, check_template, output_items, save_stream, target_path,
                       write_sidecar)
 from .progress import Progress
@@ -764,12 +765,13 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
         planned, template = plan(opts, object_info)
         if opts.dry_run:
             return dry_run_report(planned)
-        with Ledger.open() as ledger:
+        with Ledger.open() as ledger, contextlib.ExitStack() as held:
             batch = ledger.new_batch(
                 batch_name(planned), target_id=conn.endpoint.target_id,
                 target_name=conn.endpoint.target_name, output_dir=str(Path(opts.output_dir).resolve()),
                 template=template, options={"previews": opts.previews, "max_queued": opts.max_queued},
-                prompts=[p.as_ledger() for p in planned])
+                prompts=[p.as_ledger() for p in planned],
+                claim=lambda bid: held.enter_context(hold(bid, "comfy.run" + " --detach" * opts.detach)))
             where = conn.endpoint.target_name or conn.endpoint.url
             progress.note(f"batch {batch.id}: {len(planned)} prompt(s) on {where}")
             try:
@@ -845,27 +847,39 @@ def _execute(opts: RunOptions, ledger: Ledger, batch: BatchRow, conn: Connection
     except KeyboardInterrupt as e:
         raise runner.abandon(e if isinstance(e, Interrupted) else Interrupted()) from None
     except TimeoutError:
-        report = _report(ledger, batch)
-        report.update(exit_code=int(ExitCode.FAILED), timed_out=True,
-                      msg=f"{report['msg']}; stopped waiting after {opts.timeout:g}s: the prompts go on, "
-                          f"`autopod comfy.watch {batch.id}` follows them")
-        return report
+        return _timed_out(ledger, batch, opts.timeout)
     return _report(ledger, batch)
+
+
+def _timed_out(ledger: Ledger, batch: BatchRow, timeout: float | None) -> dict[str, Any]:
+    report = _report(ledger, batch)
+    report.update(exit_code=int(ExitCode.FAILED), timed_out=True,
+                  msg=f"{report['msg']}; stopped waiting after {timeout or 0:g}s: the prompts go on, "
+                      f"`autopod comfy.watch {batch.id}` follows them")
+    return report
 
 
 def _resume(opts: RunOptions, conn: Connection, progress: Progress) -> dict[str, Any]:
     """Finish an interrupted batch: what finished is fetched (not rendered again), what is still on
     the server is followed, what never finished (never ran, or was interrupted, cancelled or lost) is
-    submitted. A prompt that failed or was rejected is not: it would fail again."""
-    with Ledger.open() as ledger:
+    submitted. A prompt that failed or was rejected is not: it would fail again. The batch is held
+    first, and read after: what another process did with it until then counts."""
+    with Ledger.open() as ledger, contextlib.ExitStack() as held:
+        batch, _ = ledger.find(opts.resume)  # type: ignore[arg-type]
+        held.enter_context(hold(batch.id, "comfy.run --resume"))
         batch, rows = ledger.find(opts.resume)  # type: ignore[arg-type]
         if batch.target_id and conn.endpoint.target_id and batch.target_id != conn.endpoint.target_id:
             progress.note(f"batch {batch.id} ran on {batch.target_name}; resuming on {conn.endpoint.target_name}")
+        check_destination(Path(batch.output_dir), batch.template, [])  # the folder may have gone since
         runner = Runner(ledger, batch, conn, progress=progress, previews=bool(batch.options.get("previews")),
                         max_queued=opts.max_queued, pod_facts=_pod_facts(batch.target_id), debug=opts.debug)
+        runner.deadline = conn.deadline
         saved_before = sum(len(ledger.saved_outputs(r.prompt_id)) for r in rows if r.prompt_id)
-        resubmit = runner.reclaim([r for r in rows if not (r.status == "success" and r.fetched_at)
-                                   and r.status != "rejected"], _server_queue(conn))
+        try:
+            resubmit = runner.reclaim([r for r in rows if not (r.status == "success" and r.fetched_at)
+                                       and r.status != "rejected"], _server_queue(conn))
+        except TimeoutError:
+            return _timed_out(ledger, batch, opts.timeout)
         follow = list(runner.active)
         if not follow and not resubmit:
             report = _report(ledger, batch)
@@ -877,11 +891,11 @@ def _resume(opts: RunOptions, conn: Connection, progress: Progress) -> dict[str,
                       f"submitting {len(resubmit)} that never finished")
         try:
             with signals.handling():
-                runner.follow(resubmit, deadline=time.monotonic() + opts.timeout if opts.timeout else None)
+                runner.follow(resubmit, deadline=conn.deadline)
         except KeyboardInterrupt as e:
             raise runner.abandon(e if isinstance(e, Interrupted) else Interrupted()) from None
         except TimeoutError:
-            pass
+            return _timed_out(ledger, batch, opts.timeout)
         return _report(ledger, batch)
 
 
