@@ -16,15 +16,18 @@ from typing import Any
 
 from .errors import UsageError
 
+MAX_WAIT_S = 7 * 86400  # the longest --timeout or --wait: a week is longer than any render or boot
 _INT = re.compile(r"^-?[0-9]+$")
 _FLOAT = re.compile(r"^-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$")
 # Control characters (C0, DEL, C1): they corrupt tables and logs and no RunPod name needs them.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def number(value: Any, flag: str, kind: type = float, *, minimum: float | None = None,
-           maximum: float | None = None) -> Any:
-    """``value`` as ``kind`` (int or float), or None when not given; bad input is a UsageError (exit 2)."""
+def number(value: Any, flag: str, kind: type = float, *, minimum: float, maximum: float) -> Any:
+    """``value`` as ``kind`` (int or float), or None when not given; bad input is a UsageError (exit 2).
+
+    Both bounds are required: a number the user gives always has a finite range (``--timeout 1e99``
+    is a mistake, and a sleep that long overflows)."""
     if value is None:
         return None
     what = "a whole number" if kind is int else "a number"
@@ -44,7 +47,7 @@ def number(value: Any, flag: str, kind: type = float, *, minimum: float | None =
     if isinstance(n, float) and not math.isfinite(n):
         raise UsageError(f"{flag} must be a finite number, got {value!r}")
     if (minimum is not None and n < minimum) or (maximum is not None and n > maximum):
-        raise UsageError(f"{flag} must be {_range(minimum, maximum)}, got {n}")
+        raise UsageError(f"{flag} must be {_range(minimum, maximum)}, got {value if isinstance(value, str) else n}")
     return kind(n)
 
 

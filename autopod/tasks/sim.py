@@ -30,8 +30,8 @@ def start(c, world=None, latency=None, fail_every=None, hang_every=None, never_r
     from ..sim.control import fault_settings, start_simulator
 
     settings = fault_settings(latency=number(latency, "--latency", minimum=0, maximum=3600),
-                              fail_every=number(fail_every, "--fail-every", int, minimum=0),
-                              hang_every=number(hang_every, "--hang-every", int, minimum=0),
+                              fail_every=number(fail_every, "--fail-every", int, minimum=0, maximum=1_000_000),
+                              hang_every=number(hang_every, "--hang-every", int, minimum=0, maximum=1_000_000),
                               never_ready=True if never_ready else None,
                               reject_key=True if reject_key else None,
                               graphql_retired=True if graphql_retired else None,
