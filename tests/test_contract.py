@@ -162,3 +162,32 @@ def test_every_number_read_from_a_flag_has_both_bounds():
                         f"{path}:{node.lineno}: number() without a {bound}"
     assert calls >= 20
 
+
+# A setting in the environment that says nothing is bad input, as a flag's value is: never "the default".
+ENV = [("AUTOPOD_RUNPOD_API", ("pod.list",)), ("RUNPOD_API_KEY", ("pod.list",)),
+       ("RUNPOD_API_BASE_URL", ("pod.list",)), ("AUTOPOD_HOME", ("comfy.jobs",)),
+       ("AUTOPOD_INVENTORY", ("tunnel.status", "--pod", "flux"))]
+
+
+@pytest.mark.parametrize("value", ["", " ", " rest", "rest\n"], ids=repr)
+@pytest.mark.parametrize("name,argv", ENV, ids=[n for n, _ in ENV])
+def test_an_empty_or_padded_setting_in_the_environment_is_a_usage_error(name, argv, value, cli, monkeypatch,
+                                                                        tmp_path):
+    monkeypatch.chdir(tmp_path)  # a padded AUTOPOD_HOME taken as it is would be a folder here
+    monkeypatch.setenv("RUNPOD_API_KEY", "sim-key")
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", "http://127.0.0.1:9")  # never reached: refused before any call
+    monkeypatch.setenv(name, value)
+    doc = _one_failure_document(cli(*argv, "--json"))
+    assert name in doc["msg"] and ("empty" in doc["msg"] or "blanks" in doc["msg"]), doc["msg"]
+
+
+def test_an_empty_ssh_passphrase_is_a_usage_error_and_blanks_inside_one_are_kept(monkeypatch, tmp_path):
+    from autopod.core.errors import ConfigError
+    from autopod.tunnels.local import load_private_key
+
+    monkeypatch.setenv("AUTOPOD_SSH_PASSPHRASE", "")
+    with pytest.raises(ConfigError, match="AUTOPOD_SSH_PASSPHRASE is set but empty"):
+        load_private_key(tmp_path / "id_ed25519")
+    monkeypatch.setenv("AUTOPOD_SSH_PASSPHRASE", " two words ")  # a passphrase may hold any blanks
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_private_key(tmp_path / "id_ed25519")

@@ -9,13 +9,13 @@ runpodctl use).
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import AuthError, ConfigError
+from .flags import env_setting
 from .inventory import DEFAULT_KEYS, Inventory, load_yaml_mapping
 from .log import register_secret
 from .paths import autopod_home
@@ -71,8 +71,10 @@ class ApiCredentials:
 def api_credentials() -> ApiCredentials:
     """The key and endpoint every RunPod call uses. Raises AuthError (exit 2) when no key is set."""
     sim = active_simulator()
-    env_key = os.environ.get("RUNPOD_API_KEY")
-    base = os.environ.get("RUNPOD_API_BASE_URL") or None
+    env_key = env_setting("RUNPOD_API_KEY", secret=True)
+    if env_key is not None and any(c.isspace() or not c.isprintable() for c in env_key):
+        raise ConfigError("RUNPOD_API_KEY must be the key alone: no spaces or control characters")
+    base = env_setting("RUNPOD_API_BASE_URL")
     if sim and (not base or base == sim["base_url"]):
         # The simulator stays in force until `sim.stop`, unless the user points elsewhere.
         # (The adapter exports the simulator's URL for the SDK, so a later task in the chain sees it set.)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import re
 from typing import Any
 
-from .errors import UsageError
+from .errors import BadSetting, UsageError
 
 MAX_WAIT_S = 7 * 86400  # the longest --timeout or --wait: a week is longer than any render or boot
 _INT = re.compile(r"^-?[0-9]+$")
@@ -78,6 +79,27 @@ def decodable(value: str, flag: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise UsageError(f"{flag} is not valid UTF-8 text: {value.encode('utf-8', 'backslashreplace').decode()!r}") from None
+    return value
+
+
+def env_setting(name: str, *, secret: bool = False, blanks_ok: bool = False) -> str | None:
+    """A setting from the environment (``AUTOPOD_RUNPOD_API``, ``RUNPOD_API_KEY``, ...), None when unset.
+
+    As for a flag, a value that says nothing is bad input (exit 2), never "use the default": set but
+    empty, or (unless ``blanks_ok``) with blanks around it, which a default would otherwise hide
+    (``AUTOPOD_RUNPOD_API=" rest"``). A ``secret`` is never shown."""
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    if not value.strip():
+        raise BadSetting(f"{name} is set but empty; unset it to use the default")
+    shown = "" if secret else f": {value.encode('utf-8', 'backslashreplace').decode()!r}"
+    if not blanks_ok and value != value.strip():
+        raise BadSetting(f"{name} has blanks around its value{shown}; set it without them")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadSetting(f"{name} is not valid UTF-8 text{shown}") from None
     return value
 
 

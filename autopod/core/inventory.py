@@ -12,7 +12,6 @@ the parsed nodes, before YAML 1.1 turns ``010`` into 8 or ``1_0`` into 10.
 
 from __future__ import annotations
 
-import os
 import re
 import stat
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError
+from .flags import env_setting
 
 # key -> python type. Shared by inventory defaults, pod specs and config.yaml.
 POD_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -110,7 +110,7 @@ class Inventory:
 
 def inventory_location() -> tuple[Path, bool]:
     """(path, explicit): explicit locations must exist, ./inventory may not."""
-    env = os.environ.get("AUTOPOD_INVENTORY")
+    env = env_setting("AUTOPOD_INVENTORY")
     if env:
         return Path(env).expanduser(), True
     return Path("inventory"), False

@@ -421,7 +421,9 @@ DEFAULT_ORIGIN = "https://api.runpod.io"
 
 def configured_backend() -> str:
     """``AUTOPOD_RUNPOD_API``, else ``runpod_api`` from the inventory defaults or config.yaml, else auto."""
-    value = os.environ.get("AUTOPOD_RUNPOD_API") or None
+    from ..core.flags import env_setting  # noqa: PLC0415
+
+    value = env_setting("AUTOPOD_RUNPOD_API")
     where = "AUTOPOD_RUNPOD_API"
     if value is None:
         from ..core import config  # noqa: PLC0415

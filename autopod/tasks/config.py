@@ -47,14 +47,13 @@ class _Account:
         self.api: Any = None
 
     def check(self, key: str | None) -> dict:
-        import os
-
         from ..core.config import ApiCredentials, api_credentials
         from ..core.errors import AuthError
+        from ..core.flags import env_setting
         from ..runpod.api import connect
 
         creds = api_credentials() if key is None else ApiCredentials(
-            key, os.environ.get("RUNPOD_API_BASE_URL") or None, "config.init")
+            key, env_setting("RUNPOD_API_BASE_URL"), "config.init")
         self.api = connect(creds)
         user = self.api.user()
         if not user.get("id"):
