@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AuthError, ConfigError
+from .files import MAX_SMALL_FILE, read_bytes, read_text
 from .flags import env_setting
 from .inventory import DEFAULT_KEYS, Inventory, load_yaml_mapping
 from .log import register_secret
@@ -100,13 +101,14 @@ def _runpod_config_key() -> str | None:
     try:
         if not path.exists():
             return None
-        with path.open("rb") as f:
-            data = tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the RunPod config: {e.strerror or e}") from None
+    _p, raw = read_bytes(path, what="RunPod config", limit=MAX_SMALL_FILE, error=ConfigError)
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: cannot read the RunPod config: {e}") from None
-    except UnicodeDecodeError:  # tomllib decodes the whole file before parsing
+    except UnicodeDecodeError:
         raise ConfigError(f"{path}: the RunPod config is not UTF-8 text") from None
     default = data.get("default", {})
     if not isinstance(default, dict):
@@ -170,10 +172,9 @@ def configured_ssh_key(inventory: Inventory, explicit: str | None = None) -> Pat
 def public_key_text(private_key: Path) -> str:
     """The OpenSSH public key line for ``private_key`` (from its .pub file)."""
     pub = private_key.with_name(private_key.name + ".pub")
-    try:
-        return pub.read_text(encoding="utf-8").strip()
-    except OSError:
-        raise ConfigError(f"public key {pub} is missing: recreate it with `ssh-keygen -y -f {private_key} > {pub}`") from None
+    if not pub.exists():
+        raise ConfigError(f"public key {pub} is missing: recreate it with `ssh-keygen -y -f {private_key} > {pub}`")
+    return read_text(pub, what="public key", limit=MAX_SMALL_FILE, error=ConfigError)[1].strip()
 
 
 def pod_ssh_user() -> str:

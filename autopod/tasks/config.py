@@ -28,7 +28,9 @@ def init(c, ssh_key=None, create_key=False, api_key_stdin=False, volume_id=None,
 
     api_key = None
     if api_key_stdin:
-        api_key = sys.stdin.readline().strip()
+        from ..core.files import read_line
+
+        api_key = read_line(sys.stdin.buffer, what="--api-key-stdin").strip()
         if not api_key:
             raise UsageError("--api-key-stdin: stdin gave no key (pipe it in: `printenv KEY | autopod config.init "
                              "--api-key-stdin`)")
