@@ -240,10 +240,14 @@ def test_what_a_retirement_notice_may_say(message):
 
 
 def test_a_graphql_error_in_auto_mode_is_reported_and_does_not_switch(cli, standin_auto):
+    """RunPod's capacity answer is a GraphQL error with "no longer" in it: reported, and GraphQL stays."""
     s = standin_auto
-    assert cli("pod.create", "--name", "one", "--volume-id", volume_id(s), "--no-wait").code == 0
-    r = cli("pod.info", "--pod", "nosuchpod")
-    assert r.code == 2 and not s.world.requests["rest"]
+    with s.world.lock:
+        for dc in s.world.data_centers.values():
+            dc["stock"]["NVIDIA RTX A40"] = 0
+    r = cli("pod.create", "--name", "one", "--gpu", "RTX A40", "--no-wait")
+    assert r.code == 1 and "There are no longer any instances available" in r.err, r.err
+    assert "retired" not in r.err and not s.world.requests["rest"]
     assert not (autopod_home() / "runpod-api.json").exists()
 
 
