@@ -11,7 +11,7 @@ import logging.handlers
 import os
 import sys
 
-from .errors import ConfigError
+from .errors import BadSetting, ConfigError
 from .paths import log_dir, open_private
 
 LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -84,7 +84,7 @@ def setup_logging(*, debug: bool = False, stderr: bool = True, name: str = "auto
         fh.addFilter(redactor)
         root.addHandler(fh)
     except (OSError, ConfigError) as e:  # an unwritable home must not stop a read-only command
-        if stderr:
+        if stderr and not isinstance(e, BadSetting):  # a bad AUTOPOD_HOME: the command's own error says so
             print(f"warning: cannot write the autopod log: {e}", file=sys.stderr)
     if stderr:
         sh = logging.StreamHandler(sys.stderr)

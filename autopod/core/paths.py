@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 from .errors import ConfigError
+from .flags import env_setting
 
 PRIVATE_DIR = 0o700
 
@@ -16,7 +17,7 @@ def autopod_home() -> Path:
 
     A path that is not a folder, or one autopod cannot create, is a ConfigError (exit 2) naming it.
     """
-    home = Path(os.environ.get("AUTOPOD_HOME") or "~/.autopod").expanduser()
+    home = Path(env_setting("AUTOPOD_HOME") or "~/.autopod").expanduser()
     return private_dir(home, "AUTOPOD_HOME")
 
 
