@@ -86,7 +86,8 @@ def test_missing_files_folders_and_paths_that_leave_the_folder(ui, tmp_path):
     assert requests.get(ui.url + "/assets", timeout=5).status_code == 403  # a folder is not listed
     # dot segments (raw or encoded) never climb above the editor's folder: /../x is /x
     secret = STATIC.parent / "__init__.py"
-    for raw in ("/../__init__.py", "/assets/%2e%2e/%2e%2e/__init__.py", "/..%2f__init__.py", "/%2e%2e/%2e%2e/etc/passwd"):
+    for raw in ("/../__init__.py", "/assets/%2e%2e/%2e%2e/__init__.py", "/..%2f__init__.py",
+                "/%2e%2e/%2e%2e/etc/passwd"):
         r = _raw_get(ui.port, raw)
         assert r.startswith(b"HTTP/1.1 404") and secret.read_bytes() not in r, raw
     r = _raw_get(ui.port, "/assets/../index.html")  # a dot segment inside the folder is fine

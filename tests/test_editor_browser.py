@@ -103,7 +103,8 @@ def test_the_editor_opens_as_on_a_fresh_comfyui(page, tmp_path):
     shot = tmp_path / "editor.png"
     page.driver.save_screenshot(str(shot))
     assert shot.stat().st_size > 20000  # a drawn canvas, not a blank page
-    assert page.driver.execute_script("return document.querySelectorAll('.p-dialog, .p-toast-message-error').length") == 0
+    shown = "return document.querySelectorAll('.p-dialog, .p-toast-message-error').length"
+    assert page.driver.execute_script(shown) == 0  # no error dialog or toast
     assert page.driver.execute_script("return app.graph.nodes.length") == 7  # ComfyUI's default graph
 
 
