@@ -183,6 +183,22 @@ def test_settings_and_user_files_are_kept_like_comfyui(tmp_path):
         assert requests.get(s.url + "/api/settings", timeout=5).json() == saved
 
 
+def test_the_editors_panels_get_answers(ui):
+    """The model library, the logs panel and the file lists ask for these after the editor has opened."""
+    u = ui.url
+    paths = requests.get(u + "/internal/folder_paths", timeout=5).json()
+    assert paths["checkpoints"] == [str(ui.root / "models" / "checkpoints"), str(ui.root / "output" / "checkpoints")]
+    assert requests.get(u + "/api/experiment/models/checkpoints", timeout=5).json() == []
+    assert requests.get(u + "/api/experiment/models/nope", timeout=5).status_code == 404
+    assert requests.get(u + "/internal/logs", timeout=5).json() == ""
+    assert requests.get(u + "/internal/logs/raw", timeout=5).json()["entries"] == []
+    assert requests.patch(u + "/internal/logs/subscribe", json={"enabled": True, "clientId": "x"},
+                          timeout=5).status_code == 200
+    assert "example.png" in requests.get(u + "/internal/files/input", timeout=5).json()
+    assert requests.get(u + "/internal/files/elsewhere", timeout=5).status_code == 400
+    assert requests.get(u + "/api/workflow_templates", timeout=5).json() == {}
+
+
 def test_requests_from_another_web_page_are_refused(ui):
     """ComfyUI's guard: a page on another site cannot make the browser queue prompts on a loopback ComfyUI."""
     host = f"127.0.0.1:{ui.port}"

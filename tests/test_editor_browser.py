@@ -309,3 +309,27 @@ def test_a_graph_queued_from_the_editor_runs_on_the_simulated_pod(page, tmp_path
     d.save_screenshot(str(shot))
     if os.environ.get("AUTOPOD_SCREENSHOTS"):  # a folder to look at the editor in, when debugging
         shutil.copy(shot, Path(os.environ["AUTOPOD_SCREENSHOTS"]) / shot.name)
+
+
+def test_settings_and_a_workflow_saved_in_the_editor_are_kept(page):
+    """What the editor writes (a setting, Save with a name typed into its dialog) lands in the pod's ComfyUI folder,
+    and the editor lists the saved workflow from there."""
+    from selenium.webdriver.common.keys import Keys
+
+    s, d = page.standin, page.driver
+    user = s.root / "user" / "default"
+    run_async(d, "await app.extensionManager.setting.set('Comfy.Sidebar.Location', 'right');")
+    assert json.loads((user / "comfy.settings.json").read_text())["Comfy.Sidebar.Location"] == "right"
+    run_async(d, "await window.autopodOracle.load(JSON.parse(await window.autopodOracle.modelFree()));")
+    d.execute_script("app.extensionManager.command.execute('Comfy.SaveWorkflow')")  # Ctrl+S
+    box = wait_for(d, "document.querySelector('.p-dialog input')", what="the dialog asking for a name")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("saved in the editor", Keys.ENTER)
+    saved = user / "workflows" / "saved in the editor.json"
+    wait_until(saved.exists, what="the saved workflow in the pod's folder")
+    wf = json.loads(saved.read_text())
+    assert {n["type"] for n in wf["nodes"]} >= {"EmptyImage", "SaveImage", "Note"}
+    listed = run_async(d, "await app.extensionManager.workflow.syncWorkflows();"
+                          "return app.extensionManager.workflow.persistedWorkflows.map(w => w.path);")
+    assert "workflows/saved in the editor.json" in listed
+    assert d.execute_script("return document.querySelectorAll('.p-toast-message-error').length") == 0

@@ -668,6 +668,21 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             self._server_error()
 
+    def do_PATCH(self) -> None:
+        """The editor's logs panel subscribes to log lines; the stand-in has none to send."""
+        s = self.server.standin
+        path, _ = self._route()
+        s.requests.append(("PATCH", path))
+        if s.unanswered(path):
+            self.close_connection = True
+            return
+        if self._refused_origin():
+            return
+        self._body()
+        if urlsplit(self.path).path == "/internal/logs/subscribe":
+            return self._empty(200)
+        return self._not_found()
+
     def _refused_origin(self) -> bool:
         """ComfyUI's guard against other web pages: a request to a loopback host whose Origin names another
         host gets 403, so a site open in the same browser cannot queue prompts or write settings."""
