@@ -570,7 +570,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, json.dumps(s.userdata.settings().get(unquote(path[len("/settings/"):]))))
         elif path == "/userdata":
             status, body = s.userdata.listing(q)
-            self._send(status, body) if status == 200 else self._text(status, body)
+            if status == 200:
+                self._send(200, body)
+            else:
+                self._text(status, body)
         elif _one_segment(path, "/userdata/"):
             file = s.userdata.path(path[len("/userdata/"):])
             if file is None:
