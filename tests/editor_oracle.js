@@ -150,6 +150,9 @@
       const l = app.graph.links.get(linkId);
       if (isPlain(node(l.origin_id)) && isPlain(node(l.target_id))) pairs.push([l.origin_id, l.target_id]);
     }
+    // the busiest first: a target with more linked inputs leaves more links crossing the subgraph's edge
+    const linked = (id) => node(id).inputs.filter((i) => i.link != null).length;
+    pairs.sort((a, b) => linked(b[1]) - linked(a[1]));
     const subsets = [ids.filter((id) => !node(id).constructor.nodeData?.output_node)];
     for (let i = 0; i < Math.max(pairs.length, ids.length); i++) {  // pairs and single nodes in turn
       if (pairs[i]) subsets.push(pairs[i]);

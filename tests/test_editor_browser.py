@@ -22,6 +22,7 @@ import requests
 from browser import require_browser, run_async, start_chromium, wait_for
 from comfy_fixtures import wait_until
 from conftest import IN_CI
+from test_editor_variations import BY_POSITION, CANNOT_QUEUE
 
 from autopod.comfy.workflow import WorkflowError, parse_workflow, to_api
 from autopod.sim.comfyui import editor
@@ -150,32 +151,6 @@ def _template_names() -> tuple[list[str], list[str]]:
 TEMPLATES, SUBGRAPH_TEMPLATES = _template_names()
 SAMPLE = sorted(set(TEMPLATES[::SAMPLE_EVERY]) | {n for n in NAMED if n in TEMPLATES} | set(SUBGRAPH_TEMPLATES))
 
-# Where autopod's conversion does not give the editor's prompt yet; each flips to a failure (XPASS) once it does.
-_COUNTS = "autopod refuses saved widget values that do not line up one to one with today's definition; the editor " \
-          "converts them"
-KNOWN_DIFFERENCES = {
-    **dict.fromkeys(["3d_hunyuan3d-v2.1.json", "3d_hunyuan3d_image_to_model.json",
-                     "3d_hunyuan3d_multiview_to_model.json", "3d_hunyuan3d_multiview_to_model_turbo.json",
-                     "api_rodin_gen2.json", "api_rodin_image_to_model.json", "api_rodin_multiview_to_model.json",
-                     "api_tripo_image_to_model.json", "api_tripo_multiview_to_model.json",
-                     "api_tripo_text_to_model.json"], _COUNTS + " (SaveGLB, Preview3D with an extra value)"),
-    **dict.fromkeys(["api_bytedance_seedream4.json", "api_google_gemini_image.json",
-                     "api_vidu_reference_to_video.json"], _COUNTS + " (API nodes that gained or lost an input)"),
-    "default.json": _COUNTS + " (SaveImage saved with no widgets_values)",
-    "depth_t2i_adapter.json": _COUNTS + " (LoadImage with three values)",
-    **dict.fromkeys(["flux_fill_inpaint_example.json", "flux_fill_outpaint_example.json"],
-                    _COUNTS + " (DifferentialDiffusion saved with none)"),
-    "flux_kontext_dev_basic.json": _COUNTS + " (LoadImageOutput with an extra value)",
-    "api_openai_chat.json": "PreviewAny's preview: the editor sends \"\", autopod null",
-    **dict.fromkeys(SUBGRAPH_TEMPLATES, "autopod refuses subgraphs; the editor flattens them"),
-}
-
-
-def _known(name: str):
-    reason = KNOWN_DIFFERENCES.get(name)
-    return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason)) if reason else name
-
-
 def test_the_templates_are_the_recorded_154_and_five_with_subgraphs():
     if _templates_dir() is None:
         reason = "comfyui-workflow-templates is not installed (part of [test]): no template goes through the editor"
@@ -193,7 +168,7 @@ def live_templates(page):
     return {name: {k: json.loads(v) if k == "output" else v for k, v in r.items()} for name, r in got.items()}
 
 
-@pytest.mark.parametrize("name", [_known(n) for n in SAMPLE])
+@pytest.mark.parametrize("name", SAMPLE)
 def test_template_converts_as_the_live_editor(page, live_templates, name):
     live = live_templates[name]
     assert "error" not in live, live.get("error")
@@ -233,33 +208,34 @@ def _convert(v: dict, object_info: dict) -> dict | str:
         return f"refused: {e}"
 
 
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.xfail(
-    strict=True, reason="autopod refuses subgraphs; the editor flattens them")) if k in SUBGRAPH_KINDS else k
-    for k in KINDS])
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=BY_POSITION))
+                                  if k in SUBGRAPH_KINDS else k for k in KINDS])
 def test_variations_convert_as_the_live_editor(page, variations, kind):
-    mine = [v for v in variations if v["kind"] == kind]
+    mine = [v for v in variations if v["kind"] == kind and "error" not in v]
     assert mine, f"no {kind} variation was made"
     wrong = []
     for v in mine:
         got = _convert(v, page.object_info)
-        if "error" in v:  # the editor cannot queue it, so autopod must not send it either
-            if not isinstance(got, str):
-                wrong.append(f"{v['label']}: the editor fails ({v['error']}), autopod converts it")
-        elif isinstance(got, str) or _diff(got, v["output"]):
+        if isinstance(got, str) or _diff(got, v["output"]):
             wrong.append(f"{v['label']}: {got if isinstance(got, str) else _diff(got, v['output'])[:3]}")
     assert wrong == [], f"{len(mine) - len(wrong)}/{len(mine)} {kind} variations match the editor"
 
 
-@pytest.mark.xfail(strict=True, reason="a node with no title of its own whose server definition has no display_name "
-                   "(103 classes, e.g. ImageBlur, ImageScaleToTotalPixels) is titled by the editor from its English "
-                   "translations ('Image Blur'); autopod uses the class name")
+@pytest.mark.xfail(strict=True, reason=CANNOT_QUEUE)
+def test_a_graph_the_editor_cannot_queue_is_not_sent(page, variations):
+    cannot = [v for v in variations if "error" in v]
+    assert cannot, "every variation made was one the editor queues"
+    sent = [f"{v['kind']}: {v['label']} (the editor: {v['error']})" for v in cannot
+            if not isinstance(_convert(v, page.object_info), str)]
+    assert sent == [], f"autopod converts {len(sent)} of {len(cannot)} graphs the editor cannot queue"
+
+
 def test_titles_are_the_editors(page, live_templates, variations):
     wrong = []
     for name in SAMPLE:
-        if name not in KNOWN_DIFFERENCES:
-            wf = json.loads((_templates_dir() / name).read_text())
-            wrong += [f"{name}: {d}" for d in _diff(to_api(parse_workflow(wf), page.object_info),
-                                                     live_templates[name]["output"], titles=True)]
+        wf = json.loads((_templates_dir() / name).read_text())
+        wrong += [f"{name}: {d}" for d in _diff(to_api(parse_workflow(wf), page.object_info),
+                                                 live_templates[name]["output"], titles=True)]
     for v in variations:
         got = _convert(v, page.object_info)
         if v["kind"] not in SUBGRAPH_KINDS and "error" not in v and isinstance(got, dict):
