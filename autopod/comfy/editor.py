@@ -515,9 +515,21 @@ class Converter:
     # -- subgraph nodes
     def _configure_subgraph_node(self, node: Node, d: Definition, saved_in: list[dict[str, Any]],
                                  saved_out: list[dict[str, Any]]) -> None:
-        base_in = [Slot(s.name, s.type) for s in d.inputs]
-        node.inputs = _overlay_slots(base_in, saved_in)
-        node.outputs = _overlay_outputs([Output(s.name, s.type) for s in d.outputs], saved_out)
+        # As for any node: the definition's inputs, each with the saved slot of that name (its link); then the
+        # saved slots the definition does not have. (A saved file leaves out unlinked widget inputs.)
+        by_name = {s.get("name"): s for s in saved_in}
+        names = {s.name for s in d.inputs}
+        node.inputs = [Slot(s.name, s.type, by_name[s.name].get("link"), _widget_name(by_name[s.name].get("widget")))
+                       if s.name in by_name else Slot(s.name, s.type) for s in d.inputs]
+        node.inputs += [Slot(s.get("name"), s.get("type"), s.get("link"), _widget_name(s.get("widget")))
+                        for s in saved_in if s.get("name") not in names]
+        outputs = []
+        for i in range(max(len(d.outputs), len(saved_out))):
+            s = saved_out[i] if i < len(saved_out) else {}
+            links = s.get("links") if isinstance(s.get("links"), list) else None
+            outputs.append(Output(d.outputs[i].name, d.outputs[i].type, links) if i < len(d.outputs)
+                           else Output(s.get("name"), s.get("type"), links))
+        node.outputs = outputs
         node.widgets = []
         d.instances.append(node)
         for slot in node.inputs:
