@@ -22,7 +22,7 @@ import requests
 from browser import require_browser, run_async, start_chromium, wait_for
 from comfy_fixtures import wait_until
 from conftest import IN_CI
-from test_editor_variations import BY_POSITION, CANNOT_QUEUE
+from test_editor_variations import CANNOT_QUEUE
 
 from autopod.comfy.workflow import WorkflowError, parse_workflow, to_api
 from autopod.sim.comfyui import editor
@@ -208,8 +208,7 @@ def _convert(v: dict, object_info: dict) -> dict | str:
         return f"refused: {e}"
 
 
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=BY_POSITION))
-                                  if k in SUBGRAPH_KINDS else k for k in KINDS])
+@pytest.mark.parametrize("kind", KINDS)
 def test_variations_convert_as_the_live_editor(page, variations, kind):
     mine = [v for v in variations if v["kind"] == kind and "error" not in v]
     assert mine, f"no {kind} variation was made"

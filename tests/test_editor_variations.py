@@ -20,17 +20,13 @@ RECORDING = Path(__file__).parent / "data" / "editor" / "live-variations.json.gz
 with gzip.open(RECORDING, "rt", encoding="utf-8") as _f:
     VARIATIONS = json.load(_f)
 
-BY_POSITION = ("the subgraph node's saved inputs leave out the subgraph inputs fed by primitive nodes (text, steps, "
-               "end_at_step); autopod pairs the node's inputs with the subgraph's by position, the editor by name, "
-               "so model, positive/negative and latent_image get the wrong sources, and end_at_step the primitive's "
-               "value where the editor keeps the inner widget's")
 CANNOT_QUEUE = ("primitive nodes feed the subgraph's inputs: the editor's PrimitiveNode.applyToGraph throws and the "
                 "editor sends nothing; autopod converts it")
 
 
 def _case(v: dict):
-    reason = CANNOT_QUEUE if "editor_error" in v else BY_POSITION
-    return pytest.param(v, id=f"{v['kind']}: {v['label']}", marks=pytest.mark.xfail(strict=True, reason=reason))
+    marks = [pytest.mark.xfail(strict=True, reason=CANNOT_QUEUE)] if "editor_error" in v else []
+    return pytest.param(v, id=f"{v['kind']}: {v['label']}", marks=marks)
 
 
 @pytest.mark.parametrize("v", [_case(v) for v in VARIATIONS])
