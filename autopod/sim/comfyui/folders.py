@@ -129,6 +129,13 @@ class Folders:
                 best = max(best, int(m.group(1)))
         return best + 1
 
+    def newest_first(self, kind: str) -> list[str]:
+        """The files directly in the input, output or temp folder, newest first (the editor's file lists)."""
+        folder = self.dir_for(kind)
+        assert folder is not None
+        entries = [e for e in os.scandir(folder) if e.is_file()]
+        return [e.name for e in sorted(entries, key=lambda e: -e.stat().st_mtime)]
+
     # -- /view and /upload -----------------------------------------------------------------------
 
     def view_path(self, filename: str, kind: str | None = "output", subfolder: str | None = None
