@@ -278,19 +278,21 @@ class Converter:
         self.dtos: dict[str, DTO] = {}
 
     # -- naming
-    def label(self, node: Node, path: tuple[str, ...] | None = None) -> str:
+    def label(self, node: Node, dto: "DTO | None" = None) -> str:
+        """``node 10:5 (KSampler "Sampler") in subgraph 'Upscale'``: the flattened id and where it is when known
+        (``dto``), else the id within its graph and the subgraph it is defined in."""
+        inner = node.type + (f" \"{node.title}\"" if node.title and node.title != node.type else "")
+        if dto is not None:
+            where = self.path_text(dto) if dto.path else ""
+            return f"node {dto.id} ({inner})" + (f" in {where}" if where else "")
         where = self.where(node.graph)
-        node_id = ":".join((*path, node.key)) if path else node.key
-        cls = node.type
-        title = node.title
-        inner = f"{cls}" + (f" \"{title}\"" if title and title != cls else "")
-        return f"node {node_id} ({inner})" + (f" in subgraph {where}" if where else "")
+        return f"node {node.key} ({inner})" + (f" in subgraph {where}" if where else "")
 
     def where(self, graph: Graph) -> str:
         return f"'{graph.definition.name}'" if graph.definition else ""
 
-    def fail(self, node: Node, msg: str) -> ConversionError:
-        return ConversionError(f"{self.label(node)}: {msg}")
+    def fail(self, node: Node, msg: str, dto: "DTO | None" = None) -> ConversionError:
+        return ConversionError(f"{self.label(node, dto)}: {msg}")
 
     def node_class(self, class_type: str) -> NodeClass | None:
         if class_type not in self.classes:
@@ -721,6 +723,41 @@ class Converter:
             w.set(value)
             w.callback()
 
+    def _sync_promoted(self) -> None:
+        """Saving the graph (which the editor does as it queues) writes each subgraph node's shown values into
+        the widgets they stand for inside: top-level nodes first, then each used subgraph's nodes in file order.
+        An inner widget then holds the value of the last subgraph node of that subgraph (they share it)."""
+        for node in self.root.nodes.values():
+            self._sync_node(node)
+        used: set[str] = set()
+        stack = [n.definition for n in self.root.nodes.values() if n.definition is not None]
+        while stack:
+            d = stack.pop()
+            if d.id not in used:
+                used.add(d.id)
+                stack.extend(n.definition for n in d.graph.nodes.values() if n.definition is not None)
+        for d in self.definitions.values():
+            if d.id in used:
+                for node in d.graph.nodes.values():
+                    self._sync_node(node)
+
+    def _sync_node(self, node: Node) -> None:
+        d = node.definition
+        if d is None:
+            return
+        for w in node.widgets or []:
+            if not any(s.name == w.name for s in node.inputs):
+                continue
+            sub_input = next((s for s in d.inputs if s.name == w.name), None)
+            for link_id in sub_input.link_ids if sub_input is not None else []:
+                link = d.graph.link(link_id)
+                target = d.graph.node(link.target_id) if link is not None else None
+                if target is None or not target.widgets or not 0 <= link.target_slot < len(target.inputs):  # type: ignore[union-attr]
+                    continue
+                inner = target.widget_for(target.inputs[link.target_slot])  # type: ignore[union-attr]
+                if inner is not None:
+                    inner.set(w.value)
+
     # -- 3. flattening
     def flatten(self) -> list[DTO]:
         order: list[DTO] = []
@@ -729,7 +766,7 @@ class Converter:
             dto = DTO(node, path, instance, [Slot(s.name, s.type, s.link, s.widget) for s in node.inputs])
             if node.definition is not None:
                 if id(node) in visiting:
-                    raise self.fail(node, "contains itself (a subgraph inside its own definition)")
+                    raise self.fail(node, "contains itself (a subgraph inside its own definition)", dto)
                 for inner in _in_order(node.definition.graph):
                     add(inner, (*path, node.key), node, (*visiting, id(node)))
             self.dtos[dto.id] = dto
@@ -745,34 +782,35 @@ class Converter:
         node = dto.node
         key = (dto.instance.definition.id if dto.instance and dto.instance.definition else None, node.key, "I", slot)
         if key in visited:
-            raise self.fail(node, f"input {slot}: the links form a loop")
+            raise self.fail(node, f"input {slot}: the links form a loop", dto)
         visited.add(key)
         if not 0 <= slot < len(dto.inputs):
-            raise self.fail(node, f"has no input slot {slot}")
+            raise self.fail(node, f"has no input slot {slot}", dto)
         inp = dto.inputs[slot]
         if inp.link is None:
             return None
         link = node.graph.link(inp.link)
         if link is None:
-            raise self.fail(node, f"input {inp.name!r} uses link {inp.link!r}, which is not in 'links'")
+            raise self.fail(node, f"input {inp.name!r} uses link {inp.link!r}, which is not in 'links'", dto)
         instance = dto.instance
         if instance is not None and link.origin_id == SUBGRAPH_INPUT:
             if not 0 <= link.origin_slot < len(instance.inputs):
                 raise self.fail(node, f"input {inp.name!r} comes from subgraph input {link.origin_slot}, which the "
-                                      f"subgraph node does not have")
+                                      f"subgraph node does not have", dto)
             outer_slot = instance.inputs[link.origin_slot]
             if outer_slot.link is None:
                 w = instance.widget_for(outer_slot)
                 return ("value", w.value) if w is not None else None
             outer = instance.graph.link(outer_slot.link)
             if outer is None:
+                outer_dto = self.dtos[":".join((*dto.path[:-1], instance.key))]
                 raise self.fail(instance, f"input {outer_slot.name!r} uses link {outer_slot.link!r}, "
-                                          "which is not in 'links'")
+                                          "which is not in 'links'", outer_dto)
             return self.resolve_input(self.dtos[":".join((*dto.path[:-1], instance.key))], outer.target_slot,
                                       visited)
         origin = node.graph.node(link.origin_id)
         if origin is None:
-            raise self.fail(node, f"input {inp.name!r} is linked to node {link.origin_id}, which does not exist")
+            raise self.fail(node, f"input {inp.name!r} is linked to node {link.origin_id}, which does not exist", dto)
         return self.resolve_output(self.dtos[":".join((*dto.path, origin.key))], link.origin_slot,
                                    want if want is not None else inp.type, visited)
 
@@ -780,7 +818,7 @@ class Converter:
         node = dto.node
         key = (dto.instance.definition.id if dto.instance and dto.instance.definition else None, node.key, "O", slot)
         if key in visited:
-            raise self.fail(node, f"output {slot}: the links form a loop")
+            raise self.fail(node, f"output {slot}: the links form a loop", dto)
         visited.add(key)
         if node.mode == BYPASSED:
             index = self._bypass_index(dto, slot, want)
@@ -800,12 +838,12 @@ class Converter:
         inputs = dto.inputs
         node = dto.node
         if not 0 <= slot < len(node.outputs):
-            raise self.fail(node, f"is bypassed and linked from its output {slot}, which it does not have")
+            raise self.fail(node, f"is bypassed and linked from its output {slot}, which it does not have", dto)
         out_type = node.outputs[slot].type
         if want == "*" or want == "":
             index = slot if len(inputs) > slot else 0
             if index >= len(inputs):
-                raise self.fail(node, "is bypassed but has no input to pass through")
+                raise self.fail(node, "is bypassed but has no input to pass through", dto)
             return index
         same = inputs[slot] if slot < len(inputs) else None
         if same is not None and _connects(same.type, out_type) and _connects(same.type, want):
@@ -823,14 +861,14 @@ class Converter:
         d = node.definition
         assert d is not None
         if not 0 <= slot < len(node.outputs) or slot >= len(d.outputs):
-            raise self.fail(node, f"is linked from its output {slot}, which subgraph '{d.name}' does not have")
+            raise self.fail(node, f"is linked from its output {slot}, which subgraph '{d.name}' does not have", dto)
         link = next((lk for lk in (d.graph.link(i) for i in d.outputs[slot].link_ids) if lk is not None), None)
         if link is None:
             return None
         inner = d.graph.node(link.origin_id)
         if inner is None:
             raise self.fail(node, f"subgraph '{d.name}' output {d.outputs[slot].name!r} is fed by nothing the "
-                                  "editor can run (straight from a subgraph input)")
+                                  "editor can run (straight from a subgraph input)", dto)
         return self.resolve_output(self.dtos[":".join((*dto.path, node.key, inner.key))], link.origin_slot, want,
                                    visited)
 
@@ -838,6 +876,7 @@ class Converter:
     def prompt(self) -> Result:
         self.load()
         self._each_node(self.root, lambda n: self._apply_primitive(n) if n.kind == "primitive" else None, set())
+        self._sync_promoted()
         order = self.flatten()
         prompt: dict[str, dict[str, Any]] = {}
         paths: dict[str, str] = {}
@@ -848,15 +887,16 @@ class Converter:
             if node.kind == "missing":
                 if _UUID.match(node.type):
                     raise self.fail(node, "is a subgraph whose definition is not in the file "
-                                          "(definitions.subgraphs)")
-                raise self.fail(node, _unknown_class(node.type))
+                                          "(definitions.subgraphs)", dto)
+                raise self.fail(node, _unknown_class(node.type), dto)
             if node.cls is not None and node.cls.unsupported:
-                raise self.fail(node, f"{node.cls.unsupported}; export the workflow with Save (API) from the editor")
+                raise self.fail(node, f"{node.cls.unsupported}; export the workflow with Save (API) from the editor",
+                                dto)
             inputs: dict[str, Any] = {}
             for w in node.widgets or []:
                 if not w.name or not w.d.sent:
                     continue
-                value = self._serialize(node, w)
+                value = self._serialize(node, w, dto)
                 if value is UNDEFINED:
                     continue
                 inputs[w.name] = _wrap(W.js_value(value))
@@ -904,13 +944,13 @@ class Converter:
             lines.append(f"{self.label(node)}: {'; '.join(texts)}")
         return lines
 
-    def _serialize(self, node: Node, w: Widget) -> Any:
+    def _serialize(self, node: Node, w: Widget, dto: DTO) -> Any:
         value = w.value
         if w.d.serialize == "dynamic" and isinstance(value, str):
             return W.resolve_dynamic_prompt(value, self.rng)
         if w.d.serialize == "filename":
             if not isinstance(value, str):
-                raise self.fail(node, f"{w.name} is {_show(value)}, not text; the editor cannot queue it")
+                raise self.fail(node, f"{w.name} is {_show(value)}, not text; the editor cannot queue it", dto)
             return self._replace_text(value)
         return value
 
