@@ -407,7 +407,7 @@ def test_nothing_to_run_is_an_error(oi):
 
 # -- loading files ---------------------------------------------------------------------------------------
 def test_load_errors_name_the_file(tmp_path):
-    with pytest.raises(WorkflowError, match="no such workflow file"):
+    with pytest.raises(WorkflowError, match="cannot read the workflow file: no such file"):
         load_workflow(tmp_path / "missing.json")
     with pytest.raises(WorkflowError, match="is a folder"):
         load_workflow(tmp_path)

@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..core.errors import ConfigError, UsageError
+from ..core.errors import ConfigError, Conflict, UsageError
 from ..core.paths import autopod_home
+from ..core.state import Claim, Holder
 
 FILE = "ledger.db"
+BATCH_LOCK = "comfy-batch"
 BUSY_TIMEOUT_MS = 30_000
 
 # Prompt states. planned: not submitted yet; submitting: its id is recorded and the POST under way (it may
@@ -215,9 +217,11 @@ class Ledger:
     # -- batches ------------------------------------------------------------------------------------
 
     def new_batch(self, name: str, *, target_id: str | None, target_name: str | None, output_dir: str,
-                  template: str, options: dict[str, Any], prompts: list[dict[str, Any]]) -> BatchRow:
+                  template: str, options: dict[str, Any], prompts: list[dict[str, Any]],
+                  claim: Callable[[str], Any] | None = None) -> BatchRow:
         """Record a batch and its planned prompts (``workflow``, ``workflow_hash``, ``prompt``,
-        ``prompt_hash``, ``overrides``, ``seeds``) in one transaction."""
+        ``prompt_hash``, ``overrides``, ``seeds``) in one transaction. ``claim(batch_id)`` runs before
+        it commits: the process that makes a batch holds it before any other can see it."""
         client_id = secrets.token_hex(16)
         now = time.time()
         with self.tx() as db:
@@ -238,6 +242,8 @@ class Ledger:
                            (batch_id, i, p["workflow"], p["workflow_hash"], json.dumps(p["prompt"]),
                             p["prompt_hash"], json.dumps(p.get("overrides") or {}), json.dumps(p.get("seeds") or {}),
                             p.get("job")))
+            if claim is not None:
+                claim(batch_id)
         return self.batch(batch_id)
 
     def set_options(self, batch_id: str, options: dict[str, Any]) -> None:
@@ -319,6 +325,44 @@ class Ledger:
             db.execute("INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?)",
                        (sha256, target_id, answer["name"], answer.get("subfolder") or "",
                         answer.get("type") or "input", time.time()))
+
+
+# -- who holds a batch ------------------------------------------------------------------------------
+
+
+class BatchBusy(Conflict):
+    """Another process holds the batch (exit 1); ``holder`` says which, and the JSON document too."""
+
+    def __init__(self, batch_id: str, holder: Holder, advice: str):
+        super().__init__(f"batch {batch_id} is held by {holder.describe()}; {advice}",
+                         data={"batch": batch_id, "holder": holder.to_dict()})
+        self.holder = holder
+
+
+def try_hold(batch_id: str, command: str) -> Claim | Holder:
+    """Hold batch ``batch_id`` for this process (the :class:`Claim`, to release), or learn who holds it.
+
+    One process at a time holds a batch, and only it submits or fetches the batch's prompts:
+    ``comfy.run`` from the moment it records the batch until it returns (also with ``--detach``),
+    ``comfy.run --resume``, ``comfy.watch`` and ``comfy.fetch``. The lock goes with its process,
+    even one killed with kill -9."""
+    claim = Claim(BATCH_LOCK, batch_id)
+    holder = claim.take(command)
+    return claim if holder is None else holder
+
+
+def hold(batch_id: str, command: str, *, advice: str | None = None) -> Claim:
+    """:func:`try_hold`, or :class:`BatchBusy` naming the process that holds the batch."""
+    got = try_hold(batch_id, command)
+    if isinstance(got, Claim):
+        return got
+    stop = f"kill {got.pid}" if got.pid else "Ctrl-C where it runs"
+    raise BatchBusy(batch_id, got, advice or f"run this again once it has ended (or stop it: {stop})")
+
+
+def batch_holder(batch_id: str) -> Holder | None:
+    """The process the batch's lock file names, without touching the lock (a hint: it may have ended)."""
+    return Claim(BATCH_LOCK, batch_id).holder()
 
 
 def _prompt(r: sqlite3.Row) -> PromptRow:

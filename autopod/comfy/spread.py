@@ -19,6 +19,7 @@ Ctrl-C: the main thread sets a ``Cancel``; each member takes its prompts off its
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import sys
 import threading
@@ -32,7 +33,7 @@ from ..core.errors import AutopodError, ComfyError, ExitCode, Interrupted, Usage
 from ..core.fanout import Cancel
 from ..core.output import safe_text
 from ..core.ui import progress as line
-from .ledger import Ledger, PromptRow
+from .ledger import Ledger, PromptRow, hold
 from .progress import Progress
 from .run import (Connection, RunOptions, Runner, _pod_facts, _report, _server_queue, _upload_all, batch_name,
                   dry_run_report, plan, replan)
@@ -249,6 +250,7 @@ class Spread:
                     runner = Runner(ledger, self.batch, m.conn, progress=m.progress,
                                     previews=bool(self.batch.options.get("previews")), max_queued=self.per_member,
                                     pod_facts=_pod_facts(m.pod.id), debug=self.opts.debug, lost_is_fatal=True)
+                    runner.deadline = m.conn.deadline = self.deadline  # --timeout bounds uploads and fetches too
                     m.state = "working"
                     self.progress.state(m.name, "ready")
                     if m.assigned:
@@ -439,7 +441,12 @@ def _then(opts: RunOptions, target: str) -> tuple[str, list[dict[str, Any]], boo
 
 def render_fleet(opts: RunOptions) -> dict[str, Any]:
     """``comfy.run --fleet NAME``: plan once, spread over the running members, report like ``comfy.run``
-    plus which member ran each prompt."""
+    plus which member ran each prompt. This process holds the batch until it returns (``ledger.hold``)."""
+    with contextlib.ExitStack() as held:
+        return _render_fleet(opts, held)
+
+
+def _render_fleet(opts: RunOptions, held: contextlib.ExitStack) -> dict[str, Any]:
     from ..runpod.api import connect as connect_api
     from ..runpod.fleet import members as fleet_members
 
@@ -455,7 +462,9 @@ def render_fleet(opts: RunOptions) -> dict[str, Any]:
     assigned: dict[str, list[PromptRow]] = {}
     with Ledger.open() as ledger:
         if opts.resume:
-            batch, rows = ledger.find(opts.resume)
+            batch, _ = ledger.find(opts.resume)
+            held.enter_context(hold(batch.id, f"comfy.run --resume --fleet {fleet}"))
+            batch, rows = ledger.find(opts.resume)  # as the last holder left it
             todo, assigned = _resume_plan(ledger, rows, {p.id for p in ready})
         else:
             planned, template = plan(opts, object_info)
@@ -466,7 +475,8 @@ def render_fleet(opts: RunOptions) -> dict[str, Any]:
                 batch_name(planned), target_id=f"fleet:{fleet}",
                 target_name=fleet, output_dir=str(Path(opts.output_dir).resolve()), template=template,
                 options={"previews": opts.previews, "max_queued": opts.max_queued, "fleet": fleet,
-                         "uploads": []}, prompts=[p.as_ledger() for p in planned])
+                         "uploads": []}, prompts=[p.as_ledger() for p in planned],
+                claim=lambda bid: held.enter_context(hold(bid, f"comfy.run --fleet {fleet}")))
             _upload_all(planned, first, ledger, object_info, notes)
             for i, p in enumerate(planned):
                 ledger.update(batch.id, i, prompt=p.prompt)

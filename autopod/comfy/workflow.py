@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UsageError
+from ..core.files import MiB, decode, parse_json, read_bytes
 from . import schema as sch
 from .widgets import resolve_dynamic_prompt  # noqa: F401  (part of this module's interface)
 
-MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_FILE_BYTES = 64 * MiB
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -54,50 +55,16 @@ class Workflow:
 
 
 # -- loading -------------------------------------------------------------------------------------------
-def read_user_file(path: str | Path, *, what: str, limit: int) -> tuple[Path, bytes]:
-    """A file the user named on the command line, as bytes; anything wrong with it is one line, exit 2."""
-    p = Path(path).expanduser()
-    try:
-        size = p.stat().st_size
-        if size > limit:
-            raise WorkflowError(f"{p}: too large for a {what} ({size} bytes)")
-        return p, p.read_bytes()
-    except FileNotFoundError:
-        raise WorkflowError(f"{p}: no such {what}") from None
-    except IsADirectoryError:
-        raise WorkflowError(f"{p}: is a folder, not a {what}") from None
-    except OSError as e:
-        raise WorkflowError(f"{p}: cannot read the {what}: {e.strerror or e}") from None
-
-
 def load_workflow(path: str | Path) -> Workflow:
     """Read a workflow file: JSON in either format, or a PNG that ComfyUI saved (its embedded prompt)."""
-    p, raw = read_user_file(path, what="workflow file", limit=MAX_FILE_BYTES)
+    p, raw = read_bytes(path, what="workflow file", limit=MAX_FILE_BYTES, error=WorkflowError)
     if raw.startswith(_PNG_MAGIC):
         return _from_png(p, raw)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise WorkflowError(f"{p}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "
-                            "expected a ComfyUI workflow in JSON") from None
-    return parse_workflow(_loads(text, str(p)), p)
+    return parse_workflow(_loads(decode(raw, p, what="workflow file", error=WorkflowError), str(p)), p)
 
 
 def _loads(text: str, where: str) -> Any:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in items:
-            if k in out:  # json keeps the last silently; two nodes with one id are a broken file
-                raise WorkflowError(f"{where}: duplicate key {k!r} in the JSON")
-            out[k] = v
-        return out
-
-    try:
-        return json.loads(text, object_pairs_hook=pairs)
-    except json.JSONDecodeError as e:
-        raise WorkflowError(f"{where}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
-    except RecursionError:
-        raise WorkflowError(f"{where}: the JSON is nested too deeply") from None
+    return parse_json(text, where, error=WorkflowError)
 
 
 def parse_workflow(data: Any, path: Path | None = None) -> Workflow:

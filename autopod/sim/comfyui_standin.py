@@ -18,7 +18,10 @@ Fault injection: ``ws_drop_after=N`` cuts every WebSocket connection instead of 
 (N+1)th message (that message is lost, as in real life; history still records the result).
 At run time: ``POST /_sim/faults {"ws_drop_after": N}`` (0 turns it off; every open
 connection's count restarts) or ``{"ws_drop_now": true}``; ``{"outage_s": S}`` leaves every request
-but ``/_sim/`` unanswered for S seconds (a hung ComfyUI); ``GET /_sim/faults`` shows them.
+but ``/_sim/`` unanswered for S seconds (a hung ComfyUI); ``{"view": {"mode": M, "times": N}}``
+makes the next N ``/view`` answers something other than the file (M: ``redirect``, ``error``, an
+``html`` page with 200, ``short`` or ``long`` of the announced length, ``stall`` after half of it, as a
+broken proxy or a dying server would); ``GET /_sim/faults`` shows them.
 ``faults_file`` (the simulator's) holds the same JSON, applied at start and when listening begins.
 
 Not listening yet: a pod's ComfyUI only starts after the image has copied it onto the
@@ -66,6 +69,8 @@ from .comfyui.wsproto import ServerWebSocket, accept_key, handshake_problem
 DATA_DIR = Path(__file__).resolve().parent / "data" / "comfyui"
 MAX_UPLOAD_SIZE = 104857600  # ComfyUI's default --max-upload-size (100 MB), as /features reports it
 SERVER_ERROR = "500 Internal Server Error\n\nServer got itself in trouble"
+VIEW_FAULTS = ("redirect", "error", "html", "short", "long", "stall")
+
 # /view makes these download instead of display (ComfyUI does the same)
 _UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
 
@@ -114,6 +119,7 @@ class ComfyUIStandin:
         self._load_data()
         self.hub = Hub(drop_after=ws_drop_after)
         self.down_until = 0.0  # monotonic time until which HTTP goes unanswered (the outage fault)
+        self.view_fault: dict[str, Any] = {}  # {"mode", "times"}: the next /view answers are not the file
         self.engine = Engine(folders=self.folders, node_info=self.node_info,
                              nodes={**REAL_NODES, **(SIM_NODES if sim_nodes else {})}, send=self.hub.send)
         if state == "busy":
@@ -275,7 +281,7 @@ class ComfyUIStandin:
 
     def set_faults(self, doc: dict[str, Any]) -> dict[str, Any]:
         """The run-time fault switch behind ``POST /_sim/faults``."""
-        unknown = set(doc) - {"ws_drop_after", "ws_drop_now", "outage_s"}
+        unknown = set(doc) - {"ws_drop_after", "ws_drop_now", "outage_s", "view"}
         if unknown:
             raise ValueError(f"unknown fault settings: {', '.join(sorted(unknown))}")
         outage = doc.get("outage_s")
@@ -283,6 +289,13 @@ class ComfyUIStandin:
             if not isinstance(outage, (int, float)) or isinstance(outage, bool) or not 0 <= outage <= 86400:
                 raise ValueError("outage_s must be a number of seconds from 0 to 86400 (0: answer again)")
             self.down_until = time.monotonic() + float(outage)
+        view = doc.get("view")
+        if view is not None:
+            if not isinstance(view, dict) or view.get("mode") not in VIEW_FAULTS or not isinstance(
+                    view.get("times", 1), int) or isinstance(view.get("times"), bool) or view.get("times", 1) < 0:
+                raise ValueError(f"view must be {{\"mode\": one of {', '.join(VIEW_FAULTS)}, \"times\": N}}")
+            with self._lock:
+                self.view_fault = {"mode": view["mode"], "times": view.get("times", 1)}
         drop_after = doc.get("ws_drop_after")
         if drop_after is not None and (not isinstance(drop_after, int) or isinstance(drop_after, bool)
                                        or drop_after < 0):
@@ -290,7 +303,16 @@ class ComfyUIStandin:
         return self.hub.set_faults(drop_after=drop_after, drop_now=bool(doc.get("ws_drop_now")))
 
     def faults(self) -> dict[str, Any]:
-        return {**self.hub.faults(), "outage_left_s": round(max(0.0, self.down_until - time.monotonic()), 3)}
+        return {**self.hub.faults(), "outage_left_s": round(max(0.0, self.down_until - time.monotonic()), 3),
+                "view": dict(self.view_fault)}
+
+    def take_view_fault(self) -> str | None:
+        """The misbehaviour for this /view request, if one is still due (each is used once)."""
+        with self._lock:
+            if self.view_fault.get("times", 0) > 0:
+                self.view_fault["times"] -= 1
+                return self.view_fault["mode"]
+        return None
 
     def unanswered(self, path: str) -> bool:
         """During an outage every request but /_sim/ goes unanswered, as from a hung or crashed ComfyUI."""
@@ -536,6 +558,9 @@ class _Handler(BaseHTTPRequestHandler):
         status, file = s.folders.view_path(q["filename"], q.get("type", "output"), q.get("subfolder"))
         if status != 200 or file is None:
             return self._empty(status)
+        fault = s.take_view_fault()
+        if fault:
+            return self._bad_view(s, fault, file)
         name = os.path.basename(s.folders.annotated(q["filename"])[0])
         disposition = {"Content-Disposition": f'filename="{name}"'}
         channel = q.get("channel", "rgba")
@@ -558,6 +583,32 @@ class _Handler(BaseHTTPRequestHandler):
         if ctype in _UNSAFE_TYPES:
             ctype = "application/octet-stream"
         self._send_file(file, ctype, disposition)
+
+    def _bad_view(self, s: ComfyUIStandin, mode: str, file: Path) -> None:
+        """What a broken proxy or a dying server sends instead of the file (``view`` fault)."""
+        size = file.stat().st_size
+        if mode == "redirect":
+            self.send_response(302)
+            self.send_header("Location", "/login")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif mode == "error":
+            self._send(502, b"<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+        elif mode == "html":
+            self._send(200, b"<!doctype html><html><body>Sign in to continue</body></html>",
+                       content_type="text/html; charset=utf-8")
+        else:  # short, break, stall: announce the whole file, send part of it
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size + (16 if mode == "long" else 0)))
+            self.end_headers()
+            data = file.read_bytes()
+            part = data if mode == "long" else data[:max(1, size // 2)]
+            self.wfile.write(part)
+            self.wfile.flush()
+            if mode == "stall":  # then nothing more until the client gives up or the stand-in stops
+                s._stopped.wait(120)
+        self.close_connection = True
 
     def _send_file(self, file: Path, ctype: str, headers: dict) -> None:
         """Stream from disk (sendfile), with single byte ranges like aiohttp's FileResponse."""

@@ -105,7 +105,7 @@ _RUN_HELP = {
     "previews": "also save temp previews (PreviewImage)",
     "detach": "submit, print the prompt ids and exit; `comfy.watch` or `comfy.fetch` later",
     "dry_run": "print the API prompt(s) exactly as they would be sent; send nothing",
-    "timeout": "stop waiting after S seconds (the prompts go on; exit 1)",
+    "timeout": "end the whole run after S seconds, downloads included (the prompts go on; exit 1)",
     "max_queued": "prompts of this run on the server at once (default 16; with --fleet: on each member, default 2)",
     "fleet": "spread the prompts over fleet NAME's running members: whichever is free next takes the next "
              "prompt; a member that fails is taken out and its prompts go to the others",
@@ -124,7 +124,7 @@ def run(c, workflow=None, pod=None, fleet=None, no_tunnel=False, set=None, input
     from ..comfy.run import RunOptions
     from ..comfy.spread import render
     from ..core.errors import UsageError
-    from ..core.flags import number
+    from ..core.flags import MAX_WAIT_S, number
 
     if seed is not None and seed not in ("fixed", "random", "increment"):
         raise UsageError(f"--seed must be fixed, random or increment, got {seed!r}")
@@ -138,7 +138,8 @@ def run(c, workflow=None, pod=None, fleet=None, no_tunnel=False, set=None, input
     opts = RunOptions(workflows=list(workflow or []), job=job, sets=list(set or []), inputs=list(input or []),
                       sweeps=list(sweep or []), repeat=number(repeat, "--repeat", int, minimum=1, maximum=100_000),
                       seed=seed, output_dir=output_dir or "outputs", template=output, previews=previews,
-                      detach=detach, dry_run=dry_run, timeout=number(timeout, "--timeout", minimum=1),
+                      detach=detach, dry_run=dry_run,
+                      timeout=number(timeout, "--timeout", minimum=1, maximum=MAX_WAIT_S),
                       max_queued=queued or 16, per_member=queued, fleet=fleet, then=then,
                       pod=pod, no_tunnel=no_tunnel, resume=resume, debug=debug_enabled())
     report = render(opts)
@@ -204,10 +205,10 @@ def jobs(c, batch=None, limit=None, json=False):
 def watch(c, batch=None, pod=None, no_tunnel=False, timeout=None, json=False):
     """Re-attach to a batch: live progress, and its outputs fetched as prompts finish."""
     from ..comfy.jobs import watch as _watch
-    from ..core.flags import number
+    from ..core.flags import MAX_WAIT_S, number
 
-    _render_batch(_watch(batch, pod=pod, no_tunnel=no_tunnel, timeout=number(timeout, "--timeout", minimum=1)),
-                  as_json=json)
+    secs = number(timeout, "--timeout", minimum=1, maximum=MAX_WAIT_S)
+    _render_batch(_watch(batch, pod=pod, no_tunnel=no_tunnel, timeout=secs), as_json=json)
 
 
 @command(help={"batch": "batch id or prompt id (default: the newest batch)", "pod": _POD, "no_tunnel": _NO_TUNNEL,
