@@ -25,7 +25,12 @@ resolves it. In order:
    subgraph node: its link, else the value the subgraph node shows for it (a widget
    promoted from the first inner widget the input feeds), else the inner widget's own.
    An input fed by a subgraph output is resolved inside, from the node that feeds that
-   output.
+   output. The editor saves the graph as it queues, which writes each subgraph node's
+   shown values into the inner widgets they stand for: the nodes of one subgraph share
+   those widgets, so a link from outside that leads nowhere (a primitive) sends the value
+   of the last subgraph node of that subgraph.
+   The mode of a subgraph node bypasses it like any node; its inner nodes run unless they
+   are muted or bypassed themselves (the editor's mute and bypass commands set both).
 4. **Links.** Reroutes are followed; a bypassed node (or subgraph node) passes the
    consumer to one of its inputs: the one at the output's slot if its type fits both,
    else the first of exactly the consumer's type, else the first that fits both; none
@@ -44,6 +49,7 @@ loops.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -56,7 +62,6 @@ MUTED, BYPASSED = 2, 4  # LiteGraph modes: NEVER and BYPASS
 MODES = (0, 1, 2, 3, 4)
 PRIMITIVE, REROUTE = "PrimitiveNode", "Reroute"
 NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
-FRONTEND_TYPES = NOTE_TYPES | {PRIMITIVE, REROUTE}
 SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20
 RENAMED = {"T2IAdapterLoader": "ControlNetLoader", "ConditioningAverage ": "ConditioningAverage",
            "SDV_img2vid_Conditioning": "SVD_img2vid_Conditioning"}
@@ -69,6 +74,10 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 
 class ConversionError(Exception):
     """What makes a graph unconvertible; ``workflow`` turns it into a WorkflowError with the file's name."""
+
+
+class _BadValue(ConversionError):
+    """A widget value the editor fails on as it reads it; named with its node where that is known."""
 
 
 @dataclass
@@ -128,8 +137,10 @@ class Widget:
             if isinstance(item, str):
                 annotated = re.search(r"\[(input|output|temp)\]", item, re.IGNORECASE)
                 return item + ("" if annotated or folder == "input" else f" [{folder}]")
-            if not isinstance(item, dict):
-                raise ConversionError("an upload combo holds a value that is not a file name")
+            if item is None or item is UNDEFINED:
+                raise _BadValue(f"{self.name} holds an empty list; the editor cannot read a file name from it")
+            if not isinstance(item, dict):  # the editor reads it as a result record without a file name
+                return ""
             name = item.get("filename") if item.get("filename") is not None else ""
             sub = item.get("subfolder")
             full = f"{sub}/{name}" if W.js_truthy(sub) else W.js_string(name)
@@ -311,7 +322,8 @@ class Converter:
                 self._late_promotion(inst)
         self._configure_graph(self.root)
         self._fix_link_slots(self.root, set())
-        self._after_configure(self.root, set())
+        self._each_node(self.root, self._drop_stale_widget_inputs, set())
+        self._each_node(self.root, self._primitive_widget, set())
         for node in self.root.nodes.values():
             if node.type in ("KSampler", "KSamplerAdvanced"):
                 w = node.widget("sampler_name")
@@ -598,10 +610,6 @@ class Converter:
                 self._each_node(node.definition.graph, fn, seen)
             fn(node)
 
-    def _after_configure(self, graph: Graph, seen: set[int]) -> None:
-        self._each_node(graph, self._drop_stale_widget_inputs, set())
-        self._each_node(graph, self._primitive_widget, set())
-
     def _drop_stale_widget_inputs(self, node: Node) -> None:
         if node.kind != "comfy":
             return
@@ -671,7 +679,6 @@ class Converter:
         """The editor narrows a number primitive to every input it feeds (when their specs agree but
         for range and step), then keeps its value within that range and rounds it to that step."""
         merged = dict(config)
-        changed = False
         for link_id in node.outputs[0].links or []:
             link = self.root.link(link_id)
             target = self.root.node(link.target_id) if link is not None else None
@@ -683,7 +690,7 @@ class Converter:
             combined = _merge_specs(merged, theirs)
             if combined is None:
                 continue
-            merged, changed = combined, True
+            merged = combined
             w = node.widgets[0]  # type: ignore[index]
             widget_spec = {**merged, "name": "value"}
             fresh = Widget(W.primitive_widget(widget_spec)[0])
@@ -698,7 +705,6 @@ class Converter:
                 elif v > hi:
                     fresh._value = hi
             fresh.callback()
-        del changed
 
     def _apply_primitive(self, node: Node) -> None:
         """A primitive writes its value into the widget of each input it feeds (at queue time)."""
@@ -921,7 +927,8 @@ class Converter:
                 del entry["inputs"][name]
         if not prompt:
             raise ConversionError("no node would run (every node is muted, bypassed or a note)")
-        return Result(prompt, self._note_lines(prompt), paths)
+        emitted = {id(self.dtos[k].node) for k in prompt}
+        return Result(prompt, self._note_lines(emitted), paths)
 
     def path_text(self, dto: DTO) -> str:
         names = []
@@ -934,18 +941,20 @@ class Converter:
             graph = inst.definition.graph
         return "subgraph " + " > ".join(names)
 
-    def _note_lines(self, prompt: dict[str, Any]) -> list[str]:
-        """One line per node the notes are about, for nodes whose values reach the prompt."""
-        sent = {k.split(":")[-1] for k in prompt}
+    def _note_lines(self, emitted: set[int]) -> list[str]:
+        """One line per node the notes are about: nodes in the prompt, and subgraph nodes."""
         lines = []
         for node, texts in self.notes.values():
-            if node.kind == "comfy" and (node.key not in sent or node.mode in (MUTED, BYPASSED)):
+            if node.kind == "comfy" and id(node) not in emitted:
                 continue
             lines.append(f"{self.label(node)}: {'; '.join(texts)}")
         return lines
 
     def _serialize(self, node: Node, w: Widget, dto: DTO) -> Any:
-        value = w.value
+        try:
+            value = w.value
+        except _BadValue as e:
+            raise self.fail(node, str(e), dto) from None
         if w.d.serialize == "dynamic" and isinstance(value, str):
             return W.resolve_dynamic_prompt(value, self.rng)
         if w.d.serialize == "filename":
@@ -959,7 +968,7 @@ class Converter:
         "Node name for S&R", else its title; characters a file name cannot hold become "_")."""
         if not isinstance(value, str):
             raise ConversionError(f"cannot replace %...% patterns in {_show(value)}: not text")
-        nodes = self._all_nodes(self.root, set())
+        nodes = self._all_nodes(self.root)
 
         def sub(m: re.Match[str]) -> str:
             text = m.group(1)
@@ -981,11 +990,12 @@ class Converter:
 
         return re.sub(r"%([^%]+)%", sub, value)
 
-    def _all_nodes(self, graph: Graph, seen: set[int]) -> list[Node]:
+    def _all_nodes(self, graph: Graph) -> list[Node]:
+        """Every node, those inside a subgraph node before it (the editor's order for finding one by name)."""
         out: list[Node] = []
         for node in graph.nodes.values():
             if node.definition is not None:
-                out.extend(self._all_nodes(node.definition.graph, seen))
+                out.extend(self._all_nodes(node.definition.graph))
             out.append(node)
         return out
 
@@ -1086,19 +1096,11 @@ def _merge_specs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _lcm(a: float, b: float) -> float:
-    def gcd(x: float, y: float) -> float:
-        while y:
-            x, y = y, _js_mod(x, y)
-        return x
-
-    g = gcd(a, b)
-    return abs(a * b) / g if g else float("nan")
-
-
-def _js_mod(x: float, y: float) -> float:
-    import math
-
-    return math.fmod(x, y)
+    """JavaScript's ``Math.abs(a * b) / gcd(a, b)`` with ``%`` as the remainder (steps may be fractions)."""
+    x, y = a, b
+    while y:
+        x, y = y, math.fmod(x, y)
+    return abs(a * b) / x if x else float("nan")
 
 
 def _format_date(text: str, now: _dt.datetime) -> str:
