@@ -347,15 +347,15 @@ def test_missing_saved_values_take_the_widgets_defaults(oi):
     assert inputs["denoise"] == 1
 
 
-def test_a_subgraph_is_refused(oi):
+def test_a_subgraph_without_what_its_node_is_linked_from_is_refused(oi):
     data = ui("image_pipeline")
     sg = "9c5f7d0e-6d2a-4f0a-8e1b-3c4d5e6f7a8b"
     data["definitions"] = {"subgraphs": [{"id": sg, "name": "Blur twice", "nodes": [], "links": []}]}
-    node(data, 9)["type"] = sg
+    node(data, 9)["type"] = sg  # PreviewImage 10 is linked from its output 0, which the subgraph does not have
     msg = _error(data, oi)
-    assert f"node 9 ({sg}" in msg and "subgraph" in msg
-    del data["definitions"]  # a UUID-named type the server does not know is a subgraph too
-    assert "subgraph" in _error(data, oi)
+    assert f"node 9 ({sg}" in msg and "output 0, which subgraph 'Blur twice' does not have" in msg
+    del data["definitions"]  # a UUID-named type the server does not know: a subgraph whose definition is missing
+    assert "is a subgraph whose definition is not in the file" in _error(data, oi)
 
 
 def test_a_group_node_is_refused(oi):

@@ -25,7 +25,12 @@ resolves it. In order:
    subgraph node: its link, else the value the subgraph node shows for it (a widget
    promoted from the first inner widget the input feeds), else the inner widget's own.
    An input fed by a subgraph output is resolved inside, from the node that feeds that
-   output.
+   output. The editor saves the graph as it queues, which writes each subgraph node's
+   shown values into the inner widgets they stand for: the nodes of one subgraph share
+   those widgets, so a link from outside that leads nowhere (a primitive) sends the value
+   of the last subgraph node of that subgraph.
+   The mode of a subgraph node bypasses it like any node; its inner nodes run unless they
+   are muted or bypassed themselves (the editor's mute and bypass commands set both).
 4. **Links.** Reroutes are followed; a bypassed node (or subgraph node) passes the
    consumer to one of its inputs: the one at the output's slot if its type fits both,
    else the first of exactly the consumer's type, else the first that fits both; none
@@ -44,6 +49,7 @@ loops.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -56,7 +62,6 @@ MUTED, BYPASSED = 2, 4  # LiteGraph modes: NEVER and BYPASS
 MODES = (0, 1, 2, 3, 4)
 PRIMITIVE, REROUTE = "PrimitiveNode", "Reroute"
 NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
-FRONTEND_TYPES = NOTE_TYPES | {PRIMITIVE, REROUTE}
 SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20
 RENAMED = {"T2IAdapterLoader": "ControlNetLoader", "ConditioningAverage ": "ConditioningAverage",
            "SDV_img2vid_Conditioning": "SVD_img2vid_Conditioning"}
@@ -69,6 +74,10 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 
 class ConversionError(Exception):
     """What makes a graph unconvertible; ``workflow`` turns it into a WorkflowError with the file's name."""
+
+
+class _BadValue(ConversionError):
+    """A widget value the editor fails on as it reads it; named with its node where that is known."""
 
 
 @dataclass
@@ -128,8 +137,10 @@ class Widget:
             if isinstance(item, str):
                 annotated = re.search(r"\[(input|output|temp)\]", item, re.IGNORECASE)
                 return item + ("" if annotated or folder == "input" else f" [{folder}]")
-            if not isinstance(item, dict):
-                raise ConversionError("an upload combo holds a value that is not a file name")
+            if item is None or item is UNDEFINED:
+                raise _BadValue(f"{self.name} holds an empty list; the editor cannot read a file name from it")
+            if not isinstance(item, dict):  # the editor reads it as a result record without a file name
+                return ""
             name = item.get("filename") if item.get("filename") is not None else ""
             sub = item.get("subfolder")
             full = f"{sub}/{name}" if W.js_truthy(sub) else W.js_string(name)
@@ -278,19 +289,21 @@ class Converter:
         self.dtos: dict[str, DTO] = {}
 
     # -- naming
-    def label(self, node: Node, path: tuple[str, ...] | None = None) -> str:
+    def label(self, node: Node, dto: "DTO | None" = None) -> str:
+        """``node 10:5 (KSampler "Sampler") in subgraph 'Upscale'``: the flattened id and where it is when known
+        (``dto``), else the id within its graph and the subgraph it is defined in."""
+        inner = node.type + (f" \"{node.title}\"" if node.title and node.title != node.type else "")
+        if dto is not None:
+            where = self.path_text(dto) if dto.path else ""
+            return f"node {dto.id} ({inner})" + (f" in {where}" if where else "")
         where = self.where(node.graph)
-        node_id = ":".join((*path, node.key)) if path else node.key
-        cls = node.type
-        title = node.title
-        inner = f"{cls}" + (f" \"{title}\"" if title and title != cls else "")
-        return f"node {node_id} ({inner})" + (f" in subgraph {where}" if where else "")
+        return f"node {node.key} ({inner})" + (f" in subgraph {where}" if where else "")
 
     def where(self, graph: Graph) -> str:
         return f"'{graph.definition.name}'" if graph.definition else ""
 
-    def fail(self, node: Node, msg: str) -> ConversionError:
-        return ConversionError(f"{self.label(node)}: {msg}")
+    def fail(self, node: Node, msg: str, dto: "DTO | None" = None) -> ConversionError:
+        return ConversionError(f"{self.label(node, dto)}: {msg}")
 
     def node_class(self, class_type: str) -> NodeClass | None:
         if class_type not in self.classes:
@@ -309,7 +322,8 @@ class Converter:
                 self._late_promotion(inst)
         self._configure_graph(self.root)
         self._fix_link_slots(self.root, set())
-        self._after_configure(self.root, set())
+        self._each_node(self.root, self._drop_stale_widget_inputs, set())
+        self._each_node(self.root, self._primitive_widget, set())
         for node in self.root.nodes.values():
             if node.type in ("KSampler", "KSamplerAdvanced"):
                 w = node.widget("sampler_name")
@@ -596,10 +610,6 @@ class Converter:
                 self._each_node(node.definition.graph, fn, seen)
             fn(node)
 
-    def _after_configure(self, graph: Graph, seen: set[int]) -> None:
-        self._each_node(graph, self._drop_stale_widget_inputs, set())
-        self._each_node(graph, self._primitive_widget, set())
-
     def _drop_stale_widget_inputs(self, node: Node) -> None:
         if node.kind != "comfy":
             return
@@ -669,7 +679,6 @@ class Converter:
         """The editor narrows a number primitive to every input it feeds (when their specs agree but
         for range and step), then keeps its value within that range and rounds it to that step."""
         merged = dict(config)
-        changed = False
         for link_id in node.outputs[0].links or []:
             link = self.root.link(link_id)
             target = self.root.node(link.target_id) if link is not None else None
@@ -681,7 +690,7 @@ class Converter:
             combined = _merge_specs(merged, theirs)
             if combined is None:
                 continue
-            merged, changed = combined, True
+            merged = combined
             w = node.widgets[0]  # type: ignore[index]
             widget_spec = {**merged, "name": "value"}
             fresh = Widget(W.primitive_widget(widget_spec)[0])
@@ -696,7 +705,6 @@ class Converter:
                 elif v > hi:
                     fresh._value = hi
             fresh.callback()
-        del changed
 
     def _apply_primitive(self, node: Node) -> None:
         """A primitive writes its value into the widget of each input it feeds (at queue time)."""
@@ -721,6 +729,41 @@ class Converter:
             w.set(value)
             w.callback()
 
+    def _sync_promoted(self) -> None:
+        """Saving the graph (which the editor does as it queues) writes each subgraph node's shown values into
+        the widgets they stand for inside: top-level nodes first, then each used subgraph's nodes in file order.
+        An inner widget then holds the value of the last subgraph node of that subgraph (they share it)."""
+        for node in self.root.nodes.values():
+            self._sync_node(node)
+        used: set[str] = set()
+        stack = [n.definition for n in self.root.nodes.values() if n.definition is not None]
+        while stack:
+            d = stack.pop()
+            if d.id not in used:
+                used.add(d.id)
+                stack.extend(n.definition for n in d.graph.nodes.values() if n.definition is not None)
+        for d in self.definitions.values():
+            if d.id in used:
+                for node in d.graph.nodes.values():
+                    self._sync_node(node)
+
+    def _sync_node(self, node: Node) -> None:
+        d = node.definition
+        if d is None:
+            return
+        for w in node.widgets or []:
+            if not any(s.name == w.name for s in node.inputs):
+                continue
+            sub_input = next((s for s in d.inputs if s.name == w.name), None)
+            for link_id in sub_input.link_ids if sub_input is not None else []:
+                link = d.graph.link(link_id)
+                target = d.graph.node(link.target_id) if link is not None else None
+                if target is None or not target.widgets or not 0 <= link.target_slot < len(target.inputs):  # type: ignore[union-attr]
+                    continue
+                inner = target.widget_for(target.inputs[link.target_slot])  # type: ignore[union-attr]
+                if inner is not None:
+                    inner.set(w.value)
+
     # -- 3. flattening
     def flatten(self) -> list[DTO]:
         order: list[DTO] = []
@@ -729,7 +772,7 @@ class Converter:
             dto = DTO(node, path, instance, [Slot(s.name, s.type, s.link, s.widget) for s in node.inputs])
             if node.definition is not None:
                 if id(node) in visiting:
-                    raise self.fail(node, "contains itself (a subgraph inside its own definition)")
+                    raise self.fail(node, "contains itself (a subgraph inside its own definition)", dto)
                 for inner in _in_order(node.definition.graph):
                     add(inner, (*path, node.key), node, (*visiting, id(node)))
             self.dtos[dto.id] = dto
@@ -745,34 +788,35 @@ class Converter:
         node = dto.node
         key = (dto.instance.definition.id if dto.instance and dto.instance.definition else None, node.key, "I", slot)
         if key in visited:
-            raise self.fail(node, f"input {slot}: the links form a loop")
+            raise self.fail(node, f"input {slot}: the links form a loop", dto)
         visited.add(key)
         if not 0 <= slot < len(dto.inputs):
-            raise self.fail(node, f"has no input slot {slot}")
+            raise self.fail(node, f"has no input slot {slot}", dto)
         inp = dto.inputs[slot]
         if inp.link is None:
             return None
         link = node.graph.link(inp.link)
         if link is None:
-            raise self.fail(node, f"input {inp.name!r} uses link {inp.link!r}, which is not in 'links'")
+            raise self.fail(node, f"input {inp.name!r} uses link {inp.link!r}, which is not in 'links'", dto)
         instance = dto.instance
         if instance is not None and link.origin_id == SUBGRAPH_INPUT:
             if not 0 <= link.origin_slot < len(instance.inputs):
                 raise self.fail(node, f"input {inp.name!r} comes from subgraph input {link.origin_slot}, which the "
-                                      f"subgraph node does not have")
+                                      f"subgraph node does not have", dto)
             outer_slot = instance.inputs[link.origin_slot]
             if outer_slot.link is None:
                 w = instance.widget_for(outer_slot)
                 return ("value", w.value) if w is not None else None
             outer = instance.graph.link(outer_slot.link)
             if outer is None:
+                outer_dto = self.dtos[":".join((*dto.path[:-1], instance.key))]
                 raise self.fail(instance, f"input {outer_slot.name!r} uses link {outer_slot.link!r}, "
-                                          "which is not in 'links'")
+                                          "which is not in 'links'", outer_dto)
             return self.resolve_input(self.dtos[":".join((*dto.path[:-1], instance.key))], outer.target_slot,
                                       visited)
         origin = node.graph.node(link.origin_id)
         if origin is None:
-            raise self.fail(node, f"input {inp.name!r} is linked to node {link.origin_id}, which does not exist")
+            raise self.fail(node, f"input {inp.name!r} is linked to node {link.origin_id}, which does not exist", dto)
         return self.resolve_output(self.dtos[":".join((*dto.path, origin.key))], link.origin_slot,
                                    want if want is not None else inp.type, visited)
 
@@ -780,7 +824,7 @@ class Converter:
         node = dto.node
         key = (dto.instance.definition.id if dto.instance and dto.instance.definition else None, node.key, "O", slot)
         if key in visited:
-            raise self.fail(node, f"output {slot}: the links form a loop")
+            raise self.fail(node, f"output {slot}: the links form a loop", dto)
         visited.add(key)
         if node.mode == BYPASSED:
             index = self._bypass_index(dto, slot, want)
@@ -800,12 +844,12 @@ class Converter:
         inputs = dto.inputs
         node = dto.node
         if not 0 <= slot < len(node.outputs):
-            raise self.fail(node, f"is bypassed and linked from its output {slot}, which it does not have")
+            raise self.fail(node, f"is bypassed and linked from its output {slot}, which it does not have", dto)
         out_type = node.outputs[slot].type
         if want == "*" or want == "":
             index = slot if len(inputs) > slot else 0
             if index >= len(inputs):
-                raise self.fail(node, "is bypassed but has no input to pass through")
+                raise self.fail(node, "is bypassed but has no input to pass through", dto)
             return index
         same = inputs[slot] if slot < len(inputs) else None
         if same is not None and _connects(same.type, out_type) and _connects(same.type, want):
@@ -823,14 +867,14 @@ class Converter:
         d = node.definition
         assert d is not None
         if not 0 <= slot < len(node.outputs) or slot >= len(d.outputs):
-            raise self.fail(node, f"is linked from its output {slot}, which subgraph '{d.name}' does not have")
+            raise self.fail(node, f"is linked from its output {slot}, which subgraph '{d.name}' does not have", dto)
         link = next((lk for lk in (d.graph.link(i) for i in d.outputs[slot].link_ids) if lk is not None), None)
         if link is None:
             return None
         inner = d.graph.node(link.origin_id)
         if inner is None:
             raise self.fail(node, f"subgraph '{d.name}' output {d.outputs[slot].name!r} is fed by nothing the "
-                                  "editor can run (straight from a subgraph input)")
+                                  "editor can run (straight from a subgraph input)", dto)
         return self.resolve_output(self.dtos[":".join((*dto.path, node.key, inner.key))], link.origin_slot, want,
                                    visited)
 
@@ -838,6 +882,7 @@ class Converter:
     def prompt(self) -> Result:
         self.load()
         self._each_node(self.root, lambda n: self._apply_primitive(n) if n.kind == "primitive" else None, set())
+        self._sync_promoted()
         order = self.flatten()
         prompt: dict[str, dict[str, Any]] = {}
         paths: dict[str, str] = {}
@@ -848,15 +893,16 @@ class Converter:
             if node.kind == "missing":
                 if _UUID.match(node.type):
                     raise self.fail(node, "is a subgraph whose definition is not in the file "
-                                          "(definitions.subgraphs)")
-                raise self.fail(node, _unknown_class(node.type))
+                                          "(definitions.subgraphs)", dto)
+                raise self.fail(node, _unknown_class(node.type), dto)
             if node.cls is not None and node.cls.unsupported:
-                raise self.fail(node, f"{node.cls.unsupported}; export the workflow with Save (API) from the editor")
+                raise self.fail(node, f"{node.cls.unsupported}; export the workflow with Save (API) from the editor",
+                                dto)
             inputs: dict[str, Any] = {}
             for w in node.widgets or []:
                 if not w.name or not w.d.sent:
                     continue
-                value = self._serialize(node, w)
+                value = self._serialize(node, w, dto)
                 if value is UNDEFINED:
                     continue
                 inputs[w.name] = _wrap(W.js_value(value))
@@ -881,7 +927,8 @@ class Converter:
                 del entry["inputs"][name]
         if not prompt:
             raise ConversionError("no node would run (every node is muted, bypassed or a note)")
-        return Result(prompt, self._note_lines(prompt), paths)
+        emitted = {id(self.dtos[k].node) for k in prompt}
+        return Result(prompt, self._note_lines(emitted), paths)
 
     def path_text(self, dto: DTO) -> str:
         names = []
@@ -894,23 +941,25 @@ class Converter:
             graph = inst.definition.graph
         return "subgraph " + " > ".join(names)
 
-    def _note_lines(self, prompt: dict[str, Any]) -> list[str]:
-        """One line per node the notes are about, for nodes whose values reach the prompt."""
-        sent = {k.split(":")[-1] for k in prompt}
+    def _note_lines(self, emitted: set[int]) -> list[str]:
+        """One line per node the notes are about: nodes in the prompt, and subgraph nodes."""
         lines = []
         for node, texts in self.notes.values():
-            if node.kind == "comfy" and (node.key not in sent or node.mode in (MUTED, BYPASSED)):
+            if node.kind == "comfy" and id(node) not in emitted:
                 continue
             lines.append(f"{self.label(node)}: {'; '.join(texts)}")
         return lines
 
-    def _serialize(self, node: Node, w: Widget) -> Any:
-        value = w.value
+    def _serialize(self, node: Node, w: Widget, dto: DTO) -> Any:
+        try:
+            value = w.value
+        except _BadValue as e:
+            raise self.fail(node, str(e), dto) from None
         if w.d.serialize == "dynamic" and isinstance(value, str):
             return W.resolve_dynamic_prompt(value, self.rng)
         if w.d.serialize == "filename":
             if not isinstance(value, str):
-                raise self.fail(node, f"{w.name} is {_show(value)}, not text; the editor cannot queue it")
+                raise self.fail(node, f"{w.name} is {_show(value)}, not text; the editor cannot queue it", dto)
             return self._replace_text(value)
         return value
 
@@ -919,7 +968,7 @@ class Converter:
         "Node name for S&R", else its title; characters a file name cannot hold become "_")."""
         if not isinstance(value, str):
             raise ConversionError(f"cannot replace %...% patterns in {_show(value)}: not text")
-        nodes = self._all_nodes(self.root, set())
+        nodes = self._all_nodes(self.root)
 
         def sub(m: re.Match[str]) -> str:
             text = m.group(1)
@@ -941,11 +990,12 @@ class Converter:
 
         return re.sub(r"%([^%]+)%", sub, value)
 
-    def _all_nodes(self, graph: Graph, seen: set[int]) -> list[Node]:
+    def _all_nodes(self, graph: Graph) -> list[Node]:
+        """Every node, those inside a subgraph node before it (the editor's order for finding one by name)."""
         out: list[Node] = []
         for node in graph.nodes.values():
             if node.definition is not None:
-                out.extend(self._all_nodes(node.definition.graph, seen))
+                out.extend(self._all_nodes(node.definition.graph))
             out.append(node)
         return out
 
@@ -1046,19 +1096,11 @@ def _merge_specs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _lcm(a: float, b: float) -> float:
-    def gcd(x: float, y: float) -> float:
-        while y:
-            x, y = y, _js_mod(x, y)
-        return x
-
-    g = gcd(a, b)
-    return abs(a * b) / g if g else float("nan")
-
-
-def _js_mod(x: float, y: float) -> float:
-    import math
-
-    return math.fmod(x, y)
+    """JavaScript's ``Math.abs(a * b) / gcd(a, b)`` with ``%`` as the remainder (steps may be fractions)."""
+    x, y = a, b
+    while y:
+        x, y = y, math.fmod(x, y)
+    return abs(a * b) / x if x else float("nan")
 
 
 def _format_date(text: str, now: _dt.datetime) -> str:

@@ -14,7 +14,7 @@ import json
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -108,10 +108,16 @@ def _m003_prompt_pod(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE prompts ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
 
 
+def _m004_prompt_node_paths(db: sqlite3.Connection) -> None:
+    """Where each node inside a subgraph is (``{"10:5": "subgraph 'Upscale'"}``), for error lines."""
+    db.execute("ALTER TABLE prompts ADD COLUMN node_paths TEXT NOT NULL DEFAULT '{}'")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", _m001_initial),
     ("m002_prompt_job", _m002_prompt_job),
     ("m003_prompt_pod", _m003_prompt_pod),
+    ("m004_prompt_node_paths", _m004_prompt_node_paths),
 ]
 
 
@@ -136,6 +142,7 @@ class PromptRow:
     target_id: str | None = None  # the pod it was submitted to
     target_name: str | None = None
     attempts: int = 0
+    node_paths: dict[str, str] = field(default_factory=dict)  # node id inside a subgraph -> where it is
 
     @property
     def final(self) -> bool:
@@ -238,10 +245,10 @@ class Ledger:
                         raise
             for i, p in enumerate(prompts):
                 db.execute("INSERT INTO prompts (batch_id, idx, workflow, workflow_hash, prompt, prompt_hash, "
-                           "overrides, seeds, job) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           "overrides, seeds, job, node_paths) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (batch_id, i, p["workflow"], p["workflow_hash"], json.dumps(p["prompt"]),
                             p["prompt_hash"], json.dumps(p.get("overrides") or {}), json.dumps(p.get("seeds") or {}),
-                            p.get("job")))
+                            p.get("job"), json.dumps(p.get("node_paths") or {})))
             if claim is not None:
                 claim(batch_id)
         return self.batch(batch_id)
@@ -367,7 +374,7 @@ def batch_holder(batch_id: str) -> Holder | None:
 
 def _prompt(r: sqlite3.Row) -> PromptRow:
     d = dict(r)
-    for k in ("prompt", "overrides", "seeds"):
+    for k in ("prompt", "overrides", "seeds", "node_paths"):
         d[k] = json.loads(d[k] or "{}")
     d["error"] = json.loads(d["error"]) if d.get("error") else None
     return PromptRow(**d)

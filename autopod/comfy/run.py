@@ -80,13 +80,14 @@ class Planned:
     overrides: dict[str, Any]
     seeds: dict[str, Any]
     uploads: list[Any] = field(default_factory=list)  # overrides.InputTarget: a file to upload into an input
+    node_paths: dict[str, str] = field(default_factory=dict)  # node id inside a subgraph -> "subgraph 'Upscale'"
 
     def as_ledger(self) -> dict[str, Any]:
         from .workflow import prompt_hash
 
         return {"workflow": self.workflow, "workflow_hash": self.workflow_hash, "prompt": self.prompt,
                 "prompt_hash": prompt_hash(self.prompt), "overrides": self.overrides, "seeds": self.seeds,
-                "job": self.job}
+                "job": self.job, "node_paths": self.node_paths}
 
 
 # -- the connection: ComfyUI through a tunnel that may have to be rebuilt -----------------------------------
@@ -160,12 +161,14 @@ class Connection:
 # -- planning (nothing is sent) -----------------------------------------------------------------------------
 
 
-def plan(opts: RunOptions, object_info: dict[str, Any]) -> tuple[list[Planned], str]:
+def plan(opts: RunOptions, object_info: dict[str, Any], *,
+         note: Callable[[str], None] | None = None) -> tuple[list[Planned], str]:
     """Every prompt of the run, checked against ``object_info``; and the output template. Raises
-    UsageError (exit 2) on any bad input, before anything is uploaded or submitted."""
+    UsageError (exit 2) on any bad input, before anything is uploaded or submitted. ``note`` gets one
+    line per node whose saved values the editor conversion filled in or ignored."""
     from .batch import expand, parse_sweep
     from .overrides import apply_overrides, parse_input, parse_set, resolve_input
-    from .workflow import load_workflow, prompt_hash, to_api
+    from .workflow import convert, load_workflow, prompt_hash
 
     sets, inputs, sweeps = list(opts.sets), list(opts.inputs), list(opts.sweeps)
     repeat, seed, template = opts.repeat, opts.seed, opts.template
@@ -188,7 +191,11 @@ def plan(opts: RunOptions, object_info: dict[str, Any]) -> tuple[list[Planned], 
     planned: list[Planned] = []
     for wf_path in workflows:
         wf = load_workflow(wf_path)
-        base = to_api(wf, object_info)
+        converted = convert(wf, object_info)
+        for text in converted.notes:
+            if note is not None:
+                note(f"{wf_path}: {text}")
+        base = converted.prompt
         prompt, applied = apply_overrides(base, [parse_set(s) for s in sets], object_info)
         uploads = [resolve_input(prompt, parse_input(spec), object_info) for spec in inputs]
         variants = expand(prompt, object_info, sweeps=[parse_sweep(s) for s in sweeps], repeat=repeat or 1,
@@ -197,7 +204,8 @@ def plan(opts: RunOptions, object_info: dict[str, Any]) -> tuple[list[Planned], 
         for v in variants:
             planned.append(Planned(workflow=str(wf_path), job=job_name or wf_path.stem,
                                    workflow_hash=prompt_hash(base), prompt=v.prompt,
-                                   overrides={**fixed, **v.overrides}, seeds=dict(v.seeds), uploads=list(uploads)))
+                                   overrides={**fixed, **v.overrides}, seeds=dict(v.seeds), uploads=list(uploads),
+                                   node_paths=dict(converted.paths)))
     check_destination(Path(opts.output_dir), template, destination_samples(planned, object_info))
     return planned, template
 
@@ -309,13 +317,13 @@ class Runner:
         self.active[pid].row.status = "queued"
         if sub.node_errors:  # 200, but some outputs were dropped: never a plain success
             self.ledger.update(row.batch_id, row.idx, error={"node_errors": sub.node_errors})
-            for msg in node_error_lines(sub.node_errors, row.prompt):
+            for msg in node_error_lines(sub.node_errors, row.prompt, row.node_paths):
                 self.progress.note(f"{self._label(row)}: {msg} (that output is skipped)")
         return True
 
     def _rejected(self, row: PromptRow, body: dict[str, Any]) -> None:
         err = body.get("error") or {}
-        lines = node_error_lines(body.get("node_errors") or {}, row.prompt)
+        lines = node_error_lines(body.get("node_errors") or {}, row.prompt, row.node_paths)
         if not lines:
             lines = [f"{err.get('type', 'error')}: {err.get('message', '')} {err.get('details') or ''}".strip()]
         self.ledger.update(row.batch_id, row.idx, status="rejected", finished_at=time.time(),
@@ -407,7 +415,8 @@ class Runner:
         elif kind == "executing":
             node = str(data["node"])
             spec = t.row.prompt.get(node) or {}
-            self.progress.node(node, spec.get("class_type", "?"), (spec.get("_meta") or {}).get("title"))
+            self.progress.node(node, spec.get("class_type", "?"), (spec.get("_meta") or {}).get("title"),
+                               where=t.row.node_paths.get(node))
         elif kind == "progress":
             self.progress.step(int(data.get("value") or 0), int(data.get("max") or 0))
         elif kind in ("execution_success", "execution_error", "execution_interrupted"):
@@ -453,7 +462,7 @@ class Runner:
             entry = self.conn.call(lambda c: c.get_history(pid)).get(pid)
             if entry is None:  # the event came before history was written: the next poll finds it
                 return
-        status, error = outcome_of(entry)
+        status, error = outcome_of(entry, t.row.node_paths)
         row = self.ledger.prompt(t.row.batch_id, t.row.idx)
         timings = run_timings(entry, row, t.started_local)
         # One clock per pair: the server's when its history has both ends, else this machine's.
@@ -702,33 +711,45 @@ def finished(entry: dict[str, Any]) -> bool:
     return st is None or st.get("status_str") in ("success", "error") or bool(st.get("completed"))
 
 
-def outcome_of(entry: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+def outcome_of(entry: dict[str, Any], paths: dict[str, str] | None = None) -> tuple[str, dict[str, Any] | None]:
     """success | error | interrupted from a history entry: ComfyUI writes ``status_str: "error"`` for
-    both failures and interrupts, so the last message tells them apart."""
+    both failures and interrupts, so the last message tells them apart. ``paths`` says where a node
+    inside a subgraph is (see :func:`node_name`)."""
     st = entry.get("status")
     if st is None or st.get("status_str") == "success":  # entries of older servers carry no status
         return "success", None
     for name, data in reversed(st.get("messages") or []):
         if name == "execution_interrupted":
-            return "interrupted", {"summary": f"interrupted at node {data.get('node_id')}",
+            where = (paths or {}).get(str(data.get("node_id")))
+            return "interrupted", {"summary": f"interrupted at node {data.get('node_id')}"
+                                              + (f" (in {where})" if where else ""),
                                    "interrupted": data}
         if name == "execution_error":
-            summary = (f"node {data.get('node_id')} ({data.get('node_type')}): {data.get('exception_type')}: "
-                       f"{str(data.get('exception_message') or '').strip()}")
+            summary = (f"{node_name(data.get('node_id'), data.get('node_type'), None, paths)}: "
+                       f"{data.get('exception_type')}: {str(data.get('exception_message') or '').strip()}")
             return "error", {"summary": summary, "execution_error": {
                 k: data.get(k) for k in ("node_id", "node_type", "exception_type", "exception_message",
                                          "traceback", "executed")}}
     return "error", {"summary": "ComfyUI reported an error without details"}
 
 
-def node_error_lines(node_errors: dict[str, Any], prompt: dict[str, Any]) -> list[str]:
-    """One line per problem: node id, class, title, input and ComfyUI's message."""
+def node_name(node_id: Any, class_type: Any, title: str | None, paths: dict[str, str] | None = None) -> str:
+    """``node 10:5 (KSampler, 'Sampler' in subgraph 'Upscale')``: the id, class and title, and for a node
+    inside a subgraph where it is in the editor (``paths``, from the conversion)."""
+    where = (paths or {}).get(str(node_id))
+    return (f"node {node_id} ({class_type}{', ' + repr(title) if title and title != class_type else ''}"
+            f"{' in ' + where if where else ''})")
+
+
+def node_error_lines(node_errors: dict[str, Any], prompt: dict[str, Any],
+                     paths: dict[str, str] | None = None) -> list[str]:
+    """One line per problem: node id, class, title (and subgraph), input and ComfyUI's message."""
     lines = []
     for node_id, ne in (node_errors or {}).items():
         spec = prompt.get(str(node_id)) or {}
         title = (spec.get("_meta") or {}).get("title")
         cls = ne.get("class_type") or spec.get("class_type") or "?"
-        where = f"node {node_id} ({cls}{', ' + repr(title) if title and title != cls else ''})"
+        where = node_name(node_id, cls, title, paths)
         for e in ne.get("errors") or []:
             inp = (e.get("extra_info") or {}).get("input_name")
             detail = f": {e['details']}" if e.get("details") else ""
@@ -762,7 +783,7 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
         except TimeoutError:
             raise ComfyError(f"stopped after --timeout {opts.timeout:g}s: ComfyUI did not give its node "
                              f"definitions in time; nothing was sent") from None
-        planned, template = plan(opts, object_info)
+        planned, template = plan(opts, object_info, note=progress.note)
         if opts.dry_run:
             return dry_run_report(planned)
         with Ledger.open() as ledger, contextlib.ExitStack() as held:

@@ -177,8 +177,9 @@ class MemberProgress(Progress):
     def cached(self, n: int) -> None:
         pass
 
-    def node(self, node_id: str, class_type: str, title: str | None) -> None:
-        self._node = f"node {node_id} {class_type}" + (f" '{title}'" if title and title != class_type else "")
+    def node(self, node_id: str, class_type: str, title: str | None, *, where: str | None = None) -> None:
+        self._node = (f"node {node_id} {class_type}" + (f" '{title}'" if title and title != class_type else "")
+                      + (f" in {where}" if where else ""))
         self._steps = ""
         self.fleet.state(self.name, f"{self._label}: {self._node}")
 
@@ -467,7 +468,7 @@ def _render_fleet(opts: RunOptions, held: contextlib.ExitStack) -> dict[str, Any
             batch, rows = ledger.find(opts.resume)  # as the last holder left it
             todo, assigned = _resume_plan(ledger, rows, {p.id for p in ready})
         else:
-            planned, template = plan(opts, object_info)
+            planned, template = plan(opts, object_info, note=Progress().note)
             if opts.dry_run:
                 first.close()
                 return dry_run_report(planned)
