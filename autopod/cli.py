@@ -40,6 +40,15 @@ lifecycle.on_pod_stopped(_stop_tunnel)
 RUN_FLAGS = ("dry", "echo", "hide", "pty", "prompt-for-sudo-password", "warn-only", "command-timeout", "config")
 
 
+def _flag_argument(ctx: Any, flag: str) -> Any:
+    """The invoke Argument ``flag`` (``--x``, ``--no-x``, ``-d``) stands for in parser context ``ctx``, or None."""
+    if flag in ctx.flags:
+        return ctx.flags[flag]
+    if flag in ctx.inverse_flags:
+        return ctx.flags[ctx.inverse_flags[flag]]
+    return None
+
+
 def _is_task(coll: Collection, tok: str) -> bool:
     """``tok`` names a task or an alias (``Collection.__contains__`` raises on an empty name)."""
     try:
@@ -64,6 +73,9 @@ class contract:
             if given:
                 raise ParseError(f"--{given[0]} configures shell commands, which autopod's tasks never run; "
                                  "leave it out (the dry run of pod.create and pod.up is their --dry-run)")
+            words = contract.after_dashes(program)
+            if words:
+                raise ParseError(f"no autopod task takes words after '--' (got {words!r}); leave the '--' out")
             contract.plain_args(program)
             problem = contract.repeated_flag(program)
             if problem:
@@ -71,6 +83,16 @@ class contract:
             parse()
         except ParseError as e:
             contract.parse_failed(program, e)
+
+    @staticmethod
+    def after_dashes(program: Program) -> str:
+        """The words after a standalone ``--``, which invoke keeps aside for shell commands and autopod's
+        tasks would silently drop; only ``--complete`` (tab completion) reads them."""
+        core = getattr(program, "core", None)
+        args = getattr(program, "args", None)
+        if core is None or (args is not None and "complete" in args and args["complete"].value):
+            return ""
+        return core.remainder or ""
 
     @staticmethod
     def parse_cleanup(program: Program, parse: Callable[[], None]) -> None:
@@ -104,36 +126,61 @@ class contract:
 
     @staticmethod
     def repeated_flag(program: Program) -> str | None:
-        """invoke words a repeated value flag as "No idea what '8' is!" (and takes ``--x=1 --x=2``
-        silently), and ``--json=yes`` as "No idea what 'yes' is!"; name the real problem.
-        Repeatable flags (``--gpu``) are fine."""
+        """The contract's word on a flag given twice, ``--json=yes`` and a repeatable flag without a
+        value (invoke says "No idea what '8' is!", or takes ``--x=1 --x=2`` and ``--json --json``
+        silently). Every flag counts, switches and core flags too (``--wait`` and ``--no-wait`` are one
+        flag); only repeatable flags (``--gpu``) may be given again."""
         coll = getattr(program, "collection", None)
         if coll is None:
             return None
-        task_name, seen = None, set()
+        core_ctx = getattr(program, "initial_context", None)
         core = getattr(program, "core", None)
-        tokens = list(core.unparsed) if core is not None else list(getattr(program, "argv", None) or [])[1:]
+        argv = list(getattr(program, "argv", None) or [])[1:]
+        argv = argv[:argv.index("--")] if "--" in argv else argv
+        # The core flags before the first task, then the tasks' part (as rewritten by plain_args).
+        first = getattr(program, "_core_tokens", None)
+        if first is None or core is None:
+            first = next((i for i, tok in enumerate(argv) if _is_task(coll, tok)), len(argv))
+        tokens = argv[:first] + (list(core.unparsed) if core is not None else argv[first:])
+        contexts = {c.name: c for c in coll.to_contexts()}
+        task_name, seen, seen_core = None, {}, {}
+        skip = False
         for n, tok in enumerate(tokens):
+            if skip:
+                skip = False
+                continue
             if _is_task(coll, tok):
-                task_name, seen = tok, set()
+                task_name, seen = tok, {}
                 continue
-            if task_name is None or not tok.startswith("--"):
+            if not tok.startswith("-") or tok == "-":
                 continue
-            flag = tok[2:].split("=", 1)[0]
-            t = coll[task_name]
-            arg = next((a for a in t.get_arguments() if flag in a.names), None)
-            if arg is not None and arg.kind is bool and "=" in tok:
-                return f"--{flag} takes no value (got {tok!r}); give --{flag} alone"
-            if arg is not None and arg.kind is list and "=" not in tok and \
-                    (n + 1 == len(tokens) or tokens[n + 1].startswith("--")):
-                return f"--{flag} needs a value"  # invoke would take a repeatable flag without one silently
-            if arg is None or arg.kind is list or arg.kind is bool:
+            flag, has_value = tok.split("=", 1)[0], "=" in tok
+            ctx = contexts.get(task_name) if task_name else None
+            arg = _flag_argument(ctx, flag) if ctx is not None else None
+            where, used = task_name, seen
+            if arg is None:
+                arg = _flag_argument(core_ctx, flag) if core_ctx is not None else None
+                where, used = "autopod", seen_core
+            if arg is None:
+                continue  # invoke names an unknown flag itself
+            shown = "--" + arg.name.replace("_", "-")
+            if arg.kind is bool:
+                if has_value:
+                    return f"{flag} takes no value (got {tok!r}); give {flag} alone"
+            elif arg.kind is list:
+                if not has_value and (n + 1 == len(tokens) or tokens[n + 1].startswith("--")):
+                    return f"{shown} needs a value"  # invoke would take a repeatable flag without one silently
+                skip = not has_value
                 continue
-            if flag in seen:
-                plain = getattr(t, "plain_arg", None)
-                also = f" (or as the word after {task_name})" if flag == plain else ""
-                return f"--{flag} is given twice to {task_name}{also}; give it once"
-            seen.add(flag)
+            else:
+                skip = not has_value and not getattr(arg, "optional", False)
+            if arg.name in used:
+                if used[arg.name] != flag:  # --wait and --no-wait
+                    return f"{used[arg.name]} and {flag} are both given to {where}; give one of them"
+                plain = getattr(coll[task_name], "plain_arg", None) if where != "autopod" else None
+                also = f" (or as the word after {task_name})" if plain and plain.replace("_", "-") == arg.name else ""
+                return f"{flag} is given twice to {where}{also}; give it once"
+            used[arg.name] = flag
         return None
 
     @staticmethod
@@ -147,6 +194,9 @@ class contract:
             return
         out: list[str] = []
         tokens = list(core.unparsed)
+        body = list(program.argv[1:])
+        body = body[:body.index("--")] if "--" in body else body
+        program._core_tokens = len(body) - len(tokens)  # what the core flags took, for repeated_flag
         task, plain, given, many = None, None, False, False
         i = 0
         while i < len(tokens):

@@ -194,6 +194,8 @@ def test_model_files_are_listed_like_comfyui_in_definitions_and_models(standin):
     assert choices("VAELoader", "vae_name") == ["ae.sft", "pixel_space"]
     assert choices("UpscaleModelLoader", "model_name") == ["4x.pth"]  # a v3 combo: its options
     assert requests.get(standin.url + "/models/checkpoints", timeout=5).json() == ["b.safetensors", "sdxl/a.ckpt"]
+    listed = requests.get(standin.url + "/api/experiment/models/checkpoints", timeout=5).json()  # the editor's library
+    assert [(m["name"], m["pathIndex"], m["size"]) for m in listed] == [("b.safetensors", 0, 1), ("sdxl/a.ckpt", 0, 1)]
     full = requests.get(standin.url + "/object_info", timeout=5).json()
     assert full["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == ["b.safetensors", "sdxl/a.ckpt"]
     (ckpts / "b.safetensors").unlink()

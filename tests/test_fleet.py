@@ -79,6 +79,8 @@ def urls(env: dict) -> dict[str, str]:
 
 
 def test_pod_up_count_converges_and_the_surplus_is_stopped_or_killed(fleet_env):
+    sim_log = Path(fleet_env["AUTOPOD_HOME"]) / "logs" / "sim-server.log"
+    assert sim_log.stat().st_mode & 0o777 == 0o600  # logs are private, the simulator's too
     env = fleet_env
     first = run(env, "pod.up", "--name", "flux", "--json")  # the inventory's count: 3
     assert first.returncode == 0, first.stderr
@@ -196,6 +198,11 @@ def test_a_batch_is_spread_and_every_prompt_runs_exactly_once(fleet_env, tmp_pat
         assert Path(out).parent.name == q["pod"]  # the {pod} template field
         side = json.loads(next(Path(out).parent.parent.rglob(f"*-{q['index']:04d}-*.json")).read_text())
         assert side["pod"]["name"] == q["pod"]
+        # Each member's own rate, and the server's run time of AutopodSleep's 0.3 s: never negative.
+        assert side["pod"]["cost_per_hr"] > 0 and side["timings"]["run_s"] >= 0.3, side
+        assert side["cost_usd"] == pytest.approx(side["pod"]["cost_per_hr"] * side["timings"]["run_s"] / 3600,
+                                                 abs=1e-6)
+        assert side["timings"]["queued_s"] is None or side["timings"]["queued_s"] >= 0
     assert "[12/12, " in p.stderr and "flux-" in p.stderr  # the batch's count and each member's prompts
     whole = run(env, "comfy.watch", report["batch"])
     assert whole.returncode == 2 and f"--resume {report['batch']} --fleet flux" in whole.stderr
@@ -300,6 +307,14 @@ def test_ctrl_c_clears_every_member_and_resume_then_stop_finishes_it(fleet_env, 
     try:
         assert wait_until(lambda: sum(r["status"] == "success" for r in _ledger_rows(env, not_before=old)) >= 2,
                           timeout=60)
+        # The run holds its batch: a resume meanwhile (the run stopped, so it cannot end first) exits 1.
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            busy = run(env, "comfy.run", "--resume", _newest_batch(env), "--fleet", "flux", "--json")
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        assert busy.returncode == 1, busy.stderr
+        assert f"autopod process {proc.pid} (comfy.run --fleet flux" in busy.stderr
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=60)
     finally:

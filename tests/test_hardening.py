@@ -37,6 +37,17 @@ def spawn(env, *argv, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+def await_stderr(p, text):
+    """Read ``p``'s stderr up to the line containing ``text``: the point a signal test aims at (a fixed
+    sleep loses that race on a busy machine). Returns the lines read."""
+    lines = []
+    for line in p.stderr:
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"{text!r} never came; stderr: {''.join(lines)[-2000:]}")
+
+
 def run(env, *argv, timeout=120):
     return subprocess.run([sys.executable, "-m", "autopod", *argv], env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=timeout)
@@ -156,10 +167,10 @@ def test_empty_values_never_reach_a_pod(cli, standin):  # noqa: F811
 def test_a_signal_while_waiting_stops_the_new_pod_and_names_it(env, standin, sig, code):  # noqa: F811
     standin.world.settings["never_ready"] = True
     p = spawn(env, "pod.create", "--name", "t1", "--json")
-    assert wait_until(lambda: live(standin, "t1")), p.stderr.read() if p.poll() is not None else "no pod"
-    time.sleep(0.3)  # the create answer has arrived and the wait is under way
+    before = await_stderr(p, "waiting for pod")  # the create answer has arrived and the wait is under way
     p.send_signal(sig)
     out, err = p.communicate(timeout=60)
+    err = "".join(before) + err
     assert p.returncode == code, err
     doc = json.loads(out)
     (pod,) = [v for v in standin.world.pods.values() if v["name"] == "t1"]
@@ -173,8 +184,8 @@ def test_sigterm_while_starting_a_pod_stops_it_again(env, standin, cli):  # noqa
     assert cli("pod.stop", "--pod", "s1").code == 0
     standin.world.settings["never_ready"] = True
     p = spawn(env, "pod.start", "--pod", "s1")
-    assert wait_until(lambda: live(standin, "s1")[0]["desiredStatus"] == "RUNNING")
-    time.sleep(0.3)
+    await_stderr(p, "waiting for pod")
+    assert live(standin, "s1")[0]["desiredStatus"] == "RUNNING"
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 143, err

@@ -39,7 +39,7 @@ def test_bad_runpod_config_is_a_config_error_naming_the_file(content, msg):
 def test_runpod_config_that_is_a_folder_is_a_config_error():
     path = runpod_config()
     path.mkdir()
-    with pytest.raises(ConfigError, match=rf"^{path}: cannot read the RunPod config: Is a directory$"):
+    with pytest.raises(ConfigError, match=rf"^{path}: cannot read the RunPod config: it is a folder$"):
         config.api_credentials()
 
 
@@ -71,5 +71,5 @@ def test_user_config_uses_the_strict_loader(autopod_home):
 
 def test_user_config_that_cannot_be_read(autopod_home):
     (autopod_home / "config.yaml").mkdir(parents=True)
-    with pytest.raises(ConfigError, match=r"config.yaml: cannot read the settings: Is a directory$"):
+    with pytest.raises(ConfigError, match=r"config.yaml: cannot read the settings: it is a folder$"):
         config.user_config()

@@ -99,10 +99,14 @@ def test_unreadable_folder_is_a_clear_error(tmp_path, monkeypatch):
 def test_unreadable_file_is_a_clear_error(tmp_path, monkeypatch):
     p = write(tmp_path, "pods: {}\n")
 
-    def denied(self, *args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(self))
+    real_open = os.open
 
-    monkeypatch.setattr(Path, "open", denied)
+    def denied(path, *args, **kwargs):
+        if str(path) == str(p):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
     with pytest.raises(ConfigError, match=rf"^{p}: cannot read the inventory: Permission denied$"):
         load_inventory(p)
 

@@ -130,7 +130,7 @@ def test_yaml_errors_name_the_file_and_line(text, words, jobdir):
     ('{"workflow": "flows/txt2img.json", "pod": false}', "'pod' must be text, got False"),
     ('{"workflow": "flows/txt2img.json", "wat": 1}', "job.json: unknown key 'wat'"),
     ('{"workflow": "flows/txt2img.json", "seed": "fixed", "seed": "random"}', "duplicate key 'seed'"),
-    ('{"workflow": "flows/txt2img.json",\n "seed": }', "job.json:2: invalid JSON"),
+    ('{"workflow": "flows/txt2img.json",\n "seed": }', "job.json:2: not valid JSON"),
     ('["flows/txt2img.json"]', "a job file must be a mapping"),
 ])
 def test_json_errors_name_the_file(text, words, jobdir):
@@ -139,7 +139,7 @@ def test_json_errors_name_the_file(text, words, jobdir):
 
 def test_a_missing_job_file(tmp_path):
     assert "cannot read the job file" in err(tmp_path / "job.yaml")
-    assert "no such job file" in err(tmp_path / "job.json")
+    assert "cannot read the job file: no such file" in err(tmp_path / "job.json")
 
 
 def test_a_job_from_file_to_checked_variants(tmp_path, monkeypatch):

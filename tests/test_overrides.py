@@ -239,7 +239,8 @@ def test_parse_input(cat):
     assert parse_input(f"12={cat}").path == cat
 
 
-@pytest.mark.parametrize("spec, words", [("12=dog.png", "no such file dog.png"), ("12=.", "is not a file"),
+@pytest.mark.parametrize("spec, words", [("12=dog.png", "dog.png: cannot read the input file: no such file"),
+                                         ("12=.", "cannot read the input file: it is a folder"),
                                          ("12", "expected NODE.INPUT=VALUE"), ("12=", "expected NODE=PATH"),
                                          ("=cat.png", "must not be empty")])
 def test_parse_input_errors(spec, words, cat):

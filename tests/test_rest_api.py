@@ -174,11 +174,13 @@ def standin_auto(monkeypatch, ssh_key):  # noqa: F811
         yield s
 
 
-def test_auto_switches_to_rest_for_good_when_graphql_answers_retired(cli, standin_auto):
+@pytest.mark.parametrize("status", [410, 200, 404], ids=["410 Gone", "200 with errors", "404 page"])
+def test_auto_switches_to_rest_for_good_when_graphql_answers_retired(cli, standin_auto, status):
     s = standin_auto
     assert cli("pod.list").code == 0
     assert s.world.requests["by_field"].get("myself") == 1 and not s.world.requests["rest"]
-    s.world.patch({"settings": {"graphql_retired": True}})  # RunPod retires GraphQL mid-session
+    # RunPod retires GraphQL mid-session
+    s.world.patch({"settings": {"graphql_retired": True, "graphql_retired_status": status}})
     r = cli("pod.create", "--name", "after", "--volume-id", volume_id(s), "--stop-after", "2h", "--json")
     assert r.code == 0, r.err
     assert r.err.count("GraphQL API is retired") == 1 and "REST v2 from now on" in r.err
@@ -186,13 +188,67 @@ def test_auto_switches_to_rest_for_good_when_graphql_answers_retired(cli, standi
     assert r.json["pod"]["status"] == "RUNNING" and [p["name"] for p in s.world.pods.values()] == ["after"]
     assert s.world.pods[r.json["pod"]["id"]].get("stopAfter") is None
     remembered = json.loads((autopod_home() / "runpod-api.json").read_text())
-    assert list(remembered) == [s.url] and "retired" in remembered[s.url]["why"]
+    assert list(remembered) == [s.url] and ("retired" in remembered[s.url]["why"] or status == 404)
     tried = s.world.requests["faults"]["retired"]
     info = cli("pod.info", "--pod", "after", "--json")
     assert info.code == 0 and info.json["api"] == "rest" and info.json["guards"]["stop_at"] is None
     assert cli("pod.list").code == 0 and "retired" not in cli("pod.list").err
     assert s.world.requests["faults"]["retired"] == tried  # later commands do not ask GraphQL again
     assert cli("pod.kill", "--pod", "after", "--yes").code == 0
+
+
+@pytest.mark.parametrize("call", ["list_pods", "stop_pod", "user"])
+def test_a_retirement_answered_with_200_switches_reads_and_sdk_mutations_alike(cli, standin_auto, call):
+    """A 200 whose GraphQL errors say the API is retired is the news a 410 is: through autopod's own read
+    path (list_pods) and through the SDK's run_graphql_query (stop_pod, user), the call goes to REST v2."""
+    from autopod.core.config import api_credentials
+    from autopod.runpod.api import SwitchingAPI
+
+    s = standin_auto
+    pod = cli("pod.create", "--name", "p", "--volume-id", volume_id(s), "--no-wait", "--json").json["pod"]
+    api = SwitchingAPI(api_credentials())
+    s.world.patch({"settings": {"graphql_retired": True, "graphql_retired_status": 200}})
+    s.world.requests.update(rest={}, faults={**s.world.requests["faults"], "retired": 0})
+    args = {"list_pods": (), "stop_pod": (pod["id"],), "user": ()}[call]
+    getattr(api, call)(*args)
+    assert api.backend == "rest" and s.world.requests["faults"]["retired"] == 1 and s.world.requests["rest"]
+    assert (autopod_home() / "runpod-api.json").exists()
+
+
+@pytest.mark.parametrize("message", [
+    "There are no longer any instances available with the requested specifications. Please refresh and try again.",
+    "Something went wrong. Please try again later or contact support.",
+    "The GraphQL API will be retired in early 2027",  # news, not a refusal
+    "API key has been retired",
+    'Field "podRentInterruptable" is deprecated',
+])
+def test_other_graphql_errors_are_not_a_retirement(message):
+    from autopod.runpod.api import is_retirement_notice
+
+    assert not is_retirement_notice(message)
+
+
+@pytest.mark.parametrize("message", [
+    "The GraphQL API has been retired. Use the REST API v2 at https://api.runpod.io/v2",
+    "GraphQL is no longer available; use REST v2", "This API has been deprecated and switched off",
+    "The GraphQL API was shut down on 2027-01-15",
+])
+def test_what_a_retirement_notice_may_say(message):
+    from autopod.runpod.api import is_retirement_notice
+
+    assert is_retirement_notice(message)
+
+
+def test_a_graphql_error_in_auto_mode_is_reported_and_does_not_switch(cli, standin_auto):
+    """RunPod's capacity answer is a GraphQL error with "no longer" in it: reported, and GraphQL stays."""
+    s = standin_auto
+    with s.world.lock:
+        for dc in s.world.data_centers.values():
+            dc["stock"]["NVIDIA RTX A40"] = 0
+    r = cli("pod.create", "--name", "one", "--gpu", "RTX A40", "--no-wait")
+    assert r.code == 1 and "There are no longer any instances available" in r.err, r.err
+    assert "retired" not in r.err and not s.world.requests["rest"]
+    assert not (autopod_home() / "runpod-api.json").exists()
 
 
 def test_graphql_chosen_explicitly_after_retirement_says_what_to_do(cli, standin_auto, monkeypatch):
@@ -224,3 +280,12 @@ def test_a_damaged_switch_record_is_set_aside_and_graphql_asked_first(cli, stand
     assert r.code == 0 and "runpod-api.json" in r.err, r.err
     assert standin_auto.world.requests["by_field"].get("myself") == 1 and not standin_auto.world.requests["rest"]
     assert path.read_text() == damage  # never overwritten
+
+
+def test_sim_start_picks_how_a_retired_graphql_answers(cli):
+    from autopod.sim.control import fault_settings
+
+    assert fault_settings(graphql_retired_status="200") == {"graphql_retired": True, "graphql_retired_status": 200}
+    assert fault_settings(graphql_retired_status="404")["graphql_retired_status"] == 404
+    r = cli("sim.start", "--graphql-retired-status", "500", "--json")
+    assert r.code == 2 and "--graphql-retired-status must be 410, 404, 200, got '500'" in r.json["msg"]

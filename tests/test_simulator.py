@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import pytest
 import requests
 from conftest import ROOT
 from sshd_server import IN_CI, kill_tunnel_daemons, require_sshd
+
+from autopod.sim.comfyui import editor
 
 
 @pytest.fixture
@@ -83,6 +86,16 @@ def test_one_line_chain_targets_the_new_pod(sim_env):
     assert tunnel["changed"] is True and tunnel["msg"].startswith("started tunnel to chained")
     assert info["name"] == "chained" and info["comfyui_version"] == "0.3.64"
     assert requests.get(info["url"] + "/system_stats", timeout=10).json()["system"]["comfyui_version"] == "0.3.64"
+    # the printed URL opens the editor through the tunnel: its page and its 11 MB main script
+    static = editor.static_root()
+    page = requests.get(info["url"] + "/", timeout=10)
+    assert page.status_code == 200
+    if static is None:  # without the editor extra: a page that says how to get it
+        assert "pip install -e '.[editor]'" in page.text
+    else:
+        assert page.content == (static / "index.html").read_bytes()
+        script = re.search(r'src="\./(assets/index-[^"]+\.js)"', page.text).group(1)
+        assert requests.get(f"{info['url']}/{script}", timeout=30).content == (static / script).read_bytes()
 
 
 @pytest.mark.sshd

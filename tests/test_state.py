@@ -80,3 +80,52 @@ def test_missing_and_empty_files_read_as_empty(tmp_path):
     assert StateFile(tmp_path / "nope.json").read() == {}
     (tmp_path / "empty.json").write_text("")
     assert StateFile(tmp_path / "empty.json").read() == {}
+
+
+# -- claims: one process at a time, and a second one learns which ---------------------------------------
+
+HOLD = """
+import subprocess, sys, time
+from autopod.core.state import Claim
+c = Claim("test", "batch-1")
+assert c.take("comfy.run --resume") is None
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # like a tunnel daemon
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_claim_names_its_holder_and_goes_with_it_on_sigkill(autopod_home):
+    import signal
+    import subprocess
+    import sys
+
+    from autopod.core.state import Claim
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "AUTOPOD_HOME": str(autopod_home)})
+    grandchild = int(holder.stdout.readline())
+    try:
+        mine = Claim("test", "batch-1")
+        busy = mine.take("comfy.watch")
+        assert busy is not None and busy.pid == holder.pid and busy.what == "comfy.run --resume"
+        assert f"autopod process {holder.pid} (comfy.run --resume, since " in busy.describe()
+        assert Claim("test", "batch-1").holder().pid == holder.pid
+        assert Claim("test", "batch-2").take("comfy.watch") is None  # another key is another lock
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        # Gone with the process, though the process it started lives on (it did not inherit the lock).
+        os.kill(grandchild, 0)
+        assert mine.take("comfy.watch") is None
+        assert Claim("test", "batch-1").holder().pid == os.getpid()
+        # Within one process too, a second claim is refused: it names this process.
+        again = Claim("test", "batch-1").take("comfy.fetch")
+        assert again is not None and again.pid == os.getpid() and again.what == "comfy.watch"
+        mine.release()
+        assert Claim("test", "batch-1").holder() is None  # the record is cleared on release
+        with Claim("test", "batch-1") as c:
+            assert c.take("comfy.fetch") is None
+    finally:
+        holder.kill()
+        holder.wait(10)
+        os.kill(grandchild, signal.SIGKILL)

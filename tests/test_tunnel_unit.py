@@ -31,28 +31,30 @@ def _record(target_id: str, pid: int, **extra) -> None:
         data.setdefault("tunnels", {})[target_id] = entry
 
 
+_READY = "import sys, time; sys.stdout.write('up\\n'); sys.stdout.flush(); time.sleep(60)"
+
+
 def _sleeper(argv: list[str], **kw) -> subprocess.Popen:
-    """A process that sleeps with ``argv`` as its command line (argv[0] included), once the kernel shows it
-    (right after exec, /proc/<pid>/cmdline can still read empty for a moment)."""
-    p = subprocess.Popen([argv[0], "-c", "import time; time.sleep(60)", *argv[1:]], executable=sys.executable,
+    """A process that sleeps with ``argv`` as its command line (argv[0] included), returned once it
+    runs. Until the child has exec'd, /proc shows the parent's command line and environment, so a
+    check made right after Popen reads pytest's (a busy machine makes that window wide)."""
+    p = subprocess.Popen([argv[0], "-c", _READY, *argv[1:]], executable=sys.executable, stdout=subprocess.PIPE,
                          **kw)
-    assert manager_wait(lambda: len(_psutil_cmdline(p.pid)) > 1)
-    return p
-
-
-def _psutil_cmdline(pid: int) -> list[str]:
-    import psutil
-
     try:
-        return psutil.Process(pid).cmdline()
-    except psutil.Error:
-        return []
+        assert p.stdout.readline() == b"up\n", "the sleeper did not start"
+    except BaseException:
+        p.kill()
+        p.wait()
+        raise
+    finally:
+        p.stdout.close()
+    return p
 
 
 @pytest.fixture
 def stranger():
     """A process that is not ours, for pid-reuse scenarios."""
-    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    p = _sleeper([sys.executable])
     yield p
     p.kill()
     p.wait()
@@ -480,14 +482,19 @@ def test_a_daemon_of_another_autopod_home_is_not_ours(cli, tmp_path):
         other.wait()
 
 
-def test_the_target_id_must_be_the_daemons_own(tmp_path):
-    p = _sleeper([sys.executable, "-m", "autopod.tunnels.daemon", "--target-id", "other", "--x", "pod123"])
-    try:
-        assert registry.process_is_ours(p.pid, "other") is True
-        assert registry.process_is_ours(p.pid, "pod123") is False
-    finally:
-        p.kill()
-        p.wait()
+def test_the_target_id_must_be_the_daemons_own():
+    # Several times: /proc/PID/cmdline is empty for a moment after Popen returns (vfork lets the parent
+    # go on before the kernel sets the new program's arguments), so a helper that returned too early
+    # would be caught here and not only on a busy machine.
+    argv = [sys.executable, "-m", "autopod.tunnels.daemon", "--target-id", "other", "--x", "pod123"]
+    for _ in range(30):
+        p = _sleeper(argv)
+        try:
+            assert registry.process_is_ours(p.pid, "other") is True
+            assert registry.process_is_ours(p.pid, "pod123") is False
+        finally:
+            p.kill()
+            p.wait()
 
 
 def test_a_recorded_port_or_endpoint_the_daemon_does_not_serve_is_not_trusted(fake_daemon, cli):

@@ -16,6 +16,7 @@ import pytest
 from autopod.comfy import schema as sch
 from autopod.comfy.workflow import (Workflow, WorkflowError, is_link, load_workflow, parse_workflow, prompt_hash,
                                     to_api)
+from autopod.comfy.workflow import convert as convert_workflow
 from autopod.core.errors import ExitCode, UsageError
 from workflow_fixtures import DATA, err, object_info, oi  # noqa: F401
 
@@ -32,6 +33,10 @@ def expected(name: str) -> dict:
 
 def convert(data: dict, oi: dict) -> dict:
     return to_api(Workflow(None, "ui", data), oi)
+
+
+def convert_notes(data: dict, oi: dict):
+    return convert_workflow(Workflow(None, "ui", data), oi)
 
 
 def node(data: dict, node_id: int) -> dict:
@@ -130,13 +135,22 @@ def test_the_primitive_value_wins_over_the_targets_own_widget_value(oi):
     assert convert(data, oi)["3"]["inputs"]["seed"] == 42
 
 
-def test_a_primitive_feeding_through_a_reroute(oi):
+def test_a_primitive_feeding_through_a_reroute_does_not_reach_the_widget(oi):
     data = ui("txt2img_features")
-    # Seed primitive 10 -> Reroute 20 -> KSampler.seed
+    # Seed primitive 10 -> Reroute 20 -> KSampler.seed: the editor writes a primitive's value only into the
+    # inputs it feeds directly (the reroute has no widget), and the link ends at the primitive: the
+    # KSampler sends its own seed value.
     data["nodes"].append({"id": 20, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*", "link": 30}],
                           "outputs": [{"name": "", "type": "INT", "links": [10]}], "properties": {}})
     data["links"] = [lk for lk in data["links"] if lk[0] != 10] + [[10, 20, 0, 3, 4, "INT"], [30, 10, 0, 20, 0, "INT"]]
     node(data, 10)["widgets_values"] = [99, "fixed"]
+    node(data, 10)["outputs"][0]["links"] = [30]
+    node(data, 3)["widgets_values"][0] = 7
+    assert convert(data, oi)["3"]["inputs"]["seed"] == 7
+    # A primitive whose saved output forgot its link still writes along it, as the editor repairs the list.
+    node(data, 10)["outputs"][0]["links"] = []
+    data["links"].append([31, 10, 0, 3, 4, "INT"])
+    node(data, 3)["inputs"][4]["link"] = 31
     assert convert(data, oi)["3"]["inputs"]["seed"] == 99
 
 
@@ -254,13 +268,20 @@ def test_titles_come_from_the_node_else_the_display_name_else_the_class(oi):
     prompt = convert(ui("image_pipeline"), oi)
     assert prompt["8"]["_meta"]["title"] == "Result"
     assert prompt["4"]["_meta"]["title"] == "Upscale Image"
-    assert prompt["9"]["_meta"]["title"] == "ImageBlur"  # display_name is null for ImageBlur
+    # ImageBlur's server definition has no display name; the editor shows its own English name for it.
+    assert prompt["9"]["_meta"]["title"] == "Image Blur"
 
 
 def test_list_widget_values_are_wrapped_so_they_do_not_read_as_links(oi):
     data = ui("image_pipeline")
-    node(data, 8)["widgets_values"] = [["a", 1]]
-    assert convert(data, oi)["8"]["inputs"]["filename_prefix"] == {"__value__": ["a", 1]}
+    node(data, 9)["widgets_values"] = [["a", 1], 1.5]
+    assert convert(data, oi)["9"]["inputs"]["blur_radius"] == {"__value__": ["a", 1]}
+
+
+def test_a_save_node_prefix_that_is_not_text_is_refused_as_the_editor_fails_on_it(oi):
+    data = ui("image_pipeline")
+    node(data, 8)["widgets_values"] = [["a", 1]]  # the editor's %...% replacement needs text
+    assert "filename_prefix is ['a', 1], not text" in _error(data, oi)
 
 
 def test_widgets_values_as_an_object_are_read_by_name(oi):
@@ -269,14 +290,14 @@ def test_widgets_values_as_an_object_are_read_by_name(oi):
     assert convert(data, oi)["9"]["inputs"] == {"blur_radius": 4, "sigma": 2.5, "image": ["4", 0]}
 
 
-def test_force_input_slots_of_older_editors_are_accepted_when_only_that_count_fits():
+def test_the_saved_value_of_a_force_input_is_dropped_when_the_count_is_one_per_input():
     oi = {"Demo": {"input": {"required": {"a": ["INT", {}], "b": ["STRING", {"forceInput": True}],
                                           "c": ["FLOAT", {}]}},
                    "input_order": {"required": ["a", "b", "c"]}, "output": [], "display_name": "Demo"}}
     data = {"nodes": [{"id": 1, "type": "Demo", "mode": 0, "inputs": [], "widgets_values": [1, 2.5]}], "links": []}
     assert convert(data, oi)["1"]["inputs"] == {"a": 1, "c": 2.5}
-    data["nodes"][0]["widgets_values"] = [1, "old", 2.5]
-    assert convert(data, oi)["1"]["inputs"] == {"a": 1, "b": "old", "c": 2.5}
+    data["nodes"][0]["widgets_values"] = [1, "old", 2.5]  # one per input: the editor drops the forceInput's
+    assert convert(data, oi)["1"]["inputs"] == {"a": 1, "c": 2.5}
 
 
 # -- what cannot be converted: an error naming the node -------------------------------------------------
@@ -302,31 +323,39 @@ def test_unknown_classes_are_fine_when_muted_or_bypassed(oi):
     assert convert(data, oi) == expected("txt2img_features")
 
 
-def test_too_many_widget_values_is_an_error_not_a_guess(oi):
+def test_extra_saved_values_are_ignored_as_the_editor_does(oi):
     data = ui("default_txt2img")
-    node(data, 3)["widgets_values"] = [1, 20, 8, "euler", "normal", 1, 0.5, "extra"]
-    msg = _error(data, oi)
-    assert "node 3 (KSampler" in msg and "8 value(s)" in msg and "7 widget slot(s)" in msg
-    assert "seed, (control), steps" in msg
+    node(data, 3)["widgets_values"] = [1, "fixed", 20, 8, "euler", "normal", 0.5, "extra"]
+    result = convert_notes(data, oi)
+    assert result.prompt["3"]["inputs"] == {**expected("default_txt2img")["3"]["inputs"], "seed": 1, "denoise": 0.5}
+    assert [n for n in result.notes if n.startswith("node 3 ")] == [
+        "node 3 (KSampler): ignored 1 saved value(s) the node no longer has a widget for: 'extra'"]
 
 
-def test_a_missing_widget_value_is_an_error(oi):
+def test_missing_saved_values_take_the_widgets_defaults(oi):
     data = ui("default_txt2img")
     node(data, 3)["widgets_values"] = [1, "fixed", 20, 8, "euler", "normal"]  # no denoise
-    assert "6 value(s)" in _error(data, oi)
-    node(data, 3)["widgets_values"] = [156680208700286, 20, 8, "euler", "normal", 1]  # no control value
-    assert "node 3 (KSampler" in _error(data, oi)
+    result = convert_notes(data, oi)
+    assert result.prompt["3"]["inputs"]["denoise"] == 1
+    assert result.notes == ["node 3 (KSampler): took the default of denoise=1 (the file saved 6 value(s) for 7 "
+                            "widget(s))"]
+    # Without the control value the values shift, as in the editor: steps gets 20's slot's neighbour and so on.
+    node(data, 3)["widgets_values"] = [156680208700286, 20, 8, "euler", "normal", 1]
+    inputs = convert(data, oi)["3"]["inputs"]
+    assert (inputs["seed"], inputs["steps"], inputs["cfg"], inputs["sampler_name"]) == (156680208700286, 8, "euler",
+                                                                                      "normal")
+    assert inputs["denoise"] == 1
 
 
-def test_a_subgraph_is_refused(oi):
+def test_a_subgraph_without_what_its_node_is_linked_from_is_refused(oi):
     data = ui("image_pipeline")
     sg = "9c5f7d0e-6d2a-4f0a-8e1b-3c4d5e6f7a8b"
     data["definitions"] = {"subgraphs": [{"id": sg, "name": "Blur twice", "nodes": [], "links": []}]}
-    node(data, 9)["type"] = sg
+    node(data, 9)["type"] = sg  # PreviewImage 10 is linked from its output 0, which the subgraph does not have
     msg = _error(data, oi)
-    assert f"node 9 ({sg}" in msg and "subgraph" in msg
-    del data["definitions"]  # a UUID-named type the server does not know is a subgraph too
-    assert "subgraph" in _error(data, oi)
+    assert f"node 9 ({sg}" in msg and "output 0, which subgraph 'Blur twice' does not have" in msg
+    del data["definitions"]  # a UUID-named type the server does not know: a subgraph whose definition is missing
+    assert "is a subgraph whose definition is not in the file" in _error(data, oi)
 
 
 def test_a_group_node_is_refused(oi):
@@ -378,7 +407,7 @@ def test_nothing_to_run_is_an_error(oi):
 
 # -- loading files ---------------------------------------------------------------------------------------
 def test_load_errors_name_the_file(tmp_path):
-    with pytest.raises(WorkflowError, match="no such workflow file"):
+    with pytest.raises(WorkflowError, match="cannot read the workflow file: no such file"):
         load_workflow(tmp_path / "missing.json")
     with pytest.raises(WorkflowError, match="is a folder"):
         load_workflow(tmp_path)

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "http://127.0.0.1:8188"
 DEFAULT_TIMEOUT = 10.0
 BODY_LIMIT = 2000  # characters of an error body kept in the message
+# A download slower than this over this long has stalled (curl's --speed-limit and --speed-time):
+# a server that trickles a byte a minute must not hold a run forever.
+LOW_SPEED_BYTES = 1024
+LOW_SPEED_S = 30.0
 
 
 class ComfyUnreachable(ComfyError):
@@ -33,6 +37,15 @@ class ComfyUnreachable(ComfyError):
 
 class ComfyTimeout(ComfyError):
     """Connected, but ComfyUI did not answer in time."""
+
+
+class BadDownload(ComfyError):
+    """A GET /view that did not bring the file: a redirect, an error or HTML page, fewer or more bytes than
+    announced, a transfer that broke off or crawled. Worth another try; never saved as the output."""
+
+
+class DownloadDeadline(ComfyError):
+    """The run's ``--timeout`` came during a download."""
 
 
 class ComfyHTTPError(ComfyError):
@@ -182,10 +195,10 @@ class ComfyUIClient:
         params = {"max_items": int(max_items)} if max_items is not None else None
         return self._get_json("/history", params=params)
 
-    def get_object_info(self, node: str | None = None) -> dict[str, Any]:
+    def get_object_info(self, node: str | None = None, *, timeout: float | None = None) -> dict[str, Any]:
         """Every node definition, or ``{node: definition}`` for one (``{}`` when unknown)."""
         path = "/object_info" if node is None else f"/object_info/{_segment(node)}"
-        return self._get_json(path)
+        return self._get_json(path, timeout=timeout)
 
     # -- running prompts ---------------------------------------------------------------------------
 
@@ -233,9 +246,15 @@ class ComfyUIClient:
         return data
 
     def download(self, item: dict[str, Any], out: Any, *, chunk: int = 1 << 20,
-                 on_bytes: Callable[[int], None] | None = None) -> tuple[int, str]:
+                 on_bytes: Callable[[int], None] | None = None, deadline: float | None = None,
+                 low_speed: tuple[int, float] | None = None) -> tuple[int, str]:
         """Stream GET /view for one output ``{filename, subfolder, type}`` into the binary file ``out``.
         Returns (bytes, sha256). Memory stays flat whatever the size: one reused block.
+
+        Only a 200 with the file is an output: a redirect, an error status, an HTML page for a file that
+        is not one, a length other than announced, a transfer that broke off or moved slower than
+        ``low_speed`` (bytes, seconds) raise ``BadDownload``; ``deadline`` (monotonic) raises
+        ``DownloadDeadline``. Nothing is followed: /view never redirects on a real ComfyUI.
 
         On a 2-core machine a download through the tunnel is CPU-bound: every cycle spent here is one
         the tunnel's encryption does not get. So the socket is read with http.client's ``readinto``
@@ -249,11 +268,22 @@ class ComfyUIClient:
         import socket
         from urllib.parse import urlencode, urlsplit
 
-        params = {"filename": item["filename"], "subfolder": item.get("subfolder") or "",
-                  "type": item.get("type") or "output"}
+        min_bytes, window = low_speed or (LOW_SPEED_BYTES, LOW_SPEED_S)
+        name = item["filename"]
+        params = {"filename": name, "subfolder": item.get("subfolder") or "", "type": item.get("type") or "output"}
         u = urlsplit(self.base_url)
         cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-        conn = cls(u.hostname or "127.0.0.1", u.port, timeout=max(self.timeout, 60.0))
+
+        def read_timeout() -> float:
+            t = min(max(self.timeout, 1.0), window)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DownloadDeadline(f"--timeout came while downloading {name}")
+                t = min(t, left)
+            return max(t, 0.05)
+
+        conn = cls(u.hostname or "127.0.0.1", u.port, timeout=read_timeout())
         path = f"{u.path.rstrip('/')}/view?{urlencode(params)}"
         total = 0
         try:
@@ -261,32 +291,56 @@ class ComfyUIClient:
                 conn.request("GET", path)
                 resp = conn.getresponse()
             except socket.timeout:
-                raise ComfyTimeout(f"ComfyUI is not responding at {self.base_url} (GET /view)") from None
-            except OSError as e:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise DownloadDeadline(f"--timeout came while downloading {name}") from None
+                raise BadDownload(f"ComfyUI did not answer GET /view for {name} within {read_timeout():g}s") from None
+            except (OSError, http.client.HTTPException) as e:
                 raise ComfyUnreachable(_unreachable_msg(self.base_url, e)) from None
-            if resp.status >= 400:
+            if 300 <= resp.status < 400:
+                raise BadDownload(f"GET /view for {name} answered {resp.status} (a redirect to "
+                                  f"{_clip(resp.getheader('Location') or '?', 200)}), not the file")
+            if resp.status != 200:
                 body = resp.read(BODY_LIMIT).decode("utf-8", "replace")
-                raise ComfyHTTPError(f"ComfyUI GET /view failed: HTTP {resp.status}: "
-                                     f"{_clip(body) or '(empty body)'}", status=resp.status, body=body)
+                raise BadDownload(f"GET /view for {name} failed: HTTP {resp.status}: {_clip(body) or '(empty body)'}")
+            ctype = (resp.getheader("Content-Type") or "").split(";")[0].strip().lower()
+            if ctype in ("text/html", "application/xhtml+xml") and not name.lower().endswith((".html", ".htm")):
+                raise BadDownload(f"GET /view for {name} answered an HTML page ({ctype}), not the file")
+            expected = resp.getheader("Content-Length")
             sha = hashlib.sha256()
             block = bytearray(chunk)
             view = memoryview(block)
+            mark_t, mark_n = time.monotonic(), 0  # the low-speed window
             try:
-                while n := resp.readinto(block):
+                while True:
+                    if conn.sock is not None:
+                        conn.sock.settimeout(read_timeout())
+                    n = resp.readinto(block)
+                    if not n:
+                        break
                     out.write(view[:n])
                     sha.update(view[:n])
                     total += n
                     if on_bytes:
                         on_bytes(n)
+                    now = time.monotonic()
+                    if now - mark_t >= window:
+                        if total - mark_n < min_bytes:
+                            raise BadDownload(f"download of {name} stalled: {total - mark_n} bytes in the last "
+                                              f"{now - mark_t:.0f}s (at {total} bytes)")
+                        mark_t, mark_n = now, total
+            except DownloadDeadline:
+                raise
             except (socket.timeout, OSError, http.client.HTTPException) as e:
-                raise ComfyUnreachable(f"download of {item['filename']} broke off after {total} bytes: {e}") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise DownloadDeadline(f"--timeout came while downloading {name}") from None
+                what = "stalled" if isinstance(e, socket.timeout) else f"broke off ({e})"
+                raise BadDownload(f"download of {name} {what} after {total} bytes") from None
             digest = sha.hexdigest()
-            expected = resp.getheader("Content-Length")
         finally:
             conn.close()
-        if expected is not None and expected.isdigit() and int(expected) != total:
-            raise ComfyError(f"download of {item['filename']} stopped at {total} of {expected} bytes")
-        log.debug("GET /view %s -> %d bytes", item["filename"], total)
+        if expected is not None and expected.strip().isdigit() and int(expected) != total:
+            raise BadDownload(f"download of {name} brought {total} of the {expected} bytes announced")
+        log.debug("GET /view %s -> %d bytes", name, total)
         return total, digest
 
     def ws_url(self, client_id: str) -> str:

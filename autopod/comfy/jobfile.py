@@ -26,14 +26,14 @@ list as a block item or quoted: inside ``[...]`` a comma ends the item.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
-from ..core.inventory import load_yaml_document
+from ..core.files import parse_json, read_text
+from ..core.inventory import MAX_YAML_BYTES, load_yaml_document
 from .batch import SEED_MODES
 from .overrides import split_spec
 from .workflow import WorkflowError
@@ -73,20 +73,16 @@ class _Val:
 
 def load_job(path: str | Path) -> Job:
     """Read and check a job file (``.json``, else YAML); errors name the file and, for YAML, the line."""
-    p = Path(path).expanduser()
-    is_json = p.suffix.lower() == ".json"
-    if not is_json and p.suffix.lower() not in (".yaml", ".yml"):
-        try:
-            is_json = p.read_bytes().lstrip()[:1] == b"{"
-        except OSError:
-            pass  # the loader below says what is wrong with the file
-    root = _from_json(p) if is_json else _from_yaml(p)
+    p, text = read_text(path, what="job file", limit=MAX_YAML_BYTES, error=WorkflowError)
+    is_json = p.suffix.lower() == ".json" or (p.suffix.lower() not in (".yaml", ".yml")
+                                              and text.lstrip()[:1] == "{")
+    root = _from_json(p, text) if is_json else _from_yaml(p, text)
     return _Checker(p).job(root)
 
 
-def _from_yaml(p: Path) -> _Val:
+def _from_yaml(p: Path, text: str) -> _Val:
     try:
-        data = load_yaml_document(p, "job file")  # refuses aliases, anchors, merge and duplicate keys
+        data = load_yaml_document(p, "job file", text)  # refuses aliases, anchors, merge and duplicate keys
     except ConfigError as e:
         raise WorkflowError(str(e)) from None
     if data is None:
@@ -95,7 +91,7 @@ def _from_yaml(p: Path) -> _Val:
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     # Composed again for the lines: safe now that the strict pass refused aliases.
-    return _yaml_val(yaml.compose(p.read_text(encoding="utf-8-sig"), Loader=loader))
+    return _yaml_val(yaml.compose(text, Loader=loader))
 
 
 def _yaml_val(node: Any) -> _Val:
@@ -114,29 +110,8 @@ def _yaml_val(node: Any) -> _Val:
     return _Val("text", node.value, line, quoted=not plain)
 
 
-def _from_json(p: Path) -> _Val:
-    try:
-        text = p.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise WorkflowError(f"{p}: no such job file") from None
-    except OSError as e:
-        raise WorkflowError(f"{p}: cannot read the job file: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise WorkflowError(f"{p}: the job file is not UTF-8 text (offset {e.start})") from None
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in items:
-            if k in out:
-                raise WorkflowError(f"{p}: duplicate key {k!r}")
-            out[k] = v
-        return out
-
-    try:
-        data = json.loads(text, object_pairs_hook=pairs)
-    except json.JSONDecodeError as e:
-        raise WorkflowError(f"{p}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
-    return _json_val(data)
+def _from_json(p: Path, text: str) -> _Val:
+    return _json_val(parse_json(text, p, error=WorkflowError))
 
 
 def _json_val(v: Any) -> _Val:

@@ -9,7 +9,8 @@ from typing import Any, Iterator
 
 from ..core import signals
 from ..core.errors import ComfyError, Interrupted, UsageError
-from .ledger import FINAL, BatchRow, Ledger, PromptRow
+from ..core.state import Claim
+from .ledger import FINAL, BatchRow, Ledger, PromptRow, hold, try_hold
 from .progress import Progress
 from .run import Connection, Runner, Track, _report, finished
 
@@ -46,25 +47,80 @@ def _connect(batch: BatchRow, rows: list[PromptRow], pod: str | None, no_tunnel:
 
 
 @contextlib.contextmanager
-def _attached(ref: str | None, pod: str | None, no_tunnel: bool,
-              progress: Progress) -> Iterator[tuple[Ledger, BatchRow, list[PromptRow], Runner]]:
-    """The batch (or one prompt) ``ref`` names, and a runner connected to where it ran."""
-    with Ledger.open() as led:
-        batch, rows = _batch(led, ref)
-        conn = _connect(batch, rows, pod, no_tunnel, progress)
-        try:
-            runner = Runner(led, batch, conn, progress=progress, previews=bool(batch.options.get("previews")))
-            yield led, batch, rows, runner
-        finally:
-            conn.close()
+def _attached(led: Ledger, ref: str | None, pod: str | None, no_tunnel: bool,
+              progress: Progress) -> Iterator[tuple[BatchRow, list[PromptRow], Runner]]:
+    """The batch (or one prompt) ``ref`` names, and a runner connected to where it ran. The caller
+    holds the batch (``ledger.hold``): the rows are read now, as the last holder left them."""
+    batch, rows = _batch(led, ref)
+    conn = _connect(batch, rows, pod, no_tunnel, progress)
+    try:
+        runner = Runner(led, batch, conn, progress=progress, previews=bool(batch.options.get("previews")))
+        yield batch, rows, runner
+    finally:
+        conn.close()
+
+
+FOLLOW_S = 0.5  # how often a watch of a batch another process holds reads the ledger
+
+
+def _follow_held(led: Ledger, batch: BatchRow, progress: Progress, deadline: float | None) -> Claim:
+    """Hold the batch for ``comfy.watch``. While another process holds it (it submits and fetches), show
+    its prompts' progress from the ledger, read-only, until that process ends; then hold it here."""
+    got = try_hold(batch.id, "comfy.watch")
+    if isinstance(got, Claim):
+        return got
+    progress.note(f"batch {batch.id} is held by {got.describe()}: following it read-only (that process "
+                  f"submits and fetches) until it ends")
+    first, seen = got, {}
+    while True:
+        rows = led.prompts(batch.id)
+        for r in rows:
+            state = r.status + (", outputs saved" if r.fetched_at else "")
+            if seen.get(r.idx, "planned") != state:
+                progress.note(f"prompt {r.idx + 1}/{len(rows)}"
+                              + (f" ({r.prompt_id[:8]})" if r.prompt_id else "") + f": {state}")
+            seen[r.idx] = state
+        if isinstance(got, Claim):
+            who = f"process {first.pid}" if first.pid else "the other process"
+            progress.note(f"{who} has let go of batch {batch.id}; watching it here")
+            return got
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(FOLLOW_S)
+        got = try_hold(batch.id, "comfy.watch")
 
 
 def watch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False, timeout: float | None = None,
           progress: Progress | None = None) -> dict[str, Any]:
     """Re-attach to a batch (the newest without ``ref``): follow its prompts on the server and fetch
-    their outputs as they finish. Prompts that were never submitted are left for ``--resume``."""
+    their outputs as they finish. Prompts that were never submitted are left for ``--resume``. A batch
+    another process holds is followed read-only until that process ends, then here."""
     progress = progress or Progress()
-    with _attached(ref, pod, no_tunnel, progress) as (led, batch, rows, runner):
+    deadline = time.monotonic() + timeout if timeout else None
+    with Ledger.open() as led:
+        batch, _ = _batch(led, ref)
+        try:
+            with signals.handling():
+                claim = _follow_held(led, batch, progress, deadline)
+        except KeyboardInterrupt as e:
+            return _stopped(led, batch, e)
+        except TimeoutError:
+            return _report(led, batch)
+        with claim:
+            return _watch(led, ref or batch.id, pod, no_tunnel, deadline, progress)
+
+
+def _stopped(led: Ledger, batch: BatchRow, e: KeyboardInterrupt) -> dict[str, Any]:
+    # Watching is not running: Ctrl-C stops watching, the prompts go on.
+    sig = e if isinstance(e, Interrupted) else Interrupted()
+    report = _report(led, batch)
+    report.update(exit_code=sig.exit_code, msg=f"stopped watching; the prompts go on: {report['msg']}")
+    return report
+
+
+def _watch(led: Ledger, ref: str, pod: str | None, no_tunnel: bool, deadline: float | None,
+           progress: Progress) -> dict[str, Any]:
+    with _attached(led, ref, pod, no_tunnel, progress) as (batch, rows, runner):
         for r in rows:
             if r.prompt_id and (r.status in ("submitting", "queued", "running")
                                 or (r.status in FINAL and not r.fetched_at)):
@@ -78,13 +134,9 @@ def watch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False, t
         runner.poll()  # what finished while nobody watched is fetched at once
         try:
             with signals.handling():
-                runner.follow([], deadline=time.monotonic() + timeout if timeout else None)
+                runner.follow([], deadline=deadline)
         except KeyboardInterrupt as e:
-            # Watching is not running: Ctrl-C stops watching, the prompts go on.
-            sig = e if isinstance(e, Interrupted) else Interrupted()
-            report = _report(led, batch)
-            report.update(exit_code=sig.exit_code, msg=f"stopped watching; the prompts go on: {report['msg']}")
-            return report
+            return _stopped(led, batch, e)
         except TimeoutError:
             pass
         return _report(led, batch)
@@ -92,9 +144,18 @@ def watch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False, t
 
 def fetch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False,
           progress: Progress | None = None) -> dict[str, Any]:
-    """Download whatever of a batch (or one prompt) finished and is not on disk yet."""
+    """Download whatever of a batch (or one prompt) finished and is not on disk yet. Exit 1 while
+    another process holds the batch: it fetches the outputs itself."""
     progress = progress or Progress()
-    with _attached(ref, pod, no_tunnel, progress) as (led, batch, rows, runner):
+    with Ledger.open() as led:
+        batch, _ = _batch(led, ref)
+        with hold(batch.id, "comfy.fetch", advice=f"it fetches the outputs itself; `autopod comfy.watch "
+                                                     f"{batch.id}` follows it"):
+            return _fetch(led, ref or batch.id, pod, no_tunnel, progress)
+
+
+def _fetch(led: Ledger, ref: str, pod: str | None, no_tunnel: bool, progress: Progress) -> dict[str, Any]:
+    with _attached(led, ref, pod, no_tunnel, progress) as (batch, rows, runner):
         conn = runner.conn
         before = sum(len(led.saved_outputs(r.prompt_id)) for r in rows if r.prompt_id)
         waiting = 0

@@ -14,14 +14,16 @@ import json
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..core.errors import ConfigError, UsageError
+from ..core.errors import ConfigError, Conflict, UsageError
 from ..core.paths import autopod_home
+from ..core.state import Claim, Holder
 
 FILE = "ledger.db"
+BATCH_LOCK = "comfy-batch"
 BUSY_TIMEOUT_MS = 30_000
 
 # Prompt states. planned: not submitted yet; submitting: its id is recorded and the POST under way (it may
@@ -106,10 +108,16 @@ def _m003_prompt_pod(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE prompts ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
 
 
+def _m004_prompt_node_paths(db: sqlite3.Connection) -> None:
+    """Where each node inside a subgraph is (``{"10:5": "subgraph 'Upscale'"}``), for error lines."""
+    db.execute("ALTER TABLE prompts ADD COLUMN node_paths TEXT NOT NULL DEFAULT '{}'")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", _m001_initial),
     ("m002_prompt_job", _m002_prompt_job),
     ("m003_prompt_pod", _m003_prompt_pod),
+    ("m004_prompt_node_paths", _m004_prompt_node_paths),
 ]
 
 
@@ -134,6 +142,7 @@ class PromptRow:
     target_id: str | None = None  # the pod it was submitted to
     target_name: str | None = None
     attempts: int = 0
+    node_paths: dict[str, str] = field(default_factory=dict)  # node id inside a subgraph -> where it is
 
     @property
     def final(self) -> bool:
@@ -215,9 +224,11 @@ class Ledger:
     # -- batches ------------------------------------------------------------------------------------
 
     def new_batch(self, name: str, *, target_id: str | None, target_name: str | None, output_dir: str,
-                  template: str, options: dict[str, Any], prompts: list[dict[str, Any]]) -> BatchRow:
+                  template: str, options: dict[str, Any], prompts: list[dict[str, Any]],
+                  claim: Callable[[str], Any] | None = None) -> BatchRow:
         """Record a batch and its planned prompts (``workflow``, ``workflow_hash``, ``prompt``,
-        ``prompt_hash``, ``overrides``, ``seeds``) in one transaction."""
+        ``prompt_hash``, ``overrides``, ``seeds``) in one transaction. ``claim(batch_id)`` runs before
+        it commits: the process that makes a batch holds it before any other can see it."""
         client_id = secrets.token_hex(16)
         now = time.time()
         with self.tx() as db:
@@ -234,10 +245,12 @@ class Ledger:
                         raise
             for i, p in enumerate(prompts):
                 db.execute("INSERT INTO prompts (batch_id, idx, workflow, workflow_hash, prompt, prompt_hash, "
-                           "overrides, seeds, job) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           "overrides, seeds, job, node_paths) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (batch_id, i, p["workflow"], p["workflow_hash"], json.dumps(p["prompt"]),
                             p["prompt_hash"], json.dumps(p.get("overrides") or {}), json.dumps(p.get("seeds") or {}),
-                            p.get("job")))
+                            p.get("job"), json.dumps(p.get("node_paths") or {})))
+            if claim is not None:
+                claim(batch_id)
         return self.batch(batch_id)
 
     def set_options(self, batch_id: str, options: dict[str, Any]) -> None:
@@ -321,9 +334,47 @@ class Ledger:
                         answer.get("type") or "input", time.time()))
 
 
+# -- who holds a batch ------------------------------------------------------------------------------
+
+
+class BatchBusy(Conflict):
+    """Another process holds the batch (exit 1); ``holder`` says which, and the JSON document too."""
+
+    def __init__(self, batch_id: str, holder: Holder, advice: str):
+        super().__init__(f"batch {batch_id} is held by {holder.describe()}; {advice}",
+                         data={"batch": batch_id, "holder": holder.to_dict()})
+        self.holder = holder
+
+
+def try_hold(batch_id: str, command: str) -> Claim | Holder:
+    """Hold batch ``batch_id`` for this process (the :class:`Claim`, to release), or learn who holds it.
+
+    One process at a time holds a batch, and only it submits or fetches the batch's prompts:
+    ``comfy.run`` from the moment it records the batch until it returns (also with ``--detach``),
+    ``comfy.run --resume``, ``comfy.watch`` and ``comfy.fetch``. The lock goes with its process,
+    even one killed with kill -9."""
+    claim = Claim(BATCH_LOCK, batch_id)
+    holder = claim.take(command)
+    return claim if holder is None else holder
+
+
+def hold(batch_id: str, command: str, *, advice: str | None = None) -> Claim:
+    """:func:`try_hold`, or :class:`BatchBusy` naming the process that holds the batch."""
+    got = try_hold(batch_id, command)
+    if isinstance(got, Claim):
+        return got
+    stop = f"kill {got.pid}" if got.pid else "Ctrl-C where it runs"
+    raise BatchBusy(batch_id, got, advice or f"run this again once it has ended (or stop it: {stop})")
+
+
+def batch_holder(batch_id: str) -> Holder | None:
+    """The process the batch's lock file names, without touching the lock (a hint: it may have ended)."""
+    return Claim(BATCH_LOCK, batch_id).holder()
+
+
 def _prompt(r: sqlite3.Row) -> PromptRow:
     d = dict(r)
-    for k in ("prompt", "overrides", "seeds"):
+    for k in ("prompt", "overrides", "seeds", "node_paths"):
         d[k] = json.loads(d[k] or "{}")
     d["error"] = json.loads(d["error"]) if d.get("error") else None
     return PromptRow(**d)

@@ -151,9 +151,15 @@ def _unchanged(conn: Any, kept: dict[str, Any], names: set[str]) -> bool:
     """Whether the server's definition of each class in ``names`` equals the kept one (absent for absent)."""
     if not names:
         return True
+    timeout = None
+    if getattr(conn, "deadline", None) is not None:  # --timeout bounds the whole run, these checks too
+        left = conn.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        timeout = max(0.2, min(conn.client.timeout, left))
 
     def check(name: str) -> bool:
-        answer = conn.client.get_object_info(name)
+        answer = conn.client.get_object_info(name, timeout=timeout)
         return isinstance(answer, dict) and answer.get(name) == kept.get(name)
 
     try:

@@ -65,9 +65,9 @@ class ComfyStatus:
 
 def parse_seconds(value: Any, flag: str = "--wait") -> float:
     """A seconds flag as typed; not given is 0."""
-    from ..core.flags import number
+    from ..core.flags import MAX_WAIT_S, number
 
-    return number(value, flag, float, minimum=0, maximum=7 * 86400) or 0.0
+    return number(value, flag, float, minimum=0, maximum=MAX_WAIT_S) or 0.0
 
 
 def render_status(st: ComfyStatus, *, as_json: bool) -> int:

@@ -33,21 +33,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import schema as sch
-from .workflow import WorkflowError, is_link, node_sort_key, prompt_node_label, read_user_file
+from ..core.files import MiB, read_text, regular_file
+from .workflow import WorkflowError, is_link, node_sort_key, prompt_node_label
 
 _INT = re.compile(r"^-?[0-9]+$")
 _FLOAT = re.compile(r"^-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$")
 _TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
-MAX_VALUE_FILE = 16 * 1024 * 1024
+MAX_VALUE_FILE = 16 * MiB
 
 
 def read_text_file(path: str) -> str:
     """The text of a value file (``@path``): UTF-8, one trailing newline dropped; missing is exit 2."""
-    p, raw = read_user_file(path, what="file", limit=MAX_VALUE_FILE)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise WorkflowError(f"{p}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
+    _p, text = read_text(path, what="value file", limit=MAX_VALUE_FILE, error=WorkflowError)
     if text.endswith("\r\n"):
         return text[:-2]
     return text[:-1] if text.endswith("\n") else text
@@ -118,11 +115,10 @@ def parse_input(spec: str) -> InputFile:
     node, name, value = split_spec(spec, "--input", need_input=False)
     if not value:
         raise WorkflowError(f"--input {_show(spec)}: expected NODE=PATH or NODE.INPUT=PATH (e.g. LoadImage=cat.png)")
-    path = Path(value).expanduser()
-    if not path.exists():
-        raise WorkflowError(f"--input {_show(spec)}: no such file {value}")
-    if not path.is_file():
-        raise WorkflowError(f"--input {_show(spec)}: {value} is not a file")
+    try:  # uploaded as it is read: a named pipe or a device would never end
+        path, _st = regular_file(value, what="input file", error=WorkflowError)
+    except WorkflowError as e:
+        raise WorkflowError(f"--input {_show(spec)}: {e}") from None
     return InputFile(node, name, path, spec)
 
 

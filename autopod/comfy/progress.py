@@ -37,12 +37,13 @@ class Progress:
     def cached(self, n: int) -> None:
         self._advance(n)
 
-    def node(self, node_id: str, class_type: str, title: str | None) -> None:
+    def node(self, node_id: str, class_type: str, title: str | None, *, where: str | None = None) -> None:
         """A node started; the one before it (if any) is done. ComfyUI sends ``executed`` only for
-        nodes with output, so node starts are what counts."""
+        nodes with output, so node starts are what counts. ``where``: its subgraph, for a node inside one."""
         if self._node:
             self._advance(1)
-        self._node = f"{node_id} {class_type}" + (f" '{title}'" if title and title != class_type else "")
+        self._node = (f"{node_id} {class_type}" + (f" '{title}'" if title and title != class_type else "")
+                      + (f" in {where}" if where else ""))
         self._steps = ""
         self._show()
 

@@ -17,6 +17,7 @@ server's queue, and exits 130; ``comfy.run --resume BATCH`` finishes the batch l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -26,10 +27,11 @@ from typing import Any, Callable
 
 from ..core import signals
 from ..core.errors import AutopodError, ComfyError, ExitCode, Interrupted, UsageError
-from .client import ComfyHTTPError, ComfyUIClient, ComfyUnreachable
+from .client import BadDownload, ComfyHTTPError, ComfyTimeout, ComfyUIClient, ComfyUnreachable, DownloadDeadline
 from .events import EventStream
-from .ledger import FINAL, BatchRow, Ledger, PromptRow
-from .outputs import DEFAULT_TEMPLATE, check_template, output_items, save_stream, target_path, write_sidecar
+from .ledger import FINAL, BatchRow, Ledger, PromptRow, hold
+from .outputs import (DEFAULT_TEMPLATE, check_destination, check_template, output_items, save_stream, target_path,
+                      write_sidecar)
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ POLL_S = 2.0  # history/queue poll while the WebSocket is up (events come first;
 POLL_DOWN_S = 0.5  # ... and while it is down
 LOST_AFTER_POLLS = 3  # a prompt in neither queue nor history this many polls in a row was lost (a restart)
 RECOVER_S = 120.0  # how long to keep trying to get ComfyUI back after the tunnel or the server dropped
+DOWNLOAD_TRIES = 4  # a /view answer that is not the file is asked for again this often, with backoff
+DOWNLOAD_BACKOFF_S = 0.5  # ... first pause, doubled each time
 
 
 @dataclass
@@ -76,13 +80,14 @@ class Planned:
     overrides: dict[str, Any]
     seeds: dict[str, Any]
     uploads: list[Any] = field(default_factory=list)  # overrides.InputTarget: a file to upload into an input
+    node_paths: dict[str, str] = field(default_factory=dict)  # node id inside a subgraph -> "subgraph 'Upscale'"
 
     def as_ledger(self) -> dict[str, Any]:
         from .workflow import prompt_hash
 
         return {"workflow": self.workflow, "workflow_hash": self.workflow_hash, "prompt": self.prompt,
                 "prompt_hash": prompt_hash(self.prompt), "overrides": self.overrides, "seeds": self.seeds,
-                "job": self.job}
+                "job": self.job, "node_paths": self.node_paths}
 
 
 # -- the connection: ComfyUI through a tunnel that may have to be rebuilt -----------------------------------
@@ -103,6 +108,7 @@ class Connection:
         self.strict = strict
         self.endpoint = comfy_endpoint(pod, no_tunnel=no_tunnel)
         self.client = ComfyUIClient(self.endpoint.url, timeout=30.0)
+        self.deadline: float | None = None  # --timeout (monotonic): no call or retry outlasts it
 
     @property
     def target_id(self) -> str:
@@ -113,11 +119,22 @@ class Connection:
         deadline = time.monotonic() + self.recover_s
         delay = 0.5
         while True:
+            if self.deadline is not None:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.client.timeout = max(0.2, min(30.0, left))
             try:
                 return fn(self.client)
+            except ComfyTimeout:
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    raise TimeoutError from None
+                raise
             except ComfyUnreachable as e:
                 if time.monotonic() >= deadline:
                     raise ComfyUnreachable(f"{e} (gave up after {self.recover_s:.0f}s)") from None
+                if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+                    raise TimeoutError from None
                 self.note(f"ComfyUI is out of reach ({e}); reconnecting")
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -144,12 +161,14 @@ class Connection:
 # -- planning (nothing is sent) -----------------------------------------------------------------------------
 
 
-def plan(opts: RunOptions, object_info: dict[str, Any]) -> tuple[list[Planned], str]:
+def plan(opts: RunOptions, object_info: dict[str, Any], *,
+         note: Callable[[str], None] | None = None) -> tuple[list[Planned], str]:
     """Every prompt of the run, checked against ``object_info``; and the output template. Raises
-    UsageError (exit 2) on any bad input, before anything is uploaded or submitted."""
+    UsageError (exit 2) on any bad input, before anything is uploaded or submitted. ``note`` gets one
+    line per node whose saved values the editor conversion filled in or ignored."""
     from .batch import expand, parse_sweep
     from .overrides import apply_overrides, parse_input, parse_set, resolve_input
-    from .workflow import load_workflow, prompt_hash, to_api
+    from .workflow import convert, load_workflow, prompt_hash
 
     sets, inputs, sweeps = list(opts.sets), list(opts.inputs), list(opts.sweeps)
     repeat, seed, template = opts.repeat, opts.seed, opts.template
@@ -172,7 +191,11 @@ def plan(opts: RunOptions, object_info: dict[str, Any]) -> tuple[list[Planned], 
     planned: list[Planned] = []
     for wf_path in workflows:
         wf = load_workflow(wf_path)
-        base = to_api(wf, object_info)
+        converted = convert(wf, object_info)
+        for text in converted.notes:
+            if note is not None:
+                note(f"{wf_path}: {text}")
+        base = converted.prompt
         prompt, applied = apply_overrides(base, [parse_set(s) for s in sets], object_info)
         uploads = [resolve_input(prompt, parse_input(spec), object_info) for spec in inputs]
         variants = expand(prompt, object_info, sweeps=[parse_sweep(s) for s in sweeps], repeat=repeat or 1,
@@ -181,8 +204,28 @@ def plan(opts: RunOptions, object_info: dict[str, Any]) -> tuple[list[Planned], 
         for v in variants:
             planned.append(Planned(workflow=str(wf_path), job=job_name or wf_path.stem,
                                    workflow_hash=prompt_hash(base), prompt=v.prompt,
-                                   overrides={**fixed, **v.overrides}, seeds=dict(v.seeds), uploads=list(uploads)))
+                                   overrides={**fixed, **v.overrides}, seeds=dict(v.seeds), uploads=list(uploads),
+                                   node_paths=dict(converted.paths)))
+    check_destination(Path(opts.output_dir), template, destination_samples(planned, object_info))
     return planned, template
+
+
+def destination_samples(planned: list[Planned], object_info: dict[str, Any], *, limit: int = 2000) -> list[dict]:
+    """The output-template fields of each planned prompt's output nodes as far as they are known before
+    the run (the server's file name and the batch id stand in), to find a path that cannot be made."""
+    samples = []
+    for i, p in enumerate(planned):
+        for node, spec in p.prompt.items():
+            if not isinstance(spec, dict) or not (object_info.get(spec.get("class_type")) or {}).get("output_node"):
+                continue
+            samples.append({"job": p.job, "batch": "b" * 12, "index": i, "prompt_id": "0" * 36, "node": node,
+                            "title": (spec.get("_meta") or {}).get("title") or spec.get("class_type") or node,
+                            "kind": "images", "filename": "ComfyUI_00001_.png", "subfolder": "",
+                            "type": "output", "pod": "pod"})
+            if len(samples) >= limit:
+                return samples
+    return samples
+    return samples
 
 
 def _sha256(path: Path) -> str:
@@ -216,6 +259,7 @@ class Track:
     row: PromptRow
     label: str
     missing_polls: int = 0
+    started_local: float | None = None  # this machine's clock when the prompt was seen to start
 
 
 class Runner:
@@ -243,6 +287,8 @@ class Runner:
         # to another member; alone, the prompt is reported lost for ``--resume``.
         self.lost_is_fatal = lost_is_fatal
         self.target = (conn.endpoint.target_id or batch.target_id, conn.endpoint.target_name or batch.target_name)
+        self.deadline: float | None = None  # --timeout (monotonic): bounds following and downloading alike
+        self._facts: dict[str | None, dict[str, Any]] = {}  # a prompt's pod -> its GPU and $/hr, for the sidecar
 
     # -- submitting
 
@@ -271,13 +317,13 @@ class Runner:
         self.active[pid].row.status = "queued"
         if sub.node_errors:  # 200, but some outputs were dropped: never a plain success
             self.ledger.update(row.batch_id, row.idx, error={"node_errors": sub.node_errors})
-            for msg in node_error_lines(sub.node_errors, row.prompt):
+            for msg in node_error_lines(sub.node_errors, row.prompt, row.node_paths):
                 self.progress.note(f"{self._label(row)}: {msg} (that output is skipped)")
         return True
 
     def _rejected(self, row: PromptRow, body: dict[str, Any]) -> None:
         err = body.get("error") or {}
-        lines = node_error_lines(body.get("node_errors") or {}, row.prompt)
+        lines = node_error_lines(body.get("node_errors") or {}, row.prompt, row.node_paths)
         if not lines:
             lines = [f"{err.get('type', 'error')}: {err.get('message', '')} {err.get('details') or ''}".strip()]
         self.ledger.update(row.batch_id, row.idx, status="rejected", finished_at=time.time(),
@@ -313,6 +359,9 @@ class Runner:
         ``more()`` while other members may still give prompts back, ``settled(row)`` when one is final,
         ``idle(s)`` to wait. ``cancel`` (``core.fanout.Cancel``) ends the loop with ``Interrupted``."""
         self.source = source or _ListSource(list(pending))
+        self.deadline = deadline
+        if deadline is not None:
+            self.conn.deadline = deadline
         last_poll = time.monotonic()  # events come first; the history poll is the safety net
         # Listen before submitting: ComfyUI sends a prompt's events only to sockets already open.
         self.stream.connect()
@@ -354,7 +403,8 @@ class Runner:
         if t is None:
             return
         if kind == "execution_start":
-            self.ledger.update(t.row.batch_id, t.row.idx, status="running", started_at=time.time())
+            t.started_local = time.time()
+            self.ledger.update(t.row.batch_id, t.row.idx, status="running", started_at=t.started_local)
             self.progress.start(t.label, len(t.row.prompt))
         elif kind == "execution_cached":
             self.progress.cached(len(data.get("nodes") or []))
@@ -365,7 +415,8 @@ class Runner:
         elif kind == "executing":
             node = str(data["node"])
             spec = t.row.prompt.get(node) or {}
-            self.progress.node(node, spec.get("class_type", "?"), (spec.get("_meta") or {}).get("title"))
+            self.progress.node(node, spec.get("class_type", "?"), (spec.get("_meta") or {}).get("title"),
+                               where=t.row.node_paths.get(node))
         elif kind == "progress":
             self.progress.step(int(data.get("value") or 0), int(data.get("max") or 0))
         elif kind in ("execution_success", "execution_error", "execution_interrupted"):
@@ -385,6 +436,8 @@ class Runner:
                 queued = {i.prompt_id for i in q.running + q.pending}
                 running = {i.prompt_id for i in q.running}
                 for rpid in running & set(self.active):
+                    if self.active[rpid].started_local is None:
+                        self.active[rpid].started_local = time.time()  # at the latest: a poll's resolution
                     if self.active[rpid].row.status == "queued":
                         self.ledger.update(self.active[rpid].row.batch_id, self.active[rpid].row.idx,
                                            status="running", started_at=time.time())
@@ -409,69 +462,123 @@ class Runner:
             entry = self.conn.call(lambda c: c.get_history(pid)).get(pid)
             if entry is None:  # the event came before history was written: the next poll finds it
                 return
-        status, error = outcome_of(entry)
+        status, error = outcome_of(entry, t.row.node_paths)
         row = self.ledger.prompt(t.row.batch_id, t.row.idx)
-        started = row.started_at or _ms(entry, "execution_start") or row.submitted_at
-        finished = _ms(entry, "execution_success", "execution_error", "execution_interrupted") or time.time()
+        timings = run_timings(entry, row, t.started_local)
+        # One clock per pair: the server's when its history has both ends, else this machine's.
+        srv_start, srv_end = timings["server_start"], timings["server_end"]
+        if srv_start is not None and srv_end is not None:
+            started, finished = srv_start, srv_end
+        else:
+            started, finished = (t.started_local or row.started_at or row.submitted_at), time.time()
         self.ledger.update(row.batch_id, row.idx, status=status, finished_at=finished, started_at=started,
                            **({"error": {**(row.error or {}), **error}} if error else {}))
-        saved = self.fetch(self.ledger.prompt(row.batch_id, row.idx), entry)
+        saved = self.fetch(self.ledger.prompt(row.batch_id, row.idx), entry, timings=timings)
         self.active.pop(pid, None)
         self.source.settled(row)
+        unsaved = (self.ledger.prompt(row.batch_id, row.idx).error or {}).get("fetch")
         detail = f"{len(saved)} file(s)" if status == "success" else (error or {}).get("summary", "")
-        self.progress.finish(t.label, status, detail)
+        if unsaved:
+            detail = (f"{detail}; {len(unsaved)} file(s) not saved: {unsaved[0]}"
+                      f"{' (and more)' if len(unsaved) > 1 else ''}")
+        self.progress.finish(t.label, "failed" if unsaved and status == "success" else status, detail)
         trace = ((error or {}).get("execution_error") or {}).get("traceback")
         if self.debug and trace:
             self.progress.note("ComfyUI's traceback:\n" + "".join(str(line) for line in trace).rstrip())
 
     # -- fetching
 
-    def fetch(self, row: PromptRow, entry: dict[str, Any]) -> list[dict[str, Any]]:
-        """Download every output not saved yet (one process at a time per prompt), then the sidecar."""
+    def fetch(self, row: PromptRow, entry: dict[str, Any], *,
+              timings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Download every output not saved yet (one process at a time per prompt), then the sidecar. A file
+        that cannot be had after a few tries, or saved, fails the prompt (``comfy.fetch`` tries again);
+        the sidecar is written once every file is on disk."""
         from ..core.state import exclusive
 
         pid = row.prompt_id or ""
         with exclusive("comfy-fetch", pid, timeout=600, what=f"download the outputs of prompt {pid}"):
             done = self.ledger.saved_outputs(pid)
             saved = list(done.values())
+            unsaved: list[str] = []
             for node, kind, item in output_items(entry.get("outputs") or {}, previews=self.previews):
                 key = (node, kind, item["filename"], item.get("subfolder") or "", item.get("type") or "output")
                 if key in done:
                     continue
                 spec = row.prompt.get(node) or {}
-                dest = target_path(self.root, self.batch.template, job=row.job or Path(row.workflow).stem,
-                                   batch=self.batch.id, index=row.idx, prompt_id=pid, node=node,
-                                   title=(spec.get("_meta") or {}).get("title") or spec.get("class_type") or node,
-                                   kind=kind, filename=item["filename"], subfolder=item.get("subfolder") or "",
-                                   type=item.get("type") or "output", pod=row.target_name or self.target[1] or "")
-                path, size, digest = save_stream(dest, lambda f, item=item: self.conn.call(
-                    lambda c: _download_to(c, item, f)))
+                try:
+                    dest = target_path(self.root, self.batch.template, job=row.job or Path(row.workflow).stem,
+                                       batch=self.batch.id, index=row.idx, prompt_id=pid, node=node,
+                                       title=(spec.get("_meta") or {}).get("title") or spec.get("class_type") or node,
+                                       kind=kind, filename=item["filename"], subfolder=item.get("subfolder") or "",
+                                       type=item.get("type") or "output", pod=row.target_name or self.target[1] or "")
+                    path, size, digest = self._download(dest, item)
+                except TimeoutError:  # --timeout: an OSError too, but it ends the run, not this file
+                    raise
+                except (BadDownload, ComfyHTTPError, UsageError, OSError) as e:
+                    unsaved.append(f"{item['filename']}: {_why(e)}")
+                    continue
                 self.ledger.add_output(pid, node, kind, item, str(path), size, digest)
-                saved.append({"node_id": node, "kind": kind, "filename": item["filename"], "path": str(path),
-                              "bytes": size, "sha256": digest})
+                saved.append({"node_id": node, "kind": kind, "filename": item["filename"],
+                              "subfolder": item.get("subfolder") or "", "type": item.get("type") or "output",
+                              "path": str(path), "bytes": size, "sha256": digest})
             final = self.ledger.prompt(row.batch_id, row.idx)
-            if final.fetched_at is None:
-                self._sidecar(final, saved)
+            error = {k: v for k, v in (final.error or {}).items() if k != "fetch"}
+            if unsaved:
+                self.ledger.update(row.batch_id, row.idx, error={**error, "fetch": unsaved})
+            elif final.fetched_at is None:
+                if "fetch" in (final.error or {}):
+                    self.ledger.update(row.batch_id, row.idx, error=error or None)
+                    final = self.ledger.prompt(row.batch_id, row.idx)
+                self._sidecar(final, saved, timings or run_timings(entry, final, None))
                 self.ledger.update(row.batch_id, row.idx, fetched_at=time.time())
         return saved
 
-    def _sidecar(self, row: PromptRow, saved: list[dict[str, Any]]) -> None:
-        run_s = (row.finished_at - row.started_at) if row.finished_at and row.started_at else None
-        rate = self.pod_facts.get("cost_per_hr")
-        folder = Path(saved[0]["path"]).parent if saved else self.root / (row.job or Path(row.workflow).stem)
+    def _download(self, dest: Path, item: dict[str, Any]) -> tuple[Path, int, str]:
+        """One output to ``dest``: asked for again, with backoff, while the answer is not the file;
+        ``--timeout`` ends it (TimeoutError), whatever the try."""
+        delay = DOWNLOAD_BACKOFF_S
+        for attempt in range(1, DOWNLOAD_TRIES + 1):
+            try:
+                return save_stream(dest, lambda f: self.conn.call(
+                    lambda c: _download_to(c, item, f, self.deadline)))
+            except DownloadDeadline:
+                raise TimeoutError from None
+            except BadDownload as e:
+                if attempt == DOWNLOAD_TRIES:
+                    raise BadDownload(f"{e} (gave up after {DOWNLOAD_TRIES} tries)") from None
+                if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+                    raise TimeoutError from None
+                self.progress.note(f"{item['filename']}: {e}; trying again in {delay:g}s")
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _pod_facts_of(self, row: PromptRow) -> dict[str, Any]:
+        """The GPU and $/hr of the pod that ran ``row`` (a fleet's members differ), else the run's."""
+        target = row.target_id or self.target[0]
+        if target not in self._facts:
+            self._facts[target] = _pod_facts(target)
+        return self._facts[target] or self.pod_facts
+
+    def _sidecar(self, row: PromptRow, saved: list[dict[str, Any]], timings: dict[str, Any]) -> None:
+        facts = self._pod_facts_of(row)
+        rate = facts.get("cost_per_hr")
+        run_s = timings["run_s"]
+        folder = Path(saved[0]["path"]).parent if saved else self.root / _safe_job(row)
+        cost = (0.0 if timings["cached"] else round(rate * run_s / 3600, 6)) \
+            if rate is not None and run_s is not None else (0.0 if timings["cached"] else None)
         doc = {
             "prompt_id": row.prompt_id, "batch": row.batch_id, "index": row.idx, "status": row.status,
             "workflow": row.workflow, "workflow_hash": row.workflow_hash, "prompt": row.prompt,
             "overrides": row.overrides, "seeds": row.seeds,
-            "pod": {"id": row.target_id or self.target[0], "name": row.target_name or self.target[1],
-                    **self.pod_facts},
+            "pod": {"id": row.target_id or self.target[0], "name": row.target_name or self.target[1], **facts},
             "timings": {"submitted_at": row.submitted_at, "started_at": row.started_at,
-                        "finished_at": row.finished_at, "run_s": round(run_s, 3) if run_s is not None else None,
-                        "queued_s": round(row.started_at - row.submitted_at, 3)
-                        if row.started_at and row.submitted_at else None},
-            "outputs": [{k: o[k] for k in ("node_id", "kind", "filename", "path", "bytes", "sha256") if k in o}
+                        "finished_at": row.finished_at, "run_s": run_s, "queued_s": timings["queued_s"],
+                        "cached": timings["cached"]},
+            "outputs": [{k: o[k] for k in ("node_id", "kind", "filename", "subfolder", "type", "path", "bytes",
+                                           "sha256") if k in o}
                         for o in saved],
-            "cost_usd": round(rate * run_s / 3600, 6) if rate is not None and run_s is not None else None,
+            "cost_usd": cost,
             "error": row.error,
         }
         write_sidecar(folder / f"{_prefix(row)}.json", doc)
@@ -544,10 +651,46 @@ class _ListSource:
         pass
 
 
-def _download_to(c: ComfyUIClient, item: dict[str, Any], f: Any) -> tuple[int, str]:
+def _download_to(c: ComfyUIClient, item: dict[str, Any], f: Any, deadline: float | None) -> tuple[int, str]:
     f.seek(0)
     f.truncate()  # a retried download starts the file again
-    return c.download(item, f)
+    return c.download(item, f, deadline=deadline)
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, OSError) and not isinstance(e, TimeoutError):
+        return f"cannot save it here: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
+    return str(e)
+
+
+def _safe_job(row: PromptRow) -> str:
+    from .outputs import _safe
+
+    return _safe(row.job or Path(row.workflow).stem)
+
+
+def run_timings(entry: dict[str, Any], row: PromptRow, started_local: float | None) -> dict[str, Any]:
+    """How long a prompt ran and waited, each from one clock. Run time is the server's own
+    ``execution_start`` to its end event (this machine's clock can be off from the pod's, and mixing the
+    two gave negative times); queue time is this machine's submit to this machine's sight of the start,
+    or, when nobody watched it start, to the server's start if that reads as a time after the submit.
+    A prompt whose every node came from ComfyUI's cache ran nothing: ``cached``."""
+    srv_start = _ms(entry, "execution_start")
+    srv_end = _ms(entry, "execution_success", "execution_error", "execution_interrupted")
+    run_s = round(srv_end - srv_start, 3) if srv_start is not None and srv_end is not None \
+        and srv_end >= srv_start else None
+    queued_s = None
+    if row.submitted_at is not None:
+        start = started_local if started_local is not None else srv_start
+        if start is not None and start >= row.submitted_at:
+            queued_s = round(start - row.submitted_at, 3)
+    cached_nodes: set[str] = set()
+    for name, data in (entry.get("status") or {}).get("messages") or []:
+        if name == "execution_cached" and isinstance(data, dict):
+            cached_nodes.update(str(n) for n in data.get("nodes") or [])
+    cached = bool(row.prompt) and set(map(str, row.prompt)) <= cached_nodes
+    return {"server_start": srv_start, "server_end": srv_end, "run_s": run_s, "queued_s": queued_s,
+            "cached": cached}
 
 
 def _prefix(row: PromptRow) -> str:
@@ -568,33 +711,45 @@ def finished(entry: dict[str, Any]) -> bool:
     return st is None or st.get("status_str") in ("success", "error") or bool(st.get("completed"))
 
 
-def outcome_of(entry: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+def outcome_of(entry: dict[str, Any], paths: dict[str, str] | None = None) -> tuple[str, dict[str, Any] | None]:
     """success | error | interrupted from a history entry: ComfyUI writes ``status_str: "error"`` for
-    both failures and interrupts, so the last message tells them apart."""
+    both failures and interrupts, so the last message tells them apart. ``paths`` says where a node
+    inside a subgraph is (see :func:`node_name`)."""
     st = entry.get("status")
     if st is None or st.get("status_str") == "success":  # entries of older servers carry no status
         return "success", None
     for name, data in reversed(st.get("messages") or []):
         if name == "execution_interrupted":
-            return "interrupted", {"summary": f"interrupted at node {data.get('node_id')}",
+            where = (paths or {}).get(str(data.get("node_id")))
+            return "interrupted", {"summary": f"interrupted at node {data.get('node_id')}"
+                                              + (f" (in {where})" if where else ""),
                                    "interrupted": data}
         if name == "execution_error":
-            summary = (f"node {data.get('node_id')} ({data.get('node_type')}): {data.get('exception_type')}: "
-                       f"{str(data.get('exception_message') or '').strip()}")
+            summary = (f"{node_name(data.get('node_id'), data.get('node_type'), None, paths)}: "
+                       f"{data.get('exception_type')}: {str(data.get('exception_message') or '').strip()}")
             return "error", {"summary": summary, "execution_error": {
                 k: data.get(k) for k in ("node_id", "node_type", "exception_type", "exception_message",
                                          "traceback", "executed")}}
     return "error", {"summary": "ComfyUI reported an error without details"}
 
 
-def node_error_lines(node_errors: dict[str, Any], prompt: dict[str, Any]) -> list[str]:
-    """One line per problem: node id, class, title, input and ComfyUI's message."""
+def node_name(node_id: Any, class_type: Any, title: str | None, paths: dict[str, str] | None = None) -> str:
+    """``node 10:5 (KSampler, 'Sampler' in subgraph 'Upscale')``: the id, class and title, and for a node
+    inside a subgraph where it is in the editor (``paths``, from the conversion)."""
+    where = (paths or {}).get(str(node_id))
+    return (f"node {node_id} ({class_type}{', ' + repr(title) if title and title != class_type else ''}"
+            f"{' in ' + where if where else ''})")
+
+
+def node_error_lines(node_errors: dict[str, Any], prompt: dict[str, Any],
+                     paths: dict[str, str] | None = None) -> list[str]:
+    """One line per problem: node id, class, title (and subgraph), input and ComfyUI's message."""
     lines = []
     for node_id, ne in (node_errors or {}).items():
         spec = prompt.get(str(node_id)) or {}
         title = (spec.get("_meta") or {}).get("title")
         cls = ne.get("class_type") or spec.get("class_type") or "?"
-        where = f"node {node_id} ({cls}{', ' + repr(title) if title and title != cls else ''})"
+        where = node_name(node_id, cls, title, paths)
         for e in ne.get("errors") or []:
             inp = (e.get("extra_info") or {}).get("input_name")
             detail = f": {e['details']}" if e.get("details") else ""
@@ -618,21 +773,32 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
 
         pod = load_job(opts.job).pod  # the job's pod (an inventory pod name), unless --pod says otherwise
     conn = Connection(pod, opts.no_tunnel, progress.note)
+    # --timeout bounds the whole run: planning, uploads, following and downloads.
+    conn.deadline = time.monotonic() + opts.timeout if opts.timeout else None
     try:
         if opts.resume:
             return _resume(opts, conn, progress)
-        (planned, template), object_info = plan_on(conn, opts)
+        try:
+            (planned, template), object_info = plan_on(conn, opts, note=progress.note)
+        except TimeoutError:
+            raise ComfyError(f"stopped after --timeout {opts.timeout:g}s: ComfyUI did not give its node "
+                             f"definitions in time; nothing was sent") from None
         if opts.dry_run:
             return dry_run_report(planned)
-        with Ledger.open() as ledger:
+        with Ledger.open() as ledger, contextlib.ExitStack() as held:
             batch = ledger.new_batch(
                 batch_name(planned), target_id=conn.endpoint.target_id,
                 target_name=conn.endpoint.target_name, output_dir=str(Path(opts.output_dir).resolve()),
                 template=template, options={"previews": opts.previews, "max_queued": opts.max_queued},
-                prompts=[p.as_ledger() for p in planned])
+                prompts=[p.as_ledger() for p in planned],
+                claim=lambda bid: held.enter_context(hold(bid, "comfy.run" + " --detach" * opts.detach)))
             where = conn.endpoint.target_name or conn.endpoint.url
             progress.note(f"batch {batch.id}: {len(planned)} prompt(s) on {where}")
-            _upload_all(planned, conn, ledger, object_info, progress)
+            try:
+                _upload_all(planned, conn, ledger, object_info, progress)
+            except TimeoutError:
+                raise ComfyError(f"stopped after --timeout {opts.timeout:g}s while uploading inputs; nothing "
+                                 f"was submitted: `autopod comfy.run --resume {batch.id}` goes on") from None
             for i, p in enumerate(planned):  # the prompts as they will be sent, uploads wired in
                 ledger.update(batch.id, i, prompt=p.prompt)
             return _execute(opts, ledger, batch, conn, progress, ledger.prompts(batch.id))
@@ -640,16 +806,28 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
         conn.close()
 
 
-def plan_on(conn: Connection, opts: RunOptions) -> tuple[tuple[list[Planned], str], dict[str, Any]]:
+def plan_on(conn: Connection, opts: RunOptions, *, note: Callable[[str], None] | None = None
+            ) -> tuple[tuple[list[Planned], str], dict[str, Any]]:
     """:func:`plan` against the pod's node definitions, kept between runs and checked against the
-    server before the plan is used (``nodedefs``); also the definitions it used."""
+    server before the plan is used (``nodedefs``); also the definitions it used. ``note`` gets the
+    conversion notes of the plan that counts (a plan on a stale kept copy is made again)."""
     from .nodedefs import plan_checked
+
+    notes: list[str] = []
+
+    def attempt(object_info: dict[str, Any]) -> tuple[list[Planned], str]:
+        notes.clear()
+        return plan(opts, object_info, note=notes.append)
 
     def read_later(result: tuple[list[Planned], str]) -> list[str]:
         # _upload_all reads LoadImage's list (the pod's input files) to skip files already there.
         return ["LoadImage"] if any(p.uploads for p in result[0]) else []
 
-    return plan_checked(conn, lambda object_info: plan(opts, object_info), also=read_later)
+    try:
+        return plan_checked(conn, attempt, also=read_later)
+    finally:
+        for line in notes if note else ():
+            note(line)
 
 
 def dry_run_report(planned: list[Planned]) -> dict[str, Any]:
@@ -707,34 +885,45 @@ def _execute(opts: RunOptions, ledger: Ledger, batch: BatchRow, conn: Connection
         for r in todo:
             runner.submit(r)
         return _report(ledger, batch, detached=True)
-    deadline = time.monotonic() + opts.timeout if opts.timeout else None
     try:
         with signals.handling():
-            runner.follow(todo, deadline=deadline)
+            runner.follow(todo, deadline=conn.deadline)
     except KeyboardInterrupt as e:
         raise runner.abandon(e if isinstance(e, Interrupted) else Interrupted()) from None
     except TimeoutError:
-        report = _report(ledger, batch)
-        report.update(exit_code=int(ExitCode.FAILED), timed_out=True,
-                      msg=f"{report['msg']}; stopped waiting after {opts.timeout:g}s: the prompts go on, "
-                          f"`autopod comfy.watch {batch.id}` follows them")
-        return report
+        return _timed_out(ledger, batch, opts.timeout)
     return _report(ledger, batch)
+
+
+def _timed_out(ledger: Ledger, batch: BatchRow, timeout: float | None) -> dict[str, Any]:
+    report = _report(ledger, batch)
+    report.update(exit_code=int(ExitCode.FAILED), timed_out=True,
+                  msg=f"{report['msg']}; stopped waiting after {timeout or 0:g}s: the prompts go on, "
+                      f"`autopod comfy.watch {batch.id}` follows them")
+    return report
 
 
 def _resume(opts: RunOptions, conn: Connection, progress: Progress) -> dict[str, Any]:
     """Finish an interrupted batch: what finished is fetched (not rendered again), what is still on
     the server is followed, what never finished (never ran, or was interrupted, cancelled or lost) is
-    submitted. A prompt that failed or was rejected is not: it would fail again."""
-    with Ledger.open() as ledger:
+    submitted. A prompt that failed or was rejected is not: it would fail again. The batch is held
+    first, and read after: what another process did with it until then counts."""
+    with Ledger.open() as ledger, contextlib.ExitStack() as held:
+        batch, _ = ledger.find(opts.resume)  # type: ignore[arg-type]
+        held.enter_context(hold(batch.id, "comfy.run --resume"))
         batch, rows = ledger.find(opts.resume)  # type: ignore[arg-type]
         if batch.target_id and conn.endpoint.target_id and batch.target_id != conn.endpoint.target_id:
             progress.note(f"batch {batch.id} ran on {batch.target_name}; resuming on {conn.endpoint.target_name}")
+        check_destination(Path(batch.output_dir), batch.template, [])  # the folder may have gone since
         runner = Runner(ledger, batch, conn, progress=progress, previews=bool(batch.options.get("previews")),
                         max_queued=opts.max_queued, pod_facts=_pod_facts(batch.target_id), debug=opts.debug)
+        runner.deadline = conn.deadline
         saved_before = sum(len(ledger.saved_outputs(r.prompt_id)) for r in rows if r.prompt_id)
-        resubmit = runner.reclaim([r for r in rows if not (r.status == "success" and r.fetched_at)
-                                   and r.status != "rejected"], _server_queue(conn))
+        try:
+            resubmit = runner.reclaim([r for r in rows if not (r.status == "success" and r.fetched_at)
+                                       and r.status != "rejected"], _server_queue(conn))
+        except TimeoutError:
+            return _timed_out(ledger, batch, opts.timeout)
         follow = list(runner.active)
         if not follow and not resubmit:
             report = _report(ledger, batch)
@@ -746,11 +935,11 @@ def _resume(opts: RunOptions, conn: Connection, progress: Progress) -> dict[str,
                       f"submitting {len(resubmit)} that never finished")
         try:
             with signals.handling():
-                runner.follow(resubmit, deadline=time.monotonic() + opts.timeout if opts.timeout else None)
+                runner.follow(resubmit, deadline=conn.deadline)
         except KeyboardInterrupt as e:
             raise runner.abandon(e if isinstance(e, Interrupted) else Interrupted()) from None
         except TimeoutError:
-            pass
+            return _timed_out(ledger, batch, opts.timeout)
         return _report(ledger, batch)
 
 
@@ -769,12 +958,15 @@ def _report(ledger: Ledger, batch: BatchRow, *, detached: bool = False) -> dict[
                         "overrides": r.overrides, "seeds": r.seeds,
                         "outputs": sorted(o["path"] for o in outs),
                         "error": (r.error or {}).get("summary") or "; ".join((r.error or {}).get("lines") or [])
-                        or ((r.error or {}).get("node_errors") and "some outputs were rejected") or None})
+                        or ((r.error or {}).get("node_errors") and "some outputs were rejected")
+                        or ((r.error or {}).get("fetch") and "not saved: " + "; ".join(r.error["fetch"]))
+                        or None})
     counts: dict[str, int] = {}
     for p in prompts:
         counts[p["status"]] = counts.get(p["status"], 0) + 1
     partial = any((r.error or {}).get("node_errors") for r in rows if r.status == "success")
-    failed = sum(v for k, v in counts.items() if k in FINAL and k != "success") + (1 if partial else 0)
+    unsaved = sum(1 for r in rows if r.status == "success" and (r.error or {}).get("fetch"))
+    failed = sum(v for k, v in counts.items() if k in FINAL and k != "success") + (1 if partial else 0) + unsaved
     if detached:
         msg = (f"submitted {counts.get('queued', 0)} prompt(s) of batch {batch.id}; "
                f"follow with `autopod comfy.watch {batch.id}`")
@@ -782,7 +974,9 @@ def _report(ledger: Ledger, batch: BatchRow, *, detached: bool = False) -> dict[
     else:
         files = sum(len(p["outputs"]) for p in prompts)
         msg = (f"batch {batch.id}: {counts.get('success', 0)} of {len(rows)} prompt(s) succeeded, {files} file(s) in "
-               f"{batch.output_dir}" + (f"; {failed} failed" if failed else ""))
+               f"{batch.output_dir}" + (f"; {failed} failed" if failed else "")
+               + (f"; the outputs of {unsaved} could not be saved (`autopod comfy.fetch {batch.id}` tries again)"
+                  if unsaved else ""))
         code = ExitCode.FAILED if failed or any(p["status"] not in FINAL for p in prompts) else ExitCode.OK
     return {"changed": True, "batch": batch.id, "client_id": batch.client_id, "output_dir": batch.output_dir,
             "counts": counts, "prompts": prompts, "msg": msg, "exit_code": int(code),

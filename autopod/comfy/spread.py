@@ -19,6 +19,7 @@ Ctrl-C: the main thread sets a ``Cancel``; each member takes its prompts off its
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import sys
 import threading
@@ -32,7 +33,7 @@ from ..core.errors import AutopodError, ComfyError, ExitCode, Interrupted, Usage
 from ..core.fanout import Cancel
 from ..core.output import safe_text
 from ..core.ui import progress as line
-from .ledger import Ledger, PromptRow
+from .ledger import Ledger, PromptRow, hold
 from .progress import Progress
 from .run import (Connection, RunOptions, Runner, _pod_facts, _report, _server_queue, _upload_all, batch_name,
                   dry_run_report, plan_on, replan)
@@ -176,8 +177,9 @@ class MemberProgress(Progress):
     def cached(self, n: int) -> None:
         pass
 
-    def node(self, node_id: str, class_type: str, title: str | None) -> None:
-        self._node = f"node {node_id} {class_type}" + (f" '{title}'" if title and title != class_type else "")
+    def node(self, node_id: str, class_type: str, title: str | None, *, where: str | None = None) -> None:
+        self._node = (f"node {node_id} {class_type}" + (f" '{title}'" if title and title != class_type else "")
+                      + (f" in {where}" if where else ""))
         self._steps = ""
         self.fleet.state(self.name, f"{self._label}: {self._node}")
 
@@ -249,6 +251,7 @@ class Spread:
                     runner = Runner(ledger, self.batch, m.conn, progress=m.progress,
                                     previews=bool(self.batch.options.get("previews")), max_queued=self.per_member,
                                     pod_facts=_pod_facts(m.pod.id), debug=self.opts.debug, lost_is_fatal=True)
+                    runner.deadline = m.conn.deadline = self.deadline  # --timeout bounds uploads and fetches too
                     m.state = "working"
                     self.progress.state(m.name, "ready")
                     if m.assigned:
@@ -375,7 +378,7 @@ def run_options(*, workflow: list[str] | None = None, pod: str | None = None, fl
                 debug: bool = False) -> RunOptions:
     """``comfy.run``'s flags, as typed, checked and made into RunOptions (exit 2 on a bad one). The task and
     the console script's quick path (``autopod.launch``) both come here, so they cannot disagree."""
-    from ..core.flags import number
+    from ..core.flags import MAX_WAIT_S, number
     from .ops import fleet_for
 
     if seed is not None and seed not in ("fixed", "random", "increment"):
@@ -390,7 +393,7 @@ def run_options(*, workflow: list[str] | None = None, pod: str | None = None, fl
     return RunOptions(workflows=list(workflow or []), job=job, sets=list(set or []), inputs=list(input or []),
                       sweeps=list(sweep or []), repeat=number(repeat, "--repeat", int, minimum=1, maximum=100_000),
                       seed=seed, output_dir=output_dir or "outputs", template=output, previews=previews,
-                      detach=detach, dry_run=dry_run, timeout=number(timeout, "--timeout", minimum=1),
+                      detach=detach, dry_run=dry_run, timeout=number(timeout, "--timeout", minimum=1, maximum=MAX_WAIT_S),
                       max_queued=queued or 16, per_member=queued, fleet=fleet, then=then,
                       pod=pod, no_tunnel=no_tunnel, resume=resume, debug=debug)
 
@@ -500,7 +503,12 @@ def _then(opts: RunOptions, target: str) -> tuple[str, list[dict[str, Any]], boo
 
 def render_fleet(opts: RunOptions) -> dict[str, Any]:
     """``comfy.run --fleet NAME``: plan once, spread over the running members, report like ``comfy.run``
-    plus which member ran each prompt."""
+    plus which member ran each prompt. This process holds the batch until it returns (``ledger.hold``)."""
+    with contextlib.ExitStack() as held:
+        return _render_fleet(opts, held)
+
+
+def _render_fleet(opts: RunOptions, held: contextlib.ExitStack) -> dict[str, Any]:
     from ..runpod.api import connect as connect_api
     from ..runpod.fleet import members as fleet_members
 
@@ -516,7 +524,9 @@ def render_fleet(opts: RunOptions) -> dict[str, Any]:
     assigned: dict[str, list[PromptRow]] = {}
     with Ledger.open() as ledger:
         if opts.resume:
-            batch, rows = ledger.find(opts.resume)
+            batch, _ = ledger.find(opts.resume)
+            held.enter_context(hold(batch.id, f"comfy.run --resume --fleet {fleet}"))
+            batch, rows = ledger.find(opts.resume)  # as the last holder left it
             todo, assigned = _resume_plan(ledger, rows, {p.id for p in ready})
         else:
             (planned, template), object_info = planned_on
@@ -527,7 +537,8 @@ def render_fleet(opts: RunOptions) -> dict[str, Any]:
                 batch_name(planned), target_id=f"fleet:{fleet}",
                 target_name=fleet, output_dir=str(Path(opts.output_dir).resolve()), template=template,
                 options={"previews": opts.previews, "max_queued": opts.max_queued, "fleet": fleet,
-                         "uploads": []}, prompts=[p.as_ledger() for p in planned])
+                         "uploads": []}, prompts=[p.as_ledger() for p in planned],
+                claim=lambda bid: held.enter_context(hold(bid, f"comfy.run --fleet {fleet}")))
             _upload_all(planned, first, ledger, object_info, notes)
             for i, p in enumerate(planned):
                 ledger.update(batch.id, i, prompt=p.prompt)
@@ -566,7 +577,7 @@ def _first_member(ready: list[Any], notes: Progress, opts: RunOptions) -> tuple[
             if opts.resume:
                 conn.call(lambda c: c.get_system_stats())
                 return conn, None
-            return conn, plan_on(conn, opts)
+            return conn, plan_on(conn, opts, note=Progress().note)
         except UsageError:  # bad input: the same on every member
             conn.close()
             raise

@@ -4,45 +4,16 @@ A workflow file comes in one of two formats:
 
 - the **API format** ("Save (API)"): ``{node_id: {"class_type", "inputs", "_meta"}}``,
   what POST /prompt takes. It passes through, checked for shape;
-- the **editor (UI) format** ("Save"): a LiteGraph dump with ``nodes`` and ``links``.
-  It is converted here the way the ComfyUI frontend builds a prompt when you press
-  Queue, using the server's node schema (GET /object_info).
+- the **editor (UI) format** ("Save"): a LiteGraph dump with ``nodes`` and ``links``
+  (and ``definitions.subgraphs``). It is converted exactly as the ComfyUI editor builds
+  the prompt when you press Queue, using the server's node schema (GET /object_info):
+  see ``editor`` for the rules and ``widgets`` for how a node class becomes widgets.
 
 A PNG that ComfyUI saved loads as the prompt embedded in it (else its workflow).
 
-The rules of the conversion (mirroring the frontend's ``graphToPrompt`` and its
-``ExecutableNodeDTO`` link resolution):
-
-1. ``widgets_values`` is positional. The slots are the class's value inputs (INT,
-   FLOAT, STRING, BOOLEAN, combos) in ``input_order``, required then optional, with
-   two extra slots the editor adds and never sends: "control after generate" after
-   an INT that carries ``control_after_generate`` (or is named ``seed``/``noise_seed``
-   without the flag), and ``upload`` after the required widgets of a class with an
-   upload combo (LoadImage saves ``["example.png", "image"]``); a save may stop
-   before trailing extra slots. ``forceInput`` inputs have no slot (older editors
-   gave them one: accepted when only that count fits). A count that fits neither is
-   an error, never a guess. A dict ``widgets_values`` is read by name.
-2. Every value slot becomes an input; then every linked input overrides it with
-   ``[origin_id, origin_slot]``, so a widget converted to an input takes the link.
-3. Links are resolved through the graph: a ``PrimitiveNode`` gives its value to
-   every input it feeds (it is not in the prompt); ``Reroute`` chains are followed;
-   a bypassed node (mode 4) passes the consumer through to one of its own inputs,
-   chosen like the frontend: the input at the same slot index if its type fits both
-   the output and the consumer, else the first input of exactly the consumer's type,
-   else the first compatible one; none means the input is left out (a widget then
-   keeps its own value). Links are given as arrays ``[id, from, from_slot, to,
-   to_slot, type]`` or as objects.
-4. Muted nodes (mode 2), bypassed nodes, ``Note``/``MarkdownNote`` and groups are not
-   in the prompt; an input linked to a muted node is left out, as the frontend does.
-5. ``_meta.title`` is the node's title, else the class's display name.
-6. Text inputs marked ``dynamicPrompts`` (CLIPTextEncode's) are resolved as the frontend
-   does at queue time: comments (``//``, ``/* */``) dropped and one option of each
-   ``{a|b|c}`` drawn (``rng``); a backslash makes ``{``, ``|`` or ``}`` literal.
-
-What cannot be converted faithfully is a :class:`WorkflowError` naming the node:
-subgraphs, group nodes, classes the server does not have, widgets the editor draws
-itself (3D viewers, webcam, dynamic inputs), widget counts that do not fit, broken
-links and loops.
+What the editor cannot queue either, or what only the editor itself can fill in, is a
+:class:`WorkflowError` naming the node: classes the server does not have, legacy group
+nodes, widgets the editor fills at queue time (webcam, 3D viewer), broken links, loops.
 """
 
 from __future__ import annotations
@@ -50,26 +21,19 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import random
-import re
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import UsageError
+from ..core.files import MiB, decode, parse_json, read_bytes
 from . import schema as sch
+from .widgets import resolve_dynamic_prompt  # noqa: F401  (part of this module's interface)
 
-MUTED, BYPASSED = 2, 4  # LiteGraph modes: NEVER and BYPASS
-NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
-PRIMITIVE, REROUTE = "PrimitiveNode", "Reroute"
-# Input types the editor draws with its own widgets, whose saved values this module does not model.
-EDITOR_WIDGET_TYPES = frozenset({"LOAD_3D", "LOAD_3D_ANIMATION", "PREVIEW_3D", "PREVIEW_3D_ANIMATION", "WEBCAM",
-                                 "IMAGECOMPARE", "MARKDOWN", "AUDIO_RECORD", "IMAGEUPLOAD", "AUDIOUPLOAD"})
-MAX_FILE_BYTES = 64 * 1024 * 1024
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+MAX_FILE_BYTES = 64 * MiB
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -91,50 +55,16 @@ class Workflow:
 
 
 # -- loading -------------------------------------------------------------------------------------------
-def read_user_file(path: str | Path, *, what: str, limit: int) -> tuple[Path, bytes]:
-    """A file the user named on the command line, as bytes; anything wrong with it is one line, exit 2."""
-    p = Path(path).expanduser()
-    try:
-        size = p.stat().st_size
-        if size > limit:
-            raise WorkflowError(f"{p}: too large for a {what} ({size} bytes)")
-        return p, p.read_bytes()
-    except FileNotFoundError:
-        raise WorkflowError(f"{p}: no such {what}") from None
-    except IsADirectoryError:
-        raise WorkflowError(f"{p}: is a folder, not a {what}") from None
-    except OSError as e:
-        raise WorkflowError(f"{p}: cannot read the {what}: {e.strerror or e}") from None
-
-
 def load_workflow(path: str | Path) -> Workflow:
     """Read a workflow file: JSON in either format, or a PNG that ComfyUI saved (its embedded prompt)."""
-    p, raw = read_user_file(path, what="workflow file", limit=MAX_FILE_BYTES)
+    p, raw = read_bytes(path, what="workflow file", limit=MAX_FILE_BYTES, error=WorkflowError)
     if raw.startswith(_PNG_MAGIC):
         return _from_png(p, raw)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise WorkflowError(f"{p}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "
-                            "expected a ComfyUI workflow in JSON") from None
-    return parse_workflow(_loads(text, str(p)), p)
+    return parse_workflow(_loads(decode(raw, p, what="workflow file", error=WorkflowError), str(p)), p)
 
 
 def _loads(text: str, where: str) -> Any:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in items:
-            if k in out:  # json keeps the last silently; two nodes with one id are a broken file
-                raise WorkflowError(f"{where}: duplicate key {k!r} in the JSON")
-            out[k] = v
-        return out
-
-    try:
-        return json.loads(text, object_pairs_hook=pairs)
-    except json.JSONDecodeError as e:
-        raise WorkflowError(f"{where}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
-    except RecursionError:
-        raise WorkflowError(f"{where}: the JSON is nested too deeply") from None
+    return parse_json(text, where, error=WorkflowError)
 
 
 def parse_workflow(data: Any, path: Path | None = None) -> Workflow:
@@ -244,8 +174,21 @@ def prompt_node_label(prompt: dict[str, Any], node_id: str) -> str:
     return node_label(node_id, node.get("class_type", "?"), _title_of(node))
 
 
-def to_api(wf: Workflow, object_info: dict[str, Any], *,
-           rng: random.Random | None = None) -> dict[str, dict[str, Any]]:
+@dataclass
+class Converted:
+    """A workflow as the API prompt, with what the conversion has to say.
+
+    ``notes``: one line per node whose saved values the editor fills in or ignores (the
+    graph is still the editor's). ``paths``: for a node inside a subgraph (id ``10:5``),
+    where it is in the editor, e.g. ``subgraph 'Upscale'``.
+    """
+
+    prompt: dict[str, dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+def convert(wf: Workflow, object_info: dict[str, Any], *, rng: random.Random | None = None) -> Converted:
     """The API prompt for ``wf``: converted from the editor format, or the API format checked and copied.
 
     Every class must exist in ``object_info``. API nodes without ``_meta.title`` get the
@@ -262,320 +205,30 @@ def to_api(wf: Workflow, object_info: dict[str, Any], *,
                                     f"{_unknown_class(node['class_type'])}")
             if _title_of(node) is None:
                 node["_meta"] = {**node.get("_meta", {}), "title": sch.display_name(schema, node["class_type"])}
-        return prompt
+        return Converted(prompt)
     if wf.kind != "ui":
         raise WorkflowError(f"{wf.name}: unknown workflow kind {wf.kind!r}")
-    return _Converter(wf.data, object_info, wf.name, rng or random.Random()).convert()
+    from .editor import ConversionError
+    from .editor import convert as convert_editor
+
+    try:
+        result = convert_editor(wf.data, object_info, rng=rng)
+    except ConversionError as e:
+        raise WorkflowError(f"{wf.name}: {e}") from None
+    except RecursionError:
+        raise WorkflowError(f"{wf.name}: the graph is nested too deeply to convert") from None
+    return Converted(result.prompt, result.notes, result.paths)
+
+
+def to_api(wf: Workflow, object_info: dict[str, Any], *,
+           rng: random.Random | None = None) -> dict[str, dict[str, Any]]:
+    """The API prompt for ``wf`` (see :func:`convert`)."""
+    return convert(wf, object_info, rng=rng).prompt
 
 
 def _unknown_class(cls: str) -> str:
     return (f"the server has no node class {cls!r} (a custom node that is not installed there, "
             "or a node that only exists in the editor)")
-
-
-# -- editor format -------------------------------------------------------------------------------------
-@dataclass
-class _Link:
-    id: Any
-    origin: str
-    origin_slot: int
-    target: str
-    target_slot: int
-    type: Any
-
-
-class _Converter:
-    def __init__(self, data: dict[str, Any], object_info: dict[str, Any], where: str, rng: random.Random):
-        self.data = data
-        self.rng = rng
-        self.object_info = object_info
-        self.where = where
-        self.nodes: dict[str, dict[str, Any]] = {}
-        for i, node in enumerate(data["nodes"]):
-            if not isinstance(node, dict) or "id" not in node or not isinstance(node.get("type"), str):
-                raise WorkflowError(f"{where}: nodes[{i}] is not a node (needs an id and a type)")
-            key = str(node["id"])
-            if key in self.nodes:
-                raise WorkflowError(f"{where}: two nodes have the id {key}")
-            self.nodes[key] = node
-        self.links = self._read_links(data.get("links") or [])
-        defs = data.get("definitions")
-        subgraphs = defs.get("subgraphs") if isinstance(defs, dict) else None
-        self.subgraph_ids = {str(s.get("id")) for s in subgraphs or [] if isinstance(s, dict)}
-        extra = data.get("extra")
-        groups = extra.get("groupNodes") if isinstance(extra, dict) else None
-        self.group_node_names = set(groups) if isinstance(groups, dict) else set()
-
-    def fail(self, node: dict[str, Any], msg: str) -> WorkflowError:
-        return WorkflowError(f"{self.where}: {self.label(node)}: {msg}")
-
-    def label(self, node: dict[str, Any]) -> str:
-        return node_label(node["id"], node["type"], self.title(node))
-
-    def title(self, node: dict[str, Any]) -> str:
-        title = node.get("title")
-        if isinstance(title, str) and title:
-            return title
-        return sch.display_name(sch.class_schema(self.object_info, node["type"]), node["type"])
-
-    def _read_links(self, raw: list[Any]) -> dict[Any, _Link]:
-        links: dict[Any, _Link] = {}
-        for i, item in enumerate(raw):
-            if isinstance(item, list) and len(item) >= 6:
-                lid, origin, oslot, target, tslot, ltype = item[:6]
-            elif isinstance(item, dict) and {"id", "origin_id", "origin_slot", "target_id", "target_slot"} <= set(item):
-                lid, origin, oslot, target, tslot = (item[k] for k in ("id", "origin_id", "origin_slot",
-                                                                      "target_id", "target_slot"))
-                ltype = item.get("type")
-            elif item is None:  # LiteGraph leaves null holes where links were deleted
-                continue
-            else:
-                raise WorkflowError(f"{self.where}: links[{i}] is not a link "
-                                    "([id, from, from_slot, to, to_slot, type] or an object)")
-            if not _slot_ok(oslot) or not _slot_ok(tslot) or not isinstance(lid, (int, str)) or isinstance(lid, bool):
-                raise WorkflowError(f"{self.where}: links[{i}] has a bad id or slot: {_show(item)}")
-            if lid in links:
-                raise WorkflowError(f"{self.where}: two links have the id {lid}")
-            links[lid] = _Link(lid, str(origin), oslot, str(target), tslot, ltype)
-        return links
-
-    # -- the whole graph
-    def convert(self) -> dict[str, dict[str, Any]]:
-        for node in self.nodes.values():
-            self.check_kind(node)
-        live = [n for n in self.nodes.values() if self.is_live(n)]
-        if not live:
-            raise WorkflowError(f"{self.where}: no node would run (every node is muted, bypassed or a note)")
-        live.sort(key=lambda n: n.get("order") if isinstance(n.get("order"), int) else math.inf)
-        prompt = {str(n["id"]): self.convert_node(n) for n in live}
-        # An input linked to a node that is not in the prompt (muted) is dropped, as the frontend does.
-        for node in prompt.values():
-            for name in [k for k, v in node["inputs"].items() if is_link(v) and v[0] not in prompt]:
-                del node["inputs"][name]
-        return prompt
-
-    def check_kind(self, node: dict[str, Any]) -> None:
-        t = node["type"]
-        if t in self.subgraph_ids or (_UUID.match(t) and t not in self.object_info):
-            raise self.fail(node, "is a subgraph; converting subgraphs is not supported: unpack it in the "
-                                  "editor (right-click, Unpack Subgraph) or export the workflow with Save (API)")
-        if t.startswith(("workflow>", "workflow/")) or t in self.group_node_names:
-            raise self.fail(node, "is a group node; converting group nodes is not supported: convert it back to "
-                                  "nodes in the editor or export the workflow with Save (API)")
-        if node.get("mode") not in (None, 0, 1, 2, 3, 4):
-            raise self.fail(node, f"has an unknown mode {node.get('mode')!r}")
-
-    def is_live(self, node: dict[str, Any]) -> bool:
-        return (node["type"] not in NOTE_TYPES | {PRIMITIVE, REROUTE}
-                and node.get("mode") not in (MUTED, BYPASSED))
-
-    # -- one node
-    def convert_node(self, node: dict[str, Any]) -> dict[str, Any]:
-        cls = node["type"]
-        schema = sch.class_schema(self.object_info, cls)
-        if schema is None:
-            raise self.fail(node, _unknown_class(cls))
-        inputs: dict[str, Any] = {name: _wrap(value) for name, value in self.widget_values(node, schema)}
-        node_inputs = node.get("inputs") or []
-        if not isinstance(node_inputs, list):
-            raise self.fail(node, "'inputs' is not a list")
-        for slot in node_inputs:
-            if not isinstance(slot, dict) or not isinstance(slot.get("name"), str):
-                raise self.fail(node, f"has a malformed input slot: {_show(slot)}")
-            if slot.get("link") is None:
-                continue
-            resolved = self.resolve_link(slot["link"], slot.get("type"), node, slot["name"], set())
-            if resolved is None:
-                continue  # nothing upstream: a widget keeps its own value
-            kind, value = resolved
-            inputs[slot["name"]] = _wrap(value) if kind == "value" else value
-        for name, spec, _ in sch.ordered_inputs(schema):
-            if sch.options(spec).get("dynamicPrompts") and isinstance(inputs.get(name), str):
-                inputs[name] = resolve_dynamic_prompt(inputs[name], self.rng)
-        return {"inputs": inputs, "class_type": cls, "_meta": {"title": self.title(node)}}
-
-    def widget_values(self, node: dict[str, Any], schema: dict[str, Any]) -> list[tuple[str, Any]]:
-        """(input, value) for each value slot of ``widgets_values``."""
-        for name, spec, _section in sch.ordered_inputs(schema):
-            kind = spec[0] if isinstance(spec, (list, tuple)) and spec else None
-            if isinstance(kind, str) and (kind in EDITOR_WIDGET_TYPES or kind.startswith("COMFY_")):
-                raise self.fail(node, f"input {name!r} uses the editor's own {kind} widget, which cannot be "
-                                      "converted; export the workflow with Save (API)")
-        values = node.get("widgets_values")
-        if values is None:
-            values = []
-        slots = _widget_slots(schema, legacy_force_input=False)
-        if isinstance(values, dict):
-            missing = [n for n, kind in slots if kind == "value" and n not in values]
-            if missing:
-                raise self.fail(node, f"widgets_values has no value for {', '.join(map(repr, missing))}")
-            return [(n, values[n]) for n, kind in slots if kind == "value"]
-        if not isinstance(values, list):
-            raise self.fail(node, "widgets_values is neither a list nor an object")
-        fitted = _fit(slots, values)
-        if fitted is None:  # editors before 1.16 kept a slot for forceInput inputs
-            fitted = _fit(_widget_slots(schema, legacy_force_input=True), values)
-        if fitted is None:
-            expected = [n if kind == "value" else f"({kind})" for n, kind in slots]
-            raise self.fail(node, f"widgets_values has {len(values)} value(s) but the server's {node['type']} "
-                                  f"has {len(slots)} widget slot(s): {', '.join(expected) or 'none'}; the node "
-                                  "changed since the workflow was saved (update it in the editor and save again)")
-        return fitted
-
-    def resolve_link(self, link_id: Any, want: Any, consumer: dict[str, Any], input_name: str,
-                     seen: set[Any]) -> tuple[str, Any] | None:
-        """What feeds a link: ("link", [id, slot]), ("value", v) from a primitive, or None."""
-        if not isinstance(link_id, (int, str)) or isinstance(link_id, bool) or link_id not in self.links:
-            raise self.fail(consumer, f"input {input_name!r} uses link {link_id!r}, which is not in 'links'")
-        if link_id in seen:
-            raise self.fail(consumer, f"input {input_name!r}: the links form a loop (through link {link_id})")
-        seen.add(link_id)
-        link = self.links[link_id]
-        origin = self.nodes.get(link.origin)
-        if origin is None:
-            raise self.fail(consumer, f"input {input_name!r} is linked to node {link.origin}, which does not exist")
-        t = origin["type"]
-        if t == PRIMITIVE:  # applies its value to every widget it feeds, whatever its mode
-            values = origin.get("widgets_values")
-            if not isinstance(values, list) or not values:
-                raise self.fail(origin, f"has no value to give to {self.label(consumer)} input {input_name!r}")
-            return "value", values[0]
-        if t in NOTE_TYPES:
-            return None
-        if origin.get("mode") == BYPASSED:
-            index = self.bypass_input(origin, link.origin_slot, want, consumer, input_name)
-            if index < 0:
-                return None
-            slot = origin["inputs"][index]
-            if not isinstance(slot, dict) or slot.get("link") is None:
-                return None
-            return self.resolve_link(slot["link"], slot.get("type"), consumer, input_name, seen)
-        if t == REROUTE:
-            ins = origin.get("inputs") or []
-            slot = ins[0] if ins and isinstance(ins[0], dict) else None
-            if slot is None or slot.get("link") is None:
-                return None
-            return self.resolve_link(slot["link"], want, consumer, input_name, seen)
-        return "link", [link.origin, link.origin_slot]
-
-    def bypass_input(self, node: dict[str, Any], slot: int, want: Any, consumer: dict[str, Any],
-                     input_name: str) -> int:
-        """The frontend's ``_getBypassSlotIndex``: which input of a bypassed node stands for output ``slot``."""
-        inputs = [i if isinstance(i, dict) else {} for i in node.get("inputs") or []]
-        outputs = node.get("outputs") or []
-        if slot >= len(outputs) or not isinstance(outputs[slot], dict):
-            raise self.fail(consumer, f"input {input_name!r} is linked to output {slot} of bypassed "
-                                      f"{self.label(node)}, which has no such output")
-        out_type = outputs[slot].get("type")
-        if not inputs:
-            return -1
-        if want in ("*", "", None):
-            return slot if len(inputs) > slot else 0
-        same = inputs[slot].get("type") if slot < len(inputs) else None
-        if slot < len(inputs) and _connects(same, out_type) and _connects(same, want):
-            return slot
-        for i, inp in enumerate(inputs):
-            if inp.get("type") == want:
-                return i
-        for i, inp in enumerate(inputs):
-            if _connects(inp.get("type"), out_type) and _connects(inp.get("type"), want):
-                return i
-        return -1
-
-
-def _slot_ok(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _widget_slots(schema: dict[str, Any], *, legacy_force_input: bool) -> list[tuple[str, str]]:
-    """The editor's widgets of a class in order: (input, "value" | "control" | "upload")."""
-    slots: list[tuple[str, str]] = []
-    upload = None
-    for name, spec, section in sch.ordered_inputs(schema, ("required",)):
-        if sch.is_upload_combo(spec):
-            upload = name
-            break
-    for section in sch.SECTIONS:
-        for name, spec, _ in sch.ordered_inputs(schema, (section,)):
-            opts = sch.options(spec)
-            if sch.value_kind(spec) is None:
-                continue
-            if (opts.get("forceInput") or opts.get("defaultInput")) and not legacy_force_input:
-                continue
-            slots.append((name, "value"))
-            if sch.has_control_after_generate(name, spec):
-                slots.append((name, "control"))
-        if section == "required" and upload is not None:
-            slots.append((upload, "upload"))
-    return slots
-
-
-def _fit(slots: list[tuple[str, str]], values: list[Any]) -> list[tuple[str, Any]] | None:
-    """Pair slots with values when the counts agree; a save may end before trailing extra slots
-    (editors that skip unserialized widgets)."""
-    if len(values) > len(slots):
-        return None
-    if any(kind == "value" for _, kind in slots[len(values):]):
-        return None
-    return [(name, value) for (name, kind), value in zip(slots, values) if kind == "value"]
-
-
-def _connects(a: Any, b: Any) -> bool:
-    """LiteGraph's ``isValidConnection``: wildcards match, "A,B" lists match any member, case-insensitive."""
-    a = "" if a in (None, 0, "*") else str(a)
-    b = "" if b in (None, 0, "*") else str(b)
-    if not a or not b or a == b:
-        return True
-    a, b = a.lower(), b.lower()
-    if "," not in a and "," not in b:
-        return a == b
-    return any(_connects(x.strip(), y.strip()) for x in a.split(",") for y in b.split(","))
-
-
-_COMMENT = re.compile(r"/\*[\s\S]*?\*/|//.*")
-_ESCAPED = re.compile(r"\\([{}|])")
-
-
-def resolve_dynamic_prompt(text: str, rng: random.Random) -> str:
-    """The frontend's dynamic prompt: comments dropped, one option of each ``{a|b}`` (nested too)."""
-    text = _COMMENT.sub("", text)
-    out, i = [], 0
-    while i < len(text):
-        c = text[i]
-        i += 1
-        if c == "\\":
-            out.append(text[i - 1:i + 1])  # kept escaped until the end
-            i += 1
-        elif c == "{":
-            options, current, depth = [], "", 0
-            while i < len(text):
-                c = text[i]
-                i += 1
-                if c == "\\":
-                    current += text[i - 1:i + 1]
-                    i += 1
-                    continue
-                if c == "{":
-                    depth += 1
-                elif c == "}":
-                    if not depth:
-                        break
-                    depth -= 1
-                elif c == "|" and not depth:
-                    options.append(current)
-                    current = ""
-                    continue
-                current += c
-            options.append(current)
-            out.append(resolve_dynamic_prompt(options[rng.randrange(len(options))], rng))
-        else:
-            out.append(c)
-    return _ESCAPED.sub(r"\1", "".join(out))
-
-
-def _wrap(value: Any) -> Any:
-    """A list value would read as a link; the server unwraps ``{"__value__": [...]}``."""
-    return {"__value__": value} if isinstance(value, list) else value
 
 
 def _show(value: Any, limit: int = 60) -> str:

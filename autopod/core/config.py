@@ -9,13 +9,14 @@ runpodctl use).
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import AuthError, ConfigError
+from .files import MAX_SMALL_FILE, read_bytes, read_text
+from .flags import env_setting
 from .inventory import DEFAULT_KEYS, Inventory, load_yaml_mapping
 from .log import register_secret
 from .paths import autopod_home
@@ -71,8 +72,10 @@ class ApiCredentials:
 def api_credentials() -> ApiCredentials:
     """The key and endpoint every RunPod call uses. Raises AuthError (exit 2) when no key is set."""
     sim = active_simulator()
-    env_key = os.environ.get("RUNPOD_API_KEY")
-    base = os.environ.get("RUNPOD_API_BASE_URL") or None
+    env_key = env_setting("RUNPOD_API_KEY", secret=True)
+    if env_key is not None and any(c.isspace() or not c.isprintable() for c in env_key):
+        raise ConfigError("RUNPOD_API_KEY must be the key alone: no spaces or control characters")
+    base = env_setting("RUNPOD_API_BASE_URL")
     if sim and (not base or base == sim["base_url"]):
         # The simulator stays in force until `sim.stop`, unless the user points elsewhere.
         # (The adapter exports the simulator's URL for the SDK, so a later task in the chain sees it set.)
@@ -98,13 +101,14 @@ def _runpod_config_key() -> str | None:
     try:
         if not path.exists():
             return None
-        with path.open("rb") as f:
-            data = tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the RunPod config: {e.strerror or e}") from None
+    _p, raw = read_bytes(path, what="RunPod config", limit=MAX_SMALL_FILE, error=ConfigError)
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: cannot read the RunPod config: {e}") from None
-    except UnicodeDecodeError:  # tomllib decodes the whole file before parsing
+    except UnicodeDecodeError:
         raise ConfigError(f"{path}: the RunPod config is not UTF-8 text") from None
     default = data.get("default", {})
     if not isinstance(default, dict):
@@ -168,10 +172,9 @@ def configured_ssh_key(inventory: Inventory, explicit: str | None = None) -> Pat
 def public_key_text(private_key: Path) -> str:
     """The OpenSSH public key line for ``private_key`` (from its .pub file)."""
     pub = private_key.with_name(private_key.name + ".pub")
-    try:
-        return pub.read_text(encoding="utf-8").strip()
-    except OSError:
-        raise ConfigError(f"public key {pub} is missing: recreate it with `ssh-keygen -y -f {private_key} > {pub}`") from None
+    if not pub.exists():
+        raise ConfigError(f"public key {pub} is missing: recreate it with `ssh-keygen -y -f {private_key} > {pub}`")
+    return read_text(pub, what="public key", limit=MAX_SMALL_FILE, error=ConfigError)[1].strip()
 
 
 def pod_ssh_user() -> str:

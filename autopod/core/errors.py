@@ -62,6 +62,10 @@ class ConfigError(UsageError):
     """Missing or invalid configuration: API key, SSH key, inventory, state file."""
 
 
+class BadSetting(ConfigError):
+    """A setting in the environment that is set but says nothing (empty, or blanks around it)."""
+
+
 class NotFound(AutopodError):
     """A named resource does not exist."""
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from . import config as _config
 from .errors import AuthError, ConfigError, UsageError
+from .files import MAX_SMALL_FILE, read_text
 from .output import Outcome
 from .paths import autopod_home
 from .state import write_private
@@ -162,12 +163,9 @@ def _save_api_key(key: str) -> None:
     content is kept; an existing ``api_key`` line in ``[default]`` is replaced."""
     path = Path("~/.runpod/config.toml").expanduser()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        lines = []
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the RunPod config: {e}") from None
+    lines = []
+    if path.exists():
+        lines = read_text(path, what="RunPod config", limit=MAX_SMALL_FILE, error=ConfigError)[1].splitlines()
     line = f'api_key = "{key}"'
     out, in_default, done = [], False, False
     for ln in lines:

@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import re
 from typing import Any
 
-from .errors import UsageError
+from .errors import BadSetting, UsageError
 
+MAX_WAIT_S = 7 * 86400  # the longest --timeout or --wait: a week is longer than any render or boot
 _INT = re.compile(r"^-?[0-9]+$")
 _FLOAT = re.compile(r"^-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$")
 # Control characters (C0, DEL, C1): they corrupt tables and logs and no RunPod name needs them.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def number(value: Any, flag: str, kind: type = float, *, minimum: float | None = None,
-           maximum: float | None = None) -> Any:
-    """``value`` as ``kind`` (int or float), or None when not given; bad input is a UsageError (exit 2)."""
+def number(value: Any, flag: str, kind: type = float, *, minimum: float, maximum: float) -> Any:
+    """``value`` as ``kind`` (int or float), or None when not given; bad input is a UsageError (exit 2).
+
+    Both bounds are required: a number the user gives always has a finite range (``--timeout 1e99``
+    is a mistake, and a sleep that long overflows)."""
     if value is None:
         return None
     what = "a whole number" if kind is int else "a number"
@@ -44,7 +48,7 @@ def number(value: Any, flag: str, kind: type = float, *, minimum: float | None =
     if isinstance(n, float) and not math.isfinite(n):
         raise UsageError(f"{flag} must be a finite number, got {value!r}")
     if (minimum is not None and n < minimum) or (maximum is not None and n > maximum):
-        raise UsageError(f"{flag} must be {_range(minimum, maximum)}, got {n}")
+        raise UsageError(f"{flag} must be {_range(minimum, maximum)}, got {value if isinstance(value, str) else n}")
     return kind(n)
 
 
@@ -75,6 +79,27 @@ def decodable(value: str, flag: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise UsageError(f"{flag} is not valid UTF-8 text: {value.encode('utf-8', 'backslashreplace').decode()!r}") from None
+    return value
+
+
+def env_setting(name: str, *, secret: bool = False, blanks_ok: bool = False) -> str | None:
+    """A setting from the environment (``AUTOPOD_RUNPOD_API``, ``RUNPOD_API_KEY``, ...), None when unset.
+
+    As for a flag, a value that says nothing is bad input (exit 2), never "use the default": set but
+    empty, or (unless ``blanks_ok``) with blanks around it, which a default would otherwise hide
+    (``AUTOPOD_RUNPOD_API=" rest"``). A ``secret`` is never shown."""
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    if not value.strip():
+        raise BadSetting(f"{name} is set but empty; unset it to use the default")
+    shown = "" if secret else f": {value.encode('utf-8', 'backslashreplace').decode()!r}"
+    if not blanks_ok and value != value.strip():
+        raise BadSetting(f"{name} has blanks around its value{shown}; set it without them")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadSetting(f"{name} is not valid UTF-8 text{shown}") from None
     return value
 
 

@@ -12,7 +12,6 @@ the parsed nodes, before YAML 1.1 turns ``010`` into 8 or ``1_0`` into 10.
 
 from __future__ import annotations
 
-import os
 import re
 import stat
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError
+from .files import MiB, decode, not_regular, read_bytes
+from .flags import env_setting
 
 # key -> python type. Shared by inventory defaults, pod specs and config.yaml.
 POD_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -70,6 +71,7 @@ IDLE_ACTIONS = ("stop", "terminate")
 CLOUD_TYPES = ("SECURE", "COMMUNITY", "ALL")
 TUNNEL_BACKENDS = ("sshtunnel", "openssh")
 NAME_MAX = 128
+MAX_YAML_BYTES = 16 * MiB  # an inventory, config.yaml, a simulator world, a job file
 
 # Sections of the inventory: the schema of each entry, and whether entries are named (pods, hosts).
 _SECTIONS = {"defaults": (DEFAULT_KEYS, False), "pods": (SPEC_KEYS, True), "hosts": (HOST_KEYS, True)}
@@ -110,7 +112,7 @@ class Inventory:
 
 def inventory_location() -> tuple[Path, bool]:
     """(path, explicit): explicit locations must exist, ./inventory may not."""
-    env = os.environ.get("AUTOPOD_INVENTORY")
+    env = env_setting("AUTOPOD_INVENTORY")
     if env:
         return Path(env).expanduser(), True
     return Path("inventory"), False
@@ -136,7 +138,7 @@ def load_inventory(path: Path | None = None) -> Inventory:
     elif stat.S_ISREG(mode):
         files = [path]
     else:  # a fifo or a device would block or never end
-        raise ConfigError(f"{path}: the inventory must be a YAML file or a folder of them")
+        raise ConfigError(f"{path}: the inventory must be a YAML file or a folder of them ({not_regular(mode)})")
     inv = Inventory()
     first: dict[tuple[str, str], str] = {}  # (section, name) -> "file:line" where it was defined
     for f in files:
@@ -145,14 +147,14 @@ def load_inventory(path: Path | None = None) -> Inventory:
     return inv
 
 
-def load_yaml_document(path: Path, what: str) -> Any:
+def load_yaml_document(path: Path, what: str, text: str | None = None) -> Any:
     """Parse one YAML file strictly: no aliases, anchors, merge keys or duplicate keys.
 
     Every error is a ConfigError naming ``path`` and, where known, the line;
     ``what`` says what the file is ("inventory", "simulator world"). An empty file
-    gives None.
+    gives None. ``text``: the file's text, when the caller has read it already.
     """
-    return _parse(path, what, None)
+    return _parse(path, what, None, text)
 
 
 def load_yaml_mapping(path: Path, schema: dict[str, Any], what: str = "inventory") -> dict[str, Any]:
@@ -173,18 +175,13 @@ def _load_mapping(path: Path, schema: dict[str, Any], what: str) -> tuple[dict[s
     return data, v.lines
 
 
-def _parse(path: Path, what: str, validator: _Validator | None) -> Any:
+def _parse(path: Path, what: str, validator: _Validator | None, text: str | None = None) -> Any:
     """Read, decode and compose once; check the node tree (and ``validator``'s schema); then build it."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise ConfigError(f"{path}:{line}: the {what} is not UTF-8 text (byte {raw[e.start]:#04x}); "
-                          "save it as UTF-8") from None
+    if text is None:
+        path, raw = read_bytes(path, what=what, limit=MAX_YAML_BYTES, error=ConfigError)
+        text = decode(raw, path, what=what, error=ConfigError)
+    else:
+        raw = text.encode("utf-8")
     if not text.strip():
         return None
     import yaml  # only when there is YAML to read: keeps commands without an inventory quick

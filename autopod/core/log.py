@@ -11,8 +11,8 @@ import logging.handlers
 import os
 import sys
 
-from .errors import ConfigError
-from .paths import log_dir
+from .errors import BadSetting, ConfigError
+from .paths import log_dir, open_private
 
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 5
@@ -46,7 +46,7 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """A rotating log only its owner can read (0600), that never fails on odd characters."""
 
     def _open(self):  # type: ignore[no-untyped-def]
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = open_private(self.baseFilename)
         return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
 
 
@@ -84,7 +84,7 @@ def setup_logging(*, debug: bool = False, stderr: bool = True, name: str = "auto
         fh.addFilter(redactor)
         root.addHandler(fh)
     except (OSError, ConfigError) as e:  # an unwritable home must not stop a read-only command
-        if stderr:
+        if stderr and not isinstance(e, BadSetting):  # a bad AUTOPOD_HOME: the command's own error says so
             print(f"warning: cannot write the autopod log: {e}", file=sys.stderr)
     if stderr:
         sh = logging.StreamHandler(sys.stderr)

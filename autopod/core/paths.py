@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 from .errors import ConfigError
+from .flags import env_setting
 
 PRIVATE_DIR = 0o700
 
@@ -16,7 +17,7 @@ def autopod_home() -> Path:
 
     A path that is not a folder, or one autopod cannot create, is a ConfigError (exit 2) naming it.
     """
-    home = Path(os.environ.get("AUTOPOD_HOME") or "~/.autopod").expanduser()
+    home = Path(env_setting("AUTOPOD_HOME") or "~/.autopod").expanduser()
     return private_dir(home, "AUTOPOD_HOME")
 
 
@@ -43,6 +44,18 @@ def private_dir(path: Path, what: str) -> Path:
         except OSError:
             pass  # a read-only file system: reading still works, writes will say why they fail
     return path
+
+
+def open_private(path: Path | str, flags: int = os.O_WRONLY | os.O_APPEND | os.O_CREAT) -> int:
+    """A file descriptor on ``path``, a file only its owner can read: made 0600, and tightened to 0600
+    when an older autopod left it looser (logs hold pod ids, addresses and commands)."""
+    fd = os.open(path, flags, 0o600)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+    except OSError:
+        pass  # not ours to change (another owner, a read-only mount): writing still works or says why not
+    return fd
 
 
 def state_path(name: str) -> Path:

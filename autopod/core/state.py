@@ -11,9 +11,12 @@ overwritten: it is copied aside and reported, and the user decides what to do.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -158,24 +161,157 @@ def private_lock(path: str, timeout: float) -> Any:
     return FileLock(path, timeout=timeout, mode=PRIVATE)
 
 
-@contextlib.contextmanager
-def exclusive(kind: str, key: str, *, timeout: float, what: str) -> Iterator[None]:
-    """Hold AUTOPOD_HOME/locks/<kind>-<hash of key>.lock: one autopod process at a time does
-    ``what`` for ``key`` (e.g. "create pod flux"), whatever the API answers meanwhile."""
-    from filelock import Timeout as LockTimeout
-
+def lock_path(kind: str, key: str) -> Path:
+    """AUTOPOD_HOME/locks/<kind>-<hash of key>.lock (the folder is made, private)."""
     folder = autopod_home() / "locks"
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create {folder}: {e.strerror or e}") from None
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return folder / f"{kind}-{digest}.lock"
+
+
+@contextlib.contextmanager
+def exclusive(kind: str, key: str, *, timeout: float, what: str) -> Iterator[None]:
+    """Hold AUTOPOD_HOME/locks/<kind>-<hash of key>.lock: one autopod process at a time does
+    ``what`` for ``key`` (e.g. "create pod flux"), whatever the API answers meanwhile."""
+    from filelock import Timeout as LockTimeout
+
+    path = lock_path(kind, key)
     try:
-        with private_lock(str(folder / f"{kind}-{digest}.lock"), timeout):
+        with private_lock(str(path), timeout):
             yield
     except LockTimeout:
         raise Conflict(f"another autopod process is still busy to {what} (waited {timeout:.0f}s); "
                        "try again when it has finished") from None
+
+
+@dataclass
+class Holder:
+    """The process that holds a :class:`Claim`: its pid, what it does, and since when."""
+
+    pid: int | None
+    what: str
+    since: float | None = None
+
+    def describe(self) -> str:
+        who = f"autopod process {self.pid}" if self.pid else "another autopod process"
+        when = time.strftime(", since %H:%M:%S", time.localtime(self.since)) if self.since else ""
+        return f"{who} ({self.what}{when})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "command": self.what, "since": self.since}
+
+
+class Claim:
+    """One process at a time does something for a key, without waiting: a second one is told who does.
+
+    An OS lock (``flock``) on AUTOPOD_HOME/locks/<kind>-<hash of key>.lock: it goes with its process,
+    also one killed with kill -9, and is never inherited by the processes autopod starts (the file is
+    opened close-on-exec). The holder writes its pid and what it does into the file once it holds it,
+    and contenders only read it: that is what filelock does not offer (its 3.x releases truncate the
+    file on every attempt). The file stays: unlinking a lock file another process has open splits
+    the lock in two.
+    """
+
+    def __init__(self, kind: str, key: str):
+        self.path = lock_path(kind, key)
+        self._fd: int | None = None
+
+    def take(self, what: str) -> Holder | None:
+        """Hold it and return None; or, when another process holds it, return that process."""
+        import fcntl
+
+        if self._fd is not None:
+            raise RuntimeError(f"{self.path} is held already")
+        fd = _open_lock(self.path)
+        holder = None
+        for _ in range(CLAIM_READ_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):  # not contention
+                    os.close(fd)
+                    raise ConfigError(f"cannot lock {self.path}: {e.strerror or e}") from None
+                # The holder writes its record right after it took the lock: until then the file is empty
+                # or still names an earlier holder that has ended. Read again for a moment.
+                holder = _read_holder(fd)
+                if holder is not None and holder.pid is not None and _alive(holder.pid):
+                    break
+                time.sleep(CLAIM_READ_PAUSE_S)
+                continue
+            record = json.dumps({"pid": os.getpid(), "what": what, "since": time.time()}).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record, 0)
+            self._fd = fd
+            return None
+        os.close(fd)
+        return holder if holder is not None and holder.pid is not None and _alive(holder.pid) \
+            else Holder(None, "its record cannot be read")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        import fcntl
+
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # a contender reading now finds no stale holder
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def holder(self) -> Holder | None:
+        """Who the file names (no lock is touched: a hint, e.g. for tests; ``take`` is the truth)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            return _read_holder(fd)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+CLAIM_READ_TRIES = 20
+CLAIM_READ_PAUSE_S = 0.05
+
+
+def _open_lock(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE)
+    except PermissionError:
+        raise ConfigError(f"cannot open {path}: permission denied (check the owner and mode of "
+                          f"{path.parent})") from None
+    except OSError as e:
+        raise ConfigError(f"cannot open {path}: {e.strerror or e}") from None
+
+
+def _read_holder(fd: int) -> Holder | None:
+    try:
+        doc = json.loads(os.pread(fd, 4096, 0) or b"null")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("pid"), int):
+        return None
+    since = doc.get("since")
+    return Holder(doc["pid"], str(doc.get("what") or "autopod"), since if isinstance(since, (int, float)) else None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
 
 
 # -- shape checks shared by the state files ------------------------------------------------------------

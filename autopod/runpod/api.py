@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -148,7 +149,21 @@ class _SdkLikeError(Exception):
 
 
 class GraphQLRetired(RemoteError):
-    """RunPod answered that its GraphQL API is gone (410, or 404 for /graphql): REST v2 must take over."""
+    """RunPod answered that its GraphQL API is gone (410, a 404 for /graphql, or a GraphQL error that says
+    so): REST v2 must take over."""
+
+
+# What a retirement notice says: the API itself (not a field, a key or a pod) is retired now. "Will be
+# retired" is news, not a refusal; "API key ... no longer valid" and capacity errors are other answers.
+_RETIRED = re.compile(
+    r"\b(?:graphql(?:\s+api)?|(?:the|this|runpod'?s?)\s+api)\b(?!\s+key)[^.;]{0,40}?\b(?:has|have)?\s*(?:been|is|was|are)"
+    r"\s+(?:now\s+)?(?:retired|deprecated|discontinued|decommissioned|sunset|shut\s+down|turned\s+off|"
+    r"no\s+longer\s+(?:available|supported|served|in\s+service))\b", re.IGNORECASE)
+
+
+def is_retirement_notice(message: str) -> bool:
+    """Whether RunPod's error text says its GraphQL API is retired (then REST v2 takes the call)."""
+    return bool(_RETIRED.search(message or ""))
 
 
 GRAPHQL_TIMEOUT_S = 30.0  # the SDK's own timeout
@@ -248,7 +263,7 @@ class RunPodAPI:
             raise _SdkLikeError("auth", "Unauthorized request, please check your API key.")
         # 410 Gone; or a 404 for /graphql itself (a page, not a GraphQL answer, or one that says so).
         not_json = "json" not in r.headers.get("Content-Type", "")
-        if r.status_code == 410 or (r.status_code == 404 and (not_json or "retired" in r.text.lower())):
+        if r.status_code == 410 or (r.status_code == 404 and (not_json or is_retirement_notice(r.text))):
             raise GraphQLRetired(f"RunPod answered {r.status_code} for its GraphQL API: "
                                  f"{redact(_problem_text(r))}")
         doc = r.json()
@@ -282,6 +297,8 @@ class RunPodAPI:
             return AuthError(f"API key rejected by RunPod (key from {self.creds.source or 'configuration'}): "
                              f"{redact(e.msg).rstrip('.')}. Check RUNPOD_API_KEY or ~/.runpod/config.toml")
         msg = redact(e.msg or "GraphQL error")
+        if is_retirement_notice(msg):  # a 200 whose errors say so is the same news as a 410
+            return GraphQLRetired(f"RunPod answered its GraphQL call with an error: {msg}")
         if NO_CAPACITY_TEXT in msg:
             return NoCapacity(msg)
         if _looks_transient(msg):
@@ -421,7 +438,9 @@ DEFAULT_ORIGIN = "https://api.runpod.io"
 
 def configured_backend() -> str:
     """``AUTOPOD_RUNPOD_API``, else ``runpod_api`` from the inventory defaults or config.yaml, else auto."""
-    value = os.environ.get("AUTOPOD_RUNPOD_API") or None
+    from ..core.flags import env_setting  # noqa: PLC0415
+
+    value = env_setting("AUTOPOD_RUNPOD_API")
     where = "AUTOPOD_RUNPOD_API"
     if value is None:
         from ..core import config  # noqa: PLC0415

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.paths import open_private
 from ..core.procs import stop_child
 from .comfyui_standin import ComfyUIStandin
 from .runpodctl import write_script
@@ -161,7 +162,7 @@ class LocalPodBackend:
         if self.comfy_command:
             # A real ComfyUI (or anything else) replaces the stand-in: `{port}` and `{host}` are filled in.
             argv = [a.format(port=port, host="127.0.0.1") for a in shlex.split(self.comfy_command)]
-            out = (workdir / "comfyui.log").open("ab")
+            out = os.fdopen(open_private(workdir / "comfyui.log"), "ab")
             try:
                 return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                         cwd=workdir, close_fds=True)

@@ -13,6 +13,14 @@ that read and write real files in the stand-in's input/output/temp folders. Prog
 out on the WebSocket ``/ws?clientId=...`` on the same port, and every route also exists
 under ``/api/...``.
 
+The editor: with the ``editor`` extra installed (``comfyui-frontend-package``, the version
+ComfyUI 0.3.64 requires), ``/`` is the real ComfyUI editor and every other path one of its
+files (``autopod.sim.comfyui.editor``); the calls it makes as it opens (users, settings, user
+data, i18n, model folders) are answered as a fresh ComfyUI answers them, and what it saves is
+kept under ``user/default/`` in the root (``autopod.sim.comfyui.userdata``). Without the extra,
+``/`` is a short page that says how to get it. As in ComfyUI, a request to this loopback server
+whose ``Origin`` names another host is refused (403), so other web pages cannot use it.
+
 With ``sim_nodes=True`` it also lists and runs its own nodes (category ``autopod/sim``, see
 ``autopod.sim.comfyui.nodes``), like a custom node pack: AutopodSleep, AutopodFail,
 AutopodSaveGIF, AutopodSaveVideo, AutopodSaveAudio, AutopodBigFile. Without it, it lists
@@ -22,7 +30,10 @@ Fault injection: ``ws_drop_after=N`` cuts every WebSocket connection instead of 
 (N+1)th message (that message is lost, as in real life; history still records the result).
 At run time: ``POST /_sim/faults {"ws_drop_after": N}`` (0 turns it off; every open
 connection's count restarts) or ``{"ws_drop_now": true}``; ``{"outage_s": S}`` leaves every request
-but ``/_sim/`` unanswered for S seconds (a hung ComfyUI); ``GET /_sim/faults`` shows them.
+but ``/_sim/`` unanswered for S seconds (a hung ComfyUI); ``{"view": {"mode": M, "times": N}}``
+makes the next N ``/view`` answers something other than the file (M: ``redirect``, ``error``, an
+``html`` page with 200, ``short`` or ``long`` of the announced length, ``stall`` after half of it, as a
+broken proxy or a dying server would); ``GET /_sim/faults`` shows them.
 ``faults_file`` (the simulator's) holds the same JSON, applied at start and when listening begins.
 
 Not listening yet: a pod's ComfyUI only starts after the image has copied it onto the
@@ -44,8 +55,10 @@ from __future__ import annotations
 import argparse
 import copy
 import email.parser
+import email.utils
 import email.policy
 import gzip
+import ipaddress
 import json
 import mimetypes
 import os
@@ -61,16 +74,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .comfyui import editor
 from .comfyui import images as im
 from .comfyui.engine import Engine
 from .comfyui.folders import MODEL_INPUTS, Folders
 from .comfyui.hub import Hub
 from .comfyui.nodes import REAL_NODES, SIM_NODES
+from .comfyui.userdata import UserData
 from .comfyui.wsproto import ServerWebSocket, accept_key, handshake_problem
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "comfyui"
+_RECORDED_ROOT = "/tmp/comfy-ref/src"  # the recorded server's base folder (frontend_boot.json)
 MAX_UPLOAD_SIZE = 104857600  # ComfyUI's default --max-upload-size (100 MB), as /features reports it
 SERVER_ERROR = "500 Internal Server Error\n\nServer got itself in trouble"
+VIEW_FAULTS = ("redirect", "error", "html", "short", "long", "stall")
+
 # /view makes these download instead of display (ComfyUI does the same)
 _UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
 
@@ -114,7 +132,8 @@ class ComfyUIStandin:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, ready_after: float = 0.0,
                  data_dir: Path | None = None, state: str = "idle", root: Path | str | None = None,
-                 sim_nodes: bool = False, ws_drop_after: int = 0, faults_file: Path | str | None = None):
+                 sim_nodes: bool = False, ws_drop_after: int = 0, faults_file: Path | str | None = None,
+                 editor_ui: bool = True):
         if state not in ("idle", "busy"):
             raise ValueError(f"state must be 'idle' or 'busy', not {state!r}")
         if host not in ("127.0.0.1", "localhost"):
@@ -127,6 +146,9 @@ class ComfyUIStandin:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="comfyui-standin-")) if root is None else Path(root)
         self.folders = Folders(self.root)
+        self.userdata = UserData(self.root)
+        # the editor's files (comfyui-frontend-package), when installed; else "/" says how to get them
+        self.static_root = editor.static_root() if editor_ui else None
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._stopped = threading.Event()
@@ -137,6 +159,7 @@ class ComfyUIStandin:
         self._load_data()
         self.hub = Hub(drop_after=ws_drop_after)
         self.down_until = 0.0  # monotonic time until which HTTP goes unanswered (the outage fault)
+        self.view_fault: dict[str, Any] = {}  # {"mode", "times"}: the next /view answers are not the file
         self.engine = Engine(folders=self.folders, node_info=self.node_info,
                              nodes={**REAL_NODES, **(SIM_NODES if sim_nodes else {})}, send=self.hub.send)
         if state == "busy":
@@ -155,6 +178,12 @@ class ComfyUIStandin:
         if self.sim_nodes:
             self.object_info.update({name: copy.deepcopy(n.info) for name, n in SIM_NODES.items()})
         self.static = {name: _load(d, name)["body"] for name in ("embeddings", "extensions", "features", "models")}
+        boot = {c["path"]: c for c in _load(d, "frontend_boot")["api_calls"]}
+        self.i18n = json.loads(boot["/api/i18n"]["body"])
+        # the model folders the editor's model library lists, moved from the recorded server's root to ours
+        self.model_folders = [{"name": f["name"], "folders": [str(self.root / Path(p).relative_to(_RECORDED_ROOT))
+                                                              for p in f["folders"]]}
+                              for f in json.loads(boot["/api/experiment/models"]["body"])]
 
     def node_info(self, class_type: str) -> dict | None:
         """One object_info entry; LoadImage's list is the input folder's images and a loader's list the
@@ -305,7 +334,7 @@ class ComfyUIStandin:
 
     def set_faults(self, doc: dict[str, Any]) -> dict[str, Any]:
         """The run-time fault switch behind ``POST /_sim/faults``."""
-        unknown = set(doc) - {"ws_drop_after", "ws_drop_now", "outage_s"}
+        unknown = set(doc) - {"ws_drop_after", "ws_drop_now", "outage_s", "view"}
         if unknown:
             raise ValueError(f"unknown fault settings: {', '.join(sorted(unknown))}")
         outage = doc.get("outage_s")
@@ -313,6 +342,13 @@ class ComfyUIStandin:
             if not isinstance(outage, (int, float)) or isinstance(outage, bool) or not 0 <= outage <= 86400:
                 raise ValueError("outage_s must be a number of seconds from 0 to 86400 (0: answer again)")
             self.down_until = time.monotonic() + float(outage)
+        view = doc.get("view")
+        if view is not None:
+            if not isinstance(view, dict) or view.get("mode") not in VIEW_FAULTS or not isinstance(
+                    view.get("times", 1), int) or isinstance(view.get("times"), bool) or view.get("times", 1) < 0:
+                raise ValueError(f"view must be {{\"mode\": one of {', '.join(VIEW_FAULTS)}, \"times\": N}}")
+            with self._lock:
+                self.view_fault = {"mode": view["mode"], "times": view.get("times", 1)}
         drop_after = doc.get("ws_drop_after")
         if drop_after is not None and (not isinstance(drop_after, int) or isinstance(drop_after, bool)
                                        or drop_after < 0):
@@ -320,7 +356,16 @@ class ComfyUIStandin:
         return self.hub.set_faults(drop_after=drop_after, drop_now=bool(doc.get("ws_drop_now")))
 
     def faults(self) -> dict[str, Any]:
-        return {**self.hub.faults(), "outage_left_s": round(max(0.0, self.down_until - time.monotonic()), 3)}
+        return {**self.hub.faults(), "outage_left_s": round(max(0.0, self.down_until - time.monotonic()), 3),
+                "view": dict(self.view_fault)}
+
+    def take_view_fault(self) -> str | None:
+        """The misbehaviour for this /view request, if one is still due (each is used once)."""
+        with self._lock:
+            if self.view_fault.get("times", 0) > 0:
+                self.view_fault["times"] -= 1
+                return self.view_fault["mode"]
+        return None
 
     def unanswered(self, path: str) -> bool:
         """During an outage every request but /_sim/ goes unanswered, as from a hung or crashed ComfyUI."""
@@ -366,6 +411,45 @@ class _Buffer(list):
 
     def getvalue(self) -> bytes:
         return b"".join(self)
+
+
+def _one_segment(path: str, prefix: str) -> bool:
+    """``path`` is ``prefix`` plus one non-empty path segment, as aiohttp matches ``/prefix/{name}``."""
+    rest = path[len(prefix):]
+    return path.startswith(prefix) and bool(rest) and "/" not in rest
+
+
+def _loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cross_origin(host: str | None, origin: str | None) -> bool:
+    """ComfyUI's rule: with both headers, a loopback Host and an Origin naming another host (ports compared
+    only when both carry one) is a request from some other web page."""
+    if not host or not origin:
+        return False
+    host_domain = host.lower()
+    parsed = urlsplit(origin)
+    origin_domain = parsed.netloc.lower()
+    host_parsed = urlsplit("//" + host_domain)
+    try:
+        origin_port, host_port = parsed.port, host_parsed.port
+    except ValueError:  # a port that is not a number
+        return True
+    if not _loopback(host_parsed.hostname):
+        return False
+    if origin_port is None:
+        host_domain = host_parsed.hostname or ""
+    if host_port is None:
+        origin_domain = parsed.hostname or ""
+    return bool(host_domain) and bool(origin_domain) and host_domain != origin_domain
 
 
 def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, tuple[str, bytes]]]:
@@ -433,6 +517,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _not_found(self) -> None:
         self._send(404, "404: Not Found", content_type="text/plain; charset=utf-8")
 
+    def _text(self, status: int, text: str) -> None:
+        self._send(status, text, content_type="text/plain; charset=utf-8")
+
     def _body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             out = bytearray()
@@ -457,6 +544,8 @@ class _Handler(BaseHTTPRequestHandler):
         if s.unanswered(path):
             self.close_connection = True
             return
+        if self._refused_origin():
+            return
         try:
             self._get(s, path, query)
         except (BrokenPipeError, ConnectionResetError):
@@ -467,6 +556,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _get(self, s: ComfyUIStandin, path: str, query: dict[str, list[str]]) -> None:
         if path == "/ws":
             return self._websocket(s, query)
+        if path == "/":
+            return self._index(s)
         if path == "/system_stats":
             return self._send(200, s.system_stats)
         if path == "/queue":
@@ -492,29 +583,191 @@ class _Handler(BaseHTTPRequestHandler):
             return self._empty(404)
         if path == "/view":
             return self._view(s, query)
-        if path == "/free":  # POST-only route: aiohttp answers 404 octet-stream
-            return self._send(404, None, content_type="application/octet-stream")
         if path == "/_sim/faults":
             return self._send(200, s.faults())
-        return self._not_found()
+        if self._editor_get(s, path, query):
+            return None
+        return self._static(s)
 
-    def do_POST(self) -> None:
+    # -- the editor ------------------------------------------------------------------------------
+
+    def _index(self, s: ComfyUIStandin) -> None:
+        if s.static_root is None:
+            return self._send(200, editor.no_editor_page(), content_type="text/html; charset=utf-8")
+        self._send_file(s.static_root / "index.html", "text/html", dict(editor.ROOT_HEADERS))
+
+    def _static(self, s: ComfyUIStandin) -> None:
+        """Any other GET is a file of the editor's folder, as ComfyUI's static route at "/" answers it
+        (a POST-only route like /free included: 404 octet-stream)."""
+        url_path = urlsplit(self.path).path
+        kind, file = editor.resolve(s.static_root, url_path) if s.static_root else ("missing", None)
+        status = {"file": 200, "folder": 403}.get(kind, 404)
+        cache = editor.cache_control(url_path, status)
+        headers = {"Cache-Control": cache} if cache else {}
+        if kind == "file" and file is not None:
+            return self._send_file(file, editor.content_type(file), headers)
+        if kind == "folder":
+            return self._send(403, "403: Forbidden", content_type="text/plain; charset=utf-8", headers=headers)
+        if kind == "outside":
+            return self._send(404, "404: Not Found", content_type="text/plain; charset=utf-8", headers=headers)
+        return self._send(404, None, content_type="application/octet-stream", headers=headers)
+
+    def _editor_get(self, s: ComfyUIStandin, path: str, query: dict[str, list[str]]) -> bool:
+        """The calls the editor makes as it opens (users, settings, user data, i18n, model folders)."""
+        q = {k: v[0] for k, v in query.items()}
+        if path == "/users":
+            self._send(200, s.userdata.users())
+        elif path == "/settings":
+            self._send(200, s.userdata.settings())
+        elif _one_segment(path, "/settings/"):
+            self._send(200, json.dumps(s.userdata.settings().get(unquote(path[len("/settings/"):]))))
+        elif path == "/userdata":
+            status, body = s.userdata.listing(q)
+            if status == 200:
+                self._send(200, body)
+            else:
+                self._text(status, body)
+        elif _one_segment(path, "/userdata/"):
+            file = s.userdata.path(path[len("/userdata/"):])
+            if file is None:
+                self._empty(403)
+            elif not file.is_file():
+                self._empty(404)
+            else:
+                self._send_file(file, mimetypes.guess_type(file.name)[0] or "application/octet-stream", {})
+        elif path == "/i18n":
+            self._send(200, s.i18n)
+        elif path == "/experiment/models":
+            self._send(200, s.model_folders)
+        elif _one_segment(path, "/experiment/models/"):
+            folder = unquote(path[len("/experiment/models/"):])
+            if any(f["name"] == folder for f in s.model_folders):
+                self._send(200, s.folders.model_entries(folder))
+            else:
+                self._empty(404)
+        elif path == "/internal/folder_paths":
+            self._send(200, {f["name"]: f["folders"] for f in s.model_folders})
+        elif path == "/internal/logs":
+            self._send(200, json.dumps(""))  # the editor's terminal panel: the stand-in keeps no server log
+        elif path == "/internal/logs/raw":
+            self._send(200, {"entries": [], "size": {"cols": 80, "rows": 24}})
+        elif _one_segment(path, "/internal/files/"):
+            kind = unquote(path[len("/internal/files/"):])
+            if kind not in ("input", "output", "temp"):
+                self._send(400, {"error": "Invalid directory type"})
+            else:
+                self._send(200, s.folders.newest_first(kind))
+        elif path == "/workflow_templates":
+            self._send(200, {})  # no custom node ships templates here
+        else:
+            return False
+        return True
+
+    def _editor_post(self, s: ComfyUIStandin, path: str, query: dict[str, list[str]]) -> bool:
+        """What the editor writes: settings (JSON) and user data files (raw bytes)."""
+        q = {k: v[0] for k, v in query.items()}
+        if path.startswith("/userdata/"):
+            rest = path[len("/userdata/"):]
+            source, sep, dest = rest.partition("/move/")
+            overwrite = q.get("overwrite", "true") != "false"
+            full_info = q.get("full_info", "false").lower() == "true"
+            if sep and "/" not in source and dest and "/" not in dest:
+                status, body = s.userdata.move(source, dest, overwrite=overwrite, full_info=full_info)
+            elif not sep and rest and "/" not in rest:
+                if int(self.headers.get("Content-Length") or 0) > MAX_UPLOAD_SIZE:
+                    self.close_connection = True
+                    self._text(413, "request body too large")
+                    return True
+                status, body = s.userdata.write(rest, self._body(), overwrite=overwrite, full_info=full_info)
+            else:
+                return False
+            if status == 200:
+                self._send(200, json.dumps(body))  # a bare path is a JSON string too
+            elif body is None:
+                self._empty(status)
+            else:
+                self._text(status, body)
+            return True
+        if path != "/settings" and not _one_segment(path, "/settings/"):
+            return False
+        try:
+            value = json.loads(self._body())
+        except ValueError:
+            self._server_error()  # ComfyUI's request.json() raises on a body that is not JSON
+            return True
+        if path == "/settings":
+            if not isinstance(value, dict):
+                self._server_error()
+                return True
+            s.userdata.update_settings(value)
+        else:
+            s.userdata.update_settings({unquote(path[len("/settings/"):]): value})
+        self._empty(200)
+        return True
+
+    def do_DELETE(self) -> None:
         s = self.server.standin
         path, _ = self._route()
-        s.requests.append(("POST", path))
+        s.requests.append(("DELETE", path))
         if s.unanswered(path):
             self.close_connection = True
             return
+        if self._refused_origin():
+            return
         try:
-            self._post(s, path)
+            if _one_segment(path, "/userdata/"):
+                status = s.userdata.delete(path[len("/userdata/"):])
+                return self._empty(status)
+            return self._not_found()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception:
             self._server_error()
 
-    def _post(self, s: ComfyUIStandin, path: str) -> None:
+    def do_PATCH(self) -> None:
+        """The editor's logs panel subscribes to log lines; the stand-in has none to send."""
+        s = self.server.standin
+        path, _ = self._route()
+        s.requests.append(("PATCH", path))
+        if s.unanswered(path):
+            self.close_connection = True
+            return
+        if self._refused_origin():
+            return
+        self._body()
+        if urlsplit(self.path).path == "/internal/logs/subscribe":
+            return self._empty(200)
+        return self._not_found()
+
+    def _refused_origin(self) -> bool:
+        """ComfyUI's guard against other web pages: a request to a loopback host whose Origin names another
+        host gets 403, so a site open in the same browser cannot queue prompts or write settings."""
+        if not cross_origin(self.headers.get("Host"), self.headers.get("Origin")):
+            return False
+        self._empty(403)
+        return True
+
+    def do_POST(self) -> None:
+        s = self.server.standin
+        path, query = self._route()
+        s.requests.append(("POST", path))
+        if s.unanswered(path):
+            self.close_connection = True
+            return
+        if self._refused_origin():
+            return
+        try:
+            self._post(s, path, query)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception:
+            self._server_error()
+
+    def _post(self, s: ComfyUIStandin, path: str, query: dict[str, list[str]]) -> None:
         if path in ("/upload/image", "/upload/mask"):
             return self._upload(s, path)
+        if self._editor_post(s, path, query):
+            return None
         raw = self._body()
         try:
             body: Any = json.loads(raw)
@@ -567,6 +820,9 @@ class _Handler(BaseHTTPRequestHandler):
         status, file = s.folders.view_path(q["filename"], q.get("type", "output"), q.get("subfolder"))
         if status != 200 or file is None:
             return self._empty(status)
+        fault = s.take_view_fault()
+        if fault:
+            return self._bad_view(s, fault, file)
         name = os.path.basename(s.folders.annotated(q["filename"])[0])
         disposition = {"Content-Disposition": f'filename="{name}"'}
         channel = q.get("channel", "rgba")
@@ -590,10 +846,46 @@ class _Handler(BaseHTTPRequestHandler):
             ctype = "application/octet-stream"
         self._send_file(file, ctype, disposition)
 
+    def _bad_view(self, s: ComfyUIStandin, mode: str, file: Path) -> None:
+        """What a broken proxy or a dying server sends instead of the file (``view`` fault)."""
+        size = file.stat().st_size
+        if mode == "redirect":
+            self.send_response(302)
+            self.send_header("Location", "/login")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif mode == "error":
+            self._send(502, b"<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+        elif mode == "html":
+            self._send(200, b"<!doctype html><html><body>Sign in to continue</body></html>",
+                       content_type="text/html; charset=utf-8")
+        else:  # short, break, stall: announce the whole file, send part of it
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size + (16 if mode == "long" else 0)))
+            self.end_headers()
+            data = file.read_bytes()
+            part = data if mode == "long" else data[:max(1, size // 2)]
+            self.wfile.write(part)
+            self.wfile.flush()
+            if mode == "stall":  # then nothing more until the client gives up or the stand-in stops
+                s._stopped.wait(120)
+        self.close_connection = True
+
     def _send_file(self, file: Path, ctype: str, headers: dict) -> None:
         """Stream from disk (sendfile), with single byte ranges like aiohttp's FileResponse."""
         with file.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            st = os.fstat(f.fileno())
+            size = st.st_size
+            etag = f'"{st.st_mtime_ns:x}-{size:x}"'  # aiohttp's
+            if self._not_modified(etag, int(st.st_mtime)):
+                self.send_response(304)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("ETag", etag)
+                self.send_header("Last-Modified", self.date_time_string(int(st.st_mtime)))
+                self.end_headers()
+                return
             start, end, status = 0, size - 1, 200
             rng = self.headers.get("Range") or ""
             if rng.startswith("bytes=") and "," not in rng:
@@ -618,7 +910,8 @@ class _Handler(BaseHTTPRequestHandler):
             for k, v in headers.items():
                 self.send_header(k, v)
             self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Last-Modified", self.date_time_string(int(os.fstat(f.fileno()).st_mtime)))
+            self.send_header("ETag", etag)
+            self.send_header("Last-Modified", self.date_time_string(int(st.st_mtime)))
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
             self.send_header("Content-Length", str(length))
@@ -632,6 +925,19 @@ class _Handler(BaseHTTPRequestHandler):
                 if not n:
                     break
                 sent += n
+
+    def _not_modified(self, etag: str, mtime: int) -> bool:
+        """A browser revalidating its copy (the editor's scripts are no-cache) gets 304 and no body."""
+        match = self.headers.get("If-None-Match")
+        if match is not None:
+            return etag in (t.strip() for t in match.split(",")) or match.strip() == "*"
+        since = self.headers.get("If-Modified-Since")
+        if since:
+            try:
+                return mtime <= int(email.utils.parsedate_to_datetime(since).timestamp())
+            except (TypeError, ValueError, OverflowError):
+                return False
+        return False
 
     # -- the WebSocket ---------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from ..core.config import sim_state
 from ..core.errors import AutopodError, ConfigError, UsageError
 from ..core.log import register_secret
 from ..core.output import Outcome
-from ..core.paths import autopod_home, log_dir
+from ..core.paths import autopod_home, log_dir, open_private
 from ..core.procs import cmdline, terminate_pid
 from ..core.state import CorruptState, StateFile, exclusive
 from ..core.ui import progress
@@ -107,7 +107,8 @@ def load_world_file(path: str) -> dict[str, Any]:
 
 def fault_settings(*, latency: float | None = None, fail_every: int | None = None, hang_every: int | None = None,
                    never_ready: bool | None = None, boot_seconds: float | None = None,
-                   reject_key: bool | None = None, graphql_retired: bool | None = None) -> dict[str, Any]:
+                   reject_key: bool | None = None, graphql_retired: bool | None = None,
+                   graphql_retired_status: str | None = None) -> dict[str, Any]:
     """The stand-in's fault settings from sim.start's flags (None: leave as is)."""
     s: dict[str, Any] = {}
     if latency is not None:
@@ -128,6 +129,13 @@ def fault_settings(*, latency: float | None = None, fail_every: int | None = Non
         s["reject_key"] = reject_key
     if graphql_retired is not None:
         s["graphql_retired"] = graphql_retired
+    if graphql_retired_status is not None:
+        from .runpod_standin import GRAPHQL_RETIRED_STATUSES
+
+        choices = [str(n) for n in GRAPHQL_RETIRED_STATUSES]
+        if graphql_retired_status not in choices:
+            raise UsageError(f"--graphql-retired-status must be {', '.join(choices)}, got {graphql_retired_status!r}")
+        s["graphql_retired"], s["graphql_retired_status"] = True, int(graphql_retired_status)
     if boot_seconds is not None:
         s["boot_seconds"] = boot_seconds
     return s
@@ -263,7 +271,7 @@ def _start_locked(world_file: str | None, settings: dict[str, Any], comfy_ready_
     api_key = "sim-" + secrets.token_hex(16)
     register_secret(api_key)
     progress("starting the offline simulator")
-    logf = (log_dir() / "sim-server.log").open("ab")
+    logf = os.fdopen(open_private(log_dir() / "sim-server.log"), "ab")
     try:
         # A new session: the simulator outlives the shell that started it.
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logf,

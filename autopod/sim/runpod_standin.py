@@ -309,8 +309,10 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "hang_every": 0,          # every Nth GraphQL request sleeps hang_s, then answers 504
     "hang_s": 35.0,           # past the SDK's 30 s timeout
     "reject_key": False,      # answer 401 to every GraphQL request
-    "graphql_retired": False,  # answer GraphQL with 410 Gone, as after RunPod retires it (REST v2 still works)
+    "graphql_retired": False,  # answer GraphQL as retired, as after RunPod retires it (REST v2 still works)
+    "graphql_retired_status": 410,  # ... with 410 Gone, a 404 page, or a 200 whose GraphQL errors say so
 }
+GRAPHQL_RETIRED_STATUSES = (410, 404, 200)
 REST_ID_RE = re.compile(r"/v2/(pods|network-volumes)/[^/]+")  # request counts name routes, not ids
 GRAPHQL_RETIRED = ("The GraphQL API has been retired. Use the REST API v2 at https://api.runpod.io/v2 "
                    "(https://docs.runpod.io/api-reference).")
@@ -1167,6 +1169,12 @@ class _Handler(BaseHTTPRequestHandler):
         if settings.get("graphql_retired"):
             with world.lock:
                 world.requests["faults"]["retired"] += 1
+            status = settings.get("graphql_retired_status") or 410
+            if status == 200:  # what a GraphQL server says while it still answers: an error, no data
+                return self._json(200, {"errors": [{"message": GRAPHQL_RETIRED, "extensions": {"code": "GONE"}}],
+                                        "data": None})
+            if status == 404:  # the route is gone: a proxy's page, not GraphQL
+                return self._send(404, b"404 page not found\n", "text/plain")
             return self._problem(410, GRAPHQL_RETIRED, "Gone")
         if settings.get("reject_key") or not self._authorized():
             with world.lock:

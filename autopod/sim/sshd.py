@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..core.paths import open_private
 from ..core.procs import stop_child
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/opt/homebrew/sbin/sshd")
@@ -75,7 +76,7 @@ class LocalSSHD:
         for _ in range(1 if fixed else 5):  # a random port can be taken between pick and bind
             port = self.port if fixed else free_port()
             cfg = self._write_config(port)
-            log = (self.workdir / "sshd.log").open("ab")
+            log = os.fdopen(open_private(self.workdir / "sshd.log"), "ab")
             self.proc = subprocess.Popen([self.sshd_path, "-D", "-e", "-f", str(cfg)], stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, close_fds=True)
             log.close()

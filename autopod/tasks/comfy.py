@@ -100,7 +100,7 @@ _RUN_HELP = {
     "previews": "also save temp previews (PreviewImage)",
     "detach": "submit, print the prompt ids and exit; `comfy.watch` or `comfy.fetch` later",
     "dry_run": "print the API prompt(s) exactly as they would be sent; send nothing",
-    "timeout": "stop waiting after S seconds (the prompts go on; exit 1)",
+    "timeout": "end the whole run after S seconds, downloads included (the prompts go on; exit 1)",
     "max_queued": "prompts of this run on the server at once (default 16; with --fleet: on each member, default 2)",
     "fleet": "spread the prompts over fleet NAME's running members: whichever is free next takes the next "
              "prompt; a member that fails is taken out and its prompts go to the others",
@@ -167,10 +167,10 @@ def jobs(c, batch=None, limit=None, json=False):
 def watch(c, batch=None, pod=None, no_tunnel=False, timeout=None, json=False):
     """Re-attach to a batch: live progress, and its outputs fetched as prompts finish."""
     from ..comfy.jobs import watch as _watch
-    from ..core.flags import number
+    from ..core.flags import MAX_WAIT_S, number
 
-    _render_batch(_watch(batch, pod=pod, no_tunnel=no_tunnel, timeout=number(timeout, "--timeout", minimum=1)),
-                  as_json=json)
+    secs = number(timeout, "--timeout", minimum=1, maximum=MAX_WAIT_S)
+    _render_batch(_watch(batch, pod=pod, no_tunnel=no_tunnel, timeout=secs), as_json=json)
 
 
 @command(help={"batch": "batch id or prompt id (default: the newest batch)", "pod": _POD, "no_tunnel": _NO_TUNNEL,

@@ -28,7 +28,9 @@ def init(c, ssh_key=None, create_key=False, api_key_stdin=False, volume_id=None,
 
     api_key = None
     if api_key_stdin:
-        api_key = sys.stdin.readline().strip()
+        from ..core.files import read_line
+
+        api_key = read_line(sys.stdin.buffer, what="--api-key-stdin").strip()
         if not api_key:
             raise UsageError("--api-key-stdin: stdin gave no key (pipe it in: `printenv KEY | autopod config.init "
                              "--api-key-stdin`)")
@@ -47,14 +49,13 @@ class _Account:
         self.api: Any = None
 
     def check(self, key: str | None) -> dict:
-        import os
-
         from ..core.config import ApiCredentials, api_credentials
         from ..core.errors import AuthError
+        from ..core.flags import env_setting
         from ..runpod.api import connect
 
         creds = api_credentials() if key is None else ApiCredentials(
-            key, os.environ.get("RUNPOD_API_BASE_URL") or None, "config.init")
+            key, env_setting("RUNPOD_API_BASE_URL"), "config.init")
         self.api = connect(creds)
         user = self.api.user()
         if not user.get("id"):

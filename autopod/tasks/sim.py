@@ -14,6 +14,8 @@ from ._base import command, exit_quietly
     "reject_key": "answer 401 to every API call, as RunPod does for a bad key",
     "never_ready": "pods never become ready (pod.create then times out and stops the pod)",
     "graphql_retired": "answer GraphQL with 410 Gone, as RunPod will once it retires GraphQL (REST v2 keeps working)",
+    "graphql_retired_status": "how a retired GraphQL answers: 410 (Gone), 404 (no such page) or 200 (a GraphQL "
+                              "error saying so); implies --graphql-retired",
     "boot_seconds": "seconds after a (re)start before a pod reports its ports",
     "comfy_ready_after": "seconds after a pod starts before its ComfyUI answers (default 3)",
     "comfy_command": "command that starts a pod's ComfyUI instead of the stand-in; {port} and {host} are filled in",
@@ -23,18 +25,19 @@ from ._base import command, exit_quietly
     "json": "print one JSON document",
 })
 def start(c, world=None, latency=None, fail_every=None, hang_every=None, never_ready=False, reject_key=False,
-          graphql_retired=False, boot_seconds=None, comfy_ready_after=None, comfy_command=None, ssh_server="auto", comfy_ws_drop=None,
-          json=False):
+          graphql_retired=False, graphql_retired_status=None, boot_seconds=None, comfy_ready_after=None,
+          comfy_command=None, ssh_server="auto", comfy_ws_drop=None, json=False):
     """Start the offline simulator; every later command uses it until sim.stop. On a running one, apply the fault flags."""
     from ..core.output import emit_outcome, table
     from ..sim.control import fault_settings, start_simulator
 
     settings = fault_settings(latency=number(latency, "--latency", minimum=0, maximum=3600),
-                              fail_every=number(fail_every, "--fail-every", int, minimum=0),
-                              hang_every=number(hang_every, "--hang-every", int, minimum=0),
+                              fail_every=number(fail_every, "--fail-every", int, minimum=0, maximum=1_000_000),
+                              hang_every=number(hang_every, "--hang-every", int, minimum=0, maximum=1_000_000),
                               never_ready=True if never_ready else None,
                               reject_key=True if reject_key else None,
                               graphql_retired=True if graphql_retired else None,
+                              graphql_retired_status=graphql_retired_status,
                               boot_seconds=number(boot_seconds, "--boot-seconds", minimum=0, maximum=86400))
     ready_after = number(comfy_ready_after, "--comfy-ready-after", minimum=0, maximum=86400)
     ws_drop = number(comfy_ws_drop, "--comfy-ws-drop", int, minimum=0, maximum=1_000_000)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import AutopodError, ConfigError, TunnelError
+from ..core.flags import env_setting
 from ..core.ui import progress
 from .registry import as_int, entry_process_alive, recorded_entries
 
@@ -73,7 +74,7 @@ def load_private_key(path: Path) -> Any:
 
     from ..core.log import register_secret
 
-    passphrase = os.environ.get(PASSPHRASE_ENV) or None
+    passphrase = env_setting(PASSPHRASE_ENV, secret=True, blanks_ok=True)
     register_secret(passphrase)
     try:
         return paramiko.PKey.from_path(Path(path).expanduser(), password=passphrase.encode() if passphrase else None)

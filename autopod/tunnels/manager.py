@@ -25,7 +25,7 @@ from typing import Any
 
 from ..core.errors import AutopodError, TunnelError, UsageError
 from ..core.output import Outcome
-from ..core.paths import autopod_home
+from ..core.paths import autopod_home, open_private
 from ..core.ui import progress
 from .local import choose_local_port, port_holder
 from .logs import log_tail, tunnel_log_path
@@ -401,7 +401,7 @@ def _spawn(target: SSHTarget, port: int, backend: str) -> tuple[subprocess.Popen
     pkg_root = str(Path(__file__).resolve().parents[2])  # the folder that holds the autopod package
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
     # Raw stdout/stderr (a crash before logging is set up) go to the same file as the daemon's log records.
-    fd = os.open(tunnel_log_path(target.id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = open_private(tunnel_log_path(target.id))
     try:
         os.fchmod(fd, 0o600)
         st = os.fstat(fd)

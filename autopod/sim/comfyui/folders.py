@@ -114,6 +114,16 @@ class Folders:
                       if not f.startswith(".") and f.lower().endswith(MODEL_EXTENSIONS)]
         return sorted(names)
 
+    def model_entries(self, folder: str) -> list[dict]:
+        """``/experiment/models/<folder>``: each model file with its path index, times and size."""
+        base = self.models / folder
+        out = []
+        for name in self.model_files(folder):
+            st = (base / name).stat()
+            out.append({"name": name, "pathIndex": 0, "modified": st.st_mtime, "created": st.st_ctime,
+                        "size": st.st_size})
+        return out
+
     def save_path(self, filename_prefix: str, base: Path, width: int = 0, height: int = 0
                   ) -> tuple[Path, str, int, str]:
         """ComfyUI's get_save_image_path: (folder, file name stem, next counter, subfolder)."""
@@ -157,6 +167,13 @@ class Folders:
             if m:
                 best = max(best, int(m.group(1)))
         return best + 1
+
+    def newest_first(self, kind: str) -> list[str]:
+        """The files directly in the input, output or temp folder, newest first (the editor's file lists)."""
+        folder = self.dir_for(kind)
+        assert folder is not None
+        entries = [e for e in os.scandir(folder) if e.is_file()]
+        return [e.name for e in sorted(entries, key=lambda e: -e.stat().st_mtime)]
 
     # -- /view and /upload -----------------------------------------------------------------------
 
