@@ -7,6 +7,7 @@ pod's by its id and ComfyUI's address, covered by the tunnel test at the end).""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,49 @@ def test_copies_unused_for_30_days_are_removed_when_another_is_written(comfy, cl
     kept.write_text("damaged")  # the next run writes a fresh copy, and prunes
     assert run(cli, tmp_path, wf, "--dry-run").code == 0
     assert not old.exists() and recent.exists() and aside.exists() and kept.exists()
+
+
+def test_conversion_notes_come_once_from_the_plan_that_counts(comfy, cli, tmp_path, autopod_home):
+    """A plan on a stale kept copy is made again on the server's definitions: its notes must not print twice."""
+    from workflow_fixtures import DATA
+
+    data = json.loads((DATA / "image_pipeline.json").read_text())
+    next(n for n in data["nodes"] if n["id"] == 8)["widgets_values"] = []  # SaveImage: no value saved
+    wf = write(tmp_path, "pipeline.json", data)
+    assert run(cli, tmp_path, wf, "--dry-run").code == 0
+    [kept] = kept_files(autopod_home)
+    doc = json.loads(kept.read_text())
+    doc["object_info"]["SaveImage"]["description"] = "changed since"  # stale: the plan is made again
+    kept.write_text(json.dumps(doc))
+    r = run(cli, tmp_path, wf, "--dry-run")
+    assert r.code == 0, r.err
+    assert r.err.count("took the default of filename_prefix") == 1, r.err
+    assert json.loads(kept.read_text())["object_info"]["SaveImage"]["description"] != "changed since"
+
+
+def test_the_checks_keep_to_the_runs_timeout(comfy, cli, tmp_path, autopod_home):
+    """--timeout bounds the whole run: a ComfyUI that takes connections but never answers while the kept copy
+    is checked ends the run at the timeout (not the client's 30 s per request), with nothing sent."""
+    import socket
+
+    from autopod.comfy.nodedefs import store
+
+    _, _, current = comfy
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes connections; nobody ever reads or answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        store(("url", url), current().full_object_info(), note=print)  # a kept copy for that address
+        (autopod_home / "config.yaml").write_text(f"comfy_url: {url}\n")
+        wf = write(tmp_path, "tiny.json", empty_save("tiny"))
+        t0 = time.monotonic()
+        r = run(cli, tmp_path, wf, "--timeout", "2", "--json")
+        took = time.monotonic() - t0
+    finally:
+        silent.close()
+    assert r.code == 1 and "--timeout 2s" in r.json["msg"] and "nothing was sent" in r.json["msg"], r.out
+    assert took < 15, took
 
 
 def test_consulted_records_what_planning_reads():
