@@ -313,3 +313,37 @@ def test_a_log_left_readable_by_others_is_made_private(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+
+
+# -- a ledger another process is writing to is busy, not damaged ----------------------------------------------
+
+def test_an_open_write_on_the_ledger_neither_blocks_reading_it_nor_reads_as_damage(autopod_home, monkeypatch):
+    import sqlite3
+
+    from autopod.comfy import ledger as ledger_mod
+    from autopod.comfy.ledger import Ledger
+    from autopod.core.errors import AutopodError, ConfigError
+
+    with Ledger.open():
+        pass  # made and migrated
+    other = sqlite3.connect(str(autopod_home / "ledger.db"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # a process frozen mid-write (Ctrl-Z, SIGSTOP) holds this
+    try:
+        monkeypatch.setattr(ledger_mod, "BUSY_TIMEOUT_MS", 200)
+        t0 = time.monotonic()
+        with Ledger.open() as led:  # opening an up-to-date ledger takes no write lock
+            assert led.batches(5) == []
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        other.execute("ROLLBACK")
+    # A ledger that needs a migration must be written: it waits, then says it is busy, not damaged.
+    other.execute("DELETE FROM _autopod_migrations WHERE name = (SELECT max(name) FROM _autopod_migrations)")
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(AutopodError) as e:
+            Ledger.open()
+        assert not isinstance(e.value, ConfigError) and e.value.exit_code == 1
+        assert "busy" in str(e.value) and "move it aside" not in str(e.value)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..core.errors import ConfigError, Conflict, UsageError
+from ..core.errors import AutopodError, ConfigError, Conflict, UsageError
 from ..core.paths import autopod_home
 from ..core.state import Claim, Holder
 
@@ -184,6 +184,12 @@ class Ledger:
             path.chmod(0o600)
             led = cls(db, path)
             led._migrate()
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):  # busy, not damaged: nothing to move aside
+                raise AutopodError(f"the ledger {path} is busy: another autopod process has held a write on it "
+                                   f"for {BUSY_TIMEOUT_MS // 1000}s (is one suspended with Ctrl-Z? resume or end "
+                                   f"it, then try again)") from None
+            raise ConfigError(f"the ledger {path} cannot be used ({e}); move it aside to start a new one") from None
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"the ledger {path} cannot be used ({e}); move it aside to start a new one") from None
         return led
@@ -209,6 +215,16 @@ class Ledger:
         self.db.execute("COMMIT")
 
     def _migrate(self) -> None:
+        # Read first: opening an up-to-date ledger takes no write lock, so a process that holds one (a long
+        # write, or one suspended with Ctrl-Z) does not keep every other autopod from reading the ledger.
+        try:
+            done = {r[0] for r in self.db.execute("SELECT name FROM _autopod_migrations")}
+        except sqlite3.OperationalError as e:
+            if "no such table" not in str(e):
+                raise
+            done = set()
+        if {name for name, _ in MIGRATIONS} == done:
+            return
         with self.tx() as db:
             db.execute("CREATE TABLE IF NOT EXISTS _autopod_migrations (name TEXT PRIMARY KEY, applied_at REAL)")
             done = {r[0] for r in db.execute("SELECT name FROM _autopod_migrations")}
