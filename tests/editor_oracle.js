@@ -177,6 +177,54 @@
     return out;
   }
 
+
+  // Legacy group nodes, made with the editor's own command (Convert selected nodes to group node): its name
+  // dialog is answered as a person would. Then a widget value on the group node, and the group node muted and
+  // bypassed. The group's definition is saved in the file (extra.groupNodes).
+  let groupCount = 0;
+  async function toGroupNode(nodes) {
+    app.canvas.deselectAll();
+    for (const n of nodes) app.canvas.select(n);
+    const done = app.extensionManager.command.execute("Comfy.GroupNode.ConvertSelectedNodesToGroupNode");
+    const name = `Group ${++groupCount}`;
+    let input = null;
+    for (let i = 0; i < 200 && !input; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      input = document.querySelector(".p-dialog input");
+    }
+    if (!input) throw new Error("the group node's name dialog did not open");
+    input.value = name;
+    input.dispatchEvent(new Event("input", {bubbles: true}));
+    input.dispatchEvent(new KeyboardEvent("keyup", {key: "Enter", bubbles: true}));
+    input.dispatchEvent(new KeyboardEvent("keydown", {key: "Enter", bubbles: true}));
+    await done;
+    return app.graph.nodes.find((n) => n.type === `workflow>${name}`);
+  }
+
+  async function groupNodes(loaded, label, subsets) {
+    const out = [];
+    await load(typeof loaded === "string" ? JSON.parse(loaded) : loaded);
+    const base = structuredClone((await app.graphToPrompt()).workflow);
+    const node = (id) => app.graph.getNodeById(id);
+    for (const subset of subsets) {
+      const what = `${label}: nodes ${subset.join(",")}`;
+      await load(base);
+      const g = await toGroupNode(subset.map(node));
+      if (!g) throw new Error(`no group node was made of ${what}`);
+      out.push(await read("group node", what));
+      const w = valueWidgets(g).find((x) => otherValue(x) !== undefined);
+      if (w) {
+        w.value = otherValue(w);
+        out.push(await read("group node widget", `${what}: ${w.name}`));
+      }
+      for (const mode of [2, 4]) {
+        g.mode = mode;
+        out.push(await read(mode === 4 ? "bypassed group node" : "muted group node", what));
+      }
+    }
+    return out;
+  }
+
   async function templates(named) {
     const out = {};
     for (const [name, wf] of Object.entries(named)) {
@@ -190,5 +238,5 @@
     return out;
   }
 
-  window.autopodOracle = {load, read, modelFree, variations, templates};
+  window.autopodOracle = {load, read, modelFree, variations, templates, groupNodes};
 })();

@@ -321,3 +321,42 @@ def test_settings_and_a_workflow_saved_in_the_editor_are_kept(page):
                           "return app.extensionManager.workflow.persistedWorkflows.map(w => w.path);")
     assert "workflows/saved in the editor.json" in listed
     assert d.execute_script("return document.querySelectorAll('.p-toast-message-error').length") == 0
+
+
+# -- the conversion oracle: legacy group nodes ------------------------------------------------------------
+# (base graph, groups of node ids): a chain's two ends, a node with its inputs' sources, a whole branch.
+GROUP_SUBSETS = {"model-free": [[3, 4], [1, 3, 4], [2, 5]], "default.json": [[3, 4], [6, 7], [4, 3, 8]]}
+GROUP_KINDS = ("group node", "group node widget", "muted group node", "bypassed group node")
+
+
+@pytest.fixture(scope="module")
+def group_nodes(page):
+    bases = [("model-free", run_async(page.driver, "return await window.autopodOracle.modelFree();"))]
+    folder = _templates_dir()
+    if folder is not None:
+        bases.append(("default.json", json.loads((folder / "default.json").read_text())))
+    out = []
+    for label, wf in bases:
+        out += run_async(page.driver, "return await window.autopodOracle.groupNodes(args[0], args[1], args[2]);",
+                         wf, label, GROUP_SUBSETS[label])
+    made = [{**v, "workflow": json.loads(v["workflow"]), "output": json.loads(v.get("output") or "null")} for v in out]
+    if os.environ.get("AUTOPOD_RECORD_GROUP_NODES"):  # rewrite the recording the offline test checks
+        import gzip
+
+        with gzip.open(Path(__file__).parent / "data" / "editor" / "live-group-nodes.json.gz", "wt") as f:
+            json.dump([{k: v[k] for k in ("kind", "label", "workflow", "output")} for v in made if "error" not in v], f)
+    return made
+
+
+@pytest.mark.parametrize("kind", GROUP_KINDS)
+def test_group_nodes_convert_as_the_live_editor(page, group_nodes, kind):
+    mine = [v for v in group_nodes if v["kind"] == kind]
+    assert mine, f"no {kind} was made"
+    assert all("error" not in v for v in mine), [v["error"] for v in mine if "error" in v]
+    assert all(v["workflow"]["extra"].get("groupNodes") for v in mine)
+    wrong = []
+    for v in mine:
+        got = _convert(v, page.object_info)
+        if isinstance(got, str) or _diff(got, v["output"], titles=True) or _diff(got, v["output"]):
+            wrong.append(f"{v['label']}: {got if isinstance(got, str) else _diff(got, v['output'])[:3]}")
+    assert wrong == [], f"{len(mine) - len(wrong)}/{len(mine)} {kind}s match the editor"
