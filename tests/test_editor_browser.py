@@ -352,8 +352,6 @@ def group_nodes(page):
 def test_group_nodes_convert_as_the_live_editor(page, group_nodes, kind):
     mine = [v for v in group_nodes if v["kind"] == kind]
     assert mine, f"no {kind} was made"
-    # not yet: a LoadImage inside (its upload button's widget); test_editor_group_nodes.py marks it xfail
-    mine = [v for v in mine if not v["label"].startswith("model-free: nodes 2,5")]
     assert all("error" not in v for v in mine), [v["error"] for v in mine if "error" in v]
     assert all(v["workflow"]["extra"].get("groupNodes") for v in mine)
     wrong = []

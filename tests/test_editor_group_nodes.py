@@ -19,14 +19,7 @@ from autopod.comfy.workflow import parse_workflow, to_api
 RECORDING = Path(__file__).parent / "data" / "editor" / "live-group-nodes.json.gz"
 with gzip.open(RECORDING, "rt", encoding="utf-8") as _f:
     CASES = json.load(_f)
-# A LoadImage inside: the editor's group node also has the image upload button's widget, which autopod's group
-# node type lacks yet, so the saved values shift by one.
-UPLOAD = "model-free: nodes 2,5"
-
-
-@pytest.mark.parametrize("v", [pytest.param(v, id=f"{v['kind']}: {v['label']}", marks=[pytest.mark.xfail(
-    reason="the upload widget of a LoadImage inside a group node", strict=True)] if v["label"].startswith(UPLOAD)
-    else []) for v in CASES])
+@pytest.mark.parametrize("v", CASES, ids=[f"{v['kind']}: {v['label']}" for v in CASES])
 def test_a_group_node_made_in_the_editor_converts_as_the_editor_converted_it(v, oi):
     assert v["workflow"]["extra"]["groupNodes"]
     assert to_api(parse_workflow(v["workflow"]), oi) == v["output"]

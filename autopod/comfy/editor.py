@@ -955,44 +955,57 @@ class Converter:
         later = []
         count = 0
 
+        widget_names: dict[int, dict[str, str | None]] = {}  # inner index -> inner widget -> group widget
+
         def named(i: int, n: dict[str, Any], input_name: str, spec: Any, extra: dict[str, Any] | None = None):
             custom = ((config.get(str(i)) or {}).get("input") or {}).get(input_name) or {}
-            label = next((s.get("label") for s in n.get("inputs") or [] if isinstance(s, dict)
-                          and s.get("name") == input_name and s.get("label")), None)
-            key = out = custom.get("name") or label or input_name
+            saved = next((s for s in n.get("inputs") or [] if isinstance(s, dict) and s.get("name") == input_name), {})
+            key = out = _nullish(custom.get("name"), saved.get("label"), input_name)
             prefix = ""
             if out in seen:
-                prefix = f"{n.get('title') or n['type']} "
+                prefix = f"{_nullish(n.get('title'), n['type'])} "
                 key = out = prefix + input_name
                 if out in seen:
                     out = f"{prefix}{seen[out]} {input_name}"
             seen[key] = seen.get(key, 1) + 1
             if input_name in ("seed", "noise_seed"):
                 extra = {**(extra or {}), "control_after_generate": f"{prefix}control_after_generate"}
+            if isinstance(spec, list) and spec and spec[0] == "IMAGEUPLOAD":  # the file widget it reads through
+                target = sch.options(spec).get("widget", "image")
+                extra = {**(extra or {}), "widget": widget_names.get(i, {}).get(target) or "image"}
             if extra and isinstance(spec, list) and spec:
-                spec = [spec[0], {**(spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}), **extra}]
+                spec = [spec[0], {**sch.options(spec), **extra}]
             return out, spec, custom
 
         for i, n in enumerate(nodes):
             schema = sch.class_schema(self.object_info, n["type"]) or {}
-            raw = schema.get("input") if isinstance(schema.get("input"), dict) else {}
-            specs = {**(raw.get("required") or {}), **(raw.get("optional") or {})}
+            # The class as the editor's extensions leave it: a LoadImage's upload button is one of its widgets.
+            required_in, optional_in = W.editor_inputs(schema, n["type"])
+            specs = {**required_in, **optional_in}
             cls = self.node_class(n["type"])
             assert cls is not None
-            widget_names = {w.name for w in cls.widgets if w.spec is not None}
+            sockets = {s.name for s in cls.inputs if s.widget is None}
             saved = [s for s in n.get("inputs") or [] if isinstance(s, dict)]
             converted: dict[int, str] = {}
             slots = []
+            names_here = widget_names.setdefault(i, {})
             for input_name, spec in specs.items():
-                if input_name in widget_names:
+                if W.input_is_widget(spec):
+                    if input_name in sockets:  # the editor makes it a widget of the group, its inner slots shift
+                        raise ConversionError(
+                            f"group node 'workflow>{name}': its {n['type']} node's input {input_name!r} is a socket "
+                            "for a value (forceInput), which the editor's group node misplaces; convert the group "
+                            "node to a subgraph in the editor and save again")
                     index = next((k for k, s in enumerate(saved) if s.get("name") == input_name
                                   and _widget_name(s.get("widget")) == input_name), -1)
                     if index > -1:
                         converted[index] = input_name
+                        names_here[input_name] = None
                     else:
                         out, spec2, _ = named(i, n, input_name, spec)
                         required[out] = spec2
                         widget_map[out] = (i, input_name)
+                        names_here[input_name] = out
                 else:
                     slots.append(input_name)
             mine = links_to.get(i, {})
@@ -1015,6 +1028,7 @@ class Converter:
                     out, spec2, _ = named(i, n, input_name, specs[input_name], {"defaultInput": True})
                     required[out] = spec2
                     widget_map[out] = (i, input_name)
+                    widget_names[i][input_name] = out
                     in_map[len(slots) + k] = count
                     count += 1
             later.append(convert)
@@ -1244,6 +1258,11 @@ def _overlay_outputs(base: list[Output], saved: list[dict[str, Any]]) -> list[Ou
         else:
             out.append(o)
     return out
+
+
+def _nullish(*values: Any) -> Any:
+    """JavaScript's ``a ?? b ?? c``: the first value that is not null or undefined."""
+    return next((v for v in values if v is not None), values[-1])
 
 
 def _widget_name(locator: Any) -> str | None:
