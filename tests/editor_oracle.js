@@ -201,6 +201,21 @@
     return app.graph.nodes.find((n) => n.type === `workflow>${name}`);
   }
 
+  // A PrimitiveNode (titled when `title` is given) feeding widget `name` of node `id`, its value changed: a base
+  // graph for group nodes that hold one.
+  async function withPrimitive(loaded, id, name, title) {
+    await load(typeof loaded === "string" ? JSON.parse(loaded) : loaded);
+    const target = app.graph.getNodeById(id);
+    const prim = LiteGraph.createNode("PrimitiveNode");
+    prim.pos = [target.pos[0] - 250, target.pos[1] + 150];
+    app.graph.add(prim);
+    prim.connect(0, target, target.inputs.findIndex((i) => i.widget?.name === name));
+    if (title) prim.title = title;
+    const pw = prim.widgets.find((w) => w.name === "value");
+    pw.value = otherValue(pw);
+    return JSON.stringify((await app.graphToPrompt()).workflow);
+  }
+
   async function groupNodes(loaded, label, subsets) {
     const out = [];
     await load(typeof loaded === "string" ? JSON.parse(loaded) : loaded);
@@ -238,5 +253,5 @@
     return out;
   }
 
-  window.autopodOracle = {load, read, modelFree, variations, templates, groupNodes};
+  window.autopodOracle = {load, read, modelFree, variations, templates, groupNodes, withPrimitive};
 })();

@@ -190,7 +190,11 @@ PER_KIND = 1000 if EVERYTHING else 6  # per base graph and kind
 @pytest.fixture(scope="module")
 def variations(page):
     folder = _templates_dir()
-    bases = [("model-free", run_async(page.driver, "return await window.autopodOracle.modelFree();"))]
+    model_free = run_async(page.driver, "return await window.autopodOracle.modelFree();")
+    bases = [("model-free", model_free)]
+    for label, title in (("primitive", None), ("titled primitive", "Radius")):
+        bases.append((label, run_async(page.driver, "return await window.autopodOracle.withPrimitive("
+                                       "args[0], 3, 'blur_radius', args[1]);", model_free, title)))
     if folder is not None:
         bases += [(n, json.loads((folder / n).read_text())) for n in ("default.json", "sdxl_simple_example.json")]
     out = []
@@ -325,13 +329,20 @@ def test_settings_and_a_workflow_saved_in_the_editor_are_kept(page):
 
 # -- the conversion oracle: legacy group nodes ------------------------------------------------------------
 # (base graph, groups of node ids): a chain's two ends, a node with its inputs' sources, a whole branch.
-GROUP_SUBSETS = {"model-free": [[3, 4], [1, 3, 4], [2, 5]], "default.json": [[3, 4], [6, 7], [4, 3, 8]]}
+# [8, 3] takes the note in too. A primitive node (9) feeding node 3's blur_radius (untitled, then titled) goes into
+# the group with its target.
+GROUP_SUBSETS = {"model-free": [[3, 4], [1, 3, 4], [2, 5], [8, 3]], "default.json": [[3, 4], [6, 7], [4, 3, 8]],
+                 "primitive": [[9, 3, 4]], "titled primitive": [[9, 3]]}
 GROUP_KINDS = ("group node", "group node widget", "muted group node", "bypassed group node")
 
 
 @pytest.fixture(scope="module")
 def group_nodes(page):
-    bases = [("model-free", run_async(page.driver, "return await window.autopodOracle.modelFree();"))]
+    model_free = run_async(page.driver, "return await window.autopodOracle.modelFree();")
+    bases = [("model-free", model_free)]
+    for label, title in (("primitive", None), ("titled primitive", "Radius")):
+        bases.append((label, run_async(page.driver, "return await window.autopodOracle.withPrimitive("
+                                       "args[0], 3, 'blur_radius', args[1]);", model_free, title)))
     folder = _templates_dir()
     if folder is not None:
         bases.append(("default.json", json.loads((folder / "default.json").read_text())))

@@ -47,7 +47,11 @@ viewer, microphone), links to nodes or slots that do not exist, and loops.
 Legacy group nodes (``extra.groupNodes``, type ``workflow>NAME``) are virtual like subgraph nodes: their
 inner nodes are sent as ``group:index`` with the group node's widget values; an inner input fed from outside
 takes the node at the other end of the group node's link as it is. Muting a group node does not stop its
-inner nodes; bypassing it passes its consumers an input of exactly their type.
+inner nodes; bypassing it passes its consumers an input of exactly their type. The group's widgets come from
+each inner class as the editor's extensions leave it (a LoadImage's upload button too); a primitive inside
+gives the group a widget whose value goes to the widgets it feeds; a note inside is skipped. Refused, naming
+the group node: a Reroute, a primitive that also feeds nodes outside, a value socket (``forceInput``) inside,
+or a group node inside a subgraph.
 """
 
 from __future__ import annotations
@@ -79,6 +83,10 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 
 class ConversionError(Exception):
     """What makes a graph unconvertible; ``workflow`` turns it into a WorkflowError with the file's name."""
+
+
+class _GroupRefused(ConversionError):
+    """A group node type autopod cannot build as the editor does; named with the node that uses it."""
 
 
 class _BadValue(ConversionError):
@@ -271,6 +279,7 @@ class GroupDef:
     input_map: dict[int, dict[int, int]]  # inner index -> the editor's input key -> group node input
     output_map: list[tuple[int, int]]  # group node output -> (inner index, output slot)
     widget_map: dict[str, tuple[int, str]]  # group widget -> (inner index, widget name)
+    primitive_targets: dict[int, list[tuple[int, str]]]  # inner primitive -> the (inner index, widget) it feeds
 
 
 @dataclass
@@ -372,7 +381,7 @@ class Converter:
             t = raw["type"]
             if t in self.definitions:
                 kind = "subgraph"
-            elif t.startswith("workflow>") and self.group_def(t[9:]) is not None:
+            elif t.startswith("workflow>") and self._group_def_for(graph, raw) is not None:
                 kind = "group"
             elif t == PRIMITIVE:
                 kind = "primitive"
@@ -923,6 +932,12 @@ class Converter:
             self.groups[name] = self._build_group(name, self.group_data.get(name))
         return self.groups[name]
 
+    def _group_def_for(self, graph: Graph, raw: dict[str, Any]) -> GroupDef | None:
+        try:
+            return self.group_def(raw["type"][9:])
+        except _GroupRefused as e:
+            raise self.fail(Node(graph, raw, "missing"), str(e)) from None
+
     def _build_group(self, name: str, data: Any) -> GroupDef | None:
         if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
             return None
@@ -931,18 +946,24 @@ class Converter:
             raise ConversionError(f"group node 'workflow>{name}': extra.groupNodes has a node that is not an object")
         for n in nodes:
             t = n.get("type")
-            if t in (PRIMITIVE, REROUTE):  # the editor builds these into the group its own way; not modelled here
-                raise ConversionError(f"group node 'workflow>{name}' holds a {t}; autopod does not convert that "
-                                      "kind of group node yet: convert it to a subgraph in the editor and save again")
-            if t in NOTE_TYPES or self.node_class(t) is None:
+            if t not in (PRIMITIVE, REROUTE, *NOTE_TYPES) and self.node_class(t) is None:
                 return None
+        for n in nodes:
+            t = n.get("type")
+            if t == REROUTE:  # the editor gives it a socket or widget of the group; not modelled here
+                raise _GroupRefused(f"holds a Reroute (group node '{name}'); autopod does not convert that kind of "
+                                    "group node: convert it to a subgraph in the editor and save again")
+            if isinstance(t, str) and (t.startswith("workflow>") or t in self.definitions):
+                raise _GroupRefused(f"holds a group node or subgraph node {t!r} (group node '{name}'), which the "
+                                    "editor cannot queue")
         links_to: dict[int, dict[int, list[Any]]] = {}
-        linked_from: set[tuple[int, int]] = set()
+        links_from: dict[int, dict[int, list[list[Any]]]] = {}
         for lk in data.get("links") or []:
             if not isinstance(lk, list) or len(lk) < 4 or lk[0] is None:
                 continue
             links_to.setdefault(lk[2], {})[lk[3]] = lk
-            linked_from.add((lk[0], lk[1]))
+            links_from.setdefault(lk[0], {}).setdefault(lk[1], []).append(lk)
+        linked_from = {(i, slot) for i, by_slot in links_from.items() for slot in by_slot}
         external = {(e[0], e[1]) for e in data.get("external") or [] if isinstance(e, list) and len(e) >= 2}
         config = data.get("config") if isinstance(data.get("config"), dict) else {}
         required: dict[str, Any] = {}
@@ -954,6 +975,8 @@ class Converter:
         output_map: list[tuple[int, int]] = []
         later = []
         count = 0
+        primitive_specs: dict[int, list[Any]] = {}  # a primitive's value spec, which its targets rewrite
+        primitive_targets: dict[int, list[tuple[int, str]]] = {}
 
         widget_names: dict[int, dict[str, str | None]] = {}  # inner index -> inner widget -> group widget
 
@@ -977,14 +1000,39 @@ class Converter:
                 spec = [spec[0], {**sch.options(spec), **extra}]
             return out, spec, custom
 
+        def fed_by_primitive(link: list[Any], target: int, input_name: str, specs: dict[str, Any]) -> None:
+            """A primitive inside feeding this widget: the primitive's widget on the group takes the target's
+            options and a control combo; the target gets its value at queue time."""
+            src = link[0]
+            if not (isinstance(src, int) and 0 <= src < len(nodes)) or nodes[src].get("type") != PRIMITIVE:
+                return
+            spec, group_name = primitive_specs.get(src), widget_names.get(src, {}).get("value")
+            if spec is None or group_name is None:  # the editor fails to register such a group node
+                raise _GroupRefused(f"holds a PrimitiveNode (group node '{name}') that the editor cannot build")
+            spec[1] = dict(sch.options(specs[input_name]))
+            spec[1]["control_after_generate"] = True
+            spec[1]["control_prefix"] = group_name[:max(len(group_name) - 6, 0)]  # the name less "value"
+            primitive_targets.setdefault(src, []).append((target, input_name))
+
         for i, n in enumerate(nodes):
-            schema = sch.class_schema(self.object_info, n["type"]) or {}
-            # The class as the editor's extensions leave it: a LoadImage's upload button is one of its widgets.
-            required_in, optional_in = W.editor_inputs(schema, n["type"])
-            specs = {**required_in, **optional_in}
-            cls = self.node_class(n["type"])
-            assert cls is not None
-            sockets = {s.name for s in cls.inputs if s.widget is None}
+            if n["type"] in NOTE_TYPES:  # the editor skips what it has no definition for
+                continue
+            if n["type"] == PRIMITIVE:
+                spec = self._group_primitive(name, n, links_from.get(i, {}).get(0), nodes)
+                if spec is None:  # not linked: no widget on the group
+                    continue
+                primitive_specs[i] = spec
+                specs = {"value": spec}
+                schema = {"output": [spec[0]]}
+                sockets = set()
+            else:
+                schema = sch.class_schema(self.object_info, n["type"]) or {}
+                # The class as the editor's extensions leave it: a LoadImage's upload button is one of its widgets.
+                required_in, optional_in = W.editor_inputs(schema, n["type"])
+                specs = {**required_in, **optional_in}
+                cls = self.node_class(n["type"])
+                assert cls is not None
+                sockets = {s.name for s in cls.inputs if s.widget is None}
             saved = [s for s in n.get("inputs") or [] if isinstance(s, dict)]
             converted: dict[int, str] = {}
             slots = []
@@ -992,10 +1040,10 @@ class Converter:
             for input_name, spec in specs.items():
                 if W.input_is_widget(spec):
                     if input_name in sockets:  # the editor makes it a widget of the group, its inner slots shift
-                        raise ConversionError(
-                            f"group node 'workflow>{name}': its {n['type']} node's input {input_name!r} is a socket "
-                            "for a value (forceInput), which the editor's group node misplaces; convert the group "
-                            "node to a subgraph in the editor and save again")
+                        raise _GroupRefused(
+                            f"holds a {n['type']} whose input {input_name!r} is a socket for a value (forceInput), "
+                            f"which the editor's group node '{name}' misplaces; convert the group node to a subgraph "
+                            "in the editor and save again")
                     index = next((k for k, s in enumerate(saved) if s.get("name") == input_name
                                   and _widget_name(s.get("widget")) == input_name), -1)
                     if index > -1:
@@ -1012,6 +1060,7 @@ class Converter:
             in_map = input_map.setdefault(i, {})
             for k, input_name in enumerate(slots):
                 if k in mine:
+                    fed_by_primitive(mine[k], i, input_name, specs)
                     continue
                 out, spec2, custom = named(i, n, input_name, specs[input_name])
                 if custom.get("visible") is False:
@@ -1024,6 +1073,7 @@ class Converter:
                 nonlocal count
                 for k, input_name in enumerate(converted[x] for x in sorted(converted, key=str)):
                     if len(slots) + k in mine:
+                        fed_by_primitive(mine[len(slots) + k], i, input_name, specs)
                         continue
                     out, spec2, _ = named(i, n, input_name, specs[input_name], {"defaultInput": True})
                     required[out] = spec2
@@ -1038,6 +1088,9 @@ class Converter:
                 hidden = (i, slot) in linked_from and (i, slot) not in external
                 if not custom.get("visible", not hidden):
                     continue
+                if n["type"] == PRIMITIVE:
+                    raise _GroupRefused(f"holds a PrimitiveNode that also feeds nodes outside group node '{name}'; "
+                                        "autopod does not convert that: convert it to a subgraph in the editor")
                 output_map.append((i, slot))
                 outputs.append(out_type)
                 output_names.append(str(custom.get("name") or (names[slot] if slot < len(names) else out_type)))
@@ -1047,7 +1100,27 @@ class Converter:
                  "name": f"workflow>{name}", "display_name": name}
         cls = W.node_class({entry["name"]: entry}, entry["name"])
         assert cls is not None
-        return GroupDef(name, nodes, cls, links_to, input_map, output_map, widget_map)
+        return GroupDef(name, nodes, cls, links_to, input_map, output_map, widget_map, primitive_targets)
+
+    def _group_primitive(self, name: str, n: dict[str, Any], links: list[list[Any]] | None,
+                         nodes: list[dict[str, Any]]) -> list[Any] | None:
+        """A linked primitive's value spec in a group node: the type its first link carries; for a combo, the
+        choices of the input that link feeds."""
+        if not links:
+            return None
+        kind = links[0][5] if len(links[0]) > 5 else None
+        if kind == "COMBO":
+            outs = n.get("outputs")
+            source = _widget_name(outs[0].get("widget")) if isinstance(outs, list) and outs and \
+                isinstance(outs[0], dict) else None
+            target = links[0][2]
+            t = nodes[target].get("type") if isinstance(target, int) and 0 <= target < len(nodes) else None
+            required, optional = W.editor_inputs(sch.class_schema(self.object_info, t) or {}, t or "")
+            spec = _nullish(required.get(source), optional.get(source))
+            kind = spec[0] if isinstance(spec, list) and spec else None
+        if not (isinstance(kind, list) or (isinstance(kind, str) and kind != "COMBO")):
+            raise _GroupRefused(f"holds a PrimitiveNode whose type the file does not give (group node '{name}')")
+        return [kind, {}]
 
     def _group_inner_nodes(self, node: Node) -> None:
         """The nodes a group node combines, each configured from its saved copy; ids ``group:index``."""
@@ -1055,9 +1128,11 @@ class Converter:
         assert g is not None
         graph = Graph(None)
         for i, raw in enumerate(g.nodes):
-            inner = Node(graph, {**raw, "id": i}, "comfy")
+            kind = "primitive" if raw["type"] == PRIMITIVE else "note" if raw["type"] in NOTE_TYPES else "comfy"
+            inner = Node(graph, {**raw, "id": i}, kind)  # a primitive or note inside is virtual: not sent
             graph.nodes[inner.key] = inner
-            self._configure(inner)
+            if kind == "comfy":
+                self._configure(inner)
             node.inner.append(inner)
 
     def _sync_groups(self) -> None:
@@ -1067,9 +1142,16 @@ class Converter:
             if node.group is None:
                 continue
             for name, (i, inner_name) in node.group.widget_map.items():
-                w, inner = node.widget(name), node.inner[i].widget(inner_name)
-                if w is not None and inner is not None:
-                    inner._value, inner._changed = w.value, True
+                w = node.widget(name)
+                if w is None:
+                    continue
+                if node.inner[i].kind == "primitive":  # its value goes to the widgets it feeds
+                    targets = [node.inner[t].widget(n) for t, n in node.group.primitive_targets.get(i, [])]
+                else:
+                    targets = [node.inner[i].widget(inner_name)]
+                for inner in targets:
+                    if inner is not None:
+                        inner._value, inner._changed = w.value, True
 
     def _group_input(self, dto: DTO, slot: int) -> tuple[str, Any] | None:
         """An inner node's input, as the editor's group node resolves it: a group node input gives the node
