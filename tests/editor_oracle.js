@@ -221,10 +221,12 @@
     await load(typeof loaded === "string" ? JSON.parse(loaded) : loaded);
     const base = structuredClone((await app.graphToPrompt()).workflow);
     const node = (id) => app.graph.getNodeById(id);
-    for (const subset of subsets) {
-      const what = `${label}: nodes ${subset.join(",")}`;
+    for (const subset of subsets) {  // a list of lists: several group nodes, made in turn
+      const groups = Array.isArray(subset[0]) ? subset : [subset];
+      const what = `${label}: nodes ${groups.map((s) => s.join(",")).join(" / ")}`;
       await load(base);
-      const g = await toGroupNode(subset.map(node));
+      let g = null;
+      for (const s of groups) g = await toGroupNode(s.map(node));
       if (!g) throw new Error(`no group node was made of ${what}`);
       out.push(await read("group node", what));
       const w = valueWidgets(g).find((x) => otherValue(x) !== undefined);
