@@ -331,8 +331,8 @@ def test_settings_and_a_workflow_saved_in_the_editor_are_kept(page):
 # (base graph, groups of node ids): a chain's two ends, a node with its inputs' sources, a whole branch.
 # [8, 3] takes the note in too; [[1, 3], [4, 6]] makes two group nodes, the first feeding the second. A primitive
 # node (9) feeding node 3's blur_radius (untitled, then titled) goes into the group with its target.
-GROUP_SUBSETS = {"model-free": [[3, 4], [1, 3, 4], [2, 5], [8, 3], [[1, 3], [4, 6]]], "default.json": [[3, 4], [6, 7], [4, 3, 8]],
-                 "primitive": [[9, 3, 4]], "titled primitive": [[9, 3]]}
+GROUP_SUBSETS = {"model-free": [[3, 4], [1, 3, 4], [2, 5], [8, 3], [[1, 3], [4, 6]]],
+                 "default.json": [[3, 4], [6, 7], [4, 3, 8]], "primitive": [[9, 3, 4]], "titled primitive": [[9, 3]]}
 GROUP_KINDS = ("group node", "group node widget", "muted group node", "bypassed group node")
 
 
