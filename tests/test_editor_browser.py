@@ -303,30 +303,6 @@ def test_a_graph_queued_from_the_editor_runs_on_the_simulated_pod(page, tmp_path
         shutil.copy(shot, Path(os.environ["AUTOPOD_SCREENSHOTS"]) / shot.name)
 
 
-def test_settings_and_a_workflow_saved_in_the_editor_are_kept(page):
-    """What the editor writes (a setting, Save with a name typed into its dialog) lands in the pod's ComfyUI folder,
-    and the editor lists the saved workflow from there."""
-    from selenium.webdriver.common.keys import Keys
-
-    s, d = page.standin, page.driver
-    user = s.root / "user" / "default"
-    run_async(d, "await app.extensionManager.setting.set('Comfy.Sidebar.Location', 'right');")
-    assert json.loads((user / "comfy.settings.json").read_text())["Comfy.Sidebar.Location"] == "right"
-    run_async(d, "await window.autopodOracle.load(JSON.parse(await window.autopodOracle.modelFree()));")
-    d.execute_script("app.extensionManager.command.execute('Comfy.SaveWorkflow')")  # Ctrl+S
-    box = wait_for(d, "document.querySelector('.p-dialog input')", what="the dialog asking for a name")
-    box.send_keys(Keys.CONTROL, "a")
-    box.send_keys("saved in the editor", Keys.ENTER)
-    saved = user / "workflows" / "saved in the editor.json"
-    wait_until(saved.exists, what="the saved workflow in the pod's folder")
-    wf = json.loads(saved.read_text())
-    assert {n["type"] for n in wf["nodes"]} >= {"EmptyImage", "SaveImage", "Note"}
-    listed = run_async(d, "await app.extensionManager.workflow.syncWorkflows();"
-                          "return app.extensionManager.workflow.persistedWorkflows.map(w => w.path);")
-    assert "workflows/saved in the editor.json" in listed
-    assert d.execute_script("return document.querySelectorAll('.p-toast-message-error').length") == 0
-
-
 # -- the conversion oracle: legacy group nodes ------------------------------------------------------------
 # (base graph, groups of node ids): a chain's two ends, a node with its inputs' sources, a whole branch.
 # [8, 3] takes the note in too; [[1, 3], [4, 6]] makes two group nodes, the first feeding the second. A primitive
@@ -371,3 +347,28 @@ def test_group_nodes_convert_as_the_live_editor(page, group_nodes, kind):
         if isinstance(got, str) or _diff(got, v["output"], titles=True) or _diff(got, v["output"]):
             wrong.append(f"{v['label']}: {got if isinstance(got, str) else _diff(got, v['output'])[:3]}")
     assert wrong == [], f"{len(mine) - len(wrong)}/{len(mine)} {kind}s match the editor"
+
+
+# Last: after the editor saves a workflow under a name, loading another graph the oracle's way no longer works.
+def test_settings_and_a_workflow_saved_in_the_editor_are_kept(page):
+    """What the editor writes (a setting, Save with a name typed into its dialog) lands in the pod's ComfyUI folder,
+    and the editor lists the saved workflow from there."""
+    from selenium.webdriver.common.keys import Keys
+
+    s, d = page.standin, page.driver
+    user = s.root / "user" / "default"
+    run_async(d, "await app.extensionManager.setting.set('Comfy.Sidebar.Location', 'right');")
+    assert json.loads((user / "comfy.settings.json").read_text())["Comfy.Sidebar.Location"] == "right"
+    run_async(d, "await window.autopodOracle.load(JSON.parse(await window.autopodOracle.modelFree()));")
+    d.execute_script("app.extensionManager.command.execute('Comfy.SaveWorkflow')")  # Ctrl+S
+    box = wait_for(d, "document.querySelector('.p-dialog input')", what="the dialog asking for a name")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("saved in the editor", Keys.ENTER)
+    saved = user / "workflows" / "saved in the editor.json"
+    wait_until(saved.exists, what="the saved workflow in the pod's folder")
+    wf = json.loads(saved.read_text())
+    assert {n["type"] for n in wf["nodes"]} >= {"EmptyImage", "SaveImage", "Note"}
+    listed = run_async(d, "await app.extensionManager.workflow.syncWorkflows();"
+                          "return app.extensionManager.workflow.persistedWorkflows.map(w => w.path);")
+    assert "workflows/saved in the editor.json" in listed
+    assert d.execute_script("return document.querySelectorAll('.p-toast-message-error').length") == 0
