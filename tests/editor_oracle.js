@@ -177,6 +177,71 @@
     return out;
   }
 
+
+  // Legacy group nodes, made with the editor's own command (Convert selected nodes to group node): its name
+  // dialog is answered as a person would. Then a widget value on the group node, and the group node muted and
+  // bypassed. The group's definition is saved in the file (extra.groupNodes).
+  let groupCount = 0;
+  async function toGroupNode(nodes) {
+    app.canvas.deselectAll();
+    for (const n of nodes) app.canvas.select(n);
+    const done = app.extensionManager.command.execute("Comfy.GroupNode.ConvertSelectedNodesToGroupNode");
+    const name = `Group ${++groupCount}`;
+    let input = null;
+    for (let i = 0; i < 200 && !input; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      input = document.querySelector(".p-dialog input");
+    }
+    if (!input) throw new Error("the group node's name dialog did not open");
+    input.value = name;
+    input.dispatchEvent(new Event("input", {bubbles: true}));
+    input.dispatchEvent(new KeyboardEvent("keyup", {key: "Enter", bubbles: true}));
+    input.dispatchEvent(new KeyboardEvent("keydown", {key: "Enter", bubbles: true}));
+    await done;
+    return app.graph.nodes.find((n) => n.type === `workflow>${name}`);
+  }
+
+  // A PrimitiveNode (titled when `title` is given) feeding widget `name` of node `id`, its value changed: a base
+  // graph for group nodes that hold one.
+  async function withPrimitive(loaded, id, name, title) {
+    await load(typeof loaded === "string" ? JSON.parse(loaded) : loaded);
+    const target = app.graph.getNodeById(id);
+    const prim = LiteGraph.createNode("PrimitiveNode");
+    prim.pos = [target.pos[0] - 250, target.pos[1] + 150];
+    app.graph.add(prim);
+    prim.connect(0, target, target.inputs.findIndex((i) => i.widget?.name === name));
+    if (title) prim.title = title;
+    const pw = prim.widgets.find((w) => w.name === "value");
+    pw.value = otherValue(pw);
+    return JSON.stringify((await app.graphToPrompt()).workflow);
+  }
+
+  async function groupNodes(loaded, label, subsets) {
+    const out = [];
+    await load(typeof loaded === "string" ? JSON.parse(loaded) : loaded);
+    const base = structuredClone((await app.graphToPrompt()).workflow);
+    const node = (id) => app.graph.getNodeById(id);
+    for (const subset of subsets) {  // a list of lists: several group nodes, made in turn
+      const groups = Array.isArray(subset[0]) ? subset : [subset];
+      const what = `${label}: nodes ${groups.map((s) => s.join(",")).join(" / ")}`;
+      await load(base);
+      let g = null;
+      for (const s of groups) g = await toGroupNode(s.map(node));
+      if (!g) throw new Error(`no group node was made of ${what}`);
+      out.push(await read("group node", what));
+      const w = valueWidgets(g).find((x) => otherValue(x) !== undefined);
+      if (w) {
+        w.value = otherValue(w);
+        out.push(await read("group node widget", `${what}: ${w.name}`));
+      }
+      for (const mode of [2, 4]) {
+        g.mode = mode;
+        out.push(await read(mode === 4 ? "bypassed group node" : "muted group node", what));
+      }
+    }
+    return out;
+  }
+
   async function templates(named) {
     const out = {};
     for (const [name, wf] of Object.entries(named)) {
@@ -190,5 +255,5 @@
     return out;
   }
 
-  window.autopodOracle = {load, read, modelFree, variations, templates};
+  window.autopodOracle = {load, read, modelFree, variations, templates, groupNodes, withPrimitive};
 })();

@@ -358,15 +358,10 @@ def test_a_subgraph_without_what_its_node_is_linked_from_is_refused(oi):
     assert "is a subgraph whose definition is not in the file" in _error(data, oi)
 
 
-def test_a_group_node_is_refused(oi):
+def test_a_group_node_whose_type_the_file_does_not_define_is_a_missing_class(oi):
     data = ui("image_pipeline")
     node(data, 9)["type"] = "workflow>Blur and preview"
-    assert "group node" in _error(data, oi)
-    data = ui("image_pipeline")
-    data["extra"]["groupNodes"] = {"BlurPreview": {"nodes": []}}
-    node(data, 9)["type"] = "BlurPreview"
-    msg = _error(data, oi)
-    assert "node 9 (BlurPreview)" in msg and "group node" in msg
+    assert "the server has no node class 'workflow>Blur and preview'" in _error(data, oi)
 
 
 def test_editor_drawn_widgets_are_refused(oi):

@@ -42,8 +42,16 @@ resolves it. In order:
 
 Refused, naming the node: a class the server lacks (unless the node is muted or
 bypassed), a live node whose widgets the editor fills itself at queue time (webcam, 3D
-viewer, microphone), a legacy group node, links to nodes or slots that do not exist, and
-loops.
+viewer, microphone), links to nodes or slots that do not exist, and loops.
+
+Legacy group nodes (``extra.groupNodes``, type ``workflow>NAME``) are virtual like subgraph nodes: their
+inner nodes are sent as ``group:index`` with the group node's widget values; an inner input fed from outside
+takes the node at the other end of the group node's link as it is. Muting a group node does not stop its
+inner nodes; bypassing it passes its consumers an input of exactly their type. The group's widgets come from
+each inner class as the editor's extensions leave it (a LoadImage's upload button too); a primitive inside
+gives the group a widget whose value goes to the widgets it feeds; a note inside is skipped. Refused, naming
+the group node: a Reroute, a primitive that also feeds nodes outside, a value socket (``forceInput``) inside,
+or a group node inside a subgraph.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import schema as sch
 from . import widgets as W
 from .widgets import UNDEFINED, NodeClass, WidgetDef
 
@@ -74,6 +83,10 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 
 class ConversionError(Exception):
     """What makes a graph unconvertible; ``workflow`` turns it into a WorkflowError with the file's name."""
+
+
+class _GroupRefused(ConversionError):
+    """A group node type autopod cannot build as the editor does; named with the node that uses it."""
 
 
 class _BadValue(ConversionError):
@@ -188,6 +201,8 @@ class Node:
         self.mode = 0 if mode is None else mode
         self.cls: NodeClass | None = None
         self.definition: "Definition | None" = None
+        self.group: "GroupDef | None" = None
+        self.inner: list[Node] = []  # a group node's copies of the nodes it combines
         self.inputs: list[Slot] = []
         self.outputs: list[Output] = []
         self.widgets: list[Widget] | None = None
@@ -197,7 +212,7 @@ class Node:
 
     @property
     def virtual(self) -> bool:
-        return self.kind in ("primitive", "reroute", "note", "subgraph")
+        return self.kind in ("primitive", "reroute", "note", "subgraph", "group")
 
     def widget(self, name: Any) -> Widget | None:
         return next((w for w in self.widgets or [] if w.name == name), None)
@@ -252,6 +267,22 @@ class Definition:
 
 
 @dataclass
+class GroupDef:
+    """A legacy group node's type, as the editor registers it from ``extra.groupNodes``: the inner nodes
+    (by index), where each unlinked inner input and each output went on the group node, and which inner
+    widget each of its widgets stands for."""
+
+    name: str
+    nodes: list[dict[str, Any]]
+    cls: NodeClass
+    links_to: dict[int, dict[int, list[Any]]]  # inner index -> input slot -> [from, from_slot, to, to_slot, ...]
+    input_map: dict[int, dict[int, int]]  # inner index -> the editor's input key -> group node input
+    output_map: list[tuple[int, int]]  # group node output -> (inner index, output slot)
+    widget_map: dict[str, tuple[int, str]]  # group widget -> (inner index, widget name)
+    primitive_targets: dict[int, list[tuple[int, str]]]  # inner primitive -> the (inner index, widget) it feeds
+
+
+@dataclass
 class DTO:
     """A node of the flattened graph: the node, its path of subgraph node ids, the subgraph node it is in."""
 
@@ -277,7 +308,8 @@ class Converter:
         self.notes: dict[int, tuple[Node, list[str]]] = {}
         extra = data.get("extra")
         groups = extra.get("groupNodes") if isinstance(extra, dict) else None
-        self.group_names = set(groups) if isinstance(groups, dict) else set()
+        self.group_data: dict[str, Any] = groups if isinstance(groups, dict) else {}
+        self.groups: dict[str, GroupDef | None] = {}
         defs = data.get("definitions")
         raw_defs = defs.get("subgraphs") if isinstance(defs, dict) else None
         self.definitions: dict[str, Definition] = {}
@@ -344,9 +376,13 @@ class Converter:
             raw = dict(raw)
             if raw["type"] in RENAMED:
                 raw["type"] = RENAMED[raw["type"]]
+            if self.group_data and raw["type"].startswith("workflow/"):  # the editor's older separator
+                raw["type"] = "workflow>" + raw["type"][9:]
             t = raw["type"]
             if t in self.definitions:
                 kind = "subgraph"
+            elif t.startswith("workflow>") and self._group_def_for(graph, raw) is not None:
+                kind = "group"
             elif t == PRIMITIVE:
                 kind = "primitive"
             elif t == REROUTE:
@@ -392,9 +428,6 @@ class Converter:
     def _configure(self, node: Node) -> None:
         data = node.data
         t = node.type
-        if t.startswith(("workflow>", "workflow/")) or t in self.group_names:
-            raise self.fail(node, "is a group node (the editor's older way to combine nodes); convert it to a "
-                                  "subgraph in the editor (right-click it, Convert to Subgraph) and save again")
         saved_in = [s for s in data.get("inputs") or []] if isinstance(data.get("inputs"), list) else None
         if data.get("inputs") is not None and saved_in is None:
             raise self.fail(node, "'inputs' is not a list")
@@ -405,10 +438,13 @@ class Converter:
         saved_out = [s for s in data.get("outputs") or [] if isinstance(s, dict)] \
             if isinstance(data.get("outputs"), list) else []
         title = data.get("title")
-        if node.kind == "comfy":
-            node.cls = self.node_class(t)
+        if node.kind in ("comfy", "group"):
+            node.group = self.group_def(t[9:]) if node.kind == "group" else None
+            node.cls = node.group.cls if node.group is not None else self.node_class(t)
             self._configure_comfy(node, saved_in, saved_out)
             node.title = title if W.js_truthy(title) and isinstance(title, str) else node.cls.title  # type: ignore
+            if node.group is not None:
+                self._group_inner_nodes(node)
         elif node.kind == "subgraph":
             d = self.definitions[t]
             node.definition = d
@@ -775,6 +811,11 @@ class Converter:
                     raise self.fail(node, "contains itself (a subgraph inside its own definition)", dto)
                 for inner in _in_order(node.definition.graph):
                     add(inner, (*path, node.key), node, (*visiting, id(node)))
+            for inner in node.inner:
+                if path:
+                    raise self.fail(node, "the editor cannot queue a group node inside a subgraph (convert the group "
+                                          "node to a subgraph instead)", dto)
+                add(inner, (*path, node.key), node, visiting)
             self.dtos[dto.id] = dto
             order.append(dto)
 
@@ -793,6 +834,8 @@ class Converter:
         if not 0 <= slot < len(dto.inputs):
             raise self.fail(node, f"has no input slot {slot}", dto)
         inp = dto.inputs[slot]
+        if dto.instance is not None and dto.instance.group is not None:
+            return self._group_input(dto, slot)
         if inp.link is None:
             return None
         link = node.graph.link(inp.link)
@@ -826,6 +869,8 @@ class Converter:
         if key in visited:
             raise self.fail(node, f"output {slot}: the links form a loop", dto)
         visited.add(key)
+        if node.group is not None:
+            return self._group_output(dto, slot, want, visited)
         if node.mode == BYPASSED:
             index = self._bypass_index(dto, slot, want)
             if index < 0:
@@ -878,11 +923,270 @@ class Converter:
         return self.resolve_output(self.dtos[":".join((*dto.path, node.key, inner.key))], link.origin_slot, want,
                                    visited)
 
+
+    # -- legacy group nodes
+    def group_def(self, name: str) -> GroupDef | None:
+        """The group node type ``name`` (None when the file does not define it, or a node inside is one the
+        server lacks: the editor then leaves the type unregistered, a missing node)."""
+        if name not in self.groups:
+            self.groups[name] = self._build_group(name, self.group_data.get(name))
+        return self.groups[name]
+
+    def _group_def_for(self, graph: Graph, raw: dict[str, Any]) -> GroupDef | None:
+        try:
+            return self.group_def(raw["type"][9:])
+        except _GroupRefused as e:
+            raise self.fail(Node(graph, raw, "missing"), str(e)) from None
+
+    def _build_group(self, name: str, data: Any) -> GroupDef | None:
+        if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+            return None
+        nodes = [n for n in data["nodes"] if isinstance(n, dict)]
+        if len(nodes) != len(data["nodes"]):
+            raise ConversionError(f"group node 'workflow>{name}': extra.groupNodes has a node that is not an object")
+        for n in nodes:
+            t = n.get("type")
+            if t not in (PRIMITIVE, REROUTE, *NOTE_TYPES) and self.node_class(t) is None:
+                return None
+        for n in nodes:
+            t = n.get("type")
+            if t == REROUTE:  # the editor gives it a socket or widget of the group; not modelled here
+                raise _GroupRefused(f"holds a Reroute (group node '{name}'); autopod does not convert that kind of "
+                                    "group node: convert it to a subgraph in the editor and save again")
+            if isinstance(t, str) and (t.startswith("workflow>") or t in self.definitions):
+                raise _GroupRefused(f"holds a group node or subgraph node {t!r} (group node '{name}'), which the "
+                                    "editor cannot queue")
+        links_to: dict[int, dict[int, list[Any]]] = {}
+        links_from: dict[int, dict[int, list[list[Any]]]] = {}
+        for lk in data.get("links") or []:
+            if not isinstance(lk, list) or len(lk) < 4 or lk[0] is None:
+                continue
+            links_to.setdefault(lk[2], {})[lk[3]] = lk
+            links_from.setdefault(lk[0], {}).setdefault(lk[1], []).append(lk)
+        linked_from = {(i, slot) for i, by_slot in links_from.items() for slot in by_slot}
+        external = {(e[0], e[1]) for e in data.get("external") or [] if isinstance(e, list) and len(e) >= 2}
+        config = data.get("config") if isinstance(data.get("config"), dict) else {}
+        required: dict[str, Any] = {}
+        seen: dict[str, int] = {}
+        input_map: dict[int, dict[int, int]] = {}
+        widget_map: dict[str, tuple[int, str]] = {}
+        outputs: list[Any] = []
+        output_names: list[str] = []
+        output_map: list[tuple[int, int]] = []
+        later = []
+        count = 0
+        primitive_specs: dict[int, list[Any]] = {}  # a primitive's value spec, which its targets rewrite
+        primitive_targets: dict[int, list[tuple[int, str]]] = {}
+
+        widget_names: dict[int, dict[str, str | None]] = {}  # inner index -> inner widget -> group widget
+
+        def named(i: int, n: dict[str, Any], input_name: str, spec: Any, extra: dict[str, Any] | None = None):
+            custom = ((config.get(str(i)) or {}).get("input") or {}).get(input_name) or {}
+            saved = next((s for s in n.get("inputs") or [] if isinstance(s, dict) and s.get("name") == input_name), {})
+            key = out = _nullish(custom.get("name"), saved.get("label"), input_name)
+            prefix = ""
+            if out in seen:
+                prefix = f"{_nullish(n.get('title'), n['type'])} "
+                key = out = prefix + input_name
+                if out in seen:
+                    out = f"{prefix}{seen[out]} {input_name}"
+            seen[key] = seen.get(key, 1) + 1
+            if input_name in ("seed", "noise_seed"):
+                extra = {**(extra or {}), "control_after_generate": f"{prefix}control_after_generate"}
+            if isinstance(spec, list) and spec and spec[0] == "IMAGEUPLOAD":  # the file widget it reads through
+                target = sch.options(spec).get("widget", "image")
+                extra = {**(extra or {}), "widget": widget_names.get(i, {}).get(target) or "image"}
+            if extra and isinstance(spec, list) and spec:
+                spec = [spec[0], {**sch.options(spec), **extra}]
+            return out, spec, custom
+
+        def fed_by_primitive(link: list[Any], target: int, input_name: str, specs: dict[str, Any]) -> None:
+            """A primitive inside feeding this widget: the primitive's widget on the group takes the target's
+            options and a control combo; the target gets its value at queue time."""
+            src = link[0]
+            if not (isinstance(src, int) and 0 <= src < len(nodes)) or nodes[src].get("type") != PRIMITIVE:
+                return
+            spec, group_name = primitive_specs.get(src), widget_names.get(src, {}).get("value")
+            if spec is None or group_name is None:  # the editor fails to register such a group node
+                raise _GroupRefused(f"holds a PrimitiveNode (group node '{name}') that the editor cannot build")
+            spec[1] = dict(sch.options(specs[input_name]))
+            spec[1]["control_after_generate"] = True
+            spec[1]["control_prefix"] = group_name[:max(len(group_name) - 6, 0)]  # the name less "value"
+            primitive_targets.setdefault(src, []).append((target, input_name))
+
+        for i, n in enumerate(nodes):
+            if n["type"] in NOTE_TYPES:  # the editor skips what it has no definition for
+                continue
+            if n["type"] == PRIMITIVE:
+                spec = self._group_primitive(name, n, links_from.get(i, {}).get(0), nodes)
+                if spec is None:  # not linked: no widget on the group
+                    continue
+                primitive_specs[i] = spec
+                specs = {"value": spec}
+                schema = {"output": [spec[0]]}
+                sockets = set()
+            else:
+                schema = sch.class_schema(self.object_info, n["type"]) or {}
+                # The class as the editor's extensions leave it: a LoadImage's upload button is one of its widgets.
+                required_in, optional_in = W.editor_inputs(schema, n["type"])
+                specs = {**required_in, **optional_in}
+                cls = self.node_class(n["type"])
+                assert cls is not None
+                sockets = {s.name for s in cls.inputs if s.widget is None}
+            saved = [s for s in n.get("inputs") or [] if isinstance(s, dict)]
+            converted: dict[int, str] = {}
+            slots = []
+            names_here = widget_names.setdefault(i, {})
+            for input_name, spec in specs.items():
+                if W.input_is_widget(spec):
+                    if input_name in sockets:  # the editor makes it a widget of the group, its inner slots shift
+                        raise _GroupRefused(
+                            f"holds a {n['type']} whose input {input_name!r} is a socket for a value (forceInput), "
+                            f"which the editor's group node '{name}' misplaces; convert the group node to a subgraph "
+                            "in the editor and save again")
+                    index = next((k for k, s in enumerate(saved) if s.get("name") == input_name
+                                  and _widget_name(s.get("widget")) == input_name), -1)
+                    if index > -1:
+                        converted[index] = input_name
+                        names_here[input_name] = None
+                    else:
+                        out, spec2, _ = named(i, n, input_name, spec)
+                        required[out] = spec2
+                        widget_map[out] = (i, input_name)
+                        names_here[input_name] = out
+                else:
+                    slots.append(input_name)
+            mine = links_to.get(i, {})
+            in_map = input_map.setdefault(i, {})
+            for k, input_name in enumerate(slots):
+                if k in mine:
+                    fed_by_primitive(mine[k], i, input_name, specs)
+                    continue
+                out, spec2, custom = named(i, n, input_name, specs[input_name])
+                if custom.get("visible") is False:
+                    continue
+                required[out] = spec2
+                in_map[k] = count
+                count += 1
+
+            def convert(i=i, n=n, slots=slots, converted=converted, mine=mine, in_map=in_map, specs=specs):
+                nonlocal count
+                for k, input_name in enumerate(converted[x] for x in sorted(converted, key=str)):
+                    if len(slots) + k in mine:
+                        fed_by_primitive(mine[len(slots) + k], i, input_name, specs)
+                        continue
+                    out, spec2, _ = named(i, n, input_name, specs[input_name], {"defaultInput": True})
+                    required[out] = spec2
+                    widget_map[out] = (i, input_name)
+                    widget_names[i][input_name] = out
+                    in_map[len(slots) + k] = count
+                    count += 1
+            later.append(convert)
+            names = schema.get("output_name") if isinstance(schema.get("output_name"), list) else []
+            for slot, out_type in enumerate(schema.get("output") or []):
+                custom = ((config.get(str(i)) or {}).get("output") or {}).get(str(slot)) or {}
+                hidden = (i, slot) in linked_from and (i, slot) not in external
+                if not custom.get("visible", not hidden):
+                    continue
+                if n["type"] == PRIMITIVE:
+                    raise _GroupRefused(f"holds a PrimitiveNode that also feeds nodes outside group node '{name}'; "
+                                        "autopod does not convert that: convert it to a subgraph in the editor")
+                output_map.append((i, slot))
+                outputs.append(out_type)
+                output_names.append(str(custom.get("name") or (names[slot] if slot < len(names) else out_type)))
+        for convert in later:
+            convert()
+        entry = {"input": {"required": required}, "output": outputs, "output_name": output_names,
+                 "name": f"workflow>{name}", "display_name": name}
+        cls = W.node_class({entry["name"]: entry}, entry["name"])
+        assert cls is not None
+        return GroupDef(name, nodes, cls, links_to, input_map, output_map, widget_map, primitive_targets)
+
+    def _group_primitive(self, name: str, n: dict[str, Any], links: list[list[Any]] | None,
+                         nodes: list[dict[str, Any]]) -> list[Any] | None:
+        """A linked primitive's value spec in a group node: the type its first link carries; for a combo, the
+        choices of the input that link feeds."""
+        if not links:
+            return None
+        kind = links[0][5] if len(links[0]) > 5 else None
+        if kind == "COMBO":
+            outs = n.get("outputs")
+            source = _widget_name(outs[0].get("widget")) if isinstance(outs, list) and outs and \
+                isinstance(outs[0], dict) else None
+            target = links[0][2]
+            t = nodes[target].get("type") if isinstance(target, int) and 0 <= target < len(nodes) else None
+            required, optional = W.editor_inputs(sch.class_schema(self.object_info, t) or {}, t or "")
+            spec = _nullish(required.get(source), optional.get(source))
+            kind = spec[0] if isinstance(spec, list) and spec else None
+        if not (isinstance(kind, list) or (isinstance(kind, str) and kind != "COMBO")):
+            raise _GroupRefused(f"holds a PrimitiveNode whose type the file does not give (group node '{name}')")
+        return [kind, {}]
+
+    def _group_inner_nodes(self, node: Node) -> None:
+        """The nodes a group node combines, each configured from its saved copy; ids ``group:index``."""
+        g = node.group
+        assert g is not None
+        graph = Graph(None)
+        for i, raw in enumerate(g.nodes):
+            kind = "primitive" if raw["type"] == PRIMITIVE else "note" if raw["type"] in NOTE_TYPES else "comfy"
+            inner = Node(graph, {**raw, "id": i}, kind)  # a primitive or note inside is virtual: not sent
+            graph.nodes[inner.key] = inner
+            if kind == "comfy":
+                self._configure(inner)
+            node.inner.append(inner)
+
+    def _sync_groups(self) -> None:
+        """Before it builds the prompt the editor copies each group node's widget values into the inner widgets
+        they stand for."""
+        for node in self.root.nodes.values():
+            if node.group is None:
+                continue
+            for name, (i, inner_name) in node.group.widget_map.items():
+                w = node.widget(name)
+                if w is None:
+                    continue
+                if node.inner[i].kind == "primitive":  # its value goes to the widgets it feeds
+                    targets = [node.inner[t].widget(n) for t, n in node.group.primitive_targets.get(i, [])]
+                else:
+                    targets = [node.inner[i].widget(inner_name)]
+                for inner in targets:
+                    if inner is not None:
+                        inner._value, inner._changed = w.value, True
+
+    def _group_input(self, dto: DTO, slot: int) -> tuple[str, Any] | None:
+        """An inner node's input, as the editor's group node resolves it: a group node input gives the node
+        at the other end of its link as it is (no reroute or bypass followed), an inner link the inner node."""
+        g, group, i = dto.instance.group, dto.instance, int(dto.node.key)  # type: ignore[union-attr]
+        assert g is not None and group is not None
+        ext = g.input_map.get(i, {}).get(slot)
+        if ext is not None:
+            link = self.root.link(group.inputs[ext].link) if ext < len(group.inputs) else None
+            return None if link is None else ("link", [str(link.origin_id), link.origin_slot])
+        lk = g.links_to.get(i, {}).get(slot)
+        if lk is None or not 0 <= lk[0] < len(g.nodes) or g.nodes[lk[0]].get("type") == PRIMITIVE:
+            return None
+        return "link", [f"{group.key}:{lk[0]}", lk[1]]
+
+    def _group_output(self, dto: DTO, slot: int, want: Any, visited: set[Any]) -> tuple[str, Any] | None:
+        node = dto.node
+        g = node.group
+        assert g is not None
+        if node.mode == BYPASSED:  # the first input, from the output's own slot on, of exactly the wanted type
+            for index in [slot, *range(len(dto.inputs))]:
+                if 0 <= index < len(dto.inputs) and dto.inputs[index].type == want:
+                    return self.resolve_input(dto, index, visited)
+            return None
+        if not 0 <= slot < len(g.output_map):
+            raise self.fail(node, f"is linked from its output {slot}, which group node '{g.name}' does not have", dto)
+        i, inner_slot = g.output_map[slot]
+        return "link", [f"{dto.id}:{i}", inner_slot]
+
     # -- 5. the prompt
     def prompt(self) -> Result:
         self.load()
         self._each_node(self.root, lambda n: self._apply_primitive(n) if n.kind == "primitive" else None, set())
         self._sync_promoted()
+        self._sync_groups()
         order = self.flatten()
         prompt: dict[str, dict[str, Any]] = {}
         paths: dict[str, str] = {}
@@ -1036,6 +1340,11 @@ def _overlay_outputs(base: list[Output], saved: list[dict[str, Any]]) -> list[Ou
         else:
             out.append(o)
     return out
+
+
+def _nullish(*values: Any) -> Any:
+    """JavaScript's ``a ?? b ?? c``: the first value that is not null or undefined."""
+    return next((v for v in values if v is not None), values[-1])
 
 
 def _widget_name(locator: Any) -> str | None:

@@ -184,10 +184,9 @@ def editor_title(schema: dict[str, Any] | None, class_type: str) -> str:
     return sch.display_name(schema, class_type)
 
 
-def _editor_specs(schema: dict[str, Any], class_type: str) -> dict[str, dict[str, Any]]:
-    """Every input (required, then optional) as the editor's extensions leave the definition:
-    name -> options with ``name``, ``type`` (COMBO for both combo styles), ``isOptional`` and,
-    for a combo, ``options`` (its choices)."""
+def editor_inputs(schema: dict[str, Any], class_type: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The class's required and optional inputs (server-style specs, in order) as the editor's extensions
+    leave its definition: with the upload button, audio player or 3D viewer they add."""
     inputs = schema.get("input") if isinstance(schema.get("input"), dict) else {}
     required = dict(inputs.get("required") or {}) if isinstance(inputs.get("required"), dict) else {}
     optional = dict(inputs.get("optional") or {}) if isinstance(inputs.get("optional"), dict) else {}
@@ -204,6 +203,21 @@ def _editor_specs(schema: dict[str, Any], class_type: str) -> dict[str, dict[str
         required["image"] = ["PREVIEW_3D"]
     if class_type == "Preview3DAnimation":
         required["image"] = ["PREVIEW_3D_ANIMATION"]
+    return required, optional
+
+
+def input_is_widget(spec: Any) -> bool:
+    """Whether the editor has a widget for an input of this spec (``forceInput`` aside)."""
+    if not isinstance(spec, (list, tuple)) or not spec:
+        return False
+    return isinstance(spec[0], list) or (isinstance(spec[0], str) and spec[0] in WIDGET_TYPES)
+
+
+def _editor_specs(schema: dict[str, Any], class_type: str) -> dict[str, dict[str, Any]]:
+    """Every input (required, then optional) as the editor's extensions leave the definition:
+    name -> options with ``name``, ``type`` (COMBO for both combo styles), ``isOptional`` and,
+    for a combo, ``options`` (its choices)."""
+    required, optional = editor_inputs(schema, class_type)
     specs: dict[str, dict[str, Any]] = {}
     for section, entries in (("required", required), ("optional", optional)):
         for name, spec in entries.items():

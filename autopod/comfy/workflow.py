@@ -12,8 +12,9 @@ A workflow file comes in one of two formats:
 A PNG that ComfyUI saved loads as the prompt embedded in it (else its workflow).
 
 What the editor cannot queue either, or what only the editor itself can fill in, is a
-:class:`WorkflowError` naming the node: classes the server does not have, legacy group
-nodes, widgets the editor fills at queue time (webcam, 3D viewer), broken links, loops.
+:class:`WorkflowError` naming the node: classes the server does not have,
+widgets the editor fills at queue time (webcam, 3D viewer), broken links, loops. Legacy group
+nodes (``extra.groupNodes``) convert as the editor converts them.
 """
 
 from __future__ import annotations
