@@ -63,7 +63,9 @@ from .comfyui import images as im
 from .comfyui.engine import Engine
 from .comfyui.folders import Folders
 from .comfyui.hub import Hub
+from .comfyui.models import ModelFolders
 from .comfyui.nodes import REAL_NODES, SIM_NODES
+from ..models.folders import LOADER_INPUTS
 from .comfyui.wsproto import ServerWebSocket, accept_key, handshake_problem
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "comfyui"
@@ -96,7 +98,8 @@ class ComfyUIStandin:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, ready_after: float = 0.0,
                  data_dir: Path | None = None, state: str = "idle", root: Path | str | None = None,
-                 sim_nodes: bool = False, ws_drop_after: int = 0, faults_file: Path | str | None = None):
+                 sim_nodes: bool = False, ws_drop_after: int = 0, faults_file: Path | str | None = None,
+                 models_dir: Path | str | None = None):
         if state not in ("idle", "busy"):
             raise ValueError(f"state must be 'idle' or 'busy', not {state!r}")
         if host not in ("127.0.0.1", "localhost"):
@@ -109,6 +112,8 @@ class ComfyUIStandin:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="comfyui-standin-")) if root is None else Path(root)
         self.folders = Folders(self.root)
+        # Model files: under root/models, or where the pod keeps them (a simulated network volume).
+        self.models = ModelFolders(Path(models_dir) if models_dir else self.root / "models", self.root)
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._stopped = threading.Event()
@@ -145,12 +150,12 @@ class ComfyUIStandin:
         if class_type == "LoadImage" and info is not None:
             info = {**info, "input": {**info["input"], "required": {
                 **info["input"]["required"], "image": [self.folders.input_images(), {"image_upload": True}]}}}
-        return info
+        return self.models.fill(class_type, info)
 
     def full_object_info(self) -> dict[str, Any]:
         out = dict(self.object_info)
-        if "LoadImage" in out:
-            out["LoadImage"] = self.node_info("LoadImage")
+        for name in {"LoadImage", *(cls for cls, _ in LOADER_INPUTS)} & set(out):
+            out[name] = self.node_info(name)
         return out
 
     # queue and history, as attributes (tests and the busy replay set them)
@@ -477,10 +482,15 @@ class _Handler(BaseHTTPRequestHandler):
         if path in ("/embeddings", "/extensions", "/features", "/models"):
             return self._send(200, s.static[path[1:]])
         if path.startswith("/models/"):
-            folder = unquote(path[len("/models/"):])
-            if folder in s.static["models"]:
-                return self._send(200, [])  # no model files on the stand-in
-            return self._empty(404)
+            names = s.models.filenames(unquote(path[len("/models/"):]))
+            return self._empty(404) if names is None else self._send(200, names)
+        if path == "/experiment/models":
+            return self._send(200, s.models.experiment())
+        if path.startswith("/experiment/models/"):
+            items = s.models.items(unquote(path[len("/experiment/models/"):]))
+            return self._empty(404) if items is None else self._send(200, items)
+        if path == "/internal/folder_paths":
+            return self._send(200, s.models.paths())
         if path == "/view":
             return self._view(s, query)
         if path == "/free":  # POST-only route: aiohttp answers 404 octet-stream
