@@ -559,7 +559,8 @@ def probe(url, tokens, timeout=30.0, endpoints=None):
         attempt += 1
         ans = fetch(target, token, tok_origin, method="HEAD", timeout=timeout)
         try:
-            if ans.status in (405, 501):  # no HEAD here: ask for one byte instead
+            if ans.status in (405, 501) or ans.status >= 400:
+                # No HEAD here, or an error whose explanation is in its body: ask for one byte instead.
                 ans.close()
                 ans = fetch(target, token, tok_origin, headers={"Range": "bytes=0-0"}, timeout=timeout)
             if ans.status >= 400:
@@ -968,6 +969,9 @@ def download(job, tokens, stop):
                 if not m or int(m.group(1)) != have:
                     os.truncate(part, 0)
                     continue
+            if looks_html(ans.resp.getheader("Content-Type"), b""):
+                raise Fail("refused %s: the server sent an HTML page, not a model file; nothing was saved"
+                           % redact_url(url))
             total = content_total(ans.resp)
             problem = size_problem(total, facts)
             if problem:
@@ -996,7 +1000,6 @@ def download(job, tokens, stop):
                           human(total or d.get("total")), fails))
         backoff(max(1, fails), job)
     sha = h[0].hexdigest()
-    size = os.path.getsize(part)
     expected = d.get("sha256")
     if expected and sha != expected:
         os.remove(part)
@@ -1048,14 +1051,15 @@ def backoff(attempt, job, wait=None):
 
 def stream(ans, part, h, job, stall_s, stop, url):
     """Copy the body to ``part``, hashing as it goes (in a second thread, so hashing and reading overlap).
-    Returns "done", or why it stopped early (a stall, a cut)."""
+    Returns "done", or why it stopped early (a stall, a cut). Reads take what has arrived (``read1``):
+    bytes received before a stall are kept, and a resume starts after them."""
     resp = ans.resp
     try:
         ans.conn.sock.settimeout(min(stall_s, 5.0))
     except (AttributeError, OSError):
         pass
+    read = resp.read1 if hasattr(resp, "read1") else resp.read
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    bufs = [bytearray(CHUNK), bytearray(CHUNK)]
     hasher = _Hasher(h[0])
     first = True
     last_progress = now()
@@ -1066,37 +1070,35 @@ def stream(ans, part, h, job, stall_s, stop, url):
     try:
         i = 0
         while not stop:
-            buf = bufs[i % 2]
             hasher.wait_free(i % 2)
             try:
-                n = resp.readinto(buf)
+                block = read(CHUNK)
             except socket.timeout:
-                n = None
+                block = None
             except (OSError, http.client.HTTPException) as e:
                 why = "the connection broke (%s)" % (type(e).__name__)
                 break
             t = now()
-            if n is None:
+            if block is None:
                 if t - last_progress >= stall_s:
                     why = "the server stopped sending (nothing for %d s)" % stall_s
                     break
                 continue
-            if n == 0:
+            if not block:
                 break
-            view = memoryview(buf)[:n]
             if first:
                 first = False
-                if looks_html(resp.getheader("Content-Type"), bytes(view[:512])):
+                if looks_html(resp.getheader("Content-Type"), block[:512]):
                     raise Fail("refused %s: the server sent an HTML page, not a model file; nothing was saved"
                                % redact_url(url))
-            mv = view
+            mv = memoryview(block)
             while mv:
                 k = os.write(fd, mv)
                 mv = mv[k:]
-            hasher.feed(i % 2, view)
+            hasher.feed(i % 2, block)
             i += 1
-            written += n
-            got_since += n
+            written += len(block)
+            got_since += len(block)
             if got_since >= 1024:
                 last_progress = t
                 got_since = 0
@@ -1117,8 +1119,8 @@ def stream(ans, part, h, job, stall_s, stop, url):
 
 
 class _Hasher:
-    """sha256 of the stream in a thread of its own (hashlib releases the GIL), over two buffers that
-    the reader and the hasher take turns on."""
+    """sha256 of the stream in a thread of its own (hashlib releases the GIL). Two blocks at most are in
+    flight, so memory stays flat however fast the network is."""
 
     def __init__(self, h):
         self.h = h

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ PROGRAM = Path(__file__).with_name("puller.py")
 BOOT = ("import sys;n=int(sys.argv[1]);s=sys.stdin.buffer.read(n);g={'__name__':'autopod_puller'};"
         "exec(compile(s,'puller.py','exec'),g);sys.exit(g['main'](sys.argv[2:],s))")
 CONNECT_TIMEOUT_S = 15
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "CIVITAI_API_TOKEN", "RUNPOD_API_KEY")
 
 
 def _script(size: int) -> str:
@@ -52,7 +54,9 @@ def call(pod: Pod, request: dict[str, Any], *, on_event: Callable[[dict[str, Any
     argv = ssh_command(pod, key, "sh -c " + shlex.quote(_script(len(source))))
     argv[1:1] = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}"]
     log.info("model %s on pod %s (%s)", request.get("op"), pod.name, pod.id)
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # The tokens travel in the request on stdin; ssh itself gets no copy in its environment (SendEnv could pass it).
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     payload = source + json.dumps(request).encode() + b"\n"
 
     def feed() -> None:

@@ -149,7 +149,10 @@ def folder_from_url(url: str) -> str | None:
 def model_ref(url: Any, *, folder: Any = None, name: Any = None, sha256: Any = None, sha256_from: str = "flag",
               source: str = "") -> ModelRef:
     u = check_url(url)
-    f = check_folder(folder) if folder is not None else folder_from_url(u)
     n = check_name(name) if name is not None else None
     h = check_sha256(sha256) if sha256 is not None else None
+    f = check_folder(folder) if folder is not None else folder_from_url(u)
+    if f is None and site(u) != "civitai":  # Civitai's model type says; for anything else the user does
+        raise UsageError(f"which model folder is {n or url_name(u) or u} for? give --folder (checkpoints, loras, "
+                         "vae, text_encoders, diffusion_models, controlnet, upscale_models, ...)")
     return ModelRef(url=u, folder=f, name=n, sha256=h, sha256_from=sha256_from if h else None, source=source)

@@ -228,10 +228,11 @@ class ModelHub:
                 f.faults["times"] = times - 1
             return {**faults, **lasting}
 
-    def record(self, **entry: Any) -> None:
+    def record(self, **entry: Any) -> dict[str, Any]:
         with self.lock:
             entry["at"] = time.time()
             self.requests.append(entry)
+        return entry
 
     def count(self, fid: str, n: int) -> None:
         with self.lock:
@@ -277,10 +278,10 @@ class _Handler(BaseHTTPRequestHandler):
         parts = auth.split()
         return parts[1] if len(parts) == 2 else None
 
-    def _log(self, status: int, fid: str | None = None, sent: int = 0) -> None:
-        self.server.hub.record(listener=self.server.site, method=self.command, path=urlsplit(self.path).path,
-                               range=self.headers.get("Range"), auth=bool(self.headers.get("Authorization")),
-                               status=status, file=fid, sent=sent, agent=self.headers.get("User-Agent"))
+    def _log(self, status: int, fid: str | None = None, sent: int = 0) -> dict[str, Any]:
+        return self.server.hub.record(listener=self.server.site, method=self.command, path=urlsplit(self.path).path,
+                                      range=self.headers.get("Range"), auth=bool(self.headers.get("Authorization")),
+                                      status=status, file=fid, sent=sent, agent=self.headers.get("User-Agent"))
 
     def _send(self, status: int, body: bytes | str | dict | list = b"", *, ctype: str = "application/json",
               headers: dict | None = None, fid: str | None = None) -> None:
@@ -323,9 +324,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         try:
             doc = json.loads(self.rfile.read(length) or b"{}")
-            if path == "/_hub/files":
-                f = (hub.add_civitai(**{k: v for k, v in doc.items() if k != "civitai"}, version=doc["civitai"])
-                     if "civitai" in doc else hub.add_hf(**doc))
+            if path == "/_hub/files":  # {"hf": "owner/repo", "path", "size", ...} or {"civitai": version, ...}
+                f = (hub.add_civitai(doc.pop("civitai"), **doc) if "civitai" in doc else hub.add_hf(doc.pop("hf"), **doc))
                 return self._send(200, f.to_dict())
             if path == "/_hub/faults":
                 return self._send(200, hub.set_faults(doc["file"], doc.get("faults") or {}).to_dict())
@@ -469,7 +469,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Range", f"bytes */{size}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                return self._log(416, f.id)
+                self._log(416, f.id)
+                return
         length = end - start + 1
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
@@ -483,14 +484,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.send_header("Content-Length", str(length))
         self.end_headers()
+        entry = self._log(status, f.id)  # logged now: a stalled answer may never end
         if self.command == "HEAD":
-            return self._log(status, f.id)
-        sent = 0
-        try:
-            sent = self._body(f, start, length, faults)
-        finally:
-            hub.count(f.id, sent)
-            self._log(status, f.id, sent)
+            return
+        entry["sent"] = self._body(f, start, length, faults)
 
     def _body(self, f: HubFile, start: int, length: int, faults: dict) -> int:
         """Send ``length`` bytes of ``f`` from ``start``, as the faults say. Returns the bytes sent."""
@@ -510,6 +507,7 @@ class _Handler(BaseHTTPRequestHandler):
                     if not n:
                         break
                     sent += n
+                    hub.count(f.id, n)
             return sent
         t0 = time.monotonic()
         src = open(f.disk, "rb") if f.disk else None
@@ -526,6 +524,7 @@ class _Handler(BaseHTTPRequestHandler):
                     block = block[:i] + bytes([block[i] ^ 0xFF]) + block[i + 1:]
                 self.wfile.write(block)
                 sent += len(block)
+                hub.count(f.id, len(block))  # as it goes: a stalled answer has sent what it sent
                 if rate:
                     ahead = sent / rate - (time.monotonic() - t0)
                     if ahead > 0 and hub.stopped.wait(ahead):
