@@ -336,3 +336,54 @@ def test_the_sim_volume_is_shared_and_comfyui_there_lists_pulled_models(sim):
     assert "tiny-sd15.safetensors" in wait_until(listed, 10)
     assert sim.ok("model.pull", TINY, "--pod", "m2", "--folder", "checkpoints")["status"] == "ok"
     sim.ok("pod.kill", "m2", "--yes")
+
+
+# -- declared in the inventory, converged by pod.up; a fleet on one volume ------------------------------------
+
+
+def test_pod_up_converges_models_and_a_fleet_downloads_once_per_volume(sim, tmp_path):
+    f = sim.add(hf="sim/fleet", path="shared.safetensors", size=2_000_000, faults={"slow": 4_000_000, "times": 1})
+    inv = tmp_path / "inventory.yml"
+    inv.write_text(f"pods:\n  flt:\n    count: 2\n    volume_id: {sim.vol}\n    models:\n"
+                   f"      - {{url: '{f['url']}', folder: checkpoints}}\n"
+                   f"      - {{url: '{TINY.replace('tiny-sd15', 'split_files/vae/tiny-vae')}', folder: vae, "
+                   f"name: fleet-vae.safetensors}}\n")
+    env = {"AUTOPOD_INVENTORY": str(inv)}
+    dry = sim.run("pod.up", "flt", "--dry-run", "--json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    for member in json.loads(dry.stdout):
+        assert "would pull 2 model(s), 2.3 MB" in member["msg"], member["msg"]
+        assert [m["size"] for m in member["models"]] == [2_000_000, 300_000]
+    assert sim.served(f["id"]) == 0
+
+    up = sim.run("pod.up", "flt", "--json", env=env)
+    assert up.returncode == 0, up.stderr
+    members = json.loads(up.stdout)
+    shared = [m for doc in members for m in doc["models"] if m["name"] == "shared.safetensors"]
+    assert sorted(m["status"] for m in shared) == ["changed", "ok"]  # the second member joined the first's pull
+    assert sim.served(f["id"]) == f["size"] and len(sim.gets(f["id"])) == 1
+
+    again = sim.run("pod.up", "flt", "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    assert [d["changed"] for d in json.loads(again.stdout)] == [False, False]
+    assert all("models: 2 already there" in d["msg"] for d in json.loads(again.stdout))
+    dry = json.loads(sim.run("pod.up", "flt", "--dry-run", "--json", env=env).stdout)
+    assert all("the 2 model(s) are on the volume" in d["msg"] for d in dry)
+
+    g = sim.add(hf="sim/fleet", path="later.safetensors", size=500_000)
+    p = sim.run("model.pull", g["url"], "--fleet", "flt", "--folder", "loras", "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    docs = json.loads(p.stdout)
+    assert sorted(d["status"] for d in docs) == ["changed", "ok"]
+    assert any(d.get("shared_with") for d in docs)
+    assert sim.served(g["id"]) == g["size"] and len(sim.gets(g["id"])) == 1
+    sim.run("pod.kill", "--fleet", "flt", "--yes", env=env)
+
+
+def test_a_model_pod_up_cannot_pull_fails_the_command_and_leaves_the_pod_running(sim, tmp_path):
+    inv = tmp_path / "inventory.yml"
+    inv.write_text("pods:\n  m:\n    models:\n      - {url: 'https://huggingface.co/autopod-sim/gated-model/resolve/main/"
+                   "gated-unet.safetensors', folder: unet}\n")
+    p = sim.run("pod.up", "m", env={"AUTOPOD_INVENTORY": str(inv)})
+    assert p.returncode == 1 and "HF_TOKEN" in p.stderr and "runs, but 1 of its 1 model(s)" in p.stderr
+    assert sim.ok("pod.info", "m")["status"] == "RUNNING"

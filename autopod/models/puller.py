@@ -750,84 +750,118 @@ def cmd_pull(req, source):
         raise Fail("ComfyUI lists no path for model folder %r" % folder)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
-    if os.path.exists(path):
-        ok, info = present(req, sd, path, facts, expected)
-        if not ok:
-            raise Fail("a different file is already there: %s; remove it first (`autopod model.rm %s --folder %s`) "
-                       "or pull under another --name" % (info, name, folder))
-        if not info.get("url"):
-            info.update({"url": url, "folder": folder})
-            write_json(record_path(sd, path), info)
-        return done_doc("ok", req, folder, path, info, msg="already there")
     key = job_key(url, directory, name)
     jobdir = os.path.join(sd, "jobs", key)
     os.makedirs(jobdir, mode=0o700, exist_ok=True)
-    job = read_json(os.path.join(jobdir, "job.json"), {}) or {}
-    if running(jobdir, job):
-        emit({"event": "note", "msg": "a pull of %s is already running (from pod %s); following it"
-                                     % (name, job.get("pod") or "?")})
-        return follow(req, jobdir, None, joined=True)
-    part = os.path.join(directory, ".%s.%s.part" % (name, key[:12]))
-    have = os.path.getsize(part) if os.path.exists(part) else 0
-    size = facts.get("size") or facts.get("size_approx") or facts.get("length")
-    check_space(directory, (size - have) if size else None, name)
-    nonce = "%016x" % random.getrandbits(64)
-    job = {"key": key, "url": url, "folder": folder, "name": name, "path": path, "part": part, "dir": directory,
-           "sha256": expected, "sha256_source": "asked for" if want else facts.get("sha256_source"),
-           "facts": {k: v for k, v in facts.items() if k in ("size", "size_approx", "length", "kind")},
-           "status": "starting", "bytes": have, "total": size, "resumed_from": have, "queued_at": now(),
-           "pod": this_pod(req), "nonce": nonce, "comfy_address": req.get("comfy_address"),
-           "stall_s": float(req.get("stall_s", 30)), "attempts": int(req.get("attempts", 5)),
-           "http_timeout_s": timeout, "version": VERSION}
-    write_json(os.path.join(jobdir, "job.json"), job)
-    prog = program_file(sd, source)
-    with open(os.path.join(jobdir, "pull.log"), "ab") as out:
-        child = subprocess.Popen([sys.executable, prog, "run", jobdir], stdin=subprocess.PIPE, stdout=out,
-                                 stderr=subprocess.STDOUT, close_fds=True, start_new_session=True, cwd="/")
+    # One process at a time decides whether to start this job: a second pull waits here until the first
+    # one's download holds the job's lock, then follows it.
+    gate = lock_wait(os.path.join(jobdir, "start.lock"))
     try:
-        child.stdin.write((json.dumps({"nonce": nonce, "tokens": tokens}) + "\n").encode())
-        child.stdin.close()
-    except OSError:
-        pass
-    return follow(req, jobdir, child, nonce=nonce)
+        if os.path.exists(path):
+            ok, info = present(req, sd, path, facts, expected)
+            if not ok:
+                raise Fail("a different file is already there: %s; remove it first (`autopod model.rm %s --folder %s`)"
+                           " or pull under another --name" % (info, name, folder))
+            if not info.get("url"):
+                info.update({"url": url, "folder": folder})
+                write_json(record_path(sd, path), info)
+            return done_doc("ok", req, folder, path, info, msg="already there")
+        job = read_json(os.path.join(jobdir, "job.json"), {}) or {}
+        if running(jobdir, job):
+            emit({"event": "note", "msg": "a pull of %s is already running (from pod %s); following it"
+                                         % (name, job.get("pod") or "?")})
+            run = job.get("run")
+            os.close(gate)
+            gate = None
+            return follow(req, jobdir, None, run=run, joined=True)
+        part = os.path.join(directory, ".%s.%s.part" % (name, key[:12]))
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        size = facts.get("size") or facts.get("size_approx") or facts.get("length")
+        check_space(directory, (size - have) if size else None, name)
+        nonce = "%016x" % random.getrandbits(64)
+        job = {"key": key, "url": url, "folder": folder, "name": name, "path": path, "part": part, "dir": directory,
+               "sha256": expected, "sha256_source": "asked for" if want else facts.get("sha256_source"),
+               "facts": {k: v for k, v in facts.items() if k in ("size", "size_approx", "length", "kind")},
+               "status": "starting", "bytes": have, "total": size, "resumed_from": have, "queued_at": now(),
+               "pod": this_pod(req), "comfy_address": req.get("comfy_address"),
+               "stall_s": float(req.get("stall_s", 30)), "attempts": int(req.get("attempts", 5)),
+               "http_timeout_s": timeout, "version": VERSION}
+        write_json(os.path.join(jobdir, "job.json"), job)
+        prog = program_file(sd, source)
+        with open(os.path.join(jobdir, "pull.log"), "ab") as out:
+            child = subprocess.Popen([sys.executable, prog, "run", jobdir], stdin=subprocess.PIPE, stdout=out,
+                                     stderr=subprocess.STDOUT, close_fds=True, start_new_session=True, cwd="/")
+        try:
+            child.stdin.write((json.dumps({"nonce": nonce, "tokens": tokens}) + "\n").encode())
+            child.stdin.close()
+        except OSError:
+            pass
+        deadline = now() + 30
+        while now() < deadline and child.poll() is None:  # until the download holds the job's lock
+            if (read_json(os.path.join(jobdir, "job.json"), {}) or {}).get("run") == nonce:
+                break
+            time.sleep(0.02)
+    finally:
+        if gate is not None:
+            os.close(gate)
+    if child.poll() == LOST_LOCK:  # another pod's download of this volume got there first
+        job = read_json(os.path.join(jobdir, "job.json"), {}) or {}
+        return follow(req, jobdir, None, run=job.get("run"), joined=True)
+    return follow(req, jobdir, child, run=nonce)
 
 
-def follow(req, jobdir, child, nonce=None, joined=False):
-    """Report the job's progress until it ends (or, with ``detach``, until it has started)."""
+def lock_wait(path, timeout=120.0):
+    """An fd holding an exclusive lock on ``path`` (waiting for it), or None where locks do not work."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = now() + timeout
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                return None
+            if now() > deadline:
+                os.close(fd)
+                raise Fail("another pull of this file keeps its start lock (%s); try again" % path)
+            time.sleep(0.05)
+
+
+def follow(req, jobdir, child, run=None, joined=False):
+    """Report the job's progress until run ``run`` ends (or, with ``detach``, at once)."""
     path = os.path.join(jobdir, "job.json")
     last = None
-    started = False
     while True:
         job = read_json(path, {}) or {}
-        mine = nonce is not None and job.get("run") == nonce
-        if child is not None and not joined and child.poll() == LOST_LOCK:
-            joined = True  # another pull won the race to this job: follow it instead
-            emit({"event": "note", "msg": "another pull of %s started first; following it" % job.get("name")})
-        if mine or joined:
-            started = True
-        if started and req.get("detach"):
-            return {"event": "result", "result": "started" if not joined else "joined", "job": public(job),
+        ours = job.get("run") == run
+        status = job.get("status") if ours else "starting"
+        if child is not None and not ours and child.poll() is not None:
+            return {"event": "result", "result": "failed", "code": 1,
+                    "error": "the download program exited at once (exit %s); its log: %s"
+                             % (child.returncode, os.path.join(jobdir, "pull.log"))}
+        if req.get("detach"):
+            return {"event": "result", "result": "joined" if joined else "started", "job": public(job),
                     "msg": "pulling %s in the pod" % job.get("name")}
-        status = job.get("status")
-        if started and status in ("done", "failed") and (mine or joined):
-            if status == "failed":
-                return {"event": "result", "result": "failed", "error": job.get("error") or "the pull failed",
-                        "code": int(job.get("code") or 1), "job": public(job)}
+        if ours and status == "failed":
+            return {"event": "result", "result": "failed", "error": job.get("error") or "the pull failed",
+                    "code": int(job.get("code") or 1), "job": public(job)}
+        if ours and status == "done":
             res = dict(job.get("result") or {})
-            res.update({"event": "result", "result": "joined" if joined else "changed",
-                        "job": public(job)})
+            res.update({"event": "result", "result": "joined" if joined else "changed", "job": public(job)})
             return res
         alive = running(jobdir, job) or (child is not None and child.poll() is None)
-        if not alive and started:
+        if not alive:
+            job = read_json(path, {}) or {}
+            if job.get("run") == run and job.get("status") in ("done", "failed"):
+                continue  # it ended between the two looks
             return {"event": "result", "result": "failed", "code": 1, "job": public(job),
                     "error": "the download of %s stopped (its program ended) after %s; pull again to resume"
                              % (job.get("name"), human(job.get("bytes")))}
-        if child is not None and child.poll() not in (None, LOST_LOCK) and not mine:
-            return {"event": "result", "result": "failed", "code": 1,
-                    "error": "the download program exited at once (%s); see %s" % (child.returncode,
-                                                                                    os.path.join(jobdir, "pull.log"))}
         view = (status, job.get("bytes"), job.get("total"))
-        if view != last and started:
+        if view != last:
             emit({"event": "progress", "status": status, "bytes": job.get("bytes"), "total": job.get("total"),
                   "speed": job.get("speed"), "name": job.get("name")})
             last = view
