@@ -387,3 +387,62 @@ def test_a_model_pod_up_cannot_pull_fails_the_command_and_leaves_the_pod_running
     p = sim.run("pod.up", "m", env={"AUTOPOD_INVENTORY": str(inv)})
     assert p.returncode == 1 and "HF_TOKEN" in p.stderr and "runs, but 1 of its 1 model(s)" in p.stderr
     assert sim.ok("pod.info", "m")["status"] == "RUNNING"
+
+
+# -- a workflow's missing models ---------------------------------------------------------------------------
+
+
+def editor_workflow(url: str, name: str) -> dict:
+    """An editor file as the ComfyUI frontend saves it: a loader whose properties.models says where its
+    checkpoint comes from, beside a model-free graph the simulator's ComfyUI runs."""
+    return {"last_node_id": 3, "last_link_id": 1, "version": 0.4, "groups": [], "config": {}, "extra": {},
+            "links": [[1, 1, 0, 2, 0, "IMAGE"]],
+            "nodes": [
+                {"id": 1, "type": "EmptyImage", "order": 0, "mode": 0, "inputs": [], "properties": {},
+                 "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1], "slot_index": 0}],
+                 "widgets_values": [64, 64, 1, 0]},
+                {"id": 2, "type": "SaveImage", "order": 1, "mode": 0, "outputs": [], "properties": {},
+                 "inputs": [{"name": "images", "type": "IMAGE", "link": 1}], "widgets_values": ["needs"]},
+                {"id": 3, "type": "CheckpointLoaderSimple", "order": 2, "mode": 0, "inputs": [],
+                 "outputs": [{"name": "MODEL", "type": "MODEL", "links": []}, {"name": "CLIP", "type": "CLIP", "links": []},
+                             {"name": "VAE", "type": "VAE", "links": []}],
+                 "properties": {"Node name for S&R": "CheckpointLoaderSimple",
+                                "models": [{"name": name, "url": url, "directory": "checkpoints"},
+                                           {"name": "unused.safetensors", "url": url, "directory": "loras"}]},
+                 "widgets_values": [name]}]}
+
+
+def test_comfy_run_names_missing_models_and_pull_missing_fetches_them(sim, tmp_path):
+    f = sim.add(hf="sim/needs", path="need.safetensors", size=700_000)
+    wf = tmp_path / "needs.json"
+    wf.write_text(json.dumps(editor_workflow(f["url"] + "?download=true", "need.safetensors")))
+    out = ["--output-dir", str(tmp_path / "out")]
+    p = sim.run("comfy.run", str(wf), "--pod", "m", *out, "--json")
+    assert p.returncode == 1
+    doc = json.loads(p.stdout)
+    assert [m["name"] for m in doc["missing"]] == ["need.safetensors"]  # not the entry no widget uses
+    line = next(x for x in p.stderr.splitlines() if x.startswith("missing checkpoints/need.safetensors"))
+    assert f["url"] in line and "autopod model.pull" in line and "--folder checkpoints" in line and "--pod m" in line
+    assert "--pull-missing" in doc["msg"] and sim.served(f["id"]) == 0
+
+    p = sim.run("comfy.run", str(wf), "--pod", "m", *out, "--pull-missing", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["counts"] == {"success": 1}
+    assert "pulled checkpoints/need.safetensors" in p.stderr and sim.served(f["id"]) == f["size"]
+    again = sim.run("comfy.run", str(wf), "--pod", "m", *out, "--json")  # now the pod has it: no check fails
+    assert again.returncode == 0, again.stderr
+
+    api = tmp_path / "api.json"
+    api.write_text(json.dumps({"1": {"class_type": "LoraLoaderModelOnly",
+                                     "inputs": {"model": ["2", 0], "lora_name": "nowhere.safetensors",
+                                                "strength_model": 1.0}},
+                               "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "need.safetensors"}}}))
+    p = sim.run("comfy.run", str(api), "--pod", "m", *out, "--pull-missing")
+    assert p.returncode == 1 and "missing loras/nowhere.safetensors" in p.stderr and "no download URL" in p.stderr
+
+    g = sim.add(hf="sim/needs", path="by-job.safetensors", size=100_000)
+    job = tmp_path / "job.yml"
+    job.write_text(f"workflow: needs.json\nmodels:\n  - {{url: '{g['url']}', folder: loras}}\n")
+    p = sim.run("comfy.run", "--job", str(job), "--pod", "m", *out, "--pull-missing", "--json")
+    assert p.returncode == 0, p.stderr
+    assert sim.served(g["id"]) == g["size"] and (sim.models(sim.vol) / "loras" / "by-job.safetensors").exists()

@@ -66,6 +66,7 @@ class RunOptions:
     fleet: str | None = None  # spread the batch over this fleet's running members (``spread``)
     per_member: int | None = None  # with a fleet: prompts on each member's server (--max-queued)
     then: str | None = None  # stop or kill the pod (or fleet) once the batch is done
+    pull_missing: bool = False  # pull the models the run names and the pod lacks, first (``needs``)
 
 
 @dataclass
@@ -761,6 +762,7 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
         except TimeoutError:
             raise ComfyError(f"stopped after --timeout {opts.timeout:g}s: ComfyUI did not give its node "
                              f"definitions in time; nothing was sent") from None
+        object_info = check_models(opts, conn, object_info, [conn.endpoint.target_id])
         planned, template = plan(opts, object_info)
         if opts.dry_run:
             return dry_run_report(planned)
@@ -782,6 +784,35 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
             return _execute(opts, ledger, batch, conn, progress, ledger.prompts(batch.id))
     finally:
         conn.close()
+
+
+def check_models(opts: RunOptions, conn: Connection, object_info: dict[str, Any],
+                 pods: list[str | None]) -> dict[str, Any]:
+    """The models the run names, checked against the pod's lists before anything is sent; with
+    ``--pull-missing`` the missing ones are pulled into ``pods`` (once per volume) and the node
+    definitions read again. See ``needs``."""
+    from . import needs
+
+    workflows, job_models, job = [Path(w) for w in opts.workflows], [], None
+    if opts.job:
+        from .jobfile import load_job
+
+        j = load_job(opts.job)
+        workflows, job_models, job = [j.workflow] + workflows, j.models, Path(opts.job).stem
+    found = needs.collect(workflows, job_models, object_info, job)
+    if not found:
+        return object_info
+    targets = [p for p in pods if p]
+
+    def pull(refs: list[Any]) -> None:
+        from ..models.ops import pull_many
+
+        pull_many(targets, refs)
+
+    pulled = needs.settle(found, lambda folder: conn.call(lambda c: c.list_models(folder)),
+                          pull_missing=opts.pull_missing, pod_name=conn.endpoint.target_name,
+                          pull=pull if targets else None, dry_run=opts.dry_run)
+    return conn.call(lambda c: c.get_object_info()) if pulled else object_info
 
 
 def dry_run_report(planned: list[Planned]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from ..core.ui import progress as line
 from .ledger import Ledger, PromptRow
 from .progress import Progress
 from .run import (Connection, RunOptions, Runner, _pod_facts, _report, _server_queue, _upload_all, batch_name,
-                  dry_run_report, plan, replan)
+                  check_models, dry_run_report, plan, replan)
 from .run import render as render_one
 
 log = logging.getLogger(__name__)
@@ -452,6 +452,8 @@ def render_fleet(opts: RunOptions) -> dict[str, Any]:
                          f"`autopod pod.up --name {fleet} --count {len(pods)}` brings them up")
     notes = Progress(enabled=False)
     first, object_info = _first_member(ready, notes)
+    if not opts.resume:
+        object_info = check_models(opts, first, object_info, [p.id for p in ready])
     assigned: dict[str, list[PromptRow]] = {}
     with Ledger.open() as ledger:
         if opts.resume:

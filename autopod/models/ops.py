@@ -318,6 +318,30 @@ def summarize(results: Sequence[tuple[ModelRef, Outcome | AutopodError]]) -> tup
     return bool(pulled), ", ".join(parts), docs, failed
 
 
+def pull_many(pod_ids: Sequence[str], refs: Sequence[ModelRef]) -> None:
+    """``comfy.run --pull-missing``: ``refs`` into the pods (one per network volume among them); any failure
+    is one error naming each model that could not be pulled."""
+    from ..core.errors import NotFound
+    from ..runpod.api import connect as connect_api
+
+    api = connect_api()
+    leaders: dict[str, Pod] = {}
+    for pid in pod_ids:
+        try:
+            pod = resolve_pod(api, pid)
+        except NotFound:
+            raise UsageError(f"--pull-missing pulls into a RunPod pod; {pid} is not one (an inventory host's models "
+                             "are that machine's business)") from None
+        leaders.setdefault(pod.volume_id or pod.id, pod)
+    toks = read_tokens()
+    failed: list[str] = []
+    for pod in leaders.values():
+        _changed, _line, _docs, bad = summarize(ensure(running_pod(api, pod), refs, toks=toks))
+        failed += [f"pod {pod.name}: {b}" for b in bad]
+    if failed:
+        raise AutopodError(f"{len(failed)} model(s) could not be pulled, so nothing was run: " + "; ".join(failed))
+
+
 def declared_refs(models: Sequence[dict[str, Any]]) -> list[ModelRef]:
     return [model_ref(m["url"], folder=m["folder"], name=m.get("name"), sha256=m.get("sha256"),
                       sha256_from="inventory", source="inventory") for m in models]

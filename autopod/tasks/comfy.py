@@ -110,6 +110,8 @@ _RUN_HELP = {
     "fleet": "spread the prompts over fleet NAME's running members: whichever is free next takes the next "
              "prompt; a member that fails is taken out and its prompts go to the others",
     "then": "stop or kill the pod (or the fleet) once the batch is done, so nothing bills overnight",
+    "pull_missing": "first pull the models the workflow (its editor file's properties.models) or the job file's "
+                    "models: name and the pod lacks, onto its volume (model.pull, in the pod)",
     "resume": ("finish batch BATCH: fetch what finished, follow what runs, "
                "submit again what never ran or was interrupted"),
     "json": "print one JSON document",
@@ -119,7 +121,7 @@ _RUN_HELP = {
 @command(iterable=["workflow", "set", "input", "sweep"], help=_RUN_HELP, plain_arg="workflow")
 def run(c, workflow=None, pod=None, fleet=None, no_tunnel=False, set=None, input=None, sweep=None, repeat=None,
         seed=None, job=None, output_dir=None, output=None, previews=False, detach=False, dry_run=False, timeout=None,
-        max_queued=None, resume=None, then=None, json=False):
+        max_queued=None, resume=None, then=None, pull_missing=False, json=False):
     """Run workflows on the pod: overrides, uploads, live progress, outputs on disk, batches, a ledger."""
     from ..comfy.run import RunOptions
     from ..comfy.spread import render
@@ -140,7 +142,7 @@ def run(c, workflow=None, pod=None, fleet=None, no_tunnel=False, set=None, input
                       seed=seed, output_dir=output_dir or "outputs", template=output, previews=previews,
                       detach=detach, dry_run=dry_run, timeout=number(timeout, "--timeout", minimum=1),
                       max_queued=queued or 16, per_member=queued, fleet=fleet, then=then,
-                      pod=pod, no_tunnel=no_tunnel, resume=resume, debug=debug_enabled())
+                      pod=pod, no_tunnel=no_tunnel, resume=resume, debug=debug_enabled(), pull_missing=pull_missing)
     report = render(opts)
     if dry_run:
         doc = report["prompt"] if report["prompt"] is not None else report["prompts"]
