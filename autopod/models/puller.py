@@ -25,7 +25,8 @@ Civitai URLs to a mirror.
 
 Protocol: ``autopod`` starts this program with its source and then one JSON request on standard
 input; it answers with JSON lines on standard output, the last one ``{"event": "result", ...}``.
-The detached download runs as ``python3 puller.py run JOBDIR`` and reads its tokens from a pipe.
+The download itself is a forked child in a session of its own (it outlives the SSH session), so the
+tokens never leave this process's memory.
 """
 
 import errno
@@ -37,7 +38,6 @@ import random
 import re
 import socket
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -47,6 +47,7 @@ from email.message import Message
 
 VERSION = 1
 CHUNK = 1 << 20
+READ = 1 << 16  # one read: small enough to stay in the CPU's cache until it is written
 USER_AGENT = "autopod-model-pull/%d (python %d.%d)" % (VERSION, sys.version_info[0], sys.version_info[1])
 # ComfyUI lists these in a model folder (folder_paths.supported_pt_extensions); a .part file is none of them.
 PT_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
@@ -683,23 +684,10 @@ def present(req, sd, path, facts, want_sha):
     return True, rec
 
 
-def program_file(sd, source):
-    """This program as a file the detached download can run (written once per version)."""
-    if source is None:
-        return os.path.abspath(__file__)
-    path = os.path.join(sd, "bin", "puller-%s.py" % hashlib.sha256(source).hexdigest()[:12])
-    if not os.path.exists(path):
-        tmp = "%s.%d.tmp" % (path, os.getpid())
-        with open(tmp, "wb") as f:
-            f.write(source)
-        os.replace(tmp, path)
-    return path
-
-
 # --- the front: plan, start or join, follow ----------------------------------------------------
 
 
-def cmd_pull(req, source):
+def cmd_pull(req):
     """Resolve, check, then start the download (or join the one running) and follow it."""
     url = req["url"]
     tokens = req.get("tokens") or {}
@@ -787,15 +775,7 @@ def cmd_pull(req, source):
                "stall_s": float(req.get("stall_s", 30)), "attempts": int(req.get("attempts", 5)),
                "http_timeout_s": timeout, "version": VERSION}
         write_json(os.path.join(jobdir, "job.json"), job)
-        prog = program_file(sd, source)
-        with open(os.path.join(jobdir, "pull.log"), "ab") as out:
-            child = subprocess.Popen([sys.executable, prog, "run", jobdir], stdin=subprocess.PIPE, stdout=out,
-                                     stderr=subprocess.STDOUT, close_fds=True, start_new_session=True, cwd="/")
-        try:
-            child.stdin.write((json.dumps({"nonce": nonce, "tokens": tokens}) + "\n").encode())
-            child.stdin.close()
-        except OSError:
-            pass
+        child = start_child(jobdir, nonce, tokens, close=[gate] if gate is not None else [])
         deadline = now() + 30
         while now() < deadline and child.poll() is None:  # until the download holds the job's lock
             if (read_json(os.path.join(jobdir, "job.json"), {}) or {}).get("run") == nonce:
@@ -807,7 +787,10 @@ def cmd_pull(req, source):
     if child.poll() == LOST_LOCK:  # another pod's download of this volume got there first
         job = read_json(os.path.join(jobdir, "job.json"), {}) or {}
         return follow(req, jobdir, None, run=job.get("run"), joined=True)
-    return follow(req, jobdir, child, run=nonce)
+    doc = follow(req, jobdir, child, run=nonce)
+    if not req.get("detach"):
+        child.wait(5.0)  # it ends right after its last word: reap it rather than leave it to init
+    return doc
 
 
 def lock_wait(path, timeout=120.0):
@@ -865,7 +848,7 @@ def follow(req, jobdir, child, run=None, joined=False):
             emit({"event": "progress", "status": status, "bytes": job.get("bytes"), "total": job.get("total"),
                   "speed": job.get("speed"), "name": job.get("name")})
             last = view
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def public(job):
@@ -902,17 +885,9 @@ class Job:
             self.last_write = t
 
 
-def cmd_run(jobdir):
-    try:
-        secret = json.loads(sys.stdin.readline() or "{}")
-    except ValueError:
-        secret = {}
-    try:
-        sys.stdin.close()
-        fd = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(fd, 0)
-    except OSError:
-        pass
+def run_job(jobdir, nonce, tokens):
+    """The detached download (a forked child in a session of its own): takes the job's lock or leaves
+    (another download has it), then downloads and records how it ended. Returns the exit code."""
     lock_fd, got = lock_try(os.path.join(jobdir, "lock"))
     if got is False:
         return LOST_LOCK
@@ -924,10 +899,11 @@ def cmd_run(jobdir):
 
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    job.save(force=True, status="downloading", run=secret.get("nonce"), pid=os.getpid(), host=socket.gethostname(),
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    job.save(force=True, status="downloading", run=nonce, pid=os.getpid(), host=socket.gethostname(),
              started_at=now(), error=None, code=None, result=None, finished_at=None)
     try:
-        result = download(job, secret.get("tokens") or {}, stop)
+        result = download(job, tokens, stop)
         job.save(force=True, status="done", result=result, finished_at=now(), speed=None)
         return 0
     except Fail as e:
@@ -935,9 +911,62 @@ def cmd_run(jobdir):
         return 1
     except Exception as e:  # noqa: BLE001 (whatever went wrong is the job's answer, not a traceback nobody reads)
         job.save(force=True, status="failed", error="%s: %s" % (type(e).__name__, e), code=1, finished_at=now())
-        raise
+        import traceback
+
+        traceback.print_exc()
+        return 1
     finally:
-        os.close(lock_fd)
+        if lock_fd is not None:
+            os.close(lock_fd)
+
+
+class Child:
+    """The forked download, as the front sees it: ``poll()`` is its exit code once it ended, else None."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.returncode = None
+
+    def wait(self, timeout):
+        deadline = now() + timeout
+        while self.poll() is None and now() < deadline:
+            time.sleep(0.01)
+        return self.returncode
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return self.returncode
+            if pid:
+                self.returncode = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        return self.returncode
+
+
+def start_child(jobdir, nonce, tokens, close=()):
+    """Fork the download into a new session, so it outlives this SSH session (and the laptop's link).
+    A fork, not a new interpreter: the tokens stay in this process's memory, never in a pipe or a file."""
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid:
+        return Child(pid)
+    code = 1
+    try:
+        os.setsid()
+        for fd in close:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        null = os.open(os.devnull, os.O_RDWR)
+        logfd = os.open(os.path.join(jobdir, "pull.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(null, 0)
+        os.dup2(logfd, 1)
+        os.dup2(logfd, 2)
+        code = run_job(jobdir, nonce, tokens)
+    finally:
+        os._exit(code)
 
 
 def download(job, tokens, stop):
@@ -1085,15 +1114,19 @@ def backoff(attempt, job, wait=None):
 
 def stream(ans, part, h, job, stall_s, stop, url):
     """Copy the body to ``part``, hashing as it goes (in a second thread, so hashing and reading overlap).
-    Returns "done", or why it stopped early (a stall, a cut). Reads take what has arrived (``read1``):
-    bytes received before a stall are kept, and a resume starts after them."""
+    Returns "done", or why it stopped early (a stall, a cut). Reads take what has arrived: bytes received
+    before a stall are kept, and a resume starts after them. Two buffers, reused: memory stays flat."""
     resp = ans.resp
     try:
         ans.conn.sock.settimeout(min(stall_s, 5.0))
     except (AttributeError, OSError):
         pass
-    read = resp.read1 if hasattr(resp, "read1") else resp.read
+    # With a known length, read straight from the socket's buffer into ours; else (chunked) let http.client.
+    left = resp.length if not resp.chunked and resp.length is not None else None
+    fp = resp.fp
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    # Small reads, each written at once while it is in the CPU's cache; the hasher takes whole slots.
+    slots = [bytearray(CHUNK), bytearray(CHUNK)]
     hasher = _Hasher(h[0])
     first = True
     last_progress = now()
@@ -1101,38 +1134,54 @@ def stream(ans, part, h, job, stall_s, stop, url):
     written = h[1]
     t0, b0 = now(), written
     why = "done"
+    i, pos = 0, 0
     try:
-        i = 0
+        hasher.wait_free(0)
         while not stop:
-            hasher.wait_free(i % 2)
+            slot = slots[i % 2]
             try:
-                block = read(CHUNK)
+                if left is not None:
+                    if left <= 0:
+                        break
+                    n = fp.readinto1(memoryview(slot)[pos:pos + min(READ, CHUNK - pos, left)])
+                    if not n:
+                        why = "the connection closed %d bytes short" % left
+                        break
+                    left -= n
+                else:
+                    block = resp.read1(min(READ, CHUNK - pos))
+                    n = len(block)
+                    if not n:
+                        break
+                    slot[pos:pos + n] = block
             except socket.timeout:
-                block = None
-            except (OSError, http.client.HTTPException) as e:
+                n = None
+            except (OSError, http.client.HTTPException, ValueError) as e:
                 why = "the connection broke (%s)" % (type(e).__name__)
                 break
             t = now()
-            if block is None:
+            if n is None:
                 if t - last_progress >= stall_s:
                     why = "the server stopped sending (nothing for %d s)" % stall_s
                     break
                 continue
-            if not block:
-                break
+            view = memoryview(slot)[pos:pos + n]
             if first:
                 first = False
-                if looks_html(resp.getheader("Content-Type"), block[:512]):
+                if looks_html(resp.getheader("Content-Type"), bytes(view[:512])):
                     raise Fail("refused %s: the server sent an HTML page, not a model file; nothing was saved"
                                % redact_url(url))
-            mv = memoryview(block)
+            mv = view
             while mv:
                 k = os.write(fd, mv)
                 mv = mv[k:]
-            hasher.feed(i % 2, block)
-            i += 1
-            written += len(block)
-            got_since += len(block)
+            pos += n
+            written += n
+            if pos == CHUNK:  # a full slot goes to the hasher; the other one is filled meanwhile
+                hasher.feed(i % 2, memoryview(slot))
+                i, pos = i + 1, 0
+                hasher.wait_free(i % 2)
+            got_since += n
             if got_since >= 1024:
                 last_progress = t
                 got_since = 0
@@ -1142,6 +1191,8 @@ def stream(ans, part, h, job, stall_s, stop, url):
             if t - job.last_write >= 0.5:
                 speed = (written - b0) / max(1e-6, t - t0)
                 job.save(bytes=written, speed=int(speed))
+        if pos:
+            hasher.feed(i % 2, memoryview(slots[i % 2])[:pos])
     finally:
         hasher.close()
         os.close(fd)
@@ -1351,8 +1402,6 @@ def cmd_check(req):
 
 
 def main(argv, source=None):
-    if argv and argv[0] == "run" and len(argv) == 2:
-        return cmd_run(argv[1])
     try:
         req = json.loads(sys.stdin.readline() or "{}")
     except ValueError:
@@ -1361,7 +1410,7 @@ def main(argv, source=None):
     op = req.get("op")
     try:
         if op == "pull":
-            doc = cmd_pull(req, source)
+            doc = cmd_pull(req)
         elif op == "list":
             doc = cmd_list(req)
         elif op == "rm":
