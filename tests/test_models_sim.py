@@ -184,6 +184,19 @@ def test_kill_9_mid_download_then_pull_again_resumes_with_range(sim):
     assert sim.served(f["id"]) <= 1.1 * f["size"]
 
 
+def test_a_pull_cut_short_by_a_pod_stop_resumes_after_the_start(sim):
+    f = sim.add(hf="sim/stop", path="stop.safetensors", size=5_000_000, faults={"slow": 1_500_000, "times": 1})
+    sim.ok("model.pull", f["url"], "--pod", "m", "--folder", "checkpoints", "--detach")
+    assert wait_until(lambda: any(j["url"] == f["url"] and (j.get("bytes") or 0) > 1_000_000
+                                  for j in sim.jobs(sim.vol)), 15, 0.05)
+    sim.ok("pod.stop", "m")  # stopping a pod ends every process in it, the download too
+    sim.ok("pod.start", "m")
+    doc = sim.ok("model.pull", f["url"], "--pod", "m", "--folder", "checkpoints")
+    assert doc["changed"] and doc["model"]["resumed_from"] > 1_000_000 and doc["model"]["verified"]
+    assert sim.gets(f["id"])[-1]["range"] == f"bytes={doc['model']['resumed_from']}-"
+    assert sim.served(f["id"]) <= 1.1 * f["size"]
+
+
 def test_hash_mismatch_saves_nothing_under_the_name(sim):
     f = sim.add(hf="sim/bad", path="bad.safetensors", size=500_000, faults={"corrupt": True})
     p = pull(sim, f["url"], "--folder", "loras")
