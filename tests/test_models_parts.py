@@ -252,3 +252,17 @@ def test_declared_models_merge_config_defaults_and_pod_spec():
     b = {"url": "https://h/b.safetensors", "folder": "checkpoints", "name": "b.safetensors"}
     b2 = {**b, "url": "https://mirror/b.safetensors"}
     assert declared_models({"models": [a]}, {"models": [b]}, {"models": [b2]}) == [a, b2]
+
+
+def test_a_pull_abandoned_for_a_week_is_forgotten_with_its_part_file(pod):
+    f = pod.hub.add_hf("o/r", "old.safetensors", size=2_000_000, faults={"stall_at": 500_000})
+    doc = pod.run("pull", url=f.public_url(), folder="loras")
+    assert doc["result"] == "failed" and "stopped sending" in doc["error"]
+    jobs = list((pod.volume / ".autopod" / "models" / "jobs").glob("*/job.json"))
+    job = json.loads(jobs[0].read_text())
+    assert Path(job["part"]).stat().st_size == 500_000  # kept: the next pull resumes from it
+    assert [j["status"] for j in pod.run("status")["jobs"]] == ["failed"]
+    job["finished_at"] = job["heartbeat"] = time.time() - 8 * 86400
+    jobs[0].write_text(json.dumps(job))
+    assert pod.run("status")["jobs"] == []
+    assert not Path(job["part"]).exists() and not jobs[0].parent.exists()

@@ -1382,6 +1382,7 @@ def cmd_status(req):
         active = running(jobdir, job)
         ended = job.get("finished_at") or job.get("heartbeat") or job.get("queued_at") or 0
         if not active and t - ended > KEEP_JOBS_S:
+            forget(jobdir, job)  # abandoned a week ago: its .part goes, a pull would start afresh
             continue
         row = public(job)
         row["running"] = active
@@ -1390,6 +1391,18 @@ def cmd_status(req):
         jobs.append(row)
     jobs.sort(key=lambda j: (not j["running"], -(j.get("started_at") or 0)))
     return {"event": "result", "result": "ok", "jobs": jobs}
+
+
+def forget(jobdir, job):
+    import shutil
+
+    part = job.get("part")
+    if part and os.path.basename(part).startswith(".") and part.endswith(".part"):
+        try:
+            os.remove(part)
+        except OSError:
+            pass
+    shutil.rmtree(jobdir, ignore_errors=True)
 
 
 def cmd_check(req):
