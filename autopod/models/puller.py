@@ -775,6 +775,9 @@ def cmd_pull(req):
                "stall_s": float(req.get("stall_s", 30)), "attempts": int(req.get("attempts", 5)),
                "http_timeout_s": timeout, "version": VERSION}
         write_json(os.path.join(jobdir, "job.json"), job)
+        # Still wanted? If autopod went away (Ctrl-C) while this waited for ComfyUI, this write fails and
+        # nothing starts behind the user's back.
+        emit({"event": "progress", "status": "starting", "bytes": have, "total": size, "name": name})
         child = start_child(jobdir, nonce, tokens, close=[gate] if gate is not None else [])
         deadline = now() + 30
         while now() < deadline and child.poll() is None:  # until the download holds the job's lock
@@ -1386,7 +1389,9 @@ def cmd_status(req):
             continue
         row = public(job)
         row["running"] = active
-        if not active and job.get("status") in ("starting", "downloading", "verifying"):
+        if not active and job.get("status") == "starting" and not job.get("run"):
+            row["status"] = "not started"  # autopod went away (Ctrl-C) before the download began
+        elif not active and job.get("status") in ("starting", "downloading", "verifying"):
             row["status"] = "stopped"  # its program ended (killed, or the pod stopped): a pull resumes it
         jobs.append(row)
     jobs.sort(key=lambda j: (not j["running"], -(j.get("started_at") or 0)))
