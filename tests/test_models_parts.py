@@ -266,3 +266,46 @@ def test_a_pull_abandoned_for_a_week_is_forgotten_with_its_part_file(pod):
     jobs[0].write_text(json.dumps(job))
     assert pod.run("status")["jobs"] == []
     assert not Path(job["part"]).exists() and not jobs[0].parent.exists()
+
+
+def test_job_files_declare_models_checked_like_model_pull(tmp_path):
+    from autopod.comfy.jobfile import load_job
+    from autopod.comfy.workflow import WorkflowError
+
+    (tmp_path / "wf.json").write_text("{}")
+    job = tmp_path / "job.yml"
+    job.write_text("workflow: wf.json\nmodels:\n  - url: https://huggingface.co/o/r/blob/main/x.safetensors\n"
+                   "    folder: clip\n")
+    assert load_job(job).models == [{"url": "https://huggingface.co/o/r/resolve/main/x.safetensors",
+                                     "folder": "text_encoders", "name": None, "sha256": None}]
+    for bad, msg in [("  - {url: 'https://h/x'}\n", "needs 'url' and 'folder'"),
+                     ("  - {url: 'https://h/x', folder: vae, name: ../x}\n", "invalid --name"),
+                     ("  - {url: 'https://h/x', folder: vae, size: 3}\n", "unknown key 'size'"),
+                     ("  - https://h/x\n", "must be a mapping")]:
+        job.write_text("workflow: wf.json\nmodels:\n" + bad)
+        with pytest.raises(WorkflowError, match=msg) as e:
+            load_job(job)
+        assert str(e.value).startswith(f"{job}:3: ")
+
+
+def test_editor_needs_follow_the_editors_rule():
+    from autopod.comfy.needs import editor_needs, loader_needs
+    from autopod.comfy.workflow import Workflow
+
+    url = "https://huggingface.co/o/r/resolve/main/a.safetensors"
+    node = {"id": 4, "type": "CheckpointLoaderSimple", "widgets_values": ["a.safetensors"],
+            "properties": {"models": [{"name": "a.safetensors", "url": url, "directory": "checkpoints",
+                                       "hash": "AB" * 32, "hash_type": "SHA256"},
+                                      {"name": "b.safetensors", "url": url, "directory": "checkpoints"},
+                                      {"name": "a.safetensors", "url": url, "directory": "../x"}]}}
+    sub = {"id": 9, "type": "UNETLoader", "widgets_values": ["u.safetensors", "default"],
+           "properties": {"models": [{"name": "u.safetensors", "url": url, "directory": "unet"}]}}
+    wf = Workflow(None, "ui", {"nodes": [node], "definitions": {"subgraphs": [{"id": "s", "nodes": [sub]}]},
+                               "models": [{"name": "w.safetensors", "url": url, "directory": "vae"}]})
+    needs = {(n.folder, n.name): n for n in editor_needs(wf)}
+    assert set(needs) == {("checkpoints", "a.safetensors"), ("diffusion_models", "u.safetensors"),
+                          ("vae", "w.safetensors")}  # b is in no widget; '../x' is no folder
+    assert needs["checkpoints", "a.safetensors"].sha256 == "ab" * 32
+    api = {"1": {"class_type": "LoraLoader", "inputs": {"lora_name": "l.safetensors", "model": ["2", 0]}},
+           "2": {"class_type": "EmptyImage", "inputs": {"width": 8}}}
+    assert [(n.folder, n.name, n.url) for n in loader_needs(api, "x")] == [("loras", "l.safetensors", None)]

@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 from ..core.errors import ComfyError, UsageError
 from ..core.ui import progress
-from ..models.folders import LEGACY, LOADER_INPUTS
-from ..models.sources import ModelRef, check_url, name_problem
+from ..models.folders import LOADER_INPUTS
+from ..models.sources import ModelRef, check_folder, check_url, name_problem
 from .workflow import Workflow, WorkflowError, load_workflow, to_api
 
 
@@ -67,13 +67,17 @@ def _entry(entry: Any, where: str) -> Need | None:
     if not isinstance(entry, dict):
         return None
     name, folder, url = entry.get("name"), entry.get("directory"), entry.get("url")
-    if not isinstance(name, str) or not isinstance(folder, str) or name_problem(name) or not folder.strip():
+    if not isinstance(name, str) or not isinstance(folder, str) or name_problem(name):
+        return None
+    try:
+        folder = check_folder(folder)  # a folder name, legacy names mapped; "../x" is none
+    except UsageError:
         return None
     try:
         url = check_url(url, "URL") if isinstance(url, str) and url else None
     except UsageError:
         url = None
-    return Need(name=name, folder=LEGACY.get(folder, folder), url=url, sha256=_sha(entry), where=where)
+    return Need(name=name, folder=folder, url=url, sha256=_sha(entry), where=where)
 
 
 def editor_needs(wf: Workflow) -> list[Need]:
