@@ -49,8 +49,6 @@ VERSION = 1
 CHUNK = 1 << 20
 READ = 1 << 16  # one read: small enough to stay in the CPU's cache until it is written
 USER_AGENT = "autopod-model-pull/%d (python %d.%d)" % (VERSION, sys.version_info[0], sys.version_info[1])
-# ComfyUI lists these in a model folder (folder_paths.supported_pt_extensions); a .part file is none of them.
-PT_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
 LEGACY = {"clip": "text_encoders", "unet": "diffusion_models"}  # ComfyUI's map_legacy
 NOT_MODEL_FOLDERS = ("custom_nodes", "configs")
 HF_HOSTS = ("huggingface.co", "hf.co")
@@ -162,18 +160,14 @@ def check_name(name):
     return None
 
 
-def sha256_file(path, progress=None):
+def sha256_file(path):
     h = hashlib.sha256()
-    done = 0
     with open(path, "rb") as f:
         while True:
             block = f.read(CHUNK * 4)
             if not block:
                 break
             h.update(block)
-            done += len(block)
-            if progress:
-                progress(done)
     return h.hexdigest()
 
 
