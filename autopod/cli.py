@@ -15,11 +15,11 @@ from invoke import Collection, Exit, ParseError, Program
 from . import __version__
 from .core.errors import ExitCode
 from .runpod import lifecycle
-from .tasks import comfy, config, pod, sim, tunnel, volume
+from .tasks import comfy, config, model, pod, sim, tunnel, volume
 from .tasks._base import set_debug, stdout_gone
 
 ns = Collection()
-for _module in (pod, volume, tunnel, comfy, sim, config):
+for _module in (pod, volume, model, tunnel, comfy, sim, config):
     ns.add_collection(Collection.from_module(_module))
 
 
@@ -34,6 +34,18 @@ def _stop_tunnel(pod_id: str) -> None:
 
 
 lifecycle.on_pod_stopped(_stop_tunnel)
+
+
+def _models_after_up(api: Any, spec: Any, outcome: Any, dry_run: bool) -> Any:
+    """pod.up makes the volume hold the spec's ``models``; the models room builds on the pod room."""
+    if not getattr(spec, "models", None):
+        return outcome
+    from .models.ops import after_pod_up
+
+    return after_pod_up(api, spec, outcome, dry_run)
+
+
+lifecycle.after_pod_up(_models_after_up)
 
 # invoke's core flags that configure Context.run(): autopod tasks never run local shell commands, so
 # `--dry` or `--warn-only` would be accepted and silently ignored. The autopod program does not offer them.

@@ -17,9 +17,10 @@ ALLOWED = {
     "core": set(),
     "runpod": {"core"},
     "tunnels": {"core", "runpod"},
-    "comfy": {"core", "runpod", "tunnels"},
-    "sim": {"core", "tunnels"},
-    "tasks": {"core", "runpod", "tunnels", "comfy", "sim"},
+    "models": {"core", "runpod"},
+    "comfy": {"core", "runpod", "tunnels", "models"},
+    "sim": {"core", "tunnels", "models"},
+    "tasks": {"core", "runpod", "tunnels", "models", "comfy", "sim"},
 }
 
 

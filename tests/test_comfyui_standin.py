@@ -183,23 +183,26 @@ def test_model_files_are_listed_like_comfyui_in_definitions_and_models(standin):
 
     assert choices("CheckpointLoaderSimple", "ckpt_name") == [] and choices("VAELoader", "vae_name") == ["pixel_space"]
     ckpts = standin.root / "models" / "checkpoints"
-    (ckpts / "sdxl").mkdir(parents=True)
+    (ckpts / "sdxl").mkdir(parents=True, exist_ok=True)
     for name in ("b.safetensors", "sdxl/a.ckpt", "notes.txt", ".hidden.safetensors"):
         (ckpts / name).write_bytes(b"x")
-    (standin.root / "models" / "vae").mkdir()
+    (standin.root / "models" / "vae").mkdir(exist_ok=True)  # ComfyUI makes its model folders at start
     (standin.root / "models" / "vae" / "ae.sft").write_bytes(b"x")
-    (standin.root / "models" / "upscale_models").mkdir()
+    (standin.root / "models" / "upscale_models").mkdir(exist_ok=True)
     (standin.root / "models" / "upscale_models" / "4x.pth").write_bytes(b"x")
-    assert choices("CheckpointLoaderSimple", "ckpt_name") == ["b.safetensors", "sdxl/a.ckpt"]
+    # Hidden files too: ComfyUI's lists skip only .git folders (its /experiment/models skips hidden files).
+    assert choices("CheckpointLoaderSimple", "ckpt_name") == [".hidden.safetensors", "b.safetensors", "sdxl/a.ckpt"]
     assert choices("VAELoader", "vae_name") == ["ae.sft", "pixel_space"]
     assert choices("UpscaleModelLoader", "model_name") == ["4x.pth"]  # a v3 combo: its options
-    assert requests.get(standin.url + "/models/checkpoints", timeout=5).json() == ["b.safetensors", "sdxl/a.ckpt"]
+    assert requests.get(standin.url + "/models/checkpoints", timeout=5).json() == [
+        ".hidden.safetensors", "b.safetensors", "sdxl/a.ckpt"]
     listed = requests.get(standin.url + "/api/experiment/models/checkpoints", timeout=5).json()  # the editor's library
     assert [(m["name"], m["pathIndex"], m["size"]) for m in listed] == [("b.safetensors", 0, 1), ("sdxl/a.ckpt", 0, 1)]
     full = requests.get(standin.url + "/object_info", timeout=5).json()
-    assert full["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == ["b.safetensors", "sdxl/a.ckpt"]
+    assert full["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == [
+        ".hidden.safetensors", "b.safetensors", "sdxl/a.ckpt"]
     (ckpts / "b.safetensors").unlink()
-    assert choices("CheckpointLoaderSimple", "ckpt_name") == ["sdxl/a.ckpt"]
+    assert choices("CheckpointLoaderSimple", "ckpt_name") == [".hidden.safetensors", "sdxl/a.ckpt"]
     # ComfyUI checks a prompt against the same lists.
     prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.safetensors"}},
               "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}

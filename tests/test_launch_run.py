@@ -17,7 +17,7 @@ from conftest import CliResult
 RUN_DEFAULTS = {"workflow": [], "pod": None, "fleet": None, "set": [], "input": [], "sweep": [], "repeat": None,
                 "seed": None, "job": None, "output_dir": None, "output": None, "timeout": None, "max_queued": None,
                 "resume": None, "then": None, "no_tunnel": False, "previews": False, "detach": False,
-                "dry_run": False, "json": False}
+                "dry_run": False, "pull_missing": False, "json": False}
 
 
 def flags(**kw):
@@ -36,6 +36,7 @@ def flags(**kw):
            no_tunnel=True, input=["LoadImage=cat.png"])),
     (["comfy.run", "--fleet", "flux", "a.json", "--then", "stop"], flags(fleet="flux", workflow=["a.json"], then="stop")),
     (["comfy.run", "--resume", "B1", "--fleet", "flux"], flags(resume="B1", fleet="flux")),
+    (["comfy.run", "a.json", "--pull-missing"], flags(workflow=["a.json"], pull_missing=True)),
     (["comfy.run", "a.json", "--pod", "p", "--pod", "q"], None),  # repeated: the full CLI refuses it
     (["comfy.run", "a.json", "--json", "--json"], None),
     (["comfy.run", "a.json", "--set=1.w=2"], None),  # --flag=value: the full CLI parses it

@@ -200,6 +200,16 @@ class ComfyUIClient:
         path = "/object_info" if node is None else f"/object_info/{_segment(node)}"
         return self._get_json(path, timeout=timeout)
 
+    def list_models(self, folder: str) -> list[str] | None:
+        """``GET /models/{folder}``: the files ComfyUI lists there (what it validates against); None when it
+        has no such folder."""
+        try:
+            return list(self._get_json(f"/models/{_segment(folder)}"))
+        except ComfyHTTPError as e:
+            if e.status == 404:
+                return None
+            raise
+
     # -- running prompts ---------------------------------------------------------------------------
 
     def submit(self, prompt: dict[str, Any], client_id: str, *, prompt_id: str | None = None,

@@ -14,6 +14,8 @@
     seed: random                        # fixed (default), random or increment
     output: "renders/{index}.png"       # an output name template, used as given
     pod: flux                           # an inventory pod name
+    models:                             # what the pod's volume must hold (comfy.run --pull-missing fetches it)
+      - {url: "https://huggingface.co/...", folder: checkpoints, name: x.safetensors, sha256: "..."}
 
 ``set``, ``input`` and ``sweep`` take a list of specs (or one spec). The schema is strict:
 an unknown key or a value of the wrong type is an error naming the file and, for YAML,
@@ -38,7 +40,7 @@ from .batch import SEED_MODES
 from .overrides import split_spec
 from .workflow import WorkflowError
 
-KEYS = ("workflow", "set", "input", "sweep", "repeat", "seed", "output", "pod")
+KEYS = ("workflow", "set", "input", "sweep", "repeat", "seed", "output", "pod", "models")
 MAX_REPEAT = 10_000
 _DIGITS = re.compile(r"^[0-9]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -58,6 +60,7 @@ class Job:
     output_template: str | None = None
     pod: str | None = None
     source: Path = field(default_factory=Path)
+    models: list[dict[str, Any]] = field(default_factory=list)  # {url, folder, name?, sha256?}
 
 
 @dataclass
@@ -162,6 +165,8 @@ class _Checker:
                     raise self.fail(v.line, f"'seed' must be one of {', '.join(SEED_MODES)}, got {job.seed!r}")
             elif key == "output":
                 job.output_template = self.text(v, repr(key))
+            elif key == "models":
+                job.models = self.models(v)
             else:
                 job.pod = self.text(v, repr(key))
                 if _CONTROL.search(job.pod):
@@ -179,6 +184,33 @@ class _Checker:
         if not v.raw.strip():
             raise self.fail(v.line, f"{what} must not be empty")
         return v.raw
+
+    def models(self, v: _Val) -> list[dict[str, Any]]:
+        """``models``: a list of {url, folder, name?, sha256?}, checked as ``model.pull`` checks its flags."""
+        from ..core.errors import UsageError
+        from ..models.sources import model_ref
+
+        if v.kind != "list":
+            raise self.fail(v.line, f"'models' must be a list of {{url, folder, name, sha256}}, got {self.kind(v)}")
+        out = []
+        for item in v.items:
+            if item.kind != "map":
+                raise self.fail(item.line, f"an item of 'models' must be a mapping like {{url: ..., folder: ...}}, "
+                                           f"got {self.kind(item)}")
+            fields: dict[str, str] = {}
+            for key, line, val in item.items:
+                if key not in ("url", "folder", "name", "sha256"):
+                    raise self.fail(line, f"unknown key {key!r} in an item of 'models' (url, folder, name, sha256)")
+                fields[key] = self.text(val, f"{key!r} in an item of 'models'")
+            if "url" not in fields or "folder" not in fields:
+                raise self.fail(item.line, "an item of 'models' needs 'url' and 'folder'")
+            try:
+                ref = model_ref(fields["url"], folder=fields["folder"], name=fields.get("name"),
+                                sha256=fields.get("sha256"))
+            except UsageError as e:
+                raise self.fail(item.line, str(e)) from None
+            out.append({"url": ref.url, "folder": ref.folder, "name": ref.name, "sha256": ref.sha256})
+        return out
 
     def repeat(self, v: _Val) -> int:
         if v.kind != "int" or (len(v.raw) > 1 and v.raw.startswith("0")):

@@ -115,13 +115,17 @@ class Consulted(dict):
 
 
 def plan_checked(conn: Any, plan: Callable[[dict[str, Any]], T], *,
-                 also: Callable[[T], Iterable[str]] = lambda _result: ()) -> tuple[T, dict[str, Any]]:
+                 also: Callable[[T], Iterable[str]] = lambda _result: (),
+                 fresh: dict[str, Any] | None = None) -> tuple[T, dict[str, Any]]:
     """``plan(object_info)`` with definitions no older than the server's: (its result, the definitions
     it used). ``also(result)`` names classes read after planning (LoadImage's file list for uploads),
     checked as well. A refusal (any AutopodError of ``plan``) is raised only once checked the same way.
+    ``fresh``: definitions the caller has just fetched (and kept), planned on as they are.
 
     ``conn`` is a ``run.Connection``: ``conn.call(fn)`` reaches the pod's ComfyUI, ``conn.endpoint``
     says which one, ``conn.note`` prints a line on stderr."""
+    if fresh is not None:  # just fetched from the server (and kept): nothing to check it against
+        return plan(fresh), fresh
     key = cache_key(conn)
     kept = load(key, note=conn.note)
     if kept is not None:

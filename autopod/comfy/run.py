@@ -67,6 +67,7 @@ class RunOptions:
     fleet: str | None = None  # spread the batch over this fleet's running members (``spread``)
     per_member: int | None = None  # with a fleet: prompts on each member's server (--max-queued)
     then: str | None = None  # stop or kill the pod (or fleet) once the batch is done
+    pull_missing: bool = False  # pull the models the run names and the pod lacks, first (``needs``)
 
 
 @dataclass
@@ -806,12 +807,16 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
         conn.close()
 
 
-def plan_on(conn: Connection, opts: RunOptions, *, note: Callable[[str], None] | None = None
-            ) -> tuple[tuple[list[Planned], str], dict[str, Any]]:
+def plan_on(conn: Connection, opts: RunOptions, *, note: Callable[[str], None] | None = None,
+            pods: list[str | None] | None = None) -> tuple[tuple[list[Planned], str], dict[str, Any]]:
     """:func:`plan` against the pod's node definitions, kept between runs and checked against the
     server before the plan is used (``nodedefs``); also the definitions it used. ``note`` gets the
-    conversion notes of the plan that counts (a plan on a stale kept copy is made again)."""
+    conversion notes of the plan that counts (a plan on a stale kept copy is made again). First the
+    models the run names are checked, and with ``--pull-missing`` pulled into ``pods`` (``check_models``):
+    a pull changes the loaders' lists, which the check of the kept copy then sees."""
     from .nodedefs import plan_checked
+
+    fresh = None if opts.resume else check_models(opts, conn, [conn.endpoint.target_id] if pods is None else pods)
 
     notes: list[str] = []
 
@@ -824,10 +829,47 @@ def plan_on(conn: Connection, opts: RunOptions, *, note: Callable[[str], None] |
         return ["LoadImage"] if any(p.uploads for p in result[0]) else []
 
     try:
-        return plan_checked(conn, attempt, also=read_later)
+        return plan_checked(conn, attempt, also=read_later, fresh=fresh)
     finally:
         for line in notes if note else ():
             note(line)
+
+
+def check_models(opts: RunOptions, conn: Connection, pods: list[str | None]) -> dict[str, Any] | None:
+    """The models the run names, checked against the pod's lists before anything is sent; with
+    ``--pull-missing`` the missing ones are pulled into ``pods`` (once per volume). Returns the node
+    definitions when it had to fetch them (none were kept) and pulled nothing, for the plan to use as they
+    are; else None, and the plan checks the kept ones (a pull changes the loaders' lists). See ``needs``."""
+    from . import needs
+    from .nodedefs import cache_key, load, store
+
+    workflows, job_models, job = [Path(w) for w in opts.workflows], [], None
+    if opts.job:
+        from .jobfile import load_job
+
+        j = load_job(opts.job)
+        workflows, job_models, job = [j.workflow] + workflows, j.models, Path(opts.job).stem
+    # Which inputs name models is in the loaders' definitions: the kept ones do (the lists themselves are
+    # read from the pod's /models below), else the server's, kept for the plan that follows.
+    key = cache_key(conn)
+    object_info, fetched = load(key, note=conn.note), None
+    if object_info is None:
+        object_info = fetched = conn.call(lambda c: c.get_object_info())
+        store(key, object_info, note=conn.note)
+    found = needs.collect(workflows, job_models, object_info, job)
+    if not found:
+        return fetched
+    targets = [p for p in pods if p]
+
+    def pull(refs: list[Any]) -> None:
+        from ..models.ops import pull_many
+
+        pull_many(targets, refs)
+
+    pulled = needs.settle(found, lambda folder: conn.call(lambda c: c.list_models(folder)),
+                          pull_missing=opts.pull_missing, pod_name=conn.endpoint.target_name,
+                          pull=pull if targets else None, dry_run=opts.dry_run)
+    return None if pulled else fetched
 
 
 def dry_run_report(planned: list[Planned]) -> dict[str, Any]:

@@ -375,7 +375,7 @@ def run_options(*, workflow: list[str] | None = None, pod: str | None = None, fl
                 job: str | None = None, output_dir: str | None = None, output: str | None = None,
                 previews: bool = False, detach: bool = False, dry_run: bool = False, timeout: str | None = None,
                 max_queued: str | None = None, resume: str | None = None, then: str | None = None,
-                debug: bool = False) -> RunOptions:
+                debug: bool = False, pull_missing: bool = False) -> RunOptions:
     """``comfy.run``'s flags, as typed, checked and made into RunOptions (exit 2 on a bad one). The task and
     the console script's quick path (``autopod.launch``) both come here, so they cannot disagree."""
     from ..core.flags import MAX_WAIT_S, number
@@ -395,7 +395,7 @@ def run_options(*, workflow: list[str] | None = None, pod: str | None = None, fl
                       seed=seed, output_dir=output_dir or "outputs", template=output, previews=previews,
                       detach=detach, dry_run=dry_run, timeout=number(timeout, "--timeout", minimum=1, maximum=MAX_WAIT_S),
                       max_queued=queued or 16, per_member=queued, fleet=fleet, then=then,
-                      pod=pod, no_tunnel=no_tunnel, resume=resume, debug=debug)
+                      pod=pod, no_tunnel=no_tunnel, resume=resume, debug=debug, pull_missing=pull_missing)
 
 
 def print_report(report: dict[str, Any], *, as_json: bool, dry_run: bool = False, detach: bool = False) -> int:
@@ -520,7 +520,7 @@ def _render_fleet(opts: RunOptions, held: contextlib.ExitStack) -> dict[str, Any
         raise ComfyError(f"no member of fleet {fleet} is running ({', '.join(f'{p.name} {p.status}' for p in pods)}); "
                          f"`autopod pod.up --name {fleet} --count {len(pods)}` brings them up")
     notes = Progress(enabled=False)
-    first, planned_on = _first_member(ready, notes, opts)
+    first, planned_on = _first_member(ready, notes, opts, [p.id for p in ready])
     assigned: dict[str, list[PromptRow]] = {}
     with Ledger.open() as ledger:
         if opts.resume:
@@ -563,7 +563,8 @@ def _render_fleet(opts: RunOptions, held: contextlib.ExitStack) -> dict[str, Any
     return _fleet_report(report, spread)
 
 
-def _first_member(ready: list[Any], notes: Progress, opts: RunOptions) -> tuple[Connection, Any]:
+def _first_member(ready: list[Any], notes: Progress, opts: RunOptions,
+                  pods: list[str | None]) -> tuple[Connection, Any]:
     """The first member that answers, and the batch planned against its node definitions (``run.plan_on``:
     the kept ones, checked against that member); with ``--resume``, which plans nothing, None."""
     problems = []
@@ -577,7 +578,7 @@ def _first_member(ready: list[Any], notes: Progress, opts: RunOptions) -> tuple[
             if opts.resume:
                 conn.call(lambda c: c.get_system_stats())
                 return conn, None
-            return conn, plan_on(conn, opts, note=Progress().note)
+            return conn, plan_on(conn, opts, note=Progress().note, pods=pods)
         except UsageError:  # bad input: the same on every member
             conn.close()
             raise

@@ -17,7 +17,7 @@ from typing import Any
 from .errors import AuthError, ConfigError
 from .files import MAX_SMALL_FILE, read_bytes, read_text
 from .flags import env_setting
-from .inventory import DEFAULT_KEYS, Inventory, load_yaml_mapping
+from .inventory import CONFIG_KEYS, Inventory, load_yaml_mapping
 from .log import register_secret
 from .paths import autopod_home
 from .state import CorruptState, StateFile, check_fields
@@ -47,7 +47,7 @@ def user_config() -> dict[str, Any]:
             return {}
     except OSError as e:  # AUTOPOD_HOME itself cannot be searched
         raise ConfigError(f"{path}: cannot read the settings: {e.strerror or e}") from None
-    return load_yaml_mapping(path, DEFAULT_KEYS, "settings")
+    return load_yaml_mapping(path, CONFIG_KEYS, "settings")
 
 
 def resolve(key: str, flag: Any = None, *, inventory: Inventory | None = None, pod_spec: dict | None = None,
@@ -130,7 +130,7 @@ def _runpod_config_key() -> str | None:
 
 def validate_sim_state(data: dict[str, Any]) -> None:
     check_fields(data, "the simulator record", {"base_url": str, "api_key": str, "pid": int, "ssh_user": str,
-                                                "started_at": (int, float), "root": str})
+                                                "started_at": (int, float), "root": str, "hub": dict})
 
 
 def sim_state() -> StateFile:

@@ -43,6 +43,8 @@ POD_KEYS: dict[str, type | tuple[type, ...]] = {
     "idle_minutes": float,
     "idle_action": str,
     "dead_minutes": float,
+    # Models the pod's volume must hold: a list of {url, folder, name?, sha256?}; pod.up pulls what is missing.
+    "models": list,
 }
 GLOBAL_KEYS: dict[str, type | tuple[type, ...]] = {
     "ssh_key": str,
@@ -52,6 +54,10 @@ GLOBAL_KEYS: dict[str, type | tuple[type, ...]] = {
     "runpod_api": str,
 }
 DEFAULT_KEYS = {**POD_KEYS, **GLOBAL_KEYS}
+# Secrets live in config.yaml (0600, in AUTOPOD_HOME) or the environment, never in an inventory that is shared.
+SECRET_KEYS: dict[str, type | tuple[type, ...]] = {"hf_token": str, "civitai_api_token": str}
+CONFIG_KEYS = {**DEFAULT_KEYS, **SECRET_KEYS}
+MODEL_KEYS = ("url", "folder", "name", "sha256")
 # Only a named pod spec can be a fleet: pods NAME-1 … NAME-<count>, the ones past count stopped or killed.
 SPEC_KEYS: dict[str, type | tuple[type, ...]] = {**POD_KEYS, "count": int, "surplus": str}
 HOST_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -362,6 +368,37 @@ _FORMATS: dict[str, Callable[[str], str | None]] = {
 _ITEM_FORMATS: dict[str, Callable[[str], str | None]] = {"ports": _port_spec}
 
 
+def _model_url(s: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(s)
+        ok = u.scheme in ("http", "https") and bool(u.hostname) and not u.username and not any(
+            c.isspace() for c in s) and len(s) <= 4096
+    except ValueError:
+        ok = False
+    return None if ok else "must be an http:// or https:// URL with a host and no credentials"
+
+
+def _model_folder(s: str) -> str | None:
+    return None if re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", s) else \
+        "must be a ComfyUI model folder name like checkpoints, loras or vae"
+
+
+def _model_name(s: str) -> str | None:
+    if "/" in s or "\\" in s or ".." in s or s.startswith("."):
+        return "must be a file name: no '/', no '..', not starting with '.'"
+    return None
+
+
+def _sha256(s: str) -> str | None:
+    return None if re.match(r"^(sha256[:=])?[0-9a-fA-F]{64}$", s, re.IGNORECASE) else "must be 64 hexadecimal digits"
+
+
+_MODEL_FORMATS: dict[str, Callable[[str], str | None]] = {"url": _model_url, "folder": _model_folder,
+                                                          "name": _model_name, "sha256": _sha256}
+
+
 class _Validator:
     """Checks the node tree against a schema before anything is built from it.
 
@@ -392,6 +429,9 @@ class _Validator:
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(node, f"{where} must be a mapping")
         for knode, vnode in node.value:
+            if knode.tag == _STR and knode.value in SECRET_KEYS and knode.value not in schema:
+                raise self.fail(knode, f"{knode.value!r} is a secret: put it in config.yaml in AUTOPOD_HOME or in "
+                                       f"the environment ({knode.value.upper()}), not in the inventory")
             if knode.tag != _STR or knode.value not in schema:
                 known = ", ".join(sorted(schema))
                 raise self.fail(knode, f"unknown key {knode.value!r} in {where} (known: {known})")
@@ -454,6 +494,8 @@ class _Validator:
             self.any_number(key, vnode, what)
         elif want is str:
             self.string(vnode, what, _FORMATS.get(key))
+        elif key == "models":
+            self.models(vnode, what)
         elif want is list:
             if not isinstance(vnode, yaml.SequenceNode):
                 raise self.fail(vnode, f"{what} must be a list, e.g. [a, b], got {self.kind(vnode)}")
@@ -465,6 +507,31 @@ class _Validator:
             self.env(vnode, what)
         else:  # a schema type this validator does not know: a bug here, not in the file
             raise TypeError(f"no check for {key!r} ({want!r})")
+
+    def models(self, node: Any, what: str) -> None:
+        """``models:`` entries: {url, folder, name?, sha256?}, each checked as model.pull checks its flags."""
+        import yaml
+
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, f"{what} must be a list of {{url, folder, name, sha256}}, got {self.kind(node)}")
+        seen: dict[tuple[str, str], int] = {}
+        for i, item in enumerate(node.value, 1):
+            where = f"item {i} of {what}"
+            if not isinstance(item, yaml.MappingNode):
+                raise self.fail(item, f"{where} must be a mapping like {{url: https://..., folder: checkpoints}}, "
+                                      f"got {self.kind(item)}")
+            values: dict[str, str] = {}
+            for key, knode, vnode in self.entries(item, dict.fromkeys(MODEL_KEYS), where):
+                if vnode.tag == _NULL:
+                    raise self.fail(knode, f"{key!r} in {where} has no value")
+                values[key] = self.string(vnode, f"{key!r} in {where}", _MODEL_FORMATS[key])
+            for required in ("url", "folder"):
+                if required not in values:
+                    raise self.fail(item, f"{where} needs {required!r}")
+            ident = (values["folder"], values.get("name") or values["url"])
+            if ident in seen:
+                raise self.fail(item, f"{where} repeats the model of item {seen[ident]}")
+            seen[ident] = i
 
     def kind(self, node: Any) -> str:
         import yaml

@@ -391,11 +391,31 @@ def up(flags: dict[str, Any], *, dry_run: bool = False, force: bool = False, api
                     connect=connect)
 
 
+# What pod.up converges beyond the pod itself (the models on its volume): the models room builds on this
+# one, so ``autopod.cli`` registers it. Each takes (api, spec, outcome, dry_run) and returns the outcome.
+_after_up: list[Callable[[Any, PodSpec, Outcome, bool], Outcome]] = []
+
+
+def after_pod_up(fn: Callable[[Any, PodSpec, Outcome, bool], Outcome]) -> None:
+    """Run ``fn`` once ``pod.up`` has the pod (once per function)."""
+    if fn not in _after_up:
+        _after_up.append(fn)
+
+
 def converge(spec: PodSpec, api: Any, *, given: dict[str, Any] | None = None, dry_run: bool = False,
              force: bool = False, sleep: Callable[[float], None] = time.sleep,
              connect: Callable[[str, int], bool] | None = None) -> Outcome:
-    """``pod.up`` for settings already resolved (a fleet member's, too). ``given`` holds the flags as typed,
-    for the note that RunPod's timers apply only to a new pod."""
+    """``pod.up`` for settings already resolved (a fleet member's, too): the pod, then what is registered
+    with ``after_pod_up``. ``given`` holds the flags as typed, for the note that RunPod's timers apply
+    only to a new pod."""
+    outcome = _converge_pod(spec, api, given=given, dry_run=dry_run, force=force, sleep=sleep, connect=connect)
+    for fn in list(_after_up):
+        outcome = fn(api, spec, outcome, dry_run)
+    return outcome
+
+
+def _converge_pod(spec: PodSpec, api: Any, *, given: dict[str, Any] | None, dry_run: bool, force: bool,
+                  sleep: Callable[[float], None], connect: Callable[[str, int], bool] | None) -> Outcome:
     flags = given or {}
     if not spec.name:
         live = [p for p in list_pods(api) if p.alive]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from ..core import config as _config
@@ -46,6 +46,8 @@ class PodSpec:
     idle_minutes: float | None = None
     idle_action: str = "stop"
     dead_minutes: float | None = None
+    # Models the volume must hold ({url, folder, name?, sha256?}); pod.up pulls the missing ones.
+    models: list[dict[str, Any]] = field(default_factory=list)
 
     def guard_settings(self) -> dict[str, Any] | None:
         """The watchdog this pod should have, or None."""
@@ -193,7 +195,18 @@ def resolve_spec(flags: dict[str, Any], inventory: Inventory | None = None, conf
         idle_minutes=number(r("idle_minutes"), "--idle-minutes", float, minimum=0.01, maximum=MAX_IDLE_MINUTES),
         idle_action=idle_action,
         dead_minutes=number(r("dead_minutes"), "--dead-minutes", float, minimum=0.01, maximum=MAX_IDLE_MINUTES),
+        models=declared_models(config, inventory.defaults, pod_spec),
     )
+
+
+def declared_models(*layers: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``models:`` of config.yaml, the inventory defaults and the pod spec together; a later layer's
+    entry for the same folder and name (or URL) replaces an earlier one."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for layer in layers:
+        for m in layer.get("models") or []:
+            out[(str(m["folder"]), str(m.get("name") or m["url"]))] = dict(m)
+    return list(out.values())
 
 
 def load_settings(flags: dict[str, Any]) -> PodSpec:

@@ -14,6 +14,12 @@ Like a RunPod pod, every SSH session has ``RUNPOD_POD_ID`` and a ``runpodctl`` o
 whose key may act only on that pod (``autopod.sim.runpodctl``), and ``python3``. So the idle
 watchdog (``autopod pod.guard``) runs in a simulated pod unchanged, and stops it through the
 stand-in. Stopping a pod ends every process started in it, as stopping a container does.
+
+A network volume is a folder (``volumes/<id>``) that every pod attaching it shares, and outlives
+them; its ComfyUI keeps its models there, as the official image does (``runpod-slim/ComfyUI/models``),
+so a model one pod pulls is there for the others. Sessions see where the volume really is
+(``AUTOPOD_VOLUME_DIR``; on RunPod it is the mount, /workspace) and, while the simulator's model hub
+runs, ``HF_ENDPOINT`` and ``CIVITAI_ENDPOINT`` pointing at it, so Hugging Face and Civitai URLs work.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ class LocalPodBackend:
         self._lock = threading.Lock()
         self.api_url = ""  # the stand-in's, for each pod's runpodctl (``attach``)
         self.api_key = ""
+        self.hub_endpoints: dict[str, str] = {}  # the model hub stand-in's, for each pod's environment
 
     def attach(self, url: str, api_key: str) -> None:
         """The stand-in this backend serves: each pod's runpodctl calls it."""
@@ -87,12 +94,14 @@ class LocalPodBackend:
         env = pod_env(pod)
         run = _Running()
         result: dict[str, Any] = {"ip": "127.0.0.1", "ports": {}}
+        volume = self.volume_dir(pod.get("networkVolumeId"))
         # Like RunPod's images: sshd only when PUBLIC_KEY is set.
         if env.get("PUBLIC_KEY", "").strip():
-            run.ssh = self._ssh_server(workdir, env["PUBLIC_KEY"], self._session_env(pod["id"], workdir)).start()
+            session = {**self._session_env(pod["id"], workdir), **self._volume_env(workdir, volume)}
+            run.ssh = self._ssh_server(workdir, env["PUBLIC_KEY"], session).start()
             result["ports"][22] = run.ssh.port
         comfy_port = self._comfy_port(workdir)
-        run.comfy = self._start_comfy(comfy_port, workdir)
+        run.comfy = self._start_comfy(comfy_port, workdir, volume)
         result["env"] = {COMFY_ADDRESS_ENV: f"127.0.0.1:{comfy_port}"}
         with self._lock:
             self._running[pod["id"]] = run
@@ -136,6 +145,23 @@ class LocalPodBackend:
         return {"RUNPOD_POD_ID": pod_id, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
                 "AUTOPOD_GUARD_DIR": str(workdir / "guard"), POD_MARKER_ENV: str(workdir)}
 
+    def volume_dir(self, volume_id: str | None) -> Path | None:
+        """The folder that is network volume ``volume_id`` (made on first use; it outlives its pods)."""
+        if not volume_id:
+            return None
+        d = self.root / "volumes" / volume_id
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def _volume_env(self, workdir: Path, volume: Path | None) -> dict[str, str]:
+        env = {k: v for k, v in (("HF_ENDPOINT", self.hub_endpoints.get("hf")),
+                                 ("CIVITAI_ENDPOINT", self.hub_endpoints.get("civitai"))) if v}
+        if volume is not None:
+            env["AUTOPOD_VOLUME_DIR"] = str(volume)
+        else:  # no volume: model pulls keep their records on the pod's own disk
+            env["AUTOPOD_MODELS_DIR"] = str(workdir / "models-state")
+        return env
+
     def _ssh_server(self, workdir: Path, authorized_keys: str, env: dict[str, str]) -> Any:
         kind = self.ssh_server
         if kind == "auto":
@@ -158,7 +184,7 @@ class LocalPodBackend:
         f.write_text(str(port))
         return port
 
-    def _start_comfy(self, port: int, workdir: Path) -> Any:
+    def _start_comfy(self, port: int, workdir: Path, volume: Path | None = None) -> Any:
         if self.comfy_command:
             # A real ComfyUI (or anything else) replaces the stand-in: `{port}` and `{host}` are filled in.
             argv = [a.format(port=port, host="127.0.0.1") for a in shlex.split(self.comfy_command)]
@@ -170,7 +196,8 @@ class LocalPodBackend:
                 out.close()
         return ComfyUIStandin(port=port, ready_after=self.comfy_ready_after, root=workdir / "comfyui",
                               sim_nodes=self.comfy_sim_nodes, ws_drop_after=self.comfy_ws_drop_after,
-                              faults_file=self.comfy_faults_file).start()
+                              faults_file=self.comfy_faults_file,
+                              models_dir=volume / "runpod-slim" / "ComfyUI" / "models" if volume else None).start()
 
     @property
     def comfy_faults_file(self) -> Path:

@@ -77,30 +77,21 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from .comfyui import editor
 from .comfyui import images as im
 from .comfyui.engine import Engine
-from .comfyui.folders import MODEL_INPUTS, Folders
+from .comfyui.folders import Folders
 from .comfyui.hub import Hub
+from .comfyui.models import ModelFolders
 from .comfyui.nodes import REAL_NODES, SIM_NODES
 from .comfyui.userdata import UserData
+from ..models.folders import LOADER_INPUTS
 from .comfyui.wsproto import ServerWebSocket, accept_key, handshake_problem
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "comfyui"
-_RECORDED_ROOT = "/tmp/comfy-ref/src"  # the recorded server's base folder (frontend_boot.json)
 MAX_UPLOAD_SIZE = 104857600  # ComfyUI's default --max-upload-size (100 MB), as /features reports it
 SERVER_ERROR = "500 Internal Server Error\n\nServer got itself in trouble"
 VIEW_FAULTS = ("redirect", "error", "html", "short", "long", "stall")
 
 # /view makes these download instead of display (ComfyUI does the same)
 _UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
-
-
-def _with_choices(spec: list, files: list[str]) -> list:
-    """A combo input with the model files as its choices, in either combo style; values the recorded list
-    holds besides files (VAELoader's "pixel_space") stay after them, as ComfyUI appends them."""
-    if spec and isinstance(spec[0], list):
-        return [files + list(spec[0]), *spec[1:]]
-    opts = dict(spec[1]) if len(spec) > 1 else {}
-    opts["options"] = files + list(opts.get("options") or [])
-    return [spec[0], opts]
 
 
 def _load(data_dir: Path, name: str) -> dict[str, Any]:
@@ -133,7 +124,7 @@ class ComfyUIStandin:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, ready_after: float = 0.0,
                  data_dir: Path | None = None, state: str = "idle", root: Path | str | None = None,
                  sim_nodes: bool = False, ws_drop_after: int = 0, faults_file: Path | str | None = None,
-                 editor_ui: bool = True):
+                 editor_ui: bool = True, models_dir: Path | str | None = None):
         if state not in ("idle", "busy"):
             raise ValueError(f"state must be 'idle' or 'busy', not {state!r}")
         if host not in ("127.0.0.1", "localhost"):
@@ -149,6 +140,8 @@ class ComfyUIStandin:
         self.userdata = UserData(self.root)
         # the editor's files (comfyui-frontend-package), when installed; else "/" says how to get them
         self.static_root = editor.static_root() if editor_ui else None
+        # Model files: under root/models, or where the pod keeps them (a simulated network volume).
+        self.models = ModelFolders(Path(models_dir) if models_dir else self.root / "models", self.root)
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._stopped = threading.Event()
@@ -180,10 +173,6 @@ class ComfyUIStandin:
         self.static = {name: _load(d, name)["body"] for name in ("embeddings", "extensions", "features", "models")}
         boot = {c["path"]: c for c in _load(d, "frontend_boot")["api_calls"]}
         self.i18n = json.loads(boot["/api/i18n"]["body"])
-        # the model folders the editor's model library lists, moved from the recorded server's root to ours
-        self.model_folders = [{"name": f["name"], "folders": [str(self.root / Path(p).relative_to(_RECORDED_ROOT))
-                                                              for p in f["folders"]]}
-                              for f in json.loads(boot["/api/experiment/models"]["body"])]
 
     def node_info(self, class_type: str) -> dict | None:
         """One object_info entry; LoadImage's list is the input folder's images and a loader's list the
@@ -192,18 +181,12 @@ class ComfyUIStandin:
         if class_type == "LoadImage" and info is not None:
             info = {**info, "input": {**info["input"], "required": {
                 **info["input"]["required"], "image": [self.folders.input_images(), {"image_upload": True}]}}}
-        models = [(name, folder) for (cls, name), folder in MODEL_INPUTS.items() if cls == class_type]
-        if info is not None and models:
-            required = dict(info["input"]["required"])
-            for name, folder in models:
-                required[name] = _with_choices(required[name], self.folders.model_files(folder))
-            info = {**info, "input": {**info["input"], "required": required}}
-        return info
+        return self.models.fill(class_type, info)
 
     def full_object_info(self) -> dict[str, Any]:
         out = dict(self.object_info)
-        for cls in {"LoadImage", *(c for c, _ in MODEL_INPUTS)} & set(out):
-            out[cls] = self.node_info(cls)
+        for name in {"LoadImage", *(cls for cls, _ in LOADER_INPUTS)} & set(out):
+            out[name] = self.node_info(name)
         return out
 
     # queue and history, as attributes (tests and the busy replay set them)
@@ -577,10 +560,15 @@ class _Handler(BaseHTTPRequestHandler):
         if path in ("/embeddings", "/extensions", "/features", "/models"):
             return self._send(200, s.static[path[1:]])
         if path.startswith("/models/"):
-            folder = unquote(path[len("/models/"):])
-            if folder in s.static["models"]:
-                return self._send(200, s.folders.model_files(folder))
-            return self._empty(404)
+            names = s.models.filenames(unquote(path[len("/models/"):]))
+            return self._empty(404) if names is None else self._send(200, names)
+        if path == "/experiment/models":
+            return self._send(200, s.models.experiment())
+        if path.startswith("/experiment/models/"):
+            items = s.models.items(unquote(path[len("/experiment/models/"):]))
+            return self._empty(404) if items is None else self._send(200, items)
+        if path == "/internal/folder_paths":
+            return self._send(200, s.models.paths())
         if path == "/view":
             return self._view(s, query)
         if path == "/_sim/faults":
@@ -637,16 +625,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_file(file, mimetypes.guess_type(file.name)[0] or "application/octet-stream", {})
         elif path == "/i18n":
             self._send(200, s.i18n)
-        elif path == "/experiment/models":
-            self._send(200, s.model_folders)
-        elif _one_segment(path, "/experiment/models/"):
-            folder = unquote(path[len("/experiment/models/"):])
-            if any(f["name"] == folder for f in s.model_folders):
-                self._send(200, s.folders.model_entries(folder))
-            else:
-                self._empty(404)
-        elif path == "/internal/folder_paths":
-            self._send(200, {f["name"]: f["folders"] for f in s.model_folders})
         elif path == "/internal/logs":
             self._send(200, json.dumps(""))  # the editor's terminal panel: the stand-in keeps no server log
         elif path == "/internal/logs/raw":

@@ -162,7 +162,7 @@ def simulator_status() -> dict[str, Any]:
     comfy_drop = _read_comfy_faults(Path(data.get("root") or _sim_root())).get("ws_drop_after")
     if comfy_drop:
         faults["comfy_ws_drop"] = comfy_drop
-    doc.update(running=True, settings=settings, faults=faults,
+    doc.update(running=True, settings=settings, faults=faults, hub=data.get("hub"),
                pods=[{"id": pid, "name": p.get("name"), "status": p.get("desiredStatus")}
                      for pid, p in (world.get("pods") or {}).items()],
                volumes=[{"id": vid, "name": v.get("name"), "size_gb": v.get("size"), "datacenter": v.get("dataCenterId")}
@@ -288,7 +288,7 @@ def _start_locked(world_file: str | None, settings: dict[str, Any], comfy_ready_
     proc.stdout.close()  # type: ignore[union-attr]
     with _state().update() as d:
         d.update(base_url=info["url"], api_key=api_key, pid=proc.pid, ssh_user=getpass.getuser(),
-                 started_at=time.time(), root=str(root))
+                 started_at=time.time(), root=str(root), hub=info.get("hub"))
     return Outcome(True, f"simulator running at {info['url']}; autopod uses it until `autopod sim.stop`",
                    key="simulator", data=simulator_status())
 

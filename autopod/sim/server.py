@@ -1,7 +1,8 @@
 """The offline simulator's server process: ``python -m autopod.sim.server``.
 
 It serves the RunPod stand-in with pods that are real local processes
-(``LocalPodBackend``) until SIGTERM, then stops every pod process it started.
+(``LocalPodBackend``) and the model hub stand-in (``modelhub``) until SIGTERM, then stops every
+pod process it started.
 The API key comes from ``$AUTOPOD_SIM_API_KEY`` (never from argv). It prints one
 line ``{"url": ..., "pid": ...}`` on stdout once it listens.
 """
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..core.log import setup_logging
     from .backend import LocalPodBackend
+    from .modelhub import ModelHub
     from .runpod_standin import RunPodStandin
 
     setup_logging(stderr=False, name="sim")
@@ -41,16 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     backend = LocalPodBackend(Path(args.root), ssh_server=args.ssh_server,
                               comfy_ready_after=args.comfy_ready_after, comfy_command=args.comfy_command,
                               comfy_ws_drop_after=args.comfy_ws_drop)
+    hub = ModelHub(Path(args.root) / "hub").start()  # Hugging Face and Civitai, as the pods reach them
+    backend.hub_endpoints = hub.endpoints
     api_key = os.environ.get("AUTOPOD_SIM_API_KEY") or "sim-key"
     standin = RunPodStandin(world, api_key=api_key, port=args.port, backend=backend).start()
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: done.set())
-    print(json.dumps({"url": standin.url, "pid": os.getpid()}), flush=True)
+    print(json.dumps({"url": standin.url, "pid": os.getpid(), "hub": hub.endpoints}), flush=True)
     while not done.wait(1.0):
         pass
     standin.stop()
     backend.close()
+    hub.stop()
     return 0
 
 

@@ -18,24 +18,6 @@ from pathlib import Path
 from .images import solid, write_png
 
 TYPES = ("input", "output", "temp")
-# What ComfyUI lists as model files (folder_paths.supported_pt_extensions).
-MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
-# The core loaders' model inputs and the folder under models/ each lists, as ComfyUI's nodes.py has them.
-MODEL_INPUTS = {
-    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
-    ("LoraLoader", "lora_name"): "loras",
-    ("LoraLoaderModelOnly", "lora_name"): "loras",
-    ("VAELoader", "vae_name"): "vae",
-    ("UNETLoader", "unet_name"): "diffusion_models",
-    ("CLIPLoader", "clip_name"): "text_encoders",
-    ("DualCLIPLoader", "clip_name1"): "text_encoders",
-    ("DualCLIPLoader", "clip_name2"): "text_encoders",
-    ("ControlNetLoader", "control_net_name"): "controlnet",
-    ("UpscaleModelLoader", "model_name"): "upscale_models",
-    ("CLIPVisionLoader", "clip_name"): "clip_vision",
-}
-
-
 class OutsideFolder(ValueError):
     pass
 
@@ -55,7 +37,6 @@ class Folders:
         self.input = self.root / "input"
         self.output = self.root / "output"
         self.temp = self.root / "temp"
-        self.models = self.root / "models"  # models/<folder>/..., read on every request like ComfyUI's lists
         for d in (self.input, self.output):
             d.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.temp, ignore_errors=True)  # ComfyUI wipes its temp folder at start-up
@@ -101,28 +82,6 @@ class Folders:
             if entry.is_file() and (mimetypes.guess_type(entry.name)[0] or "").startswith("image/"):
                 names.append(entry.name)
         return sorted(names)
-
-    def model_files(self, folder: str) -> list[str]:
-        """ComfyUI's ``get_filename_list``: model files under models/<folder>, subfolders included, as
-        relative paths, sorted; hidden files and folders are skipped."""
-        base = self.models / folder
-        names = []
-        for dirpath, dirs, files in os.walk(base):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            rel = os.path.relpath(dirpath, base)
-            names += [f if rel == "." else os.path.join(rel, f) for f in files
-                      if not f.startswith(".") and f.lower().endswith(MODEL_EXTENSIONS)]
-        return sorted(names)
-
-    def model_entries(self, folder: str) -> list[dict]:
-        """``/experiment/models/<folder>``: each model file with its path index, times and size."""
-        base = self.models / folder
-        out = []
-        for name in self.model_files(folder):
-            st = (base / name).stat()
-            out.append({"name": name, "pathIndex": 0, "modified": st.st_mtime, "created": st.st_ctime,
-                        "size": st.st_size})
-        return out
 
     def save_path(self, filename_prefix: str, base: Path, width: int = 0, height: int = 0
                   ) -> tuple[Path, str, int, str]:
