@@ -239,3 +239,32 @@ def test_sim_runpodctl_reads_both_syntaxes():
     assert parse(["pod", "delete", "x"]) == ("terminate", "x")
     with pytest.raises(ValueError):
         parse(["stop", "x"])
+
+
+def test_a_model_download_in_this_pod_is_activity(comfy, tmp_path, monkeypatch):
+    """A pull writes its job beside the guard's folder on the volume; while its heartbeat is fresh the pod
+    is busy, so the watchdog never stops a pod half way through a model download."""
+    guard = tmp_path / ".autopod" / "guard" / "p1"
+    jobs = tmp_path / ".autopod" / "models" / "jobs"
+    guard.mkdir(parents=True)
+    monkeypatch.delenv("AUTOPOD_MODELS_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    def job(key, **doc):
+        (jobs / key).mkdir(parents=True, exist_ok=True)
+        (jobs / key / "job.json").write_text(json.dumps(doc))
+
+    job("mine", pod="p1", status="downloading", heartbeat=1000.0)
+    job("other-pod", pod="p2", status="downloading", heartbeat=1000.0)  # same volume, another pod
+    job("done", pod="p1", status="done", heartbeat=1000.0)
+    (jobs / "broken").mkdir()
+    (jobs / "broken" / "job.json").write_text("[1, 2")
+    state = {"last_activity": 0.0}
+    assert watchdog.check(CONFIG, state, 1005.0, str(guard)) is None
+    assert state["busy"] == ["1 model download(s)"] and state["last_activity"] == 1005.0
+    # The pull was killed (its heartbeat stops): idle from then on, and the pod is stopped after idle_s.
+    assert watchdog.check(CONFIG, state, 1005.0 + watchdog.PULL_FRESH_S, str(guard)) is None
+    assert state["busy"] == []
+    assert watchdog.check(CONFIG, state, 1005.0 + 60.0, str(guard))
+    # Without the folder (an older install), no job is found: nothing else changes.
+    assert watchdog.pulls_running(CONFIG, None, 1005.0) == 0

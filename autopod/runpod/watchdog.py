@@ -12,6 +12,7 @@ Activity, any of which restarts the idle clock:
 - a prompt running or pending in ComfyUI's queue (``/queue``);
 - a prompt that finished since the last look (``/history?max_items=1``, its last message's time);
 - an established connection to ComfyUI's port (the editor through a tunnel, a client);
+- a model download of ``autopod model.pull`` running in this pod (its job's heartbeat);
 - ComfyUI not answering, for up to ``dead_s``: a restart is not idleness. After that it counts
   as dead, and a dead ComfyUI on a billing pod is stopped too.
 
@@ -154,12 +155,50 @@ def last_finished(history):
 # --- one look -----------------------------------------------------------------------------
 
 
-def check(config, state, t):
-    """Update ``state`` from one look at ComfyUI at time ``t``; returns the reason to act, or None."""
+PULL_ACTIVE = ("starting", "downloading", "verifying")
+PULL_FRESH_S = 15.0  # a pull writes its heartbeat every second; older than this, it is not running
+
+
+def pulls_running(config, d, t):
+    """Model downloads (``autopod model.pull``) running in this pod: each job file of the pod-side puller
+    (``<volume>/.autopod/models/jobs/*/job.json``, beside this watchdog's ``<volume>/.autopod/guard``)
+    that names this pod, is active and has a fresh heartbeat. A download is work the user asked for."""
+    dirs = [os.environ.get("AUTOPOD_MODELS_DIR"), os.path.expanduser("~/.autopod/models")]
+    if d:
+        dirs.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(d))), "models"))
+    me, count, seen = pod_id(config), 0, set()
+    for base in dirs:
+        if not base or not os.path.isdir(os.path.join(base, "jobs")):
+            continue
+        base = os.path.realpath(base)
+        if base in seen:
+            continue
+        seen.add(base)
+        for name in os.listdir(os.path.join(base, "jobs")):
+            try:
+                with open(os.path.join(base, "jobs", name, "job.json")) as f:
+                    job = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if not isinstance(job, dict):
+                continue
+            beat = job.get("heartbeat") or job.get("queued_at") or 0
+            if (job.get("pod") == me and job.get("status") in PULL_ACTIVE
+                    and isinstance(beat, (int, float)) and t - beat < PULL_FRESH_S):
+                count += 1
+    return count
+
+
+def check(config, state, t, d=None):
+    """Update ``state`` from one look at ComfyUI at time ``t``; returns the reason to act, or None.
+    ``d``: the watchdog's folder, beside which model downloads keep their jobs."""
     address = config["comfy_address"]
     port = int(address.rpartition(":")[2])
     conns = established(port)  # before our own requests, which would count
     busy = []
+    pulls = pulls_running(config, d, t)
+    if pulls:
+        busy.append("%d model download(s)" % pulls)
     try:
         queue = comfy_get(address, "/queue", config["http_timeout_s"])
         history = comfy_get(address, "/history?max_items=1", config["http_timeout_s"])
@@ -400,7 +439,7 @@ def cmd_run(d):
     retry_at = 0.0
     while not stopping:
         t = now()
-        why = check(config, state, t)
+        why = check(config, state, t, d)
         state["last_check"] = t
         if why and t >= retry_at:
             if not act(d, config, state, why):
