@@ -60,6 +60,28 @@ def cli(capsys):
 
 
 @pytest.fixture
+def console(capsys, monkeypatch):
+    """``autopod ARGS...`` through the console script's entry (``autopod.launch.main``), in this process."""
+    import autopod.cli
+    from autopod import launch
+
+    monkeypatch.setattr(autopod.cli, "main", lambda: autopod.cli.make_program().run())
+
+    def run(*argv: str) -> CliResult:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["autopod", *argv])
+        code = 0
+        try:
+            launch.main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+@pytest.fixture
 def run_autopod():
     """Run the installed ``autopod`` command as a real subprocess (fresh interpreter)."""
 

@@ -11,10 +11,8 @@ that entry too: it must hand every such line to the full CLI, or answer it the s
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
-from conftest import CliResult
 
 from autopod.cli import ns
 
@@ -32,28 +30,6 @@ def _with_entries(cases):
         if task in QUICK:
             out.append(pytest.param(*rest, "console", id=f"{'-'.join(map(repr, rest))}-console"))
     return out
-
-
-@pytest.fixture
-def console(capsys, monkeypatch):
-    """``autopod ARGS...`` through the console script's entry (``autopod.launch.main``), in this process."""
-    import autopod.cli
-    from autopod import launch
-
-    monkeypatch.setattr(autopod.cli, "main", lambda: autopod.cli.make_program().run())
-
-    def run(*argv: str) -> CliResult:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["autopod", *argv])
-        code = 0
-        try:
-            launch.main()
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        out, err = capsys.readouterr()
-        return CliResult(code, out, err)
-
-    return run
 
 
 @pytest.fixture

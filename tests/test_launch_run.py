@@ -12,7 +12,6 @@ import pytest
 from comfy_fixtures import empty_save
 
 from autopod.sim.comfyui_standin import ComfyUIStandin
-from conftest import CliResult
 
 RUN_DEFAULTS = {"workflow": [], "pod": None, "fleet": None, "set": [], "input": [], "sweep": [], "repeat": None,
                 "seed": None, "job": None, "output_dir": None, "output": None, "timeout": None, "max_queued": None,
@@ -58,28 +57,6 @@ def test_quick_path_takes_only_plain_run_command_lines(argv, expect):
     from autopod.launch import parse_comfy_run
 
     assert parse_comfy_run(argv) == expect
-
-
-@pytest.fixture
-def console(capsys, monkeypatch):
-    """``autopod ARGS...`` through the console script's entry (``autopod.launch.main``), in this process."""
-    import autopod.cli
-    from autopod import launch
-
-    monkeypatch.setattr(autopod.cli, "main", lambda: autopod.cli.make_program().run())
-
-    def run(*argv: str) -> CliResult:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["autopod", *argv])
-        code = 0
-        try:
-            launch.main()
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        out, err = capsys.readouterr()
-        return CliResult(code, out, err)
-
-    return run
 
 
 @pytest.fixture

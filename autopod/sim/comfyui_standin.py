@@ -521,16 +521,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:
+        self._dispatch("GET", self._get)
+
+    def _dispatch(self, method: str, handle: Any) -> None:
+        """Every method's common path: record the request, go silent in an outage, refuse a foreign web
+        page, then ``handle(standin, path, query)``; a client gone mid-answer is no error."""
         s = self.server.standin
         path, query = self._route()
-        s.requests.append(("GET", path))
+        s.requests.append((method, path))
         if s.unanswered(path):
             self.close_connection = True
             return
         if self._refused_origin():
             return
         try:
-            self._get(s, path, query)
+            handle(s, path, query)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception:
@@ -684,36 +689,20 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def do_DELETE(self) -> None:
-        s = self.server.standin
-        path, _ = self._route()
-        s.requests.append(("DELETE", path))
-        if s.unanswered(path):
-            self.close_connection = True
-            return
-        if self._refused_origin():
-            return
-        try:
-            if _one_segment(path, "/userdata/"):
-                status = s.userdata.delete(path[len("/userdata/"):])
-                return self._empty(status)
-            return self._not_found()
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-        except Exception:
-            self._server_error()
+        self._dispatch("DELETE", self._delete)
+
+    def _delete(self, s: ComfyUIStandin, path: str, query: dict[str, list[str]]) -> None:
+        if _one_segment(path, "/userdata/"):
+            return self._empty(s.userdata.delete(path[len("/userdata/"):]))
+        return self._not_found()
 
     def do_PATCH(self) -> None:
+        self._dispatch("PATCH", self._patch)
+
+    def _patch(self, s: ComfyUIStandin, path: str, query: dict[str, list[str]]) -> None:
         """The editor's logs panel subscribes to log lines; the stand-in has none to send."""
-        s = self.server.standin
-        path, _ = self._route()
-        s.requests.append(("PATCH", path))
-        if s.unanswered(path):
-            self.close_connection = True
-            return
-        if self._refused_origin():
-            return
         self._body()
-        if urlsplit(self.path).path == "/internal/logs/subscribe":
+        if urlsplit(self.path).path == "/internal/logs/subscribe":  # ComfyUI's internal routes have no /api/ twin
             return self._empty(200)
         return self._not_found()
 
@@ -726,20 +715,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def do_POST(self) -> None:
-        s = self.server.standin
-        path, query = self._route()
-        s.requests.append(("POST", path))
-        if s.unanswered(path):
-            self.close_connection = True
-            return
-        if self._refused_origin():
-            return
-        try:
-            self._post(s, path, query)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-        except Exception:
-            self._server_error()
+        self._dispatch("POST", self._post)
 
     def _post(self, s: ComfyUIStandin, path: str, query: dict[str, list[str]]) -> None:
         if path in ("/upload/image", "/upload/mask"):
