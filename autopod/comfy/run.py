@@ -843,12 +843,24 @@ def check_models(opts: RunOptions, conn: Connection, pods: list[str | None]) -> 
     from . import needs
     from .nodedefs import cache_key, load, store
 
+    from .batch import parse_sweep
+    from .overrides import parse_input, parse_set
+
     workflows, job_models, job = [Path(w) for w in opts.workflows], [], None
+    sets, sweeps, inputs = list(opts.sets), list(opts.sweeps), list(opts.inputs)
     if opts.job:
         from .jobfile import load_job
 
         j = load_job(opts.job)
         workflows, job_models, job = [j.workflow] + workflows, j.models, Path(opts.job).stem
+        sets, sweeps, inputs = j.sets + sets, j.sweeps + sweeps, j.inputs + inputs
+    # Bad input is exit 2 before a missing model is exit 1: the flags' own values (and @files) first.
+    for spec in sets:
+        parse_set(spec)
+    for spec in sweeps:
+        parse_sweep(spec)
+    for spec in inputs:
+        parse_input(spec)
     # Which inputs name models is in the loaders' definitions: the kept ones do (the lists themselves are
     # read from the pod's /models below), else the server's, kept for the plan that follows.
     key = cache_key(conn)
