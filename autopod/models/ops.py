@@ -15,12 +15,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
-from ..core import chain
 from ..core.errors import AutopodError, Interrupted, UsageError
 from ..core.fanout import Cancel, Result, count_line
 from ..core.output import Outcome, safe_text
 from ..core.ui import progress, warn
 from ..runpod.records import Pod
+from ..runpod.access import running_pod as _running
 from ..runpod.registry import get_pod, resolve_pod
 from . import remote
 from .folders import PT_EXTENSIONS, listed_by_comfyui
@@ -59,12 +59,7 @@ def _base(pod: Pod) -> dict[str, Any]:
 
 
 def running_pod(api: Any, ref: str | Pod | None) -> Pod:
-    pod = ref if isinstance(ref, Pod) else resolve_pod(api, ref)
-    chain.set_pod(pod.id)
-    if pod.status != "RUNNING" or not pod.ssh_direct:
-        raise AutopodError(f"pod {pod.name} ({pod.id}) is {pod.status}: models are pulled by the pod itself, "
-                           f"so it must run (`autopod pod.start --pod {pod.name}`)")
-    return pod
+    return _running(api, ref, why="models are pulled by the pod itself, so it must run")
 
 
 # -- progress on stderr ----------------------------------------------------------------------------------

@@ -19,6 +19,17 @@ from .registry import resolve_pod
 log = logging.getLogger(__name__)
 
 
+def running_pod(api: Any, ref: str | Pod | None, *, why: str) -> Pod:
+    """The pod ``ref`` names (recorded as this command line's pod), which must run with its direct SSH
+    endpoint up: the watchdog and model pulls run inside it. ``why`` says so in the error."""
+    pod = ref if isinstance(ref, Pod) else resolve_pod(api, ref)
+    chain.set_pod(pod.id)
+    if pod.status != "RUNNING" or not pod.ssh_direct:
+        raise AutopodError(f"pod {pod.name} ({pod.id}) is {pod.status}: {why} "
+                           f"(`autopod pod.start --pod {pod.name}`)")
+    return pod
+
+
 def ssh_command(pod: Pod, key: Any, command: str | None = None, *, user: str | None = None,
                 known_hosts: Any = None) -> list[str]:
     """The OpenSSH argv for the pod's direct endpoint. Host keys are pinned on first use in

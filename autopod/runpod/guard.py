@@ -28,7 +28,7 @@ from ..core.errors import AutopodError, ConfigError, UsageError
 from ..core.inventory import IDLE_ACTIONS, load_inventory
 from ..core.output import Outcome
 from ..core.ui import progress
-from .access import ssh_command
+from .access import running_pod, ssh_command
 from .records import Pod, fmt_duration
 from .registry import entries_or_warn, remember, resolve_pod, set_entry_field
 
@@ -119,12 +119,7 @@ def _remote(pod: Pod, script: str, *, stdin: str | None = None, timeout: float =
 
 
 def _running_pod(api: Any, ref: str | Pod | None) -> Pod:
-    pod = ref if isinstance(ref, Pod) else resolve_pod(api, ref)
-    chain.set_pod(pod.id)
-    if pod.status != "RUNNING" or not pod.ssh_direct:
-        raise AutopodError(f"pod {pod.name} ({pod.id}) is {pod.status}: the watchdog runs inside a running pod "
-                           f"(start it with `autopod pod.start --pod {pod.name}`)")
-    return pod
+    return running_pod(api, ref, why="the watchdog runs inside a running pod, so start it")
 
 
 def describe(s: dict[str, Any]) -> str:
