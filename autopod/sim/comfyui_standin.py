@@ -78,6 +78,7 @@ from .comfyui import editor
 from .comfyui import images as im
 from .comfyui.engine import Engine
 from .comfyui.folders import Folders
+from .ranges import byte_range
 from .comfyui.hub import Hub
 from .comfyui.models import ModelFolders
 from .comfyui.nodes import REAL_NODES, SIM_NODES
@@ -840,24 +841,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Last-Modified", self.date_time_string(int(st.st_mtime)))
                 self.end_headers()
                 return
-            start, end, status = 0, size - 1, 200
-            rng = self.headers.get("Range") or ""
-            if rng.startswith("bytes=") and "," not in rng:
-                a, _, b = rng[6:].partition("-")
-                try:
-                    if a:
-                        start, end = int(a), min(int(b), size - 1) if b else size - 1
-                    else:
-                        start, end = max(0, size - int(b)), size - 1
-                    if start > end or start >= size:
-                        raise ValueError
-                    status = 206
-                except ValueError:
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{size}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
+            span = byte_range(self.headers.get("Range"), size)
+            if span is not None:
+                start, end, status = span
+            else:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             length = end - start + 1 if size else 0
             self.send_response(status)
             self.send_header("Content-Type", ctype)

@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from .ranges import byte_range
+
 CHUNK = 1 << 20
 SIGNED_URL_S = 600.0
 BROWSERS = ("mozilla", "chrome", "safari", "firefox", "opera", "edge")
@@ -455,22 +457,15 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, "<!doctype html><html><body>Please sign in</body></html>",
                               ctype="text/html; charset=utf-8", fid=f.id)
         size = f.size
-        start, end, status = 0, size - 1, 200
-        rng = self.headers.get("Range") or ""
-        if rng.startswith("bytes=") and "," not in rng and not faults.get("no_range"):
-            a, _, b = rng[6:].partition("-")
-            try:
-                start, end = (int(a), min(int(b), size - 1) if b else size - 1) if a else (max(0, size - int(b)), size - 1)
-                if start > end or start >= size:
-                    raise ValueError
-                status = 206
-            except ValueError:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                self._log(416, f.id)
-                return
+        span = byte_range(None if faults.get("no_range") else self.headers.get("Range"), size)
+        if span is None:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self._log(416, f.id)
+            return
+        start, end, status = span
         length = end - start + 1
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
