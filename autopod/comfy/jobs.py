@@ -24,6 +24,10 @@ def list_jobs(ref: str | None = None, *, limit: int = 20) -> dict[str, Any]:
         report = _report(led, batch)
         report["batch_info"] = {"id": batch.id, "name": batch.name, "target": batch.target_name,
                                 "created_at": batch.created_at, "output_dir": batch.output_dir}
+        from .sheet import existing
+
+        if existing(batch):
+            report["sheet"] = existing(batch)
         if len(rows) < len(report["prompts"]):  # a prompt id: just that prompt
             ids = {r.prompt_id for r in rows}
             report["prompts"] = [p for p in report["prompts"] if p["prompt_id"] in ids]
