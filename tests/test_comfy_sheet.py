@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from autopod.comfy.ledger import Ledger
+
 from autopod.sim.comfyui_standin import ComfyUIStandin
 
 RED, GREEN, BLUE = 0xFF0000, 0x00FF00, 0x0000FF
-CELL_BG = (236, 236, 236)
+CELL_BG, FAILED_BG, MISSING_BG = (236, 236, 236), (150, 150, 150), (205, 205, 205)
 RGB = {RED: (255, 0, 0), GREEN: (0, 255, 0), BLUE: (0, 0, 255)}
 
 
@@ -74,8 +76,8 @@ def cell_of(img: Image.Image, box: tuple[int, int, int, int]) -> tuple[int, int]
     return top, x
 
 
-def dark(img: Image.Image, box: tuple[int, int, int, int]) -> int:
-    return sum(1 for p in img.crop(box).get_flattened_data() if sum(p) < 200)
+def dark(img: Image.Image, box: tuple[int, int, int, int], limit: int = 200) -> int:
+    return sum(1 for p in img.crop(box).get_flattened_data() if sum(p) < limit)
 
 
 def test_a_3x2_sweep_puts_each_colour_at_its_row_and_column(comfy, cli, tmp_path):
@@ -136,3 +138,131 @@ def test_bad_axes_and_thumb_exit_2(comfy, cli, tmp_path):
     assert cli("comfy.sheet", "nope-batch").code == 2
     ok = cli("comfy.sheet", batch, "--axes", "color,width", "--thumb", "64", "--json")
     assert ok.code == 0 and ok.json["axes"] == {"x": "Canvas.color", "y": "Canvas.width", "z": []}
+
+
+def rgb(c: int) -> tuple[int, int, int]:
+    return ((c >> 16) & 255, (c >> 8) & 255, c & 255)
+
+
+def test_three_axes_make_one_grid_per_z_value(comfy, cli, tmp_path):
+    r = render(cli, tmp_path, canvas(), "--sweep", "Canvas.height=16,32", "--sweep", f"Canvas.color={RED},{GREEN}",
+               "--sweep", "Canvas.width=32,64")
+    assert r.code == 0, r.err
+    doc = cli("comfy.sheet", r.json["batch"], "--json").json
+    assert doc["axes"] == {"x": "Canvas.width", "y": "Canvas.color", "z": ["Canvas.height"]} and doc["grids"] == 2
+    img = Image.open(doc["sheet"]).convert("RGB")
+    reds, greens = sorted(boxes(img, RGB[RED])), sorted(boxes(img, RGB[GREEN]))
+    assert len(reds) == len(greens) == 4
+    # Each grid: red row above green row; the height 16 grid above the height 32 one (32 is less wide)
+    by_top = sorted(reds + greens, key=lambda b: b[1])
+    colours = [img.getpixel((b[0], b[1])) for b in by_top]
+    assert colours == [RGB[RED]] * 2 + [RGB[GREEN]] * 2 + [RGB[RED]] * 2 + [RGB[GREEN]] * 2
+    first, second = by_top[:4], by_top[4:]
+    ratio = lambda b: (b[2] - b[0] + 1) / (b[3] - b[1] + 1)  # noqa: E731
+    assert sorted(round(ratio(b)) for b in first) == [2, 2, 4, 4]  # 32x16 and 64x16
+    assert sorted(round(ratio(b)) for b in second) == [1, 1, 2, 2]  # 32x32 and 64x32
+    # a heading names each grid's Z value above it, in the band between the grids
+    top2, _ = cell_of(img, second[0])
+    assert dark(img, (0, top2 - 75, img.width // 2, top2 - 35)) > 50
+    # --axes puts the height on X instead; the colour becomes Z
+    doc = cli("comfy.sheet", r.json["batch"], "--axes", "height,width", "--json").json
+    assert doc["axes"] == {"x": "Canvas.height", "y": "Canvas.width", "z": ["Canvas.color"]} and doc["grids"] == 2
+
+
+def test_failed_prompt_is_a_grey_cell_with_its_error(comfy, cli, tmp_path):
+    ok = tmp_path / "ok.json"
+    ok.write_text(json.dumps(canvas(GREEN)))
+    failing = canvas(RED)
+    failing["3"] = {"class_type": "AutopodFail", "inputs": {"image": ["1", 0], "message": "boom: out of memory"}}
+    failing["2"]["inputs"]["images"] = ["3", 0]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(failing))
+    r = cli("comfy.run", str(ok), str(bad), "--no-tunnel", "--output-dir", str(tmp_path / "out"), "--json")
+    assert r.code == 1 and r.json["sheet"]["sheet"], r.err  # a failed batch still gets its sheet
+    doc = cli("comfy.sheet", r.json["batch"], "--json").json
+    assert doc["axes"]["x"] == "workflow" and doc["marked"] == {"failed": 1}
+    img = Image.open(doc["sheet"]).convert("RGB")
+    (green,) = boxes(img, RGB[GREEN])
+    (grey,) = [b for b in boxes(img, FAILED_BG) if b[2] - b[0] > 200 and b[3] - b[1] > 200]
+    assert grey[0] > green[2] and dark(img, grey) > 100  # its error written in it
+    html = Path(doc["page"]).read_text()
+    assert "boom: out of memory" in html and "ok.json" in html and "bad.json" in html
+
+
+def test_missing_and_damaged_outputs_are_marked_never_a_traceback(comfy, cli, tmp_path):
+    r = render(cli, tmp_path, canvas(), "--sweep", f"Canvas.color={RED},{GREEN},{BLUE}")
+    red, green, blue = (p["outputs"][0] for p in r.json["prompts"])
+    Path(green).unlink()
+    data = Path(blue).read_bytes()
+    Path(blue).write_bytes(data[: len(data) // 2])  # truncated
+    doc = cli("comfy.sheet", r.json["batch"], "--json")
+    assert doc.code == 0 and "Traceback" not in doc.err
+    doc = doc.json
+    assert doc["marked"] == {"missing": 1, "damaged": 1}
+    img = Image.open(doc["sheet"]).convert("RGB")
+    assert boxes(img, RGB[RED]) and not boxes(img, RGB[GREEN]) and not boxes(img, RGB[BLUE])
+    assert len([b for b in boxes(img, MISSING_BG) if b[2] - b[0] > 200 and b[3] - b[1] > 200]) == 2
+    html = Path(doc["page"]).read_text()
+    assert f"not on disk: {Path(green).name}" in html
+
+
+def test_a_batch_of_one_has_nothing_to_compare_and_no_sheet_skips(comfy, cli, tmp_path):
+    r = render(cli, tmp_path, canvas())
+    assert r.code == 0 and "sheet" not in r.json
+    doc = cli("comfy.sheet", r.json["batch"], "--json")
+    assert doc.code == 0 and doc.json["status"] == "ok" and "nothing to compare" in doc.json["msg"]
+    assert not (tmp_path / "out" / r.json["batch"]).exists()
+    r = render(cli, tmp_path, canvas(), "--sweep", f"Canvas.color={RED},{GREEN}", "--no-sheet")
+    assert r.code == 0 and "sheet" not in r.json and not (tmp_path / "out" / r.json["batch"]).exists()
+    # comfy.jobs names the sheet and page once they exist
+    made = cli("comfy.sheet", r.json["batch"], "--json").json
+    jobs = cli("comfy.jobs", r.json["batch"], "--json").json
+    assert jobs["sheet"] == {"sheet": made["sheet"], "page": made["page"]}
+    text = cli("comfy.jobs", r.json["batch"]).out
+    assert f"contact sheet: {made['sheet']}" in text and f"gallery page: {made['page']}" in text
+
+
+def test_several_files_per_prompt_animations_video_and_audio(comfy, cli, tmp_path, monkeypatch):
+    wf = {"1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 2, "color": RED},
+                "_meta": {"title": "Canvas"}},
+          "2": {"class_type": "AutopodSaveGIF", "inputs": {"images": ["1", 0], "filename_prefix": "anim",
+                                                           "frame_rate": 8.0}},
+          "3": {"class_type": "AutopodSaveVideo", "inputs": {"images": ["1", 0], "filename_prefix": "clip",
+                                                             "frame_rate": 8.0}},
+          "4": {"class_type": "AutopodSaveAudio", "inputs": {"filename_prefix": "tone", "seconds": 0.05,
+                                                             "frequency": 440.0, "sample_rate": 8000}}}
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ffmpeg"))
+    r = render(cli, tmp_path, wf, "--sweep", f"Canvas.color={RED},{GREEN}")
+    assert r.code == 0, r.err
+    kinds = sorted(Path(p).suffix for p in r.json["prompts"][0]["outputs"])
+    assert kinds == [".avi", ".gif", ".wav"], kinds
+    doc = cli("comfy.sheet", r.json["batch"], "--json").json
+    # per prompt: the GIF's first frame drawn; the video (no ffmpeg here) and the audio as placeholders
+    assert doc["marked"] == {"placeholder": 4}
+    img = Image.open(doc["sheet"]).convert("RGB")
+    assert len(boxes(img, RGB[RED])) == len(boxes(img, RGB[GREEN])) == 1
+    html = Path(doc["page"]).read_text()
+    assert html.count("<video ") == 2 and html.count("<audio ") == 2
+    ffmpeg = pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "ffmpeg").symlink_to(ffmpeg)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    doc = cli("comfy.sheet", r.json["batch"], "--json").json
+    assert doc["marked"] == {"placeholder": 2}  # the video's first frame is drawn now; audio stays a placeholder
+
+
+def test_a_fleet_batch_names_the_pod_of_each_cell(comfy, cli, tmp_path, autopod_home):
+    r = render(cli, tmp_path, canvas(), "--sweep", f"Canvas.color={RED},{GREEN}", "--no-sheet")
+    with Ledger.open() as led:  # as comfy.run --fleet records it: the fleet, and the member of each prompt
+        led.db.execute("UPDATE batches SET target_id = 'fleet:farm', target_name = 'farm' WHERE id = ?",
+                       (r.json["batch"],))
+        for i, member in enumerate(("farm-1", "farm-2")):
+            led.update(r.json["batch"], i, target_id=f"pod{i}", target_name=member)
+    doc = cli("comfy.sheet", r.json["batch"], "--json").json
+    html = Path(doc["page"]).read_text()
+    assert "farm-1" in html and "farm-2" in html
+    img = Image.open(doc["sheet"]).convert("RGB")
+    top, left = cell_of(img, boxes(img, RGB[RED])[0])
+    # under the cell: the value label, then the pod's name
+    assert dark(img, (left, top + 256, left + 255, top + 280)) > 30
+    assert dark(img, (left, top + 282, left + 255, top + 306), limit=300) > 30  # in grey

@@ -843,8 +843,8 @@ def make_sheet(led: Ledger, batch: BatchRow, rows: list[PromptRow] | None = None
     if str(sheet_path.resolve()) in recorded:  # an output of the batch already has that name: keep it
         sheet_path = folder / "contact-sheet.png"
     ok = sum(1 for r in rows if r.status == "success")
-    title = (f"batch {batch.id} {batch.name}: {len(rows)} prompts, {ok} succeeded"
-             + (f" on {batch.target_name}" if batch.target_name else ""))
+    title = (f"batch {batch.id}: {ok} of {len(rows)} succeeded" + (f" on {batch.target_name}" if batch.target_name
+                                                                     else "") + f" ({batch.name})")
     drawer = Drawer(layout, cells, thumb, fleet=fleet, title=title)
     t0 = time.monotonic()
     size = drawer.write(sheet_path)
@@ -894,3 +894,19 @@ def refresh(batch_id: str, *, note: Callable[[str], None] | None = None) -> dict
             note(f"no contact sheet for batch {batch_id}: {e}")
         return None
     return got if got.get("changed") else None
+
+
+def add_to_report(report: dict[str, Any], *, note: Callable[[str], None] | None = None,
+                  only_when_done: bool = False) -> None:
+    """A batch's report (``comfy.run``, ``comfy.watch``, ``comfy.fetch``) of two or more prompts: the sheet
+    and page made again and named in it (``sheet``, and the message). ``only_when_done``: not while a prompt
+    is still unfinished."""
+    prompts = report.get("prompts") or []
+    if len(prompts) < 2 or not report.get("batch"):
+        return
+    if only_when_done and any(p.get("status") not in FINAL for p in prompts):
+        return
+    got = refresh(report["batch"], note=note)
+    if got is not None:
+        report["sheet"] = {"sheet": got["sheet"], "page": got["page"]}
+        report["msg"] = f"{report.get('msg') or ''}; contact sheet {got['sheet']}".lstrip("; ")

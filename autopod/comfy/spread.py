@@ -462,14 +462,11 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
 def _sheet(opts: RunOptions, report: dict[str, Any]) -> None:
     """A batch of two or more prompts that ran here (not --detach, --dry-run or --no-sheet) ends with its
     contact sheet and gallery page; the report names both. A sheet that cannot be made fails nothing."""
-    if not opts.sheet or opts.detach or opts.dry_run or len(report.get("prompts") or []) < 2:
+    if not opts.sheet or opts.detach or opts.dry_run:
         return
-    from .sheet import refresh
+    from .sheet import add_to_report
 
-    got = refresh(report["batch"], note=line)
-    if got is not None:
-        report["sheet"] = {"sheet": got["sheet"], "page": got["page"]}
-        report["msg"] += f"; contact sheet {got['sheet']}"
+    add_to_report(report, note=line)
 
 
 def _then_target(opts: RunOptions) -> str | None:
