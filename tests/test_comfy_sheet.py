@@ -266,3 +266,26 @@ def test_a_fleet_batch_names_the_pod_of_each_cell(comfy, cli, tmp_path, autopod_
     # under the cell: the value label, then the pod's name
     assert dark(img, (left, top + 256, left + 255, top + 280)) > 30
     assert dark(img, (left, top + 282, left + 255, top + 306), limit=300) > 30  # in grey
+
+
+@pytest.mark.parametrize("finish", [["comfy.watch"], ["comfy.run", "--resume"], ["comfy.fetch"]])
+def test_watch_resume_and_fetch_make_the_sheet_when_the_batch_ends(comfy, cli, tmp_path, finish):
+    r = render(cli, tmp_path, canvas(), "--sweep", f"Canvas.color={RED},{GREEN}", "--detach")
+    assert r.code == 0 and "sheet" not in r.json, r.err
+    batch = r.json["batch"]
+    assert not (tmp_path / "out" / batch).exists()
+    if finish == ["comfy.fetch"]:  # fetch takes what has finished: wait for the server to finish both
+        import time
+
+        import requests
+
+        deadline = time.monotonic() + 20
+        while len(requests.get(comfy.url + "/history", timeout=5).json()) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    done = cli(*finish, batch, "--no-tunnel", "--json")
+    assert done.code == 0, done.err
+    sheet = Path(done.json["sheet"]["sheet"])
+    assert sheet == tmp_path / "out" / batch / "contact.png" and str(sheet) in done.json["msg"]
+    img = Image.open(sheet).convert("RGB")
+    assert boxes(img, RGB[RED]) and boxes(img, RGB[GREEN])
