@@ -370,7 +370,9 @@ class _PNGStream:
         self.f, self.width = f, width
         f.write(b"\x89PNG\r\n\x1a\n")
         self._chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-        self.z = zlib.compressobj(6)
+        # Level 3: a 2648x2933 sheet of 100 pictures compressed in 0.48 s to 7795 KiB; level 6 (Pillow's) took
+        # 1.16 s for 7760 KiB.
+        self.z = zlib.compressobj(3)
         self.pending = bytearray()
 
     def _chunk(self, kind: bytes, data: bytes) -> None:
@@ -437,6 +439,8 @@ class Drawer:
         self.g = _Geometry(thumb, pad, self.fonts, captions, row_head, col_head, columns)
         self.marked: dict[str, int] = {}
         self.ffmpeg = shutil.which("ffmpeg")
+        self.pool: Any = None
+        self.ready: dict[tuple[Path, int], Any] = {}  # the pictures of the band being drawn, made ahead
 
     # -- the plan: each band's height and how to draw it
 
@@ -478,9 +482,14 @@ class Drawer:
         bands = self.bands()
         height = sum(h for h, _ in bands) + self.g.pad
         width = self.width
+        from concurrent.futures import ThreadPoolExecutor
+
         fd, tmp = tempfile.mkstemp(prefix=".contact-", suffix=".png.part", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as f:
+            # Pillow lets go of the GIL while it decodes and resizes: a band's files are read by a few threads
+            # at once. Each holds one file at a time, so memory still does not grow with the batch.
+            with os.fdopen(fd, "wb") as f, ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+                self.pool = pool
                 png = _PNGStream(f, width, height)
                 for h, draw in bands:
                     img = Image.new("RGB", (width, h), WHITE)
@@ -506,9 +515,32 @@ class Drawer:
             w = self.fonts.body.getlength(text)
             d.text((left + (g.cell_w - w) / 2, 0), text, font=self.fonts.body, fill=INK)
 
+    def _prepare(self, cells: list[Cell]) -> None:
+        """Read every picture of one band's cells, in parallel, before the band is drawn."""
+        wanted = []
+        for c in cells:
+            if c.row.status != "success":
+                continue
+            shown = c.outputs[:MAX_PER_CELL]
+            if not any(o.exists for o in shown):
+                continue
+            size = _sub_size(self.g.thumb, len(shown), self.g.pad)
+            wanted += [(o, size) for o in shown if o.exists and o.kind in ("image", "video")]
+        if self.pool is None or len(wanted) < 2:
+            self.ready = {}
+            return
+        self.ready = dict(zip([(o.path, size) for o, size in wanted],
+                              self.pool.map(lambda job: self._picture(*job), wanted)))
+
+    def _picture(self, o: Output, size: int) -> Any:
+        if o.kind == "video":
+            return self._video_frame(o.path, size) if self.ffmpeg else None
+        return self._thumb(o.path, size)
+
     def _xy_row(self, img: Any, d: Any, yv: str, row: list[Cell | None]) -> None:
         g, y = self.g, self.layout.y
         assert y is not None
+        self._prepare([c for c in row if c is not None])
         for n, line in enumerate(wrap(y.text(yv), self.fonts.body, g.row_head - 2 * g.pad, 3)):
             d.text((g.pad, g.thumb // 2 - self.fonts.line + n * self.fonts.line), line, font=self.fonts.body, fill=INK)
         for i, c in enumerate(row):
@@ -516,6 +548,7 @@ class Drawer:
                 self._cell(img, d, g.pad + g.row_head + i * g.step_x, 0, c)
 
     def _wrap_row(self, img: Any, d: Any, chunk: list[Cell]) -> None:
+        self._prepare(chunk)
         for i, c in enumerate(chunk):
             self._cell(img, d, self.g.pad + i * self.g.step_x, 0, c)
 
@@ -543,7 +576,7 @@ class Drawer:
             shown = c.outputs[:MAX_PER_CELL]
             k = math.ceil(math.sqrt(len(shown)))
             gap = max(2, g.pad // 2) if k > 1 else 0
-            sub = (t - (k - 1) * gap) // k
+            sub = _sub_size(t, len(shown), g.pad)  # the same as (t - (k - 1) * gap) // k
             for i, o in enumerate(shown):
                 sx, sy = x + (i % k) * (sub + gap), y + (i // k) * (sub + gap)
                 self._file(img, d, sx, sy, sub, o)
@@ -571,16 +604,14 @@ class Drawer:
             self._placeholder(d, x, y, size, "not on disk", o.path.name, MISSING_BG, INK)
             self._mark("missing")
             return
-        if o.kind == "image":
-            thumb = self._thumb(o.path, size)
-        elif o.kind == "video":
-            thumb = self._video_frame(o.path, size) if self.ffmpeg else None
-            if thumb is None:
-                self._placeholder(d, x, y, size, "VIDEO", o.path.name, MEDIA_BG, WHITE)
-                self._mark("placeholder")
-                return
-        else:
+        if o.kind not in ("image", "video"):
             self._placeholder(d, x, y, size, o.kind.upper(), o.path.name, MEDIA_BG, WHITE)
+            self._mark("placeholder")
+            return
+        key = (o.path, size)
+        thumb = self.ready.pop(key) if key in self.ready else self._picture(o, size)
+        if thumb is None and o.kind == "video":  # no ffmpeg here, or it could not read the file
+            self._placeholder(d, x, y, size, "VIDEO", o.path.name, MEDIA_BG, WHITE)
             self._mark("placeholder")
             return
         if thumb is None:
@@ -629,6 +660,13 @@ class Drawer:
                 return _fill(_rgb(im), size)
         except (OSError, subprocess.SubprocessError, ValueError, SyntaxError):
             return None
+
+
+def _sub_size(thumb: int, files: int, pad: int) -> int:
+    """The side of each picture when a cell shows ``files`` of them (a square grid in the cell)."""
+    k = math.ceil(math.sqrt(max(1, files)))
+    gap = max(2, pad // 2) if k > 1 else 0
+    return (thumb - (k - 1) * gap) // k
 
 
 def _fill(im: Any, size: int) -> Any:
