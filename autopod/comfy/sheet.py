@@ -433,9 +433,8 @@ class Drawer:
             row_head = int(min(longest, 1.5 * thumb)) + 2 * pad
         col_head = self.fonts.line + pad if layout.y is not None else 0
         biggest = max((len(c) for _, c in layout.grids), default=1)
-        columns = min(WRAP_COLUMNS, max(1, math.ceil(math.sqrt(biggest))))
-        if layout.x is not None and layout.y is None:
-            columns = min(columns, len(layout.x.values)) if len(layout.x.values) <= WRAP_COLUMNS else columns
+        # A few cells side by side; more wrap into a grid about as wide as it is high.
+        columns = biggest if biggest <= 4 else min(WRAP_COLUMNS, math.ceil(math.sqrt(biggest)))
         self.g = _Geometry(thumb, pad, self.fonts, captions, row_head, col_head, columns)
         self.marked: dict[str, int] = {}
         self.ffmpeg = shutil.which("ffmpeg")
@@ -814,7 +813,7 @@ def _figure(c: Cell, layout: Layout, folder: Path, fleet: bool) -> str:
     label = ""
     if layout.y is None and layout.x is not None:
         label = f'<p class="label">{e(layout.x.text(c.coords[layout.x.key], short=False))}</p>'
-    facts = [(k, v) for k, v in c.params]
+    facts = [(k, v) for k, v in c.params] + [("workflow", c.row.workflow)]
     facts.append(("pod", (c.pod or "-") + (f" ({c.gpu})" if c.gpu else "")))
     facts.append(("time", _seconds(c.run_s)))
     facts.append(("cost", _money(c.cost)))
@@ -875,7 +874,10 @@ def make_sheet(led: Ledger, batch: BatchRow, rows: list[PromptRow] | None = None
     layout = arrange(cells, chosen)
     fleet = (batch.target_id or "").startswith("fleet:") or len({r.target_id for r in rows if r.target_id}) > 1
     folder = folder_for(batch)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AutopodError(f"cannot make {folder} for the contact sheet: {e.strerror or e}") from None
     recorded = {str(o.path.resolve()) for c in cells for o in c.outputs}
     sheet_path = folder / SHEET
     if str(sheet_path.resolve()) in recorded:  # an output of the batch already has that name: keep it
@@ -885,17 +887,20 @@ def make_sheet(led: Ledger, batch: BatchRow, rows: list[PromptRow] | None = None
                                                                      else "") + f" ({batch.name})")
     drawer = Drawer(layout, cells, thumb, fleet=fleet, title=title)
     t0 = time.monotonic()
-    size = drawer.write(sheet_path)
     page_path = folder / PAGE
-    text = page(batch, layout, cells, folder, sheet_path.name, thumb=thumb, fleet=fleet)
-    fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".html.part", dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, page_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        size = drawer.write(sheet_path)
+        text = page(batch, layout, cells, folder, sheet_path.name, thumb=thumb, fleet=fleet)
+        fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".html.part", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, page_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:  # a full disk, a folder made read-only: said in one line, nothing half-written left
+        raise AutopodError(f"cannot write the contact sheet and page in {folder}: {e.strerror or e}") from None
     names = {"x": layout.x.label if layout.x else None, "y": layout.y.label if layout.y else None,
              "z": [a.label for a in layout.z]}
     marked = ", ".join(f"{n} {k}" for k, n in sorted(drawer.marked.items()))
