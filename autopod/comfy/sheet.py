@@ -476,13 +476,13 @@ class Drawer:
         return max(g.pad + g.row_head + columns * g.step_x, 480)
 
     def write(self, path: Path) -> tuple[int, int]:
+        from concurrent.futures import ThreadPoolExecutor
+
         from PIL import Image, ImageDraw
 
         bands = self.bands()
         height = sum(h for h, _ in bands) + self.g.pad
         width = self.width
-        from concurrent.futures import ThreadPoolExecutor
-
         fd, tmp = tempfile.mkstemp(prefix=".contact-", suffix=".png.part", dir=path.parent)
         try:
             # Pillow lets go of the GIL while it decodes and resizes: a band's files are read by a few threads
