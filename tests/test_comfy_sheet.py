@@ -336,3 +336,37 @@ def test_axes_are_checked(comfy, cli, tmp_path):
         got = cli("comfy.sheet", batch, "--axes", axes, "--json")
         assert got.code == 2 and words in got.json["msg"], (axes, got.json["msg"])
     assert cli("comfy.sheet", batch, "--axes", "repeat,Canvas.color", "--json").json["axes"]["x"] == "repeat"
+
+
+def test_first_frames_and_formats_from_files_on_disk(tmp_path):
+    """A batch recorded in the ledger with files of every kind, no server: animated WebP and GIF show their
+    first frame, a JPEG is read reduced, transparency lies on the cell's grey, other files are named."""
+    files = tmp_path / "files"
+    files.mkdir()
+    red, green = Image.new("RGB", (300, 200), RGB[RED]), Image.new("RGB", (300, 200), RGB[GREEN])
+    red.save(files / "anim.webp", save_all=True, append_images=[green], duration=100, lossless=True)
+    red.save(files / "anim.gif", save_all=True, append_images=[green], duration=100)
+    Image.new("RGB", (2048, 1024), RGB[BLUE]).save(files / "big.jpg", quality=95)
+    clear = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    clear.save(files / "clear.png")
+    (files / "notes.txt").write_text("not a picture")
+    names = ["anim.webp", "anim.gif", "big.jpg", "clear.png", "notes.txt"]
+    with Ledger.open() as led:
+        prompts = [{"workflow": "w.json", "workflow_hash": "h", "prompt_hash": f"p{i}", "overrides": {},
+                    "prompt": {"3": {"class_type": "KSampler", "inputs": {}}}, "seeds": {"3.seed": i}}
+                   for i in range(len(names))]
+        batch = led.new_batch("formats", target_id=None, target_name=None, output_dir=str(tmp_path / "out"),
+                              template="{filename}", options={}, prompts=prompts)
+        for i, name in enumerate(names):
+            led.update(batch.id, i, prompt_id=f"p-{i}", status="success")
+            led.add_output(f"p-{i}", "9", "images", {"filename": name}, str(files / name), 1, "x")
+        from autopod.comfy.sheet import make_sheet
+
+        doc = make_sheet(led, batch, thumb=128)
+    assert doc["axes"] == {"x": "KSampler.seed", "y": None, "z": []} and doc["marked"] == {"placeholder": 1}
+    img = Image.open(doc["sheet"]).convert("RGB")
+    assert len(boxes(img, RGB[RED])) == 2 and not boxes(img, RGB[GREEN])  # first frames only
+    blue = sum(1 for p in img.get_flattened_data() if p[2] > 240 and p[0] < 16 and p[1] < 16)  # JPEG: near blue
+    assert abs(blue - 128 * 64) < 128 * 64 * 0.05  # 2048x1024 at a longest side of 128
+    assert len([b for b in boxes(img, CELL_BG) if b[2] - b[0] >= 127 and b[3] - b[1] >= 127]) >= 1  # the clear one
+    assert "notes.txt" in Path(doc["page"]).read_text()
