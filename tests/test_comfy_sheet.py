@@ -370,3 +370,15 @@ def test_first_frames_and_formats_from_files_on_disk(tmp_path):
     assert abs(blue - 128 * 64) < 128 * 64 * 0.05  # 2048x1024 at a longest side of 128
     assert len([b for b in boxes(img, CELL_BG) if b[2] - b[0] >= 127 and b[3] - b[1] >= 127]) >= 1  # the clear one
     assert "notes.txt" in Path(doc["page"]).read_text()
+
+
+def test_a_sheet_that_fails_never_fails_the_run(comfy, cli, tmp_path, monkeypatch):
+    from autopod.comfy import sheet
+
+    def broken(*a, **k):
+        raise ValueError("a bug in drawing")
+
+    monkeypatch.setattr(sheet.Drawer, "write", broken)
+    r = render(cli, tmp_path, canvas(), "--sweep", f"Canvas.color={RED},{GREEN}")
+    assert r.code == 0 and "sheet" not in r.json and r.json["counts"] == {"success": 2}
+    assert "no contact sheet for batch" in r.err and "internal error: ValueError: a bug in drawing" in r.err

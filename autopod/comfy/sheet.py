@@ -705,7 +705,9 @@ th[scope=row]{text-align:right;max-width:20em}td{vertical-align:top;padding:4px}
 figure{margin:0;width:var(--thumb);font-size:12px}
 .media{display:flex;flex-wrap:wrap;gap:2px;background:#ececec;min-height:var(--thumb);align-items:center;
 justify-content:center}
-.media img,.media video{max-width:100%;max-height:var(--thumb);display:block}
+.media img,.media video{width:100%;max-height:var(--thumb);object-fit:contain;display:block}
+.media>*{flex:0 0 100%;min-width:0;box-sizing:border-box}.many>a:has(img),.many>video{flex:0 0 calc(50% - 1px)}
+.many img,.many video{max-height:calc(var(--thumb) / 2)}
 .media .file{padding:6px;word-break:break-all}
 .failed .media{background:#969696}.missing .media{background:#cdcdcd;outline:3px solid #c81e1e}
 .error{padding:6px;margin:0;word-break:break-word}
@@ -824,7 +826,8 @@ def _figure(c: Cell, layout: Layout, folder: Path, fleet: bool) -> str:
     dl = "".join(f"<dt>{e(k)}</dt><dd>{e(shorten(v, 120)) if len(v) > 120 else e(v)}</dd>" for k, v in facts)
     long_values = [(k, v) for k, v in c.params if len(v) > 120]
     more = "".join(f"<details><summary>{e(k)} (whole)</summary><p>{e(v)}</p></details>" for k, v in long_values)
-    return (f'<figure class="{status}"><div class="media">{"".join(media)}</div><figcaption>{label}'
+    many = " many" if len(c.outputs) > 1 else ""
+    return (f'<figure class="{status}"><div class="media{many}">{"".join(media)}</div><figcaption>{label}'
             f"<dl>{dl}</dl>{more}</figcaption></figure>")
 
 
@@ -931,10 +934,11 @@ def refresh(batch_id: str, *, note: Callable[[str], None] | None = None) -> dict
 
     try:
         got = sheet(batch_id)
-    except (AutopodError, OSError) as e:
+    except Exception as e:  # the batch's outputs are saved whatever happens here; Ctrl-C still stops it
         logging.getLogger(__name__).debug("no contact sheet", exc_info=True)
         if note is not None:
-            note(f"no contact sheet for batch {batch_id}: {e}")
+            why = str(e) if isinstance(e, (AutopodError, OSError)) else f"internal error: {type(e).__name__}: {e}"
+            note(f"no contact sheet for batch {batch_id}: {why}")
         return None
     return got if got.get("changed") else None
 
