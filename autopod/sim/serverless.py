@@ -187,6 +187,8 @@ class Serverless:
         self.cv = threading.Condition(world.lock)
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="sls-")) if root is None else Path(root) / "serverless"
+        if volume_dir is None and root is not None:  # the layout the simulator's pods use (sim.backend)
+            volume_dir = lambda vid: _made(Path(root) / "volumes" / vid)  # noqa: E731
         self._volume_dir = volume_dir
         self._base_url = base_url
         self.jobs: dict[str, Job] = {}  # retained jobs, every endpoint
@@ -817,8 +819,8 @@ class Serverless:
         if lost is not None:
             entry["answer_lost"] = True
             return 200, None, {}, True
-        if not sync:
-            return 200, {"id": jid, "status": job.status}, {}, False
+        if not sync:  # the answer is written as the job is accepted, before a worker may take it
+            return 200, {"id": jid, "status": "IN_QUEUE"}, {}, False
         hold = _wait_s(q.get("wait"), 90.0, lo=1.0, hi=300.0)
         self.cv.wait_for(lambda: job.status in TERMINAL or self._stop.is_set(), timeout=hold)
         return 200, (job.doc() if job.status in TERMINAL else {"id": jid, "status": job.status}), {}, False
@@ -842,6 +844,11 @@ class Serverless:
             job.entry.update(status="PURGED", ended_at=_iso(time.time()))
             self._remove(job, "purged")
         return {"removed": len(removed), "status": "completed"}
+
+
+def _made(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _closed(body: Any, keys: set[str]) -> dict[str, Any]:
