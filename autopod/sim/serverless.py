@@ -286,9 +286,12 @@ class Serverless:
             if w.status == "INITIALIZING" and now >= w.ready_at and w.comfy is not None:
                 w.status, w.idle_since = "IDLE", now
         live = [w for w in workers.values() if not w.stopping]
+        fault = (self.faults.get("workers") or {}).get(eid)
         for w in live:  # a new release rolls out as workers cycle: a stale worker retires once idle
             if w.status == "IDLE" and w.version != version:
                 self._retire(w)
+            elif w.thread is None and w.status != fault and self._placement(ep)[0] is not None:
+                self._retire(w)  # capacity is back, or the crash loop is over: a fresh worker replaces it
         live = [w for w in live if not w.stopping]
         idle = sorted((w for w in live if w.status == "IDLE"), key=lambda w: w.idle_since or 0)
         while len(live) > hi and idle:
