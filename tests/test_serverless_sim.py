@@ -183,3 +183,5 @@ def test_sim_start_serves_the_job_api_at_its_endpoint_base_url(sim_env):  # noqa
     done = wait_for(lambda: (lambda d: d if d["status"] == "COMPLETED" else None)(
         http.get(f"{base}/{ep['id']}/status/{jid}", timeout=10).json()), what="the job")
     png_of(done["output"]["images"][0])
+    listed = autopod(sim_env, "sim.status")
+    assert ep["id"] in listed.stdout and "ENDPOINT" in listed.stdout
