@@ -12,6 +12,11 @@ from autopod.sim.serverless import digest
 
 
 def test_control_shows_and_checks_settings_and_faults(sls):
+    defaults = sls.call("GET", "/_sim/serverless").json()["settings"]
+    # RunPod's: results kept 30 min (/runsync 1 min), 10 MB /run and 20 MB /runsync bodies, real time
+    assert (defaults["sls_retention_s"], defaults["sls_runsync_retention_s"]) == (1800, 60)
+    assert (defaults["sls_run_limit_bytes"], defaults["sls_runsync_limit_bytes"]) == (10 * 2**20, 20 * 2**20)
+    assert defaults["sls_time_scale"] == 1
     doc = sls.control(settings={"sls_retention_s": 5}, faults={"no_output": {"times": 2}})
     assert doc["settings"]["sls_retention_s"] == 5 and doc["faults"] == {"no_output": {"times": 2}}
     assert sls.call("GET", "/_sim/serverless").json()["faults"] == {"no_output": {"times": 2}}
