@@ -119,7 +119,7 @@ def test_a_job_runs_the_workflow_and_returns_its_saved_images_as_base64(sls):
 def test_status_health_and_workers_while_a_cold_start_runs(sls):
     ep = sls.create()
     eid = ep["id"]
-    sls.control(settings={"sls_cold_start_s": 0.4})
+    sls.control(settings={"sls_cold_start_s": 0.8})
     jid = sls.run(eid, {"workflow": sleep_save()})
     assert sls.status(eid, jid) == {"id": jid, "status": "IN_QUEUE"}
     health = sls.health(eid)
@@ -127,7 +127,7 @@ def test_status_health_and_workers_while_a_cold_start_runs(sls):
     summary = sls.workers(eid)["summary"]
     assert summary == {"running": 0, "idle": 0, "initializing": 1, "throttled": 0, "unhealthy": 0, "total": 1}
     done = sls.wait(eid, jid)
-    assert done["status"] == "COMPLETED" and done["delayTime"] >= 400
+    assert done["status"] == "COMPLETED" and done["delayTime"] >= 800
     health = sls.health(eid)
     assert health["jobs"]["completed"] == 1 and health["jobs"]["inQueue"] == 0
     assert health["workers"]["idle"] == 1

@@ -15,8 +15,9 @@ failures in the handler's error strings; RunPod's SDK then turns a returned ``er
 whose other keys (``details``) stay in ``output``. The endpoint's network volume is the same folder pods
 mount; a worker's ComfyUI reads only worker-comfyui's ``extra_model_paths`` folders under ``models/`` on it.
 
-Scaling: an endpoint starts workers while jobs wait, up to ``workers.max`` (at least ``workers.min`` always
-run); a new worker initializes for ``sls_cold_start_s`` (``sls_flashboot_start_s`` with FlashBoot once the
+Scaling: an endpoint starts a worker for each job waiting or running (REQUEST_COUNT: one per ``requestCount``
+of them; QUEUE_DELAY's delay is not modelled, workers start at once), up to ``workers.max``, and at least
+``workers.min`` always run; ``policy.lowPriority`` jobs start no worker; a new worker initializes for ``sls_cold_start_s`` (``sls_flashboot_start_s`` with FlashBoot once the
 endpoint has had a worker), takes queued jobs in order, and stops after ``idleTimeout`` idle. A job's
 ``policy.executionTimeout`` (else the endpoint's ``timeout``) ends it ``TIMED_OUT``; its ``policy.ttl`` ends a
 queued job ``TIMED_OUT`` and deletes a running one. Results are kept ``sls_retention_s`` (``/run``) or
@@ -198,6 +199,7 @@ class Serverless:
         self.had_worker: set[str] = set()
         self.log: list[dict] = []
         self.faults: dict[str, Any] = {}
+        self.ticks = 0  # how often the clock ran: tests wait for ticks, not for time, to see nothing happen
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         world.data.setdefault("endpoints", {})
@@ -245,6 +247,7 @@ class Serverless:
     # -- the platform's clock -------------------------------------------------------------------------
 
     def tick(self) -> None:
+        self.ticks += 1
         now = time.time()
         scale = float(self.setting("sls_time_scale"))
         for job in list(self.jobs.values()):
@@ -304,6 +307,9 @@ class Serverless:
                 live.remove(w)
         queue = self.queues.get(eid) or []
         demand = sum(1 for j in queue if not j.low_priority) + sum(1 for w in live if w.job is not None)
+        if ep["scaling"].get("type") == "REQUEST_COUNT":  # workers = ceil((queued + in progress) / value)
+            per = int(ep["scaling"].get("requestCount") or 1)
+            demand = -(-demand // per)
         want = min(hi, max(lo, demand))
         while len(live) < want:
             live.append(self._start_worker(eid, ep, now))
@@ -530,6 +536,7 @@ class Serverless:
 
     def _control_doc(self) -> dict[str, Any]:
         return {"settings": {k: self.setting(k) for k in SETTINGS}, "faults": copy.deepcopy(self.faults),
+                "ticks": self.ticks,
                 "endpoints": {eid: {"queue": len(self.queues.get(eid) or []),
                                     "workers": [{"id": w.id, "status": w.status} for w in
                                                 self.workers.get(eid, {}).values()]}
