@@ -232,6 +232,8 @@ def test_cancel_of_a_running_job_answers_at_once_but_the_worker_finishes_the_pro
     assert cancelled["status"] == "CANCELLED" and "output" not in cancelled
     attempt = next(e for e in sls.jobs_log(eid) if e["id"] == jid)["attempts"][0]
     assert attempt["outcome"] == "CANCELLED"
+    # the log shows both: cancelled at once, the worker free only when the prompt ended
+    assert _ts(attempt["worker_free_at"]) - _ts(attempt["ended_at"]) >= 0.3
 
 
 def test_request_count_scaling_and_low_priority_jobs(sls):

@@ -33,9 +33,10 @@ ComfyUI), so the worker stays busy; purged jobs are gone (404); a worker that di
 in the queue (``retried`` in ``/health``); ``/health`` also counts initializing, throttled and unhealthy
 workers.
 
-Test hooks (``/_sim/serverless``, the stand-in's key): ``GET`` shows settings and faults, ``POST`` changes them
-(``{"settings": {...}, "faults": {...}}``), ``GET /_sim/serverless/jobs`` is the log of every job ever accepted
-(id, endpoint, sha256 of its input, times, attempts with their workers, final status, why it was removed).
+Test hooks (``/_sim/serverless``, the stand-in's key): ``GET`` shows settings, faults and how often the clock ran,
+``POST`` changes them (``{"settings": {...}, "faults": {...}}``), ``GET /_sim/serverless/jobs`` is the log of
+every job ever accepted (id, endpoint, sha256 of its input, times, each attempt with its worker, when it ended
+and when the worker was free again, final status, why it was removed).
 """
 
 from __future__ import annotations
@@ -404,13 +405,17 @@ class Serverless:
 
     def _finished(self, w: Worker, job: Job, attempt: int, result: dict) -> None:
         now = time.time()
+        records = job.entry["attempts"]
+        record = records[attempt - 1] if 0 < attempt <= len(records) else None
+        if record is not None and record["worker_id"] == w.id:
+            # when the handler really returned: after a cancel or a timeout the worker was busy until then
+            record["worker_free_at"] = _iso(now)
         if job.status == "IN_PROGRESS" and job.worker_id == w.id and job.attempt == attempt and not w.stopping:
             if self._take_fault("no_output", job.endpoint_id) is not None:
                 result = {}  # the worker failed to post its result: COMPLETED, nothing in it
             self._settle(job, result, now)
-        elif job.entry["attempts"] and job.entry["attempts"][-1]["worker_id"] == w.id \
-                and job.entry["attempts"][-1]["ended_at"] is None:
-            job.entry["attempts"][-1].update(ended_at=_iso(now), outcome=f"result dropped ({job.status})")
+        elif record is not None and record["ended_at"] is None:
+            record.update(ended_at=_iso(now), outcome=f"result dropped ({job.status})")
         w.job = None
         if not w.stopping:
             w.status, w.idle_since = "IDLE", now
