@@ -47,6 +47,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -183,7 +184,7 @@ class Serverless:
     """The account's endpoints (their settings live in the world, ``world.data["endpoints"]``), their workers
     and jobs. Every method runs with the world's lock held or takes it; workers run jobs without it."""
 
-    def __init__(self, world: Any, *, root: Path | None = None,
+    def __init__(self, world: Any, *, root: "str | os.PathLike[str] | None" = None,
                  volume_dir: Callable[[str], Path | None] | None = None, base_url: Callable[[], str] = lambda: ""):
         self.world = world
         self.cv = threading.Condition(world.lock)
