@@ -466,3 +466,43 @@ def test_comfy_run_names_missing_models_and_pull_missing_fetches_them(sim, tmp_p
     p = sim.run("comfy.run", "--job", str(job), "--pod", "m", *out, "--pull-missing", "--json")
     assert p.returncode == 0, p.stderr
     assert sim.served(g["id"]) == g["size"] and (sim.models(sim.vol) / "loras" / "by-job.safetensors").exists()
+
+
+# -- one volume for pods and Serverless endpoints ----------------------------------------------------------
+
+
+def test_endpoint_up_names_the_model_files_its_workers_would_not_see(sim):
+    f = sim.add(hf="sim/enc", path="enc.safetensors", size=50_000)
+    # A file copied into the pod's ComfyUI folder by hand: RunPod's pod image keeps ComfyUI's models there.
+    (sim.models(sim.vol) / "text_encoders" / "by-hand.safetensors").write_bytes(b"1" * 100)
+    up = sim.ok("endpoint.up", "--name", "shared", "--volume-id", sim.vol)
+    notes = up["notes"]
+    assert any(n.startswith("text_encoders/by-hand.safetensors: Serverless workers will not see it: in "
+                            "runpod-slim/ComfyUI/models/text_encoders, outside models/") for n in notes), notes
+    assert any("model.pull URL --folder F" in n for n in notes)
+    # Pulled by autopod: in models/clip, linked from ComfyUI's folder; the workers see it, so no note names it.
+    sim.ok("model.pull", f["url"], "--pod", "m", "--folder", "text_encoders")
+    assert (sim.shared(sim.vol) / "clip" / "enc.safetensors").is_file()
+    rows = sim.ok("model.list", "--pod", "m", "--folder", "text_encoders")
+    enc = next(r for r in rows if r["name"] == "enc.safetensors")
+    assert enc["worker"] == {"sees": True, "path": "/runpod-volume/models/clip/enc.safetensors", "why": None}
+    table = sim.run("model.list", "m", "--folder", "text_encoders")
+    assert "SERVERLESS" in table.stdout
+    assert [line.split()[-2] for line in table.stdout.splitlines() if "by-hand.safetensors" in line] == ["no"]
+    again = sim.ok("endpoint.up", "--name", "shared", "--volume-id", sim.vol)
+    assert again["changed"] is False and not any("enc.safetensors" in n for n in again["notes"])
+    assert any("by-hand.safetensors" in n for n in again["notes"])
+    (sim.models(sim.vol) / "text_encoders" / "by-hand.safetensors").unlink()
+    last = sim.ok("endpoint.up", "--name", "shared", "--volume-id", sim.vol)
+    assert not any("by-hand.safetensors" in n for n in last.get("notes") or [])
+    assert sim.ok("endpoint.kill", "shared", "--yes")["changed"]
+
+
+def test_endpoint_up_says_when_no_pod_can_read_its_volume(sim):
+    dc = next(v for v in sim.ok("volume.list") if v["id"] == sim.vol)["datacenter"]
+    sim.ok("volume.create", "--name", "scratch", "--size-gb", "10", "--datacenter", dc)
+    other = sim.volume_id("scratch")
+    up = sim.ok("endpoint.up", "--name", "lonely", "--volume-id", other)
+    assert any(f"the models on volume {other} were not checked: no running pod has it attached" in n
+               for n in up["notes"])
+    assert sim.ok("endpoint.kill", "lonely", "--yes")["changed"]
