@@ -51,12 +51,14 @@ lifecycle.after_pod_up(_models_after_up)
 def _models_after_endpoint_up(endpoint: dict, spec: Any, dry_run: bool) -> list[str]:
     """endpoint.up on a volume names the model files its workers would not see; the models room reads the
     volume through a pod, and builds on the pod room."""
-    if not getattr(spec, "volume_id", None):
+    volume = getattr(spec, "volume_id", None) or endpoint.get("volume_id") or \
+        next(iter(endpoint.get("networkVolumes") or []), None)
+    if not isinstance(volume, str):
         return []
     from .models.ops import endpoint_notes
     from .runpod.api import connect
 
-    return endpoint_notes(connect(), endpoint, spec.volume_id)
+    return endpoint_notes(connect(), endpoint, volume)
 
 
 serverless.after_endpoint_up(_models_after_endpoint_up)

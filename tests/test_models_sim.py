@@ -489,7 +489,7 @@ def test_endpoint_up_names_the_model_files_its_workers_would_not_see(sim):
     table = sim.run("model.list", "m", "--folder", "text_encoders")
     assert "SERVERLESS" in table.stdout
     assert [line.split()[-2] for line in table.stdout.splitlines() if "by-hand.safetensors" in line] == ["no"]
-    again = sim.ok("endpoint.up", "--name", "shared", "--volume-id", sim.vol)
+    again = sim.ok("endpoint.up", "--name", "shared")  # the endpoint's own volume, without naming it
     assert again["changed"] is False and not any("enc.safetensors" in n for n in again["notes"])
     assert any("by-hand.safetensors" in n for n in again["notes"])
     (sim.models(sim.vol) / "text_encoders" / "by-hand.safetensors").unlink()

@@ -315,12 +315,16 @@ def record(ep: dict[str, Any], catalog: list[dict[str, Any]]) -> dict[str, Any]:
         "workers_min": int(w.get("min") or 0), "workers_max": int(w.get("max") or 0),
         "workers": f"{int(w.get('min') or 0)}-{int(w.get('max') or 0)}",
         "idle_timeout_s": w.get("idleTimeout"),
-        "timeout_s": round(timeout / 1000, 3) if isinstance(timeout, (int, float)) else None,
+        "timeout_s": _whole(timeout / 1000) if isinstance(timeout, (int, float)) else None,
         "flashboot": ep.get("flashboot") not in (None, "OFF", False),
         "volume_id": vols[0] if len(vols) == 1 else (vols or None),
         "datacenters": list(ep.get("dataCenterIds") or []),
         "cost_per_hr_min": low, "cost_per_hr_max": high,
     }
+
+
+def _whole(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else round(x, 3)
 
 
 # --- the account ------------------------------------------------------------------------------
