@@ -260,3 +260,31 @@ def test_a_lost_run_answer_is_submit_lost_and_the_job_exists(standin):
     (entry,) = job_log(standin, eid)  # RunPod took it: sending again would have made a second job
     assert entry.get("answer_lost") is True
     assert client.run({"input": {"workflow": {"n": 2}}})["id"] and len(job_log(standin, eid)) == 2
+
+
+def test_a_throttled_maximum_is_told_from_the_spec_for_an_endpoint_made_elsewhere(cli, standin, tmp_path,
+                                                                                    monkeypatch):
+    inventory(tmp_path, monkeypatch, "endpoints:\n  flux:\n    workers_max: 6\n")
+    body = {"name": "flux", "type": "QUEUE", "scaling": {"type": "QUEUE_DELAY", "queueDelay": 4},
+            "image": serverless.WORKER_IMAGE, "gpu": {"pools": [catalog(standin)["NVIDIA RTX A40"]["pool"]]},
+            "workers": {"min": 0, "max": 2}}
+    r = requests.post(f"{standin.url}/v2/serverless", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=10)
+    assert r.status_code == 201, r.text
+    doc = cli("endpoint.info", "flux", "--json").json
+    assert doc["throttled_max"] is True and doc["workers_max_set"] == 6
+
+
+def test_dearer_gpus_under_always_on_workers_go_through_the_budget(cli, standin, tmp_path, monkeypatch):
+    prices = {g["displayName"]: g["price"]["serverless"] for g in catalog(standin).values()
+              if g.get("pool") and g["price"].get("serverless")}
+    cheap, dear = min(prices, key=prices.get), max(prices, key=prices.get)
+    assert prices[dear] > prices[cheap]
+    budget = round(prices[cheap] * 24 * 1.01, 2)  # room for one cheap worker all day, not one dear one
+    inventory(tmp_path, monkeypatch, f"defaults:\n  budget_usd_per_day: {budget}\n")
+    assert cli("endpoint.up", "--name", "hot", "--gpus", cheap, "--workers-min", "1", "--workers-max", "1").code == 0
+    r = cli("endpoint.up", "--name", "hot", "--gpus", dear, "--json")
+    assert r.code == 1 and "budget" in r.json["msg"]
+    cheap_id = next(g["id"] for g in catalog(standin).values() if g["displayName"] == cheap)
+    assert cli("endpoint.list", "--json").json[0]["gpus"] == [cheap]  # refused: still on the cheap GPU
+    assert cheap_id not in endpoints(standin)[0]["gpu"]["excludedTypes"]
