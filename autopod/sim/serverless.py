@@ -240,7 +240,7 @@ class Serverless:
                     self.tick()
                 except Exception:  # one bad endpoint must not stop the platform for the others
                     log.exception("the serverless clock failed")
-                self.cv.wait(TICK_S)
+                self.cv.wait(TICK_S if self.endpoints else 1.0)  # a create or a submit wakes it at once
 
     # -- the platform's clock -------------------------------------------------------------------------
 
@@ -286,9 +286,12 @@ class Serverless:
             if w.status == "INITIALIZING" and now >= w.ready_at and w.comfy is not None:
                 w.status, w.idle_since = "IDLE", now
         live = [w for w in workers.values() if not w.stopping]
+        fault = (self.faults.get("workers") or {}).get(eid)
         for w in live:  # a new release rolls out as workers cycle: a stale worker retires once idle
             if w.status == "IDLE" and w.version != version:
                 self._retire(w)
+            elif w.thread is None and w.status != fault and self._placement(ep)[0] is not None:
+                self._retire(w)  # capacity is back, or the crash loop is over: a fresh worker replaces it
         live = [w for w in live if not w.stopping]
         idle = sorted((w for w in live if w.status == "IDLE"), key=lambda w: w.idle_since or 0)
         while len(live) > hi and idle:
@@ -936,17 +939,17 @@ def run_handler(comfy: Any, job_id: str, job_input: Any, abort: threading.Event)
         elif event == "executing" and data.get("node") is None:
             done.set()
 
+    state["prompt_id"] = str(uuid.uuid4())  # known before the engine can start it, so no event is missed
     engine.taps.append(tap)
     try:
         try:
-            status, answer = engine.submit({"prompt": workflow, "client_id": client_id})
+            status, answer = engine.submit({"prompt": workflow, "client_id": client_id,
+                                            "prompt_id": state["prompt_id"]})
         except Exception:
             return {"error": "HTTP communication error with ComfyUI: 500 Server Error: Internal Server Error for "
                              "url: http://127.0.0.1:8188/prompt"}
         if status == 400:
             return {"error": _validation_error(comfy, answer)}
-        state["prompt_id"] = answer["prompt_id"]
-        # events sent before prompt_id was known are for this client only once it is queued; history settles it
         while not done.wait(0.05):
             if abort.is_set():
                 engine.interrupt()
