@@ -288,3 +288,18 @@ def test_dearer_gpus_under_always_on_workers_go_through_the_budget(cli, standin,
     cheap_id = next(g["id"] for g in catalog(standin).values() if g["displayName"] == cheap)
     assert cli("endpoint.list", "--json").json[0]["gpus"] == [cheap]  # refused: still on the cheap GPU
     assert cheap_id not in endpoints(standin)[0]["gpu"]["excludedTypes"]
+
+
+def test_ctrl_c_during_a_create_leaves_no_always_on_worker_billing(cli, standin, monkeypatch, patches):
+    real = rest.RestAPI.create_endpoint
+
+    def made_then_interrupted(self, body):
+        real(self, body)  # RunPod made it; the answer never arrived
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rest.RestAPI, "create_endpoint", made_then_interrupted)
+    r = cli("endpoint.up", "--name", "hot", "--workers-min", "2", "--workers-max", "4", "--json")
+    assert r.code == 130 and "interrupted while creating endpoint hot" in r.json["msg"]
+    (ep,) = endpoints(standin)
+    assert r.json["endpoint"]["id"] == ep["id"] and "workers.min is set to 0" in r.json["msg"]
+    assert ep["workers"]["min"] == 0 and ep["workers"]["max"] == 4
