@@ -303,3 +303,12 @@ def test_ctrl_c_during_a_create_leaves_no_always_on_worker_billing(cli, standin,
     (ep,) = endpoints(standin)
     assert r.json["endpoint"]["id"] == ep["id"] and "workers.min is set to 0" in r.json["msg"]
     assert ep["workers"]["min"] == 0 and ep["workers"]["max"] == 4
+
+
+def test_endpoints_go_to_rest_v2_whatever_runpod_api_says(cli, monkeypatch, tmp_path):
+    with standin_for(monkeypatch, "graphql") as s:
+        inventory(tmp_path, monkeypatch, "defaults:\n  budget_usd_per_day: 1000\n")
+        r = cli("endpoint.up", "--name", "flux", "--workers-min", "1", "--json")  # the budget lists pods on GraphQL
+        assert r.code == 0 and r.json["changed"], r.err
+        assert [e["name"] for e in endpoints(s)] == ["flux"]
+        assert cli("endpoint.list", "--json").json[0]["workers_min"] == 1
