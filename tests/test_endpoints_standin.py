@@ -312,3 +312,25 @@ def test_endpoints_go_to_rest_v2_whatever_runpod_api_says(cli, monkeypatch, tmp_
         assert r.code == 0 and r.json["changed"], r.err
         assert [e["name"] for e in endpoints(s)] == ["flux"]
         assert cli("endpoint.list", "--json").json[0]["workers_min"] == 1
+
+
+def sim_settings(s, settings):
+    r = requests.post(f"{s.url}/_sim/serverless", json={"settings": settings},
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    r.raise_for_status()
+
+
+@pytest.mark.parametrize("fault,words", [(None, "starting (a cold start"), ("THROTTLED", "throttled: RunPod has no "
+                                                                                        "capacity"),
+                                         ("UNHEALTHY", "unhealthy: the container keeps failing")])
+def test_info_tells_a_cold_start_from_no_capacity_and_a_crash_loop(cli, standin, fault, words):
+    sim_settings(standin, {"sls_cold_start_s": 30})
+    eid = cli("endpoint.up", "--name", "w", "--workers-max", "1", "--json").json["endpoint"]["id"]
+    if fault:
+        sim_faults(standin, {"workers": {eid: fault}})
+    JobClient(eid, api_key=KEY, base_url=standin.url + "/v2").run({"input": {"workflow": {}}})
+    doc = cli("endpoint.info", "w", "--json").json
+    key = (fault or "initializing").lower()
+    assert doc["workers_now"][key] == 1 and doc["jobs"]["in_queue"] == 1
+    assert any(words in n for n in doc["notes"]), doc["notes"]
+    assert not any("scaled to zero" in n for n in doc["notes"])
