@@ -142,6 +142,9 @@ def test_info_reads_workers_health_and_a_throttled_maximum(cli, standin):
     assert any("lowered workers.max from 5 to 2" in n for n in doc["notes"])
     text = cli("endpoint.info", "flux")
     assert "note: RunPod lowered workers.max" in text.out
+    # An up that leaves the maximum alone does not take the lowered one as what was asked for.
+    assert cli("endpoint.up", "flux", "--idle-timeout", "9", "--json").json["changed"]
+    assert cli("endpoint.info", "flux", "--json").json["throttled_max"] is True
     # up on the settings autopod set restores it.
     assert cli("endpoint.up", "flux", "--workers-max", "5", "--json").json["changed"]
     assert cli("endpoint.info", "flux", "--json").json["throttled_max"] is False

@@ -564,8 +564,12 @@ def _converge(api: Any, spec: EndpointSpec, current: dict[str, Any], plan: dict[
     full = api.get_endpoint(current["id"]) or current
     patch = patch_for(spec, full, plan, datacenter)
     label = f"endpoint {spec.name} ({full['id']})"
+    # endpoints.json keeps the maximum autopod asked for: only a spec or --workers-max says what that is (a
+    # lowered maximum read back must not become the reference).
+    sets_max = spec.from_inventory or "workers_max" in spec.given
     if not patch:
-        _remember(full)
+        if sets_max:
+            _remember(full)
         return Outcome(False, f"{label} matches its {'spec' if spec.from_inventory else 'settings'}",
                        key="endpoint", data=record(full, catalog))
     after = {**full, **patch}
@@ -581,7 +585,8 @@ def _converge(api: Any, spec: EndpointSpec, current: dict[str, Any], plan: dict[
     done = api.update_endpoint(full["id"], patch) or after
     if not done.get("id"):
         done = after
-    _remember(done)
+    if sets_max:
+        _remember(done)
     return Outcome(True, f"updated {label}: {what}", key="endpoint", data=record(done, catalog),
                    extra={"changed_fields": sorted(patch)})
 
