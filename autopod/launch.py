@@ -71,7 +71,7 @@ def _plain_value(value: str) -> bool:
 _RUN_VALUES = {"--workflow": "workflow", "--pod": "pod", "--fleet": "fleet", "--set": "set", "--input": "input",
                "--sweep": "sweep", "--repeat": "repeat", "--seed": "seed", "--job": "job", "--output-dir": "output_dir",
                "--output": "output", "--timeout": "timeout", "--max-queued": "max_queued", "--resume": "resume",
-               "--then": "then"}
+               "--then": "then", "--endpoint": "endpoint", "--object-info": "object_info"}
 _RUN_LISTS = {"workflow", "set", "input", "sweep"}
 _RUN_SWITCHES = {"--no-tunnel": "no_tunnel", "--previews": "previews", "--detach": "detach", "--dry-run": "dry_run",
                  "--pull-missing": "pull_missing", "--json": "json"}

@@ -107,6 +107,11 @@ def watch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False, t
         except TimeoutError:
             return _report(led, batch)
         with claim:
+            if _on_endpoint(batch, pod, no_tunnel):
+                from . import endpoint
+
+                left = None if deadline is None else max(0.1, deadline - time.monotonic())
+                return endpoint.watch(ref or batch.id, timeout=left, progress=progress)
             return _watch(led, ref or batch.id, pod, no_tunnel, deadline, progress)
 
 
@@ -151,7 +156,23 @@ def fetch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False,
         batch, _ = _batch(led, ref)
         with hold(batch.id, "comfy.fetch", advice=f"it fetches the outputs itself; `autopod comfy.watch "
                                                      f"{batch.id}` follows it"):
+            if _on_endpoint(batch, pod, no_tunnel):
+                from . import endpoint
+
+                return endpoint.fetch(ref or batch.id, progress=progress)
             return _fetch(led, ref or batch.id, pod, no_tunnel, progress)
+
+
+def _on_endpoint(batch: BatchRow, pod: str | None, no_tunnel: bool) -> bool:
+    """A batch that ran on a Serverless endpoint is followed there (its jobs are RunPod's, not a pod's)."""
+    from .endpoint import is_endpoint_batch
+
+    if not is_endpoint_batch(batch):
+        return False
+    if pod or no_tunnel:
+        raise UsageError(f"batch {batch.id} ran on endpoint {batch.target_name}: its jobs are followed there, "
+                         f"without --pod or --no-tunnel")
+    return True
 
 
 def _fetch(led: Ledger, ref: str, pod: str | None, no_tunnel: bool, progress: Progress) -> dict[str, Any]:

@@ -68,6 +68,8 @@ class RunOptions:
     per_member: int | None = None  # with a fleet: prompts on each member's server (--max-queued)
     then: str | None = None  # stop or kill the pod (or fleet) once the batch is done
     pull_missing: bool = False  # pull the models the run names and the pod lacks, first (``needs``)
+    endpoint: str | None = None  # run on this Serverless endpoint (``endpoint``), one job per prompt
+    object_info: str | None = None  # with an endpoint: the node definitions to plan on (a JSON file)
 
 
 @dataclass

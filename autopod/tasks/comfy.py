@@ -104,9 +104,14 @@ _RUN_HELP = {
     "max_queued": "prompts of this run on the server at once (default 16; with --fleet: on each member, default 2)",
     "fleet": "spread the prompts over fleet NAME's running members: whichever is free next takes the next "
              "prompt; a member that fails is taken out and its prompts go to the others",
-    "then": "stop or kill the pod (or the fleet) once the batch is done, so nothing bills overnight",
+    "then": "stop or kill the pod (or the fleet) once the batch is done, so nothing bills overnight; with "
+            "--endpoint: purge (empty the endpoint's queue)",
     "pull_missing": "first pull the models the workflow (its editor file's properties.models) or the job file's "
                     "models: name and the pod lacks, onto its volume (model.pull, in the pod)",
+    "endpoint": "run on RunPod Serverless endpoint NAME (worker-comfyui): one job per prompt, RunPod queues and "
+                "scales; outputs, ledger and sidecars as on a pod",
+    "object_info": "with --endpoint: ComfyUI's node definitions (GET /object_info saved as JSON) to plan on "
+                   "(default: the ones kept from a pod of the endpoint's image)",
     "resume": ("finish batch BATCH: fetch what finished, follow what runs, "
                "submit again what never ran or was interrupted"),
     "json": "print one JSON document",
@@ -116,7 +121,7 @@ _RUN_HELP = {
 @command(iterable=["workflow", "set", "input", "sweep"], help=_RUN_HELP, plain_arg="workflow")
 def run(c, workflow=None, pod=None, fleet=None, no_tunnel=False, set=None, input=None, sweep=None, repeat=None,
         seed=None, job=None, output_dir=None, output=None, previews=False, detach=False, dry_run=False, timeout=None,
-        max_queued=None, resume=None, then=None, pull_missing=False, json=False):
+        max_queued=None, resume=None, then=None, pull_missing=False, endpoint=None, object_info=None, json=False):
     """Run workflows on the pod: overrides, uploads, live progress, outputs on disk, batches, a ledger."""
     from ..comfy.spread import print_report, render, run_options
 
@@ -125,7 +130,8 @@ def run(c, workflow=None, pod=None, fleet=None, no_tunnel=False, set=None, input
     opts = run_options(workflow=workflow, pod=pod, fleet=fleet, no_tunnel=no_tunnel, set=set, input=input,
                        sweep=sweep, repeat=repeat, seed=seed, job=job, output_dir=output_dir, output=output,
                        previews=previews, detach=detach, dry_run=dry_run, timeout=timeout, max_queued=max_queued,
-                       resume=resume, then=then, debug=debug_enabled(), pull_missing=pull_missing)
+                       resume=resume, then=then, debug=debug_enabled(), pull_missing=pull_missing, endpoint=endpoint,
+                       object_info=object_info)
     code = print_report(render(opts), as_json=json, dry_run=dry_run, detach=detach)
     if code:
         exit_quietly(code)
