@@ -58,7 +58,9 @@ TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 # only ``images`` (reference §3.7), so these outputs would be lost; each is named before anything is sent.
 NOT_RETURNED = {"VHS_VideoCombine": "gifs", "SaveAudio": "audio", "SaveAudioMP3": "audio", "SaveAudioOpus": "audio",
                 "PreviewAudio": "audio", "SaveGLB": "3d", "Preview3D": "3d", "PreviewAny": "text",
-                "SaveText": "text", "AutopodSaveText": "text"}
+                "SaveText": "text",
+                # the simulator's stand-ins for VideoHelperSuite and audio nodes, with the same output keys
+                "AutopodSaveGIF": "gifs", "AutopodSaveVideo": "gifs", "AutopodSaveAudio": "audio"}
 
 
 @dataclass
@@ -148,7 +150,7 @@ def node_definitions(endpoint: Endpoint, object_info_file: str | None,
 def read_object_info(path: str) -> dict[str, Any]:
     from ..core.files import parse_json, read_text
 
-    text = read_text(path, what="node definitions (--object-info)", limit=256 * 1024 * 1024)
+    _p, text = read_text(path, what="node definitions (--object-info)", limit=256 * 1024 * 1024)
     doc = parse_json(text, path)
     if not isinstance(doc, dict) or not doc or not all(isinstance(v, dict) for v in doc.values()):
         raise UsageError(f"{path}: not ComfyUI's node definitions (`GET /object_info`: an object of node classes)")

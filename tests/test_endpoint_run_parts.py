@@ -1,0 +1,177 @@
+"""``comfy.run --endpoint``'s parts that need no endpoint: planning on kept or given node definitions, job
+sizes, the worker's error strings as one line per problem, outputs matched to their nodes and decoded."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from autopod.comfy import endpoint as sls
+from autopod.comfy.run import RunOptions
+from autopod.core.errors import UsageError
+
+DATA = Path(__file__).resolve().parent.parent / "autopod" / "sim" / "data"
+
+
+@pytest.fixture(scope="module")
+def object_info():
+    from autopod.sim.comfyui.nodes import SIM_NODES
+
+    with gzip.open(next(DATA.rglob("object_info_full.json.gz")), "rt", encoding="utf-8") as f:
+        info = json.load(f)
+    info.update({name: n.info for name, n in SIM_NODES.items()})
+    return info
+
+
+SLEEP = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+         "2": {"class_type": "AutopodSleep", "inputs": {"image": ["1", 0], "seconds": 0.1, "steps": 1}},
+         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "sls"}}}
+
+
+def _wf(tmp_path, prompt=SLEEP, name="sleep.json"):
+    p = tmp_path / name
+    p.write_text(json.dumps(prompt))
+    return p
+
+
+def test_node_definitions_come_from_a_file_or_the_image_copy_else_exit_2(tmp_path, object_info):
+    from autopod.comfy.nodedefs import image_key, store
+
+    ep = sls.Endpoint(id="ep1", name="render", image="runpod/worker-comfyui:5.8.5-base")
+    with pytest.raises(UsageError) as e:
+        sls.node_definitions(ep, None, note=print)
+    assert "--object-info FILE" in str(e.value) and "runpod/worker-comfyui:5.8.5-base" in str(e.value)
+    f = tmp_path / "oi.json"
+    f.write_text(json.dumps({"SaveImage": object_info["SaveImage"]}))
+    assert set(sls.node_definitions(ep, str(f), note=print)) == {"SaveImage"}
+    f.write_text("[1, 2]")
+    with pytest.raises(UsageError, match="not ComfyUI's node definitions"):
+        sls.node_definitions(ep, str(f), note=print)
+    store(image_key(ep.image), object_info, note=print)
+    assert sls.node_definitions(ep, None, note=print) == object_info
+
+
+def test_a_pods_definitions_are_kept_for_its_image_too(monkeypatch, object_info):
+    from autopod.comfy import nodedefs
+    from autopod.runpod import registry
+
+    monkeypatch.setattr(registry, "entries_or_warn", lambda: {"pod123": {"spec": {"image": "img:1"}}})
+    nodedefs.store(("pod123", "127.0.0.1:8188"), {"SaveImage": object_info["SaveImage"]}, note=print)
+    kept = nodedefs.load(nodedefs.image_key("img:1"), note=print)
+    assert kept == {"SaveImage": object_info["SaveImage"]}
+    assert nodedefs.load(nodedefs.image_key("other:1"), note=print) is None
+
+
+def test_planning_names_inputs_by_content_and_refuses_a_job_over_the_limit(tmp_path, object_info, monkeypatch):
+    wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "sls"}}}
+    img = tmp_path / "cat.png"
+    img.write_bytes(b"\x89PNG" + b"0" * 3000)
+    f = tmp_path / "oi.json"
+    f.write_text(json.dumps(object_info))
+    opts = RunOptions(workflows=[str(_wf(tmp_path, wf))], inputs=[f"1.image={img}"], object_info=str(f),
+                      output_dir=str(tmp_path / "out"), timeout=60)
+    ep = sls.Endpoint(id="ep1", name="render")
+    notes = []
+    planned, _template, payloads = sls.plan_endpoint(opts, ep, notes.append)
+    name = planned[0].prompt["1"]["inputs"]["image"]
+    assert name.endswith("-cat.png") and len(name) == len("-cat.png") + 12
+    body = payloads.build(planned[0].prompt)
+    assert body["input"]["images"] == [{"name": name, "image": base64.b64encode(img.read_bytes()).decode()}]
+    assert body["policy"] == {"executionTimeout": 60_000, "ttl": 60_000}
+    import autopod.runpod.jobapi as jobapi
+
+    monkeypatch.setattr(jobapi, "RUN_PAYLOAD_LIMIT", 2000)
+    with pytest.raises(UsageError, match=r"over RunPod's limit"):
+        sls.plan_endpoint(opts, ep, notes.append)
+
+
+def test_policy_bounds_each_job_from_timeout():
+    assert sls.policy_for(None) is None
+    assert sls.policy_for(1) == {"executionTimeout": 5_000, "ttl": 10_000}  # RunPod's minimums
+    assert sls.policy_for(900) == {"executionTimeout": 900_000, "ttl": 900_000}
+
+
+def test_outputs_the_worker_never_returns_are_named_before_submitting(tmp_path, object_info):
+    from autopod.comfy.run import Planned
+
+    p = Planned(workflow="a.json", job="a", workflow_hash="h", overrides={}, seeds={}, prompt={
+        **SLEEP, "4": {"class_type": "AutopodSaveGIF", "inputs": {}},
+        "5": {"class_type": "AutopodSaveAudio", "inputs": {}}})
+    notes = []
+    lines = sls.warn_unreturned([p, p], notes.append, previews=False)
+    assert len(lines) == 2 and "'gifs'" in lines[0] and "'audio'" in lines[1]
+    assert all(n.startswith("warning: ") for n in notes)
+    assert sls.warn_unreturned([Planned("b.json", "b", "h", SLEEP, {}, {})], notes.append, previews=False) == []
+
+
+def test_worker_errors_become_a_line_per_problem():
+    prompt = {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {}, "_meta": {"title": "Load it"}},
+              "7": {"class_type": "AutopodFail", "inputs": {}}}
+    errors = [{"type": "value_not_in_list", "message": "Value not in list",
+               "details": "ckpt_name: 'x.safetensors' not in ['a.safetensors']", "extra_info": {"input_name": "ckpt_name"}}]
+    job = {"status": "FAILED", "error": "Workflow validation failed:\n"
+           f"• Node 4 (errors): {errors!r}\n• Node 4 (dependent_outputs): ['9']\n• Node 4 (class_type): CheckpointLoaderSimple"}
+    kind, lines = sls.error_lines(job, prompt)
+    assert kind == "rejected"
+    assert lines == ["node 4 (CheckpointLoaderSimple, 'Load it') input ckpt_name: Value not in list: "
+                     "ckpt_name: 'x.safetensors' not in ['a.safetensors']"]
+    job = {"status": "FAILED", "error": "Job processing failed",
+           "output": {"details": ["Workflow execution error: Node Type: AutopodFail, Node ID: 7, Message: boom"]}}
+    kind, lines = sls.error_lines(job, prompt)
+    assert kind == "error" and lines == ["Job processing failed", "node 7 (AutopodFail): boom"]
+    raised = json.dumps({"error_type": "RuntimeError", "error_message": "worker died"})
+    assert sls.error_lines({"error": raised}, prompt) == ("error", ["RuntimeError: worker died"])
+    assert sls.error_lines({"error": "Missing 'workflow' parameter"}, prompt) == ("error", ["Missing 'workflow' parameter"])
+
+
+def test_returned_files_go_to_the_node_that_saved_them():
+    prompt = {"3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "sub/cat"}},
+              "4": {"class_type": "SaveImage", "inputs": {"filename_prefix": "cat_big"}}}
+    assert sls.output_node("cat_00001_.png", prompt) == "3"
+    assert sls.output_node("cat_big_00002_.png", prompt) == "4"
+    assert sls.output_node("other_00001_.png", prompt) == "output"
+    assert sls.output_node("x_00001_.png", {"9": {"inputs": {"filename_prefix": "y"}}}) == "9"
+
+
+def test_base64_is_decoded_in_pieces_with_its_hash(monkeypatch):
+    import hashlib
+
+    monkeypatch.setattr(sls, "B64_CHUNK", 8)
+    raw = bytes(range(256)) * 5
+    f = io.BytesIO()
+    size, digest = sls.decode_to("data:image/png;base64," + base64.b64encode(raw).decode(), f)
+    assert f.getvalue() == raw and size == len(raw) and digest == hashlib.sha256(raw).hexdigest()
+    with pytest.raises(Exception, match="not base64"):
+        sls.decode_to("!!!!", io.BytesIO())
+
+
+def test_workers_tell_a_cold_start_from_no_capacity_and_a_crash_loop():
+    assert sls.describe_workers({"running": 0, "initializing": 2}, 5) == "0 running, 2 starting (cold start)"
+    assert "no capacity" in sls.describe_workers({"running": 0}, 3)
+    assert "crash loop" in sls.describe_workers({"running": 1, "unhealthy": 2}, 3)
+    assert sls.describe_workers(None, 3) == "unknown"
+
+
+def test_endpoint_flags_are_checked_before_anything_runs():
+    from autopod.comfy.spread import run_options
+
+    with pytest.raises(UsageError, match="no --pod"):
+        run_options(workflow=["a.json"], endpoint="e", pod="p")
+    with pytest.raises(UsageError, match="--detach is for pods"):
+        run_options(workflow=["a.json"], endpoint="e", detach=True)
+    with pytest.raises(UsageError, match="--object-info"):
+        run_options(workflow=["a.json"], object_info="oi.json")
+    assert run_options(workflow=["a.json"], endpoint="e", object_info="oi.json").endpoint == "e"
+
+
+def test_the_quick_path_takes_endpoint_flags_to_the_same_options():
+    from autopod.launch import parse_comfy_run
+
+    opts = parse_comfy_run(["comfy.run", "a.json", "--endpoint", "render", "--object-info", "oi.json"])
+    assert opts["endpoint"] == "render" and opts["object_info"] == "oi.json" and opts["workflow"] == ["a.json"]
