@@ -175,3 +175,160 @@ def test_the_quick_path_takes_endpoint_flags_to_the_same_options():
 
     opts = parse_comfy_run(["comfy.run", "a.json", "--endpoint", "render", "--object-info", "oi.json"])
     assert opts["endpoint"] == "render" and opts["object_info"] == "oi.json" and opts["workflow"] == ["a.json"]
+
+
+# -- the runner against an in-process job API: the ledger, outputs, sidecars, Ctrl-C and --resume ------------
+
+
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"x" * 64).decode()
+
+
+class FakeJobs:
+    """The job API's behaviour as the reference describes it, in memory: each /status call moves a job one
+    step (IN_QUEUE, IN_PROGRESS, then final); a workflow with AutopodFail fails as worker-comfyui reports it."""
+
+    def __init__(self):
+        self.jobs: dict[str, dict] = {}
+        self.runs, self.cancelled, self.lose_next, self.gone = [], [], 0, set()
+
+    def run(self, payload):
+        from autopod.runpod.jobapi import SubmitLost
+
+        job_id = f"job-{len(self.runs) + 1}"
+        self.runs.append(payload)
+        self.jobs[job_id] = {"id": job_id, "status": "IN_QUEUE", "steps": 0, "payload": payload}
+        if self.lose_next:
+            self.lose_next -= 1
+            raise SubmitLost("the answer was lost")
+        return {"id": job_id, "status": "IN_QUEUE"}
+
+    def status(self, job_id):
+        from autopod.runpod.jobapi import JobGone
+
+        if job_id in self.gone:
+            raise JobGone("gone")
+        j = self.jobs[job_id]
+        if j["status"] in ("IN_QUEUE", "IN_PROGRESS"):
+            j["steps"] += 1
+            j["status"] = "IN_PROGRESS" if j["steps"] == 1 else "DONE"
+        if j["status"] == "DONE":
+            wf = j["payload"]["input"]["workflow"]
+            if any(n["class_type"] == "AutopodFail" for n in wf.values()):
+                j.update(status="FAILED", error="Job processing failed", output={"details": [
+                    "Workflow execution error: Node Type: AutopodFail, Node ID: 2, Message: on purpose"]})
+            else:
+                prefix = next(n["inputs"]["filename_prefix"] for n in wf.values() if n["class_type"] == "SaveImage")
+                j.update(status="COMPLETED", output={"images": [{"filename": f"{prefix}_00001_.png",
+                                                                 "type": "base64", "data": PNG}]})
+            j.update(delayTime=120, executionTime=2000, workerId="w1")
+        return {k: v for k, v in j.items() if k not in ("steps", "payload")}
+
+    def cancel(self, job_id):
+        self.cancelled.append(job_id)
+        self.jobs[job_id]["status"] = "CANCELLED"
+        return {"id": job_id, "status": "CANCELLED"}
+
+    def purge_queue(self):
+        return {"removed": 0, "status": "completed"}
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path, object_info):
+    jobs = FakeJobs()
+    ep = sls.Endpoint(id="ep1", name="render", image="img:1", price_per_s=0.0005, gpu="ADA_24")
+    monkeypatch.setattr(sls, "resolve", lambda name: ep)
+    monkeypatch.setattr(sls, "job_client", lambda endpoint: jobs)
+    monkeypatch.setattr(sls, "workers_summary", lambda endpoint: {"running": 1})
+    monkeypatch.setattr(sls, "POLL_MIN_S", 0.001)
+    monkeypatch.setattr(sls, "POLL_MAX_S", 0.002)
+    from autopod.comfy.nodedefs import image_key, store
+
+    store(image_key("img:1"), object_info, note=print)
+    return jobs
+
+
+def _opts(tmp_path, **kw):
+    return RunOptions(workflows=[str(_wf(tmp_path))], output_dir=str(tmp_path / "out"), endpoint="render", **kw)
+
+
+def test_a_sweep_runs_one_job_each_with_outputs_and_sidecars(fake, tmp_path):
+    from autopod.comfy.ledger import Ledger
+
+    report = sls.render(_opts(tmp_path, sweeps=["2.seconds=0.1,0.2,0.3"], timeout=120))
+    assert report["exit_code"] == 0, report["msg"]
+    assert len(fake.runs) == 3 and all(r["policy"] == {"executionTimeout": 120_000, "ttl": 120_000} for r in fake.runs)
+    files = sorted(p.name for p in (tmp_path / "out" / "sleep").iterdir())
+    assert [f for f in files if f.endswith(".png")] == ["3_sls_00001_ (1).png", "3_sls_00001_ (2).png",
+                                                        "3_sls_00001_.png"]
+    sidecars = [json.loads((tmp_path / "out" / "sleep" / f).read_text()) for f in files if f.endswith(".json")]
+    assert len(sidecars) == 3
+    s = sidecars[0]
+    assert s["job_id"].startswith("job-") and s["endpoint"]["name"] == "render"
+    assert s["timings"]["delay_ms"] == 120 and s["timings"]["execution_ms"] == 2000
+    assert s["cost_usd"] == pytest.approx(0.001) and s["endpoint"]["worker_id"] == "w1"
+    with Ledger.open() as led:
+        rows = led.prompts(report["batch"])
+        assert {r.status for r in rows} == {"success"} and all(r.fetched_at for r in rows)
+        assert led.batch(report["batch"]).target_id == "endpoint:ep1"
+
+
+def test_a_failing_node_is_exit_1_with_the_workers_error_as_lines(fake, tmp_path):
+    wf = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+          "2": {"class_type": "AutopodFail", "inputs": {"image": ["1", 0], "message": "on purpose"}}}
+    opts = RunOptions(workflows=[str(_wf(tmp_path, wf, "fail.json"))], output_dir=str(tmp_path / "out"),
+                      endpoint="render")
+    report = sls.render(opts)
+    assert report["exit_code"] == 1
+    assert report["prompts"][0]["error"] == ("Job processing failed; node 2 (AutopodFail, 'Fail (autopod sim)'): on purpose")
+
+
+def test_a_lost_submit_is_unknown_and_never_sent_again(fake, tmp_path):
+    from autopod.comfy.ledger import Ledger
+
+    fake.lose_next = 1
+    report = sls.render(_opts(tmp_path, repeat=2, seed="increment"))
+    assert report["exit_code"] == 1 and "status unknown" in report["msg"]
+    assert [p["status"] for p in report["prompts"]] == ["unknown", "success"]
+    again = sls.render(RunOptions(resume=report["batch"], endpoint=None))
+    assert len(fake.runs) == 2 and again["prompts"][0]["status"] == "unknown"
+    with Ledger.open() as led:
+        assert led.batches()[0]["unknown"] == 1
+
+
+def test_ctrl_c_cancels_this_runs_jobs_and_resume_finishes_the_batch(fake, tmp_path, monkeypatch):
+    from autopod.core.errors import AutopodError
+
+    real = fake.status
+    calls = {"n": 0}
+
+    def interrupted(job_id):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(job_id)
+
+    fake.status = interrupted
+    with pytest.raises(AutopodError) as e:
+        sls.render(_opts(tmp_path, repeat=4, seed="increment"))
+    assert e.value.exit_code == 130 and "--resume" in str(e.value)
+    assert fake.cancelled and len(fake.jobs) == 4
+    assert all(v["status"] == "COMPLETED" or j in fake.cancelled for j, v in fake.jobs.items())
+    batch = e.value.data["batch"]
+    fake.status = real
+    done = sls.render(RunOptions(resume=batch))
+    assert done["exit_code"] == 0 and len(done["prompt_ids"]) == 4
+    assert len(list((tmp_path / "out" / "sleep").glob("*.png"))) == 4
+
+
+def test_an_expired_result_is_reported_and_run_again_on_resume(fake, tmp_path, monkeypatch):
+    real_finish = sls.EndpointRunner.finish
+    monkeypatch.setattr(sls.EndpointRunner, "finish", lambda self, row, job: None)  # never fetched in time
+    first = sls.render(_opts(tmp_path, timeout=0.3))
+    assert first["timed_out"] and first["exit_code"] == 1 and "comfy.watch" in first["msg"]
+    monkeypatch.setattr(sls.EndpointRunner, "finish", real_finish)
+    fake.gone = {"job-1"}  # past RunPod's retention
+    fetched = sls.fetch(first["batch"], progress=sls.Progress(enabled=False))
+    assert "1 result(s) RunPod no longer has" in fetched["msg"] and fetched["prompts"][0]["status"] == "error"
+    done = sls.render(RunOptions(resume=first["batch"]))
+    assert done["exit_code"] == 0 and len(fake.runs) == 2
+    assert len(list((tmp_path / "out" / "sleep").glob("*.png"))) == 1
