@@ -332,3 +332,24 @@ def test_an_expired_result_is_reported_and_run_again_on_resume(fake, tmp_path, m
     done = sls.render(RunOptions(resume=first["batch"]))
     assert done["exit_code"] == 0 and len(fake.runs) == 2
     assert len(list((tmp_path / "out" / "sleep").glob("*.png"))) == 1
+
+
+def test_watch_fetch_and_cancel_of_an_endpoint_batch_go_to_its_jobs(fake, tmp_path, monkeypatch):
+    from autopod.comfy import jobs
+    from autopod.runpod import jobapi
+
+    monkeypatch.setattr(sls, "MAX_IN_FLIGHT", 2)
+    real_status = fake.status
+    monkeypatch.setattr(fake, "status", lambda job_id: (_ for _ in ()).throw(jobapi.JobAPIError("down")))
+    with pytest.raises(jobapi.JobAPIError, match=r"the jobs sent go on: `autopod comfy.watch \d"):
+        sls.render(_opts(tmp_path, repeat=3, seed="increment"))  # submitted 2, then RunPod stopped answering
+    monkeypatch.setattr(fake, "status", real_status)
+    cancelled = jobs.cancel(batch=None, ref="job-2")
+    assert cancelled["removed"] == ["job-2"] and fake.cancelled == ["job-2"]
+    watched = jobs.watch(None, progress=sls.Progress(enabled=False))
+    assert [p["status"] for p in watched["prompts"]] == ["success", "cancelled", "planned"]
+    assert len(list((tmp_path / "out" / "sleep").glob("*.png"))) == 1
+    again = jobs.fetch(None, progress=sls.Progress(enabled=False))
+    assert again["changed"] is False and again["fetched"] == 0
+    done = sls.render(RunOptions(resume=watched["batch"]))
+    assert done["exit_code"] == 0 and len(fake.runs) == 4  # the cancelled and the never-sent one

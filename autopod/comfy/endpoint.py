@@ -774,6 +774,12 @@ def _execute(opts: Any, ledger: Ledger, batch: BatchRow, endpoint: Endpoint, pay
                            exit_code=sig.exit_code, data={"batch": batch.id}) from None
     except TimeoutError:
         return finish_report(ledger, batch, timed_out=opts.timeout)
+    except AutopodError as e:
+        if e.exit_code != ExitCode.FAILED:
+            raise
+        raise type(e)(f"{e}; the jobs sent go on: `autopod comfy.watch {batch.id}` follows them, `autopod comfy.run "
+                      f"--resume {batch.id}` also sends what was not", exit_code=e.exit_code,
+                      data={**(e.data or {}), "batch": batch.id}) from None
     return finish_report(ledger, batch)
 
 
@@ -922,6 +928,20 @@ def fetch(batch_ref: str, *, progress: Progress) -> dict[str, Any]:
                          + (f"; {gone} result(s) RunPod no longer has (`autopod comfy.run --resume {batch.id}` runs "
                             f"them again)" if gone else ""))
         return report
+
+
+def cancel(ledger: Ledger, batch: BatchRow, rows: list[PromptRow]) -> dict[str, Any]:
+    """``comfy.cancel`` of an endpoint batch's prompts (or one of them): ``/cancel`` each job not final."""
+    endpoint = endpoint_of(batch)
+    runner = EndpointRunner(ledger, batch, job_client(endpoint), endpoint, progress=Progress(enabled=False),
+                            payloads=Payloads([], None))
+    for r in rows:
+        if r.prompt_id and r.status in ("submitting", "queued", "running"):
+            runner.active[r.prompt_id] = r
+    running = [j for j, r in runner.active.items() if r.status == "running"]
+    queued = [j for j, r in runner.active.items() if r.status != "running"]
+    note = runner.cancel_all() if runner.active else "nothing of that is queued or running"
+    return {"changed": bool(running or queued), "interrupted": running, "removed": queued, "msg": note}
 
 
 def purge(endpoint: Endpoint) -> str:

@@ -262,6 +262,10 @@ def cancel(ref: str | None = None, *, batch: str | None = None, everything: bool
     with Ledger.open() as led:
         if ref or batch:
             b, rows = led.find(ref or batch)  # type: ignore[arg-type]
+            if _on_endpoint(b, pod, no_tunnel):
+                from . import endpoint
+
+                return endpoint.cancel(led, b, rows)
             wanted = {r.prompt_id for r in rows if r.prompt_id}
             if pod is None and not no_tunnel:
                 pod = b.target_id
