@@ -170,13 +170,6 @@ def test_endpoint_flags_are_checked_before_anything_runs():
     assert run_options(workflow=["a.json"], endpoint="e", object_info="oi.json").endpoint == "e"
 
 
-def test_the_quick_path_takes_endpoint_flags_to_the_same_options():
-    from autopod.launch import parse_comfy_run
-
-    opts = parse_comfy_run(["comfy.run", "a.json", "--endpoint", "render", "--object-info", "oi.json"])
-    assert opts["endpoint"] == "render" and opts["object_info"] == "oi.json" and opts["workflow"] == ["a.json"]
-
-
 # -- the runner against an in-process job API: the ledger, outputs, sidecars, Ctrl-C and --resume ------------
 
 
