@@ -346,3 +346,28 @@ def test_watch_fetch_and_cancel_of_an_endpoint_batch_go_to_its_jobs(fake, tmp_pa
     assert again["changed"] is False and again["fetched"] == 0
     done = sls.render(RunOptions(resume=watched["batch"]))
     assert done["exit_code"] == 0 and len(fake.runs) == 4  # the cancelled and the never-sent one
+
+
+def test_queued_jobs_far_back_are_polled_less_often(fake, tmp_path):
+    from autopod.comfy.ledger import Ledger
+
+    with Ledger.open() as led:
+        batch = led.new_batch("b", target_id="endpoint:ep1", target_name="render", output_dir=str(tmp_path),
+                              template="{job}/{filename}", options={}, prompts=[
+                                  {"workflow": "w", "workflow_hash": "h", "prompt": SLEEP, "prompt_hash": str(i)}
+                                  for i in range(20)])
+        runner = sls.EndpointRunner(led, batch, fake, sls.resolve("render"), progress=sls.Progress(enabled=False),
+                                    payloads=sls.Payloads([], None))
+        for r in led.prompts(batch.id):
+            runner.submit(r)
+        asked = []
+        fake.status = lambda job_id: asked.append(job_id) or {"id": job_id, "status": "IN_QUEUE"}
+        runner.poll()
+        assert len(asked) == 20  # every job on the first round
+        asked.clear()
+        runner.poll()
+        assert asked == [f"job-{i}" for i in range(1, sls.QUEUED_AHEAD + 1)]  # then the oldest queued ones
+        runner._workers = {"running": 12}
+        asked.clear()
+        runner.poll()
+        assert len(asked) == 12

@@ -43,7 +43,9 @@ from .progress import Progress
 log = logging.getLogger(__name__)
 
 POLL_MIN_S = 0.25  # /status poll after something changed ...
-POLL_MAX_S = 3.0  # ... backing off to this while nothing does
+POLL_MAX_S = 2.0  # ... backing off to this while nothing does
+QUEUED_AHEAD = 8  # queued jobs (oldest first) asked every round besides the running ones; the rest ...
+QUEUED_EVERY = 8  # ... every this many rounds: RunPod allows 2000 /status calls per 10 s
 WORKERS_EVERY_S = 5.0  # the endpoint's workers list, for the progress line
 MAX_IN_FLIGHT = 256  # jobs of a run submitted and not final at once (--max-queued lowers it)
 B64_CHUNK = 4 * 256 * 1024  # base64 characters decoded and written at a time
@@ -508,7 +510,13 @@ class EndpointRunner:
         from ..runpod.jobapi import JobGone
 
         changed = False
+        self._round = getattr(self, "_round", -1) + 1
+        queued = [j for j, r in self.active.items() if r.status != "running"]
+        ahead = self._ahead()
+        skip = set() if self._round % QUEUED_EVERY == 0 else set(queued[ahead:])
         for job_id, row in list(self.active.items()):
+            if job_id in skip:
+                continue
             try:
                 job = self.client.status(job_id)
             except JobGone as e:
@@ -527,6 +535,12 @@ class EndpointRunner:
                 self.active[job_id] = self.ledger.prompt(row.batch_id, row.idx)
                 changed = True
         return changed
+
+    def _ahead(self) -> int:
+        """How many queued jobs may start next: RunPod's queue is first in, first out, so the oldest ones, as
+        many as there are workers (or QUEUED_AHEAD)."""
+        w = self._workers or {}
+        return max(QUEUED_AHEAD, sum(int(w.get(k) or 0) for k in ("running", "idle", "initializing")))
 
     def gone(self, row: PromptRow, why: str) -> None:
         """RunPod no longer has the job (its result expired, or its ttl ended): ``--resume`` runs it again."""
@@ -668,7 +682,8 @@ class EndpointRunner:
 
         with signals.shielded():
             queued = running = failed = 0
-            for job_id, row in list(self.active.items()):
+            # Queued ones first, so none of them starts while the running ones are cancelled.
+            for job_id, row in sorted(self.active.items(), key=lambda kv: kv[1].status == "running"):
                 try:
                     self.client.cancel(job_id)
                 except JobAPIError as e:
