@@ -371,3 +371,14 @@ def test_queued_jobs_far_back_are_polled_less_often(fake, tmp_path):
         asked.clear()
         runner.poll()
         assert len(asked) == 12
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--endpoint", "render", "--then", "stop"], "--then with an endpoint must be purge"),
+    (["--endpoint", "render", "--fleet", "f"], "no --pod, --fleet or --no-tunnel"),
+    (["--object-info", "oi.json"], "--object-info gives the node definitions for an --endpoint run"),
+    (["--endpoint", "render", "--detach"], "--detach is for pods"),
+])
+def test_bad_endpoint_flags_are_exit_2_with_one_line(cli, tmp_path, argv, says):
+    r = cli("comfy.run", str(_wf(tmp_path)), *argv)
+    assert r.code == 2 and r.err.startswith("error: ") and says in r.err and "Traceback" not in r.err
