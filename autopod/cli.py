@@ -15,11 +15,11 @@ from invoke import Collection, Exit, ParseError, Program
 from . import __version__
 from .core.errors import ExitCode
 from .runpod import lifecycle
-from .tasks import comfy, config, model, pod, sim, tunnel, volume
+from .tasks import comfy, config, endpoint, model, pod, sim, tunnel, volume
 from .tasks._base import set_debug, stdout_gone
 
 ns = Collection()
-for _module in (pod, volume, model, tunnel, comfy, sim, config):
+for _module in (pod, volume, model, tunnel, comfy, endpoint, sim, config):
     ns.add_collection(Collection.from_module(_module))
 
 

@@ -1,4 +1,4 @@
-"""Ansible-style YAML inventory: defaults, named pod specs and plain SSH hosts.
+"""Ansible-style YAML inventory: defaults, named pod specs, Serverless endpoint specs and plain SSH hosts.
 
 The inventory is data, not code: it is validated here, and every error names
 the file and the line. Location: ``$AUTOPOD_INVENTORY`` (a file or a folder),
@@ -60,6 +60,21 @@ CONFIG_KEYS = {**DEFAULT_KEYS, **SECRET_KEYS}
 MODEL_KEYS = ("url", "folder", "name", "sha256")
 # Only a named pod spec can be a fleet: pods NAME-1 … NAME-<count>, the ones past count stopped or killed.
 SPEC_KEYS: dict[str, type | tuple[type, ...]] = {**POD_KEYS, "count": int, "surplus": str}
+# A RunPod Serverless endpoint (worker-comfyui): ``endpoint.up --name X`` makes it match. Endpoint specs do
+# not take the pod ``defaults:`` (a pod's image or wait timeout means something else on an endpoint).
+ENDPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "image": str,
+    "gpus": list,
+    "gpu_count": int,
+    "workers_min": int,
+    "workers_max": int,
+    "idle_timeout": int,
+    "timeout": int,
+    "flashboot": bool,
+    "volume_id": str,
+    "disk_gb": int,
+    "env": dict,
+}
 HOST_KEYS: dict[str, type | tuple[type, ...]] = {
     "host": str,
     "port": int,
@@ -67,10 +82,11 @@ HOST_KEYS: dict[str, type | tuple[type, ...]] = {
     "key": str,
     "comfy_address": str,
 }
-TOP_KEYS = {"defaults": dict, "pods": dict, "hosts": dict}
+TOP_KEYS = {"defaults": dict, "pods": dict, "hosts": dict, "endpoints": dict}
 
 # Allowed ranges of the whole-number keys (RunPod's and TCP's limits; a week for timeout).
-INT_RANGES = {"count": (1, 64), "gpu_count": (1, 16), "disk_gb": (1, 4000), "timeout": (1, 604_800), "port": (1, 65_535)}
+INT_RANGES = {"count": (1, 64), "gpu_count": (1, 16), "disk_gb": (1, 4000), "timeout": (1, 604_800), "port": (1, 65_535),
+              "workers_min": (0, 1000), "workers_max": (0, 1000), "idle_timeout": (1, 3600)}
 # Allowed ranges of the keys that take any number (fractional minutes let scripts use seconds).
 FLOAT_RANGES = {"idle_minutes": (0.01, 10_080), "dead_minutes": (0.01, 10_080), "budget_usd_per_day": (0.01, 1_000_000)}
 IDLE_ACTIONS = ("stop", "terminate")
@@ -80,8 +96,9 @@ NAME_MAX = 128
 MAX_YAML_BYTES = 16 * MiB  # an inventory, config.yaml, a simulator world, a job file
 
 # Sections of the inventory: the schema of each entry, and whether entries are named (pods, hosts).
-_SECTIONS = {"defaults": (DEFAULT_KEYS, False), "pods": (SPEC_KEYS, True), "hosts": (HOST_KEYS, True)}
-_LABELS = {"pods": "pod spec", "hosts": "host"}
+_SECTIONS = {"defaults": (DEFAULT_KEYS, False), "pods": (SPEC_KEYS, True), "hosts": (HOST_KEYS, True),
+             "endpoints": (ENDPOINT_KEYS, True)}
+_LABELS = {"pods": "pod spec", "hosts": "host", "endpoints": "endpoint spec"}
 
 _T = "tag:yaml.org,2002:"
 _STR, _INT, _FLOAT, _BOOL, _NULL, _MERGE = (_T + t for t in ("str", "int", "float", "bool", "null", "merge"))
@@ -113,6 +130,7 @@ class Inventory:
     defaults: dict[str, Any] = field(default_factory=dict)
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)
     hosts: dict[str, Host] = field(default_factory=dict)
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     sources: list[Path] = field(default_factory=list)
 
 
@@ -492,6 +510,10 @@ class _Validator:
             self.whole_number(key, vnode, what)
         elif want is float:
             self.any_number(key, vnode, what)
+        elif want is bool:
+            if not (isinstance(vnode, yaml.ScalarNode) and vnode.tag == _BOOL and not vnode.style
+                    and vnode.value.lower() in ("true", "false")):
+                raise self.fail(vnode, f"{what} must be true or false, got {self.kind(vnode)}")
         elif want is str:
             self.string(vnode, what, _FORMATS.get(key))
         elif key == "models":
@@ -627,7 +649,7 @@ def _merge(inv: Inventory, path: Path, data: dict[str, Any], lines: dict[tuple[s
            first: dict[tuple[str, str], str]) -> None:
     inv.sources.append(path)
     inv.defaults.update(data.get("defaults") or {})
-    for section in ("pods", "hosts"):
+    for section in ("pods", "hosts", "endpoints"):
         for name, spec in (data.get(section) or {}).items():
             here = f"{path}:{lines[section, name]}"
             if (section, name) in first:
@@ -636,5 +658,7 @@ def _merge(inv: Inventory, path: Path, data: dict[str, Any], lines: dict[tuple[s
             first[section, name] = here
             if section == "pods":
                 inv.pods[name] = dict(spec or {})
+            elif section == "endpoints":
+                inv.endpoints[name] = dict(spec or {})
             else:
                 inv.hosts[name] = Host(name=name, **spec)

@@ -231,6 +231,71 @@ class RestAPI:
             raise RemoteError(f"RunPod delete volume: {e}") from None
 
 
+    # -- Serverless endpoints (REST v2 only: GraphQL's saveEndpoint resets what it is not given) --------
+
+    def list_endpoints(self) -> list[dict[str, Any]]:
+        _, doc = self._request("list endpoints", "GET", "/v2/serverless")
+        return list((doc or {}).get("endpoints") or [])
+
+    def get_endpoint(self, endpoint_id: str) -> dict[str, Any] | None:
+        check_id(endpoint_id, "endpoint id")
+        try:
+            _, doc = self._request("get endpoint", "GET", f"/v2/serverless/{endpoint_id}")
+        except _NotFound:
+            return None
+        return doc or None
+
+    def create_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One endpoint per name: before sending again after a lost answer, look for one of that name."""
+        name = body.get("name")
+
+        def adopt() -> dict[str, Any] | None:
+            try:
+                found = [e for e in self.list_endpoints() if e.get("name") == name]
+            except TransientError:
+                return None
+            if found:
+                log.warning("endpoint %s (%s) appeared although its create answer was lost; using it", name,
+                            found[0].get("id"))
+                return found[0]
+            return None
+
+        _, doc = self._request("create endpoint", "POST", "/v2/serverless", body=body, before_retry=adopt)
+        if not (doc or {}).get("id"):
+            raise RemoteError("RunPod accepted the endpoint create but returned no id")
+        return doc
+
+    def update_endpoint(self, endpoint_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PATCH the given fields (absolute values, so sending again after a lost answer changes nothing)."""
+        check_id(endpoint_id, "endpoint id")
+        try:
+            _, doc = self._request("update endpoint", "PATCH", f"/v2/serverless/{endpoint_id}", body=body,
+                                   before_retry=lambda: None)
+        except _NotFound as e:
+            raise RemoteError(f"RunPod update endpoint: endpoint {endpoint_id} not found ({e})") from None
+        return doc or {}
+
+    def delete_endpoint(self, endpoint_id: str) -> bool:
+        """Delete; False when it was already gone."""
+        check_id(endpoint_id, "endpoint id")
+        try:
+            self._request("delete endpoint", "DELETE", f"/v2/serverless/{endpoint_id}")
+        except _NotFound:
+            return False
+        return True
+
+    def endpoint_workers(self, endpoint_id: str) -> dict[str, Any]:
+        """``{workers: [...], summary: {running, idle, initializing, throttled, unhealthy, total}}``."""
+        check_id(endpoint_id, "endpoint id")
+        _, doc = self._request("list endpoint workers", "GET", f"/v2/serverless/{endpoint_id}/workers")
+        return doc or {}
+
+    def gpu_catalog(self) -> list[dict[str, Any]]:
+        """The GPU catalog without stock: each type's ``pool`` and ``price`` (``price.serverless``)."""
+        _, doc = self._request("list GPU types", "GET", "/v2/catalog/gpus")
+        return [g for g in (doc or {}).get("gpus") or [] if g.get("id") != "unknown"]
+
+
 class _NotFound(RemoteError):
     """404: the caller decides whether that is None, ``ok`` or an error."""
 
