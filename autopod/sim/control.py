@@ -141,12 +141,19 @@ def fault_settings(*, latency: float | None = None, fail_every: int | None = Non
     return s
 
 
+def endpoint_base_url(base_url: str) -> str:
+    """The Serverless job API on the simulator: the value for ``RUNPOD_ENDPOINT_BASE_URL`` (RunPod's SDK and
+    autopod read it), ``<url>/v2/{endpoint_id}/run`` and the rest on the same server."""
+    return base_url.rstrip("/") + "/v2"
+
+
 def simulator_status() -> dict[str, Any]:
     """{"running": bool, "url", "pid", "pods", "volumes", "settings"} (no secrets)."""
     data = _state().read()
     if not data.get("base_url"):
         return {"running": False}
-    doc: dict[str, Any] = {"running": False, "url": data["base_url"], "pid": data.get("pid")}
+    doc: dict[str, Any] = {"running": False, "url": data["base_url"], "pid": data.get("pid"),
+                           "endpoint_base_url": endpoint_base_url(data["base_url"])}
     if not _ours(int(data.get("pid") or 0)):
         doc["problem"] = "the simulator process is gone (run sim.stop, then sim.start)"
         return doc
@@ -289,7 +296,8 @@ def _start_locked(world_file: str | None, settings: dict[str, Any], comfy_ready_
     with _state().update() as d:
         d.update(base_url=info["url"], api_key=api_key, pid=proc.pid, ssh_user=getpass.getuser(),
                  started_at=time.time(), root=str(root), hub=info.get("hub"))
-    return Outcome(True, f"simulator running at {info['url']}; autopod uses it until `autopod sim.stop`",
+    return Outcome(True, f"simulator running at {info['url']}; autopod uses it until `autopod sim.stop`; "
+                         f"Serverless jobs at RUNPOD_ENDPOINT_BASE_URL={endpoint_base_url(info['url'])}",
                    key="simulator", data=simulator_status())
 
 

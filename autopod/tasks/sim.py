@@ -71,6 +71,7 @@ def status(c, json=False):
         dump_json(st)
     elif st.get("running"):
         print(f"running at {st['url']} (pid {st['pid']})")
+        print(f"Serverless job API: RUNPOD_ENDPOINT_BASE_URL={st['endpoint_base_url']}")
         print(f"faults: {st.get('faults') or 'none'}")
         if st.get("pods"):
             print("\n" + table(st["pods"], [("name", "POD"), ("id", "ID"), ("status", "STATUS")]))
