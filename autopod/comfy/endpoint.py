@@ -46,7 +46,7 @@ POLL_MIN_S = 0.25  # /status poll after something changed ...
 POLL_MAX_S = 2.0  # ... backing off to this while nothing does
 QUEUED_AHEAD = 8  # queued jobs (oldest first) asked every round besides the running ones; the rest ...
 QUEUED_EVERY = 8  # ... every this many rounds: RunPod allows 2000 /status calls per 10 s
-WORKERS_EVERY_S = 5.0  # the endpoint's workers list, for the progress line
+WORKERS_EVERY_S = 2.0  # the endpoint's workers list, for the progress line
 MAX_IN_FLIGHT = 256  # jobs of a run submitted and not final at once (--max-queued lowers it)
 B64_CHUNK = 4 * 256 * 1024  # base64 characters decoded and written at a time
 TARGET_PREFIX = "endpoint:"
@@ -94,13 +94,23 @@ def is_endpoint_batch(batch: BatchRow) -> bool:
 
 
 def resolve(name: str) -> Endpoint:
-    """The endpoint named ``name`` (or with that id), from REST v2; exit 2 when there is none."""
+    """The endpoint named ``name`` (or with that id), from REST v2, with one worker's price from the catalog;
+    exit 2 when there is none."""
     from ..runpod import serverless
 
-    rec = serverless.find_endpoint(name)
-    return Endpoint(id=rec["id"], name=rec.get("name") or name, image=rec.get("image"),
-                    price_per_s=rec.get("price_per_s"), gpu=rec.get("gpu"),
-                    workers_max=rec.get("workers_max"), volumes=list(rec.get("volumes") or []))
+    api = serverless.connect()
+    ep = serverless.find(api, name)
+    if ep is None:
+        names = ", ".join(sorted(str(e.get("name")) for e in api.list_endpoints())) or "none"
+        raise UsageError(f"no endpoint {name!r} on this account (endpoints: {names}); make one with "
+                         f"`autopod endpoint.up --name {name}`")
+    catalog = api.gpu_catalog()
+    rec = serverless.record(ep, catalog)
+    rate = serverless.worker_rate(ep, catalog)
+    return Endpoint(id=str(ep["id"]), name=str(ep.get("name") or name), image=ep.get("image"),
+                    price_per_s=round(rate / 3600, 8) if rate is not None else None,
+                    gpu=", ".join(rec.get("gpus") or []) or None, workers_max=rec.get("workers_max"),
+                    volumes=list(ep.get("networkVolumes") or []))
 
 
 def endpoint_of(batch: BatchRow) -> Endpoint:
@@ -118,13 +128,15 @@ def job_client(endpoint: Endpoint) -> Any:
 
 def workers_summary(endpoint: Endpoint) -> dict[str, int] | None:
     """The endpoint's workers by state (``GET /v2/serverless/{id}/workers``), or None when unavailable."""
-    try:
-        from ..runpod import serverless
+    from ..runpod import serverless
 
-        return serverless.workers_summary(endpoint.id)
-    except (AutopodError, ImportError, AttributeError) as e:
+    try:
+        doc = serverless.connect().endpoint_workers(endpoint.id)
+    except AutopodError as e:
         log.debug("no workers list for %s: %s", endpoint.id, e)
         return None
+    summary = doc.get("summary") or {}
+    return {k: int(summary.get(k) or 0) for k in ("running", "idle", "initializing", "throttled", "unhealthy")}
 
 
 # -- planning (nothing is sent) ------------------------------------------------------------------------------
