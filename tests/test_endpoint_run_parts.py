@@ -128,6 +128,9 @@ def test_worker_errors_become_a_line_per_problem():
     raised = json.dumps({"error_type": "RuntimeError", "error_message": "worker died"})
     assert sls.error_lines({"error": raised}, prompt) == ("error", ["RuntimeError: worker died"])
     assert sls.error_lines({"error": "Missing 'workflow' parameter"}, prompt) == ("error", ["Missing 'workflow' parameter"])
+    body = {"error": {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": ""}, "node_errors": {}}
+    assert sls.error_lines({"error": f"Prompt has no outputs. Raw response: {json.dumps(body)}"}, prompt) == (
+        "rejected", ["prompt_no_outputs: Prompt has no outputs"])
 
 
 def test_returned_files_go_to_the_node_that_saved_them():

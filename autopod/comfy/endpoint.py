@@ -291,6 +291,13 @@ def error_lines(job: dict[str, Any], prompt: dict[str, Any], paths: dict[str, st
                 continue
             lines.extend(_validation_lines(name(m["id"]), m["value"]))
         return "rejected", lines or [text]
+    if ". Raw response: " in text:  # ComfyUI refused the prompt without node errors (no outputs, say)
+        head, _, body = text.partition(". Raw response: ")
+        try:
+            err = (json.loads(body).get("error") or {})
+            return "rejected", [f"{err.get('type', 'error')}: {err.get('message') or head} {err.get('details') or ''}".strip()]
+        except (ValueError, AttributeError):
+            return "rejected", [head]
     for d in details or ([text] if text else []):
         m = _EXEC_LINE.search(d)
         lines.append(f"{name(m['id'].strip(), m['type'].strip())}: {m['msg'].strip()}" if m else d)
