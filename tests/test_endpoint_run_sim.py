@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -155,6 +154,10 @@ def test_ctrl_c_cancels_every_job_of_the_run(env):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "cancelled" in err and "--resume" in err
+    # RunPod answers CANCELLED at once, but worker-comfyui's running prompt goes on: its worker stays busy.
+    assert "may stay busy" in err
+    busy = env["sls"].workers(env["id"])["summary"]
+    assert busy["running"] >= 1, busy
     log = jobs_log(env)
     assert {j["status"] for j in log} <= {"CANCELLED", "COMPLETED"} and any(j["status"] == "CANCELLED" for j in log)
     assert all(j["status"] == "CANCELLED" or j["ended_at"] for j in log)
@@ -188,7 +191,9 @@ def test_an_expired_result_is_reported_then_run_again_by_resume(env):
     os.kill(proc.pid, signal.SIGKILL)  # nobody fetches the results
     proc.communicate(timeout=10)
     wait_for(lambda: all(j["ended_at"] for j in jobs_log(env)), timeout=30, what="both jobs to end")
-    time.sleep(0.6)  # past the retention set above
+    sls = env["sls"]
+    wait_for(lambda: all(sls.call("GET", f"/v2/{env['id']}/status/{j['id']}").status_code == 404
+                         for j in jobs_log(env)), timeout=30, what="RunPod to drop the results")
     fetched = autopod(env, "comfy.fetch", "--json")
     assert fetched.returncode == 1 and "RunPod no longer has" in json.loads(fetched.stdout)["msg"]
     p = autopod(env, "comfy.run", "--resume", json.loads(fetched.stdout)["batch"], "--json")
@@ -215,3 +220,20 @@ def test_no_definitions_or_no_such_endpoint_is_exit_2_before_anything_is_sent(en
     p = autopod(env, "comfy.run", "--endpoint", "nope", "--object-info", env["oi"], workflow(env))
     assert p.returncode == 2 and "no endpoint 'nope'" in p.stderr
     assert jobs_log(env) == []
+
+
+def test_timeout_bounds_each_job_and_a_completed_job_without_output_runs_again(env):
+    env["sls"].control(settings={"sls_time_scale": 0.02})  # RunPod's 5 s minimum executionTimeout is 0.1 s here
+    p = run(env, workflow(env, seconds=1.0), "--timeout", "5")
+    assert p.returncode == 1
+    got = json.loads(p.stdout)["prompts"][0]
+    assert got["status"] == "error" and "timed out on RunPod" in got["error"]
+    assert jobs_log(env)[0]["status"] == "TIMED_OUT"
+    env["sls"].control(settings={"sls_time_scale": 1.0}, faults={"no_output": {"times": 1}})
+    p = run(env, workflow(env, name="quick.json"))
+    assert p.returncode == 1
+    report = json.loads(p.stdout)
+    assert "returned no output" in report["prompts"][0]["error"]
+    again = autopod(env, "comfy.run", "--resume", report["batch"], "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["counts"] == {"success": 1} and len(pngs(env["tmp"] / "outputs")) == 1
