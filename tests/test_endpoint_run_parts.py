@@ -385,3 +385,26 @@ def test_queued_jobs_far_back_are_polled_less_often(fake, tmp_path):
 def test_bad_endpoint_flags_are_exit_2_with_one_line(cli, tmp_path, argv, says):
     r = cli("comfy.run", str(_wf(tmp_path)), *argv)
     assert r.code == 2 and r.err.startswith("error: ") and says in r.err and "Traceback" not in r.err
+
+
+def test_the_workers_list_is_read_again_early_when_it_cannot_be_right(fake, tmp_path, monkeypatch):
+    from autopod.comfy.ledger import Ledger
+
+    clock = [100.0]
+    monkeypatch.setattr(sls.time, "monotonic", lambda: clock[0])
+    reads = []
+    with Ledger.open() as led:
+        batch = led.new_batch("b", target_id="endpoint:ep1", target_name="render", output_dir=str(tmp_path),
+                              template="{job}/{filename}", options={}, prompts=[])
+        runner = sls.EndpointRunner(led, batch, fake, sls.resolve("render"), progress=sls.Progress(enabled=False),
+                                    payloads=sls.Payloads([], None),
+                                    workers=lambda: reads.append(1) or {"running": 0, "initializing": 4})
+        runner._workers_now(0)
+        clock[0] += 0.6
+        runner._workers_now(0)
+        assert len(reads) == 1  # nothing says it is wrong: every WORKERS_EVERY_S
+        runner._workers_now(3)
+        assert len(reads) == 2  # 3 jobs running on 0 workers: a cold start ended, read again
+        clock[0] += sls.WORKERS_EVERY_S
+        runner._workers_now(0)
+        assert len(reads) == 3

@@ -501,7 +501,8 @@ class EndpointRunner:
             while queue and len(self.active) < self.max_in_flight:
                 self.submit(queue.popleft())
             changed = self.poll()
-            bar.show(self.counts(), self._workers_now())
+            counts = self.counts()
+            bar.show(counts, self._workers_now(counts.get("running", 0)))
             if not queue and not self.active:
                 return
             if deadline is not None and time.monotonic() > deadline:
@@ -517,9 +518,13 @@ class EndpointRunner:
             out[r.status] = out.get(r.status, 0) + 1
         return out
 
-    def _workers_now(self) -> dict[str, int] | None:
+    def _workers_now(self, running: int = 0) -> dict[str, int] | None:
+        """The workers list, read every WORKERS_EVERY_S, or sooner when it cannot be right: more jobs running
+        than workers it counts as up (a cold start just ended)."""
         now = time.monotonic()
-        if now - self._workers_at >= WORKERS_EVERY_S:
+        w = self._workers or {}
+        stale = self._workers is not None and running > (w.get("running") or 0) + (w.get("idle") or 0)
+        if now - self._workers_at >= WORKERS_EVERY_S or (stale and now - self._workers_at >= 0.5):
             self._workers_at = now
             self._workers = self.workers()
         return self._workers
