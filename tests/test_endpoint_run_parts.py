@@ -408,3 +408,46 @@ def test_the_workers_list_is_read_again_early_when_it_cannot_be_right(fake, tmp_
         clock[0] += sls.WORKERS_EVERY_S
         runner._workers_now(0)
         assert len(reads) == 3
+
+
+def test_s3_url_outputs_are_downloaded_and_a_bad_one_fails_the_prompt(fake, tmp_path):
+    import http.server
+    import threading
+
+    body = b"\x89PNG\r\n\x1a\n" + b"s3" * 1000
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            if self.path == "/bucket/ok.png":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self.send_response(403)
+                self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/bucket"
+    real = fake.status
+
+    def s3(job_id):
+        doc = real(job_id)
+        if doc["status"] == "COMPLETED":
+            doc["output"] = {"images": [{"filename": "sls_00001_.png", "type": "s3_url", "data": f"{base}/ok.png"},
+                                        {"filename": "sls_00002_.png", "type": "s3_url", "data": f"{base}/no.png"}]}
+        return doc
+
+    fake.status = s3
+    try:
+        report = sls.render(_opts(tmp_path))
+    finally:
+        server.shutdown()
+    assert report["exit_code"] == 1
+    saved = list((tmp_path / "out" / "sleep").glob("*.png"))
+    assert [p.read_bytes() for p in saved] == [body]
+    assert "sls_00002_.png: the s3_url answered HTTP 403" in report["prompts"][0]["error"]

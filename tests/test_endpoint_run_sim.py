@@ -237,3 +237,18 @@ def test_timeout_bounds_each_job_and_a_completed_job_without_output_runs_again(e
     again = autopod(env, "comfy.run", "--resume", report["batch"], "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["counts"] == {"success": 1} and len(pngs(env["tmp"] / "outputs")) == 1
+
+
+def test_watch_and_fetch_reattach_to_an_endpoint_batch(env):
+    proc = start(env, "comfy.run", "--endpoint", "render", "--object-info", env["oi"],
+                 workflow(env, seconds=0.3), "--sweep", "2.steps=1..6")
+    wait_for(lambda: len(pngs(env["tmp"] / "outputs")) >= 1, timeout=30, what="the first output on disk")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=10)
+    watched = autopod(env, "comfy.watch", "--json")
+    assert watched.returncode == 0, watched.stderr
+    report = json.loads(watched.stdout)
+    assert report["counts"] == {"success": 6} and "on endpoint render" in watched.stderr
+    assert len(pngs(env["tmp"] / "outputs")) == 6 and len(jobs_log(env)) == 6
+    fetched = autopod(env, "comfy.fetch", "--json")
+    assert fetched.returncode == 0 and json.loads(fetched.stdout)["fetched"] == 0
