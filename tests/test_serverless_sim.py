@@ -4,14 +4,17 @@ worker-comfyui 5.8.5 by the simulated ComfyUI."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import requests
-from sls_fixtures import KEY, endpoint_body, png_of, sleep_save, sls, wait_for  # noqa: F401 (sls is a fixture)
+from sls_fixtures import KEY, Sls, endpoint_body, png_of, sleep_save, sls, wait_for  # noqa: F401 (a fixture)
 
 from test_simulator import autopod, sim_env  # noqa: F401 (sim_env is a fixture)
 
 from autopod.sim.comfyui.images import read_png
+from autopod.sim.runpod_standin import RunPodStandin
 
 WORKFLOWS = Path(__file__).parent / "data" / "workflows"
 
@@ -159,6 +162,29 @@ def test_job_api_answers_401_404_and_checks_the_key(sls):
     assert sls.call("GET", f"/v2/{eid}/status/nosuchjob").status_code == 404
     assert sls.call("POST", f"/v2/{eid}/run", json={"notinput": 1}).status_code == 400
     assert sls.jobs_log() == []  # nothing was accepted
+    # RunPod's docs also show the key sent alone, without "Bearer"
+    assert sls.http.get(f"{sls.url}/v2/{eid}/health", headers={"Authorization": KEY}).status_code == 200
+
+
+def test_stopping_the_stand_in_ends_every_worker_and_wait(tmp_path):
+    standin = RunPodStandin(api_key=KEY, root=tmp_path / "sim").start()
+    client = Sls(standin)
+    client.control(settings={"sls_cold_start_s": 0})
+    eid = client.create(workers={"min": 2, "max": 3, "idleTimeout": 60})["id"]
+    client.wait(eid, client.run(eid, {"workflow": sleep_save()}))
+    client.run(eid, {"workflow": sleep_save(30, prefix="long")})  # still running at stop
+    held = {}
+    waiter = threading.Thread(target=lambda: held.update(r=client.call(
+        "POST", f"/v2/{eid}/runsync", json={"input": {"workflow": sleep_save(30, prefix="sync")}})))
+    waiter.start()
+    wait_for(lambda: len(client.jobs_log()) == 3, what="the runsync job")
+    assert (tmp_path / "sim" / "serverless" / eid).is_dir()
+    t0 = time.monotonic()
+    standin.stop()
+    waiter.join(10)
+    assert not waiter.is_alive() and time.monotonic() - t0 < 5
+    assert [t.name for t in threading.enumerate() if t.name.startswith("serverless")] == []
+    assert list((tmp_path / "sim" / "serverless" / eid).iterdir()) == []  # workers' files went with them
 
 
 # --- the simulator process -----------------------------------------------------------------------
@@ -183,3 +209,5 @@ def test_sim_start_serves_the_job_api_at_its_endpoint_base_url(sim_env):  # noqa
     done = wait_for(lambda: (lambda d: d if d["status"] == "COMPLETED" else None)(
         http.get(f"{base}/{ep['id']}/status/{jid}", timeout=10).json()), what="the job")
     png_of(done["output"]["images"][0])
+    listed = autopod(sim_env, "sim.status")
+    assert ep["id"] in listed.stdout and "ENDPOINT" in listed.stdout

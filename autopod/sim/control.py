@@ -173,7 +173,10 @@ def simulator_status() -> dict[str, Any]:
                pods=[{"id": pid, "name": p.get("name"), "status": p.get("desiredStatus")}
                      for pid, p in (world.get("pods") or {}).items()],
                volumes=[{"id": vid, "name": v.get("name"), "size_gb": v.get("size"), "datacenter": v.get("dataCenterId")}
-                        for vid, v in (world.get("network_volumes") or {}).items()])
+                        for vid, v in (world.get("network_volumes") or {}).items()],
+               endpoints=[{"id": eid, "name": e.get("name"), "workers_min": (e.get("workers") or {}).get("min"),
+                           "workers_max": (e.get("workers") or {}).get("max")}
+                          for eid, e in (world.get("endpoints") or {}).items()])
     return doc
 
 

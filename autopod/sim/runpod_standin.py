@@ -1155,7 +1155,8 @@ class _Handler(BaseHTTPRequestHandler):
             key = f"{method} /v2/{{endpoint}}/{op}"
             world.requests["jobs"][key] = world.requests["jobs"].get(key, 0) + 1
             reject = bool(world.settings.get("reject_key"))
-        if reject or not self._authorized():
+        bare = (self.headers.get("Authorization") or "").strip()  # RunPod's job API also takes the key alone
+        if reject or not (self._authorized() or hmac.compare_digest(bare.encode(), self.standin.api_key.encode())):
             return self._json(401, {"error": "Unauthorized"})
         status, doc, headers, drop = self.standin.serverless.handle(method, endpoint_id, op, rest, parts.query, raw)
         if drop:  # the job exists, the answer never comes: the connection just closes

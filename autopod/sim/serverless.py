@@ -187,6 +187,8 @@ class Serverless:
         self.cv = threading.Condition(world.lock)
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="sls-")) if root is None else Path(root) / "serverless"
+        if volume_dir is None and root is not None:  # the layout the simulator's pods use (sim.backend)
+            volume_dir = lambda vid: _made(Path(root) / "volumes" / vid)  # noqa: E731
         self._volume_dir = volume_dir
         self._base_url = base_url
         self.jobs: dict[str, Job] = {}  # retained jobs, every endpoint
@@ -238,7 +240,7 @@ class Serverless:
                     self.tick()
                 except Exception:  # one bad endpoint must not stop the platform for the others
                     log.exception("the serverless clock failed")
-                self.cv.wait(TICK_S)
+                self.cv.wait(TICK_S if self.endpoints else 1.0)  # a create or a submit wakes it at once
 
     # -- the platform's clock -------------------------------------------------------------------------
 
@@ -284,9 +286,12 @@ class Serverless:
             if w.status == "INITIALIZING" and now >= w.ready_at and w.comfy is not None:
                 w.status, w.idle_since = "IDLE", now
         live = [w for w in workers.values() if not w.stopping]
+        fault = (self.faults.get("workers") or {}).get(eid)
         for w in live:  # a new release rolls out as workers cycle: a stale worker retires once idle
             if w.status == "IDLE" and w.version != version:
                 self._retire(w)
+            elif w.thread is None and w.status != fault and self._placement(ep)[0] is not None:
+                self._retire(w)  # capacity is back, or the crash loop is over: a fresh worker replaces it
         live = [w for w in live if not w.stopping]
         idle = sorted((w for w in live if w.status == "IDLE"), key=lambda w: w.idle_since or 0)
         while len(live) > hi and idle:
@@ -817,8 +822,8 @@ class Serverless:
         if lost is not None:
             entry["answer_lost"] = True
             return 200, None, {}, True
-        if not sync:
-            return 200, {"id": jid, "status": job.status}, {}, False
+        if not sync:  # the answer is written as the job is accepted, before a worker may take it
+            return 200, {"id": jid, "status": "IN_QUEUE"}, {}, False
         hold = _wait_s(q.get("wait"), 90.0, lo=1.0, hi=300.0)
         self.cv.wait_for(lambda: job.status in TERMINAL or self._stop.is_set(), timeout=hold)
         return 200, (job.doc() if job.status in TERMINAL else {"id": jid, "status": job.status}), {}, False
@@ -842,6 +847,11 @@ class Serverless:
             job.entry.update(status="PURGED", ended_at=_iso(time.time()))
             self._remove(job, "purged")
         return {"removed": len(removed), "status": "completed"}
+
+
+def _made(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _closed(body: Any, keys: set[str]) -> dict[str, Any]:
@@ -929,17 +939,17 @@ def run_handler(comfy: Any, job_id: str, job_input: Any, abort: threading.Event)
         elif event == "executing" and data.get("node") is None:
             done.set()
 
+    state["prompt_id"] = str(uuid.uuid4())  # known before the engine can start it, so no event is missed
     engine.taps.append(tap)
     try:
         try:
-            status, answer = engine.submit({"prompt": workflow, "client_id": client_id})
+            status, answer = engine.submit({"prompt": workflow, "client_id": client_id,
+                                            "prompt_id": state["prompt_id"]})
         except Exception:
             return {"error": "HTTP communication error with ComfyUI: 500 Server Error: Internal Server Error for "
                              "url: http://127.0.0.1:8188/prompt"}
         if status == 400:
             return {"error": _validation_error(comfy, answer)}
-        state["prompt_id"] = answer["prompt_id"]
-        # events sent before prompt_id was known are for this client only once it is queued; history settles it
         while not done.wait(0.05):
             if abort.is_set():
                 engine.interrupt()

@@ -75,6 +75,9 @@ def status(c, json=False):
         print(f"faults: {st.get('faults') or 'none'}")
         if st.get("pods"):
             print("\n" + table(st["pods"], [("name", "POD"), ("id", "ID"), ("status", "STATUS")]))
+        if st.get("endpoints"):
+            print("\n" + table(st["endpoints"], [("name", "ENDPOINT"), ("id", "ID"), ("workers_min", "MIN"),
+                                                  ("workers_max", "MAX")]))
         print("\n" + table(st["volumes"], [("id", "VOLUME"), ("name", "NAME"), ("size_gb", "SIZE GB"),
                                            ("datacenter", "DATACENTER")]))
     else:
