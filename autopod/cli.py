@@ -14,7 +14,7 @@ from invoke import Collection, Exit, ParseError, Program
 
 from . import __version__
 from .core.errors import ExitCode
-from .runpod import lifecycle
+from .runpod import lifecycle, serverless
 from .tasks import comfy, config, endpoint, model, pod, sim, tunnel, volume
 from .tasks._base import set_debug, stdout_gone
 
@@ -46,6 +46,22 @@ def _models_after_up(api: Any, spec: Any, outcome: Any, dry_run: bool) -> Any:
 
 
 lifecycle.after_pod_up(_models_after_up)
+
+
+def _models_after_endpoint_up(endpoint: dict, spec: Any, dry_run: bool) -> list[str]:
+    """endpoint.up on a volume names the model files its workers would not see; the models room reads the
+    volume through a pod, and builds on the pod room."""
+    volume = getattr(spec, "volume_id", None) or endpoint.get("volume_id") or \
+        next(iter(endpoint.get("networkVolumes") or []), None)
+    if not isinstance(volume, str):
+        return []
+    from .models.ops import endpoint_notes
+    from .runpod.api import connect
+
+    return endpoint_notes(connect(), endpoint, volume)
+
+
+serverless.after_endpoint_up(_models_after_endpoint_up)
 
 # invoke's core flags that configure Context.run(): autopod tasks never run local shell commands, so
 # `--dry` or `--warn-only` would be accepted and silently ignored. The autopod program does not offer them.

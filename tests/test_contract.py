@@ -194,7 +194,7 @@ def test_every_number_read_from_a_flag_has_both_bounds():
 # A setting in the environment that says nothing is bad input, as a flag's value is: never "the default".
 ENV = [("AUTOPOD_RUNPOD_API", ("pod.list",)), ("RUNPOD_API_KEY", ("pod.list",)),
        ("RUNPOD_API_BASE_URL", ("pod.list",)), ("AUTOPOD_HOME", ("comfy.jobs",)),
-       ("AUTOPOD_INVENTORY", ("tunnel.status", "--pod", "flux"))]
+       ("AUTOPOD_INVENTORY", ("tunnel.status", "--pod", "flux")), ("RUNPOD_ENDPOINT_BASE_URL", ("endpoint.purge", "x"))]
 
 
 @pytest.mark.parametrize("value", ["", " ", " rest", "rest\n"], ids=repr)

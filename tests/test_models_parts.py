@@ -5,6 +5,7 @@ hashes, the tokens, and the inventory's ``models:``. End to end through SSH: tes
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
 import subprocess
@@ -82,8 +83,11 @@ def test_pull_verifies_renames_and_comfyui_lists_it_without_a_restart(pod):
     assert pod.comfy.models.scans == scans  # ComfyUI's cache: nothing changed, nothing read again
     doc = pod.run("pull", url=TINY, folder="checkpoints")
     assert doc["result"] == "changed" and doc["verified"] and doc["sha256_source"] == "X-Linked-Etag"
-    path = pod.models / "checkpoints" / "tiny-sd15.safetensors"
-    assert path.stat().st_size == 1_500_000 and doc["path"] == str(path)
+    # The file is where worker-comfyui reads the volume; ComfyUI's own folder links to it.
+    path = pod.volume / "models" / "checkpoints" / "tiny-sd15.safetensors"
+    assert path.stat().st_size == 1_500_000 and doc["path"] == str(path) and not path.is_symlink()
+    link = pod.models / "checkpoints" / "tiny-sd15.safetensors"
+    assert link.is_symlink() and os.readlink(link) == "../../../../models/checkpoints/tiny-sd15.safetensors"
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".part")]
     assert listed_before == [] and doc["listed"] is True
     # The same running ComfyUI, no restart: its lists and the loader's choices show the file.
@@ -103,10 +107,16 @@ def test_a_part_file_is_never_listed_by_comfyui(pod):
     assert json.load(urllib.request.urlopen(pod.comfy.url + "/models/loras")) == ["sub/z.safetensors"]
 
 
-def test_legacy_folder_names_map_and_diffusion_models_go_to_the_first_path(pod):
+def test_legacy_folder_names_map_and_files_go_to_the_workers_folder_names(pod):
     f = pod.hub.add_hf("o/r", "u.safetensors", size=1000)
     doc = pod.run("pull", url=f.public_url(), folder="unet")
-    assert doc["folder"] == "diffusion_models" and doc["path"] == str(pod.models / "unet" / "u.safetensors")
+    assert doc["folder"] == "diffusion_models" and doc["path"] == str(pod.volume / "models" / "unet" / "u.safetensors")
+    assert (pod.models / "unet" / "u.safetensors").is_symlink()  # ComfyUI's first path for diffusion models
+    t = pod.hub.add_hf("o/r", "t5.safetensors", size=1000)
+    doc = pod.run("pull", url=t.public_url(), folder="text_encoders")
+    assert doc["path"] == str(pod.volume / "models" / "clip" / "t5.safetensors")  # not models/text_encoders
+    assert os.readlink(pod.models / "text_encoders" / "t5.safetensors") == "../../../../models/clip/t5.safetensors"
+    assert json.load(urllib.request.urlopen(pod.comfy.url + "/models/text_encoders")) == ["t5.safetensors"]
     doc = pod.run("pull", url=f.public_url(), folder="nosuchfolder")
     assert doc["result"] == "failed" and doc["code"] == 2 and "no model folder 'nosuchfolder'" in doc["error"]
 
@@ -309,3 +319,49 @@ def test_editor_needs_follow_the_editors_rule():
     api = {"1": {"class_type": "LoraLoader", "inputs": {"lora_name": "l.safetensors", "model": ["2", 0]}},
            "2": {"class_type": "EmptyImage", "inputs": {"width": 8}}}
     assert [(n.folder, n.name, n.url) for n in loader_needs(api, "x")] == [("loras", "l.safetensors", None)]
+
+
+def test_a_file_pulled_into_comfyuis_folder_before_is_moved_where_workers_see_it(pod):
+    f = pod.hub.add_hf("o/r", "old.safetensors", size=1000)
+    old = pod.models / "loras" / "old.safetensors"
+    data = Path(f.disk).read_bytes()
+    old.write_bytes(data)
+    before = pod.run("list", folder="loras")["models"]
+    assert before[0]["worker"] == {"sees": False, "path": None,
+                                   "why": "in runpod-slim/ComfyUI/models/loras, outside models/ on the volume: "
+                                          "worker-comfyui reads only models/{checkpoints,clip,clip_vision,configs,"
+                                          "controlnet,embeddings,loras,unet,upscale_models,vae}"}
+    doc = pod.run("pull", url=f.public_url(), folder="loras")
+    shared = pod.volume / "models" / "loras" / "old.safetensors"
+    assert doc["result"] == "ok" and doc["path"] == str(shared) and shared.read_bytes() == data
+    assert old.is_symlink() and pod.served(f.id) == 0  # moved on the volume, not downloaded again
+    (row,) = pod.run("list", folder="loras")["models"]
+    assert row["worker"] == {"sees": True, "path": "/runpod-volume/models/loras/old.safetensors", "why": None}
+
+
+def test_worker_view_names_the_folders_worker_comfyui_does_not_read(tmp_path):
+    from autopod.models.folders import WORKER_FOLDERS
+
+    spec = importlib.util.spec_from_file_location("puller_for_view", PULLER)
+    puller = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(puller)
+    assert puller.WORKER_FOLDERS == WORKER_FOLDERS  # the pod program keeps its own copy of the table
+    vol = tmp_path / "vol"
+    for rel in ("models/text_encoders/t.safetensors", "models/model_patches/p.safetensors", "models/clip/c.sft"):
+        (vol / rel).parent.mkdir(parents=True, exist_ok=True)
+        (vol / rel).write_bytes(b"1")
+    view = puller.worker_view
+    assert view(str(vol / "models/text_encoders/t.safetensors"), str(vol))["why"] == \
+        "worker-comfyui 5.8.5 does not read models/text_encoders (it reads models/clip)"
+    assert view(str(vol / "models/model_patches/p.safetensors"), str(vol))["why"] == \
+        "worker-comfyui 5.8.5 does not read models/model_patches at all"
+    assert view(str(vol / "models/clip/c.sft"), str(vol))["path"] == "/runpod-volume/models/clip/c.sft"
+    assert view(str(tmp_path / "elsewhere.safetensors"), str(vol))["why"] == "not on the network volume"
+
+
+def test_rm_removes_the_file_and_comfyuis_link(pod):
+    doc = pod.run("pull", url=TINY, folder="checkpoints")
+    shared, link = Path(doc["path"]), pod.models / "checkpoints" / "tiny-sd15.safetensors"
+    gone = pod.run("rm", name="tiny-sd15.safetensors", folder="checkpoints")
+    assert gone["result"] == "changed" and not shared.exists() and not os.path.lexists(link)
+    assert json.load(urllib.request.urlopen(pod.comfy.url + "/models/checkpoints")) == []

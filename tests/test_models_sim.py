@@ -70,7 +70,12 @@ class Sim:
         return self.home / "sim" / "volumes" / vid
 
     def models(self, vid: str) -> Path:
+        """The pod's ComfyUI models folder on the volume (RunPod's ComfyUI image keeps it there)."""
         return self.volume(vid) / "runpod-slim" / "ComfyUI" / "models"
+
+    def shared(self, vid: str) -> Path:
+        """Where autopod puts model files on the volume: worker-comfyui's folder names, linked from ComfyUI's."""
+        return self.volume(vid) / "models"
 
     def volume_id(self, name: str = "comfy-models") -> str:
         return next(v["id"] for v in self.ok("volume.list") if v["name"] == name)
@@ -109,7 +114,8 @@ def test_pull_list_rm_status(sim):
     doc = sim.ok("model.pull", TINY, "--pod", "m", "--folder", "checkpoints")
     m = doc["model"]
     assert doc["changed"] and m["verified"] and m["sha256_source"] == "X-Linked-Etag" and m["listed"] is True
-    assert Path(m["path"]).parent == sim.models(sim.vol) / "checkpoints" and Path(m["path"]).stat().st_size == m["size"]
+    assert Path(m["path"]).parent == sim.shared(sim.vol) / "checkpoints" and Path(m["path"]).stat().st_size == m["size"]
+    assert (sim.models(sim.vol) / "checkpoints" / "tiny-sd15.safetensors").resolve() == Path(m["path"])
     fid = next(f["id"] for f in sim.state()["files"] if f["url"] == TINY)
     before = sim.served(fid)
     again = sim.ok("model.pull", TINY, "--pod", "m", "--folder", "checkpoints")
@@ -201,7 +207,7 @@ def test_hash_mismatch_saves_nothing_under_the_name(sim):
     f = sim.add(hf="sim/bad", path="bad.safetensors", size=500_000, faults={"corrupt": True})
     p = pull(sim, f["url"], "--folder", "loras")
     assert p.returncode == 1 and "sha256 mismatch" in json.loads(p.stdout)["msg"]
-    folder = sim.models(sim.vol) / "loras"
+    folder = sim.shared(sim.vol) / "loras"
     assert not (folder / "bad.safetensors").exists() and not list(folder.glob(".bad.safetensors*"))
     assert sim.served(f["id"]) == f["size"]  # it was downloaded whole, then refused
     wrong = pull(sim, TINY, "--folder", "loras", "--name", "x.safetensors", "--sha256", "0" * 64)
@@ -269,7 +275,8 @@ def test_a_server_that_never_sends_the_rest_fails_clearly(sim):
     assert p.returncode == 1
     msg = json.loads(p.stdout)["msg"]
     assert "stopped sending" in msg and "pull again to resume" in msg
-    assert not (sim.models(sim.vol) / "checkpoints" / "dead.safetensors").exists()
+    assert not (sim.shared(sim.vol) / "checkpoints" / "dead.safetensors").exists()
+    assert not os.path.lexists(sim.models(sim.vol) / "checkpoints" / "dead.safetensors")
 
 
 @pytest.mark.parametrize("faults,words", [({"html": True}, "HTML page"), ({"announce_size": 123}, "announced")])
@@ -278,7 +285,7 @@ def test_html_pages_and_wrong_sizes_are_refused(sim, faults, words):
     f = sim.add(hf="sim/odd", path=name, size=300_000, faults=faults)
     p = pull(sim, f["url"], "--folder", "vae")
     assert p.returncode == 1 and words in json.loads(p.stdout)["msg"]
-    assert not (sim.models(sim.vol) / "vae" / name).exists() and not list((sim.models(sim.vol) / "vae").glob(".odd*"))
+    assert not (sim.shared(sim.vol) / "vae" / name).exists() and not list((sim.shared(sim.vol) / "vae").glob(".odd*"))
 
 
 def test_two_pulls_of_one_file_download_it_once(sim):
@@ -459,3 +466,43 @@ def test_comfy_run_names_missing_models_and_pull_missing_fetches_them(sim, tmp_p
     p = sim.run("comfy.run", "--job", str(job), "--pod", "m", *out, "--pull-missing", "--json")
     assert p.returncode == 0, p.stderr
     assert sim.served(g["id"]) == g["size"] and (sim.models(sim.vol) / "loras" / "by-job.safetensors").exists()
+
+
+# -- one volume for pods and Serverless endpoints ----------------------------------------------------------
+
+
+def test_endpoint_up_names_the_model_files_its_workers_would_not_see(sim):
+    f = sim.add(hf="sim/enc", path="enc.safetensors", size=50_000)
+    # A file copied into the pod's ComfyUI folder by hand: RunPod's pod image keeps ComfyUI's models there.
+    (sim.models(sim.vol) / "text_encoders" / "by-hand.safetensors").write_bytes(b"1" * 100)
+    up = sim.ok("endpoint.up", "--name", "shared", "--volume-id", sim.vol)
+    notes = up["notes"]
+    assert any(n.startswith("text_encoders/by-hand.safetensors: Serverless workers will not see it: in "
+                            "runpod-slim/ComfyUI/models/text_encoders, outside models/") for n in notes), notes
+    assert any("model.pull URL --folder F" in n for n in notes)
+    # Pulled by autopod: in models/clip, linked from ComfyUI's folder; the workers see it, so no note names it.
+    sim.ok("model.pull", f["url"], "--pod", "m", "--folder", "text_encoders")
+    assert (sim.shared(sim.vol) / "clip" / "enc.safetensors").is_file()
+    rows = sim.ok("model.list", "--pod", "m", "--folder", "text_encoders")
+    enc = next(r for r in rows if r["name"] == "enc.safetensors")
+    assert enc["worker"] == {"sees": True, "path": "/runpod-volume/models/clip/enc.safetensors", "why": None}
+    table = sim.run("model.list", "m", "--folder", "text_encoders")
+    assert "SERVERLESS" in table.stdout
+    assert [line.split()[-2] for line in table.stdout.splitlines() if "by-hand.safetensors" in line] == ["no"]
+    again = sim.ok("endpoint.up", "--name", "shared")  # the endpoint's own volume, without naming it
+    assert again["changed"] is False and not any("enc.safetensors" in n for n in again["notes"])
+    assert any("by-hand.safetensors" in n for n in again["notes"])
+    (sim.models(sim.vol) / "text_encoders" / "by-hand.safetensors").unlink()
+    last = sim.ok("endpoint.up", "--name", "shared", "--volume-id", sim.vol)
+    assert not any("by-hand.safetensors" in n for n in last.get("notes") or [])
+    assert sim.ok("endpoint.kill", "shared", "--yes")["changed"]
+
+
+def test_endpoint_up_says_when_no_pod_can_read_its_volume(sim):
+    dc = next(v for v in sim.ok("volume.list") if v["id"] == sim.vol)["datacenter"]
+    sim.ok("volume.create", "--name", "scratch", "--size-gb", "10", "--datacenter", dc)
+    other = sim.volume_id("scratch")
+    up = sim.ok("endpoint.up", "--name", "lonely", "--volume-id", other)
+    assert any(f"the models on volume {other} were not checked: no running pod has it attached" in n
+               for n in up["notes"])
+    assert sim.ok("endpoint.kill", "lonely", "--yes")["changed"]

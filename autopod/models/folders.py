@@ -35,6 +35,14 @@ FOLDERS: dict[str, tuple[str, ...]] = {
 # Names older workflows and tools use; ComfyUI maps them (map_legacy), /models/{folder} does not.
 LEGACY = {"clip": "text_encoders", "unet": "diffusion_models"}
 
+# worker-comfyui 5.8.5 (RunPod Serverless) reads a network volume only at /runpod-volume/models/<name> for these
+# names (its extra_model_paths.yaml): ComfyUI folder key -> that name. The pod program (puller) keeps a copy.
+WORKER_FOLDERS: dict[str, str] = {
+    "checkpoints": "checkpoints", "text_encoders": "clip", "clip_vision": "clip_vision", "configs": "configs",
+    "controlnet": "controlnet", "embeddings": "embeddings", "loras": "loras", "upscale_models": "upscale_models",
+    "vae": "vae", "diffusion_models": "unet",
+}
+
 # (loader class, input) -> the folder whose files that input lists
 LOADER_INPUTS: dict[tuple[str, str], str] = {
     ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",

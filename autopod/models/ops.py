@@ -245,6 +245,42 @@ def list_models(api: Any, ref: str | None, folder: Any = None) -> list[dict[str,
     return [{**m, "pod": pod.id} for m in doc.get("models") or []]
 
 
+def worker_gaps(api: Any, volume_id: str) -> tuple[list[dict[str, Any]], str | None]:
+    """The model files on ``volume_id`` that a Serverless worker (worker-comfyui) would not see, each with
+    why; read through a running pod that has the volume attached. (files, None), or ([], why it could not
+    look)."""
+    from ..runpod.registry import list_pods
+
+    pods = [p for p in list_pods(api) if p.volume_id == volume_id and p.status == "RUNNING" and p.ssh_direct]
+    if not pods:
+        return [], (f"the models on volume {volume_id} were not checked: no running pod has it attached (autopod "
+                    f"reads a volume through a pod; `autopod pod.up --volume-id {volume_id}`, then "
+                    "`autopod endpoint.up` again)")
+    pod = pods[0]
+    try:
+        doc = remote.call(pod, {"op": "list", **_base(pod), "folder": None, "comfy_wait_s": 0})
+    except AutopodError as e:
+        return [], f"the models on volume {volume_id} were not checked through pod {pod.name}: {e}"
+    unseen = [{"folder": m.get("folder"), "name": m.get("name"), "path": m.get("path"),
+               "why": (m.get("worker") or {}).get("why") or "unknown"}
+              for m in doc.get("models") or [] if not (m.get("worker") or {}).get("sees")]
+    return unseen, None
+
+
+def endpoint_notes(api: Any, endpoint: dict[str, Any], volume_id: str | None) -> list[str]:
+    """``endpoint.up`` on a volume: a line per model file its workers would not see, and why."""
+    if not volume_id:
+        return []
+    unseen, skipped = worker_gaps(api, volume_id)
+    if skipped:
+        return [skipped]
+    lines = [f"{m['folder']}/{m['name']}: Serverless workers will not see it: {m['why']}" for m in unseen]
+    if lines:
+        lines.append("`autopod model.pull URL --folder F` puts a model where pods and workers both find it (a "
+                     "file pulled before moves there)")
+    return lines
+
+
 def remove(api: Any, ref: str | None, name: Any, *, folder: Any = None,
            confirm: Callable[[Pod, str], bool] | None = None) -> Outcome:
     n = str(name)

@@ -18,8 +18,12 @@ going while the laptop that asked sleeps; this program is what makes that safe:
 - **One download per file per volume.** Each job holds a lock in the volume's
   ``.autopod/models/jobs/<key>/`` folder; a second pull of the same file joins the first.
 
-Where files go: ComfyUI's own answer (``GET /experiment/models``, else ``/internal/folder_paths``),
-the folder's first path on the network volume, else its first path. ``HF_ENDPOINT`` (as
+Where files go: one layout for pods and Serverless endpoints. On the volume a file goes to
+``<volume>/models/<worker folder>/`` (``clip`` for text encoders, ``unet`` for diffusion models, the folder's own
+name otherwise), which worker-comfyui reads at ``/runpod-volume/models/...``; the pod's ComfyUI (its folders
+from ``GET /experiment/models``, else ``/internal/folder_paths``) gets a relative link to it in the folder's first
+path, so it lists the file at once, without a restart, and the link resolves under either mount. A file pulled
+into ComfyUI's folder before is moved there by the next pull of it. ``HF_ENDPOINT`` (as
 ``huggingface_hub`` reads it) and ``CIVITAI_ENDPOINT`` in the pod's environment send Hugging Face and
 Civitai URLs to a mirror.
 
@@ -50,6 +54,12 @@ CHUNK = 1 << 20
 READ = 1 << 16  # one read: small enough to stay in the CPU's cache until it is written
 USER_AGENT = "autopod-model-pull/%d (python %d.%d)" % (VERSION, sys.version_info[0], sys.version_info[1])
 LEGACY = {"clip": "text_encoders", "unet": "diffusion_models"}  # ComfyUI's map_legacy
+# worker-comfyui 5.8.5 reads a network volume only at /runpod-volume/models/<name> for these names (its
+# extra_model_paths.yaml): ComfyUI folder key -> that name. autopod.models.folders keeps the same table.
+WORKER_FOLDERS = {"checkpoints": "checkpoints", "text_encoders": "clip", "clip_vision": "clip_vision",
+                  "configs": "configs", "controlnet": "controlnet", "embeddings": "embeddings", "loras": "loras",
+                  "upscale_models": "upscale_models", "vae": "vae", "diffusion_models": "unet"}
+WORKER_MOUNT = "/runpod-volume"
 NOT_MODEL_FOLDERS = ("custom_nodes", "configs")
 HF_HOSTS = ("huggingface.co", "hf.co")
 CIVITAI_HOSTS = ("civitai.com", "civitai.red")
@@ -277,6 +287,86 @@ def target_dir(paths, mount):
         if mount and (rp == mount or rp.startswith(mount.rstrip("/") + "/")):
             return p
     return paths[0]
+
+
+def placement(folder, paths, mount):
+    """(the directory a model file goes in, the directory of ComfyUI's link to it or None). On a volume:
+    ``<mount>/models/<worker folder>``, linked from ComfyUI's own folder unless ComfyUI reads that one
+    itself; without a mount, ComfyUI's folder."""
+    comfy = target_dir(paths, mount)
+    if not mount or not os.path.isdir(mount):
+        return comfy, None
+    shared = os.path.join(mount, "models", WORKER_FOLDERS.get(folder, folder))
+    if comfy is None or any(os.path.realpath(p) == os.path.realpath(shared) for p in paths):
+        return shared, None
+    return shared, comfy
+
+
+def link_into(link_dir, path):
+    """A relative link to ``path`` in ComfyUI's folder ``link_dir`` (relative: the volume is /workspace on a
+    pod and /runpod-volume on an endpoint). A real file of that name there is left alone. Returns the link."""
+    if not link_dir:
+        return None
+    os.makedirs(link_dir, exist_ok=True)
+    link = os.path.join(link_dir, os.path.basename(path))
+    rel = os.path.relpath(path, link_dir)
+    if os.path.islink(link):
+        if os.readlink(link) == rel:
+            return link
+    elif os.path.exists(link):
+        return None
+    tmp = "%s.%d.link" % (link, os.getpid())
+    os.symlink(rel, tmp)
+    os.replace(tmp, link)  # a new directory entry: ComfyUI's listing cache sees the folder changed
+    return link
+
+
+def adopt_legacy(sd, directory, link_dir, name):
+    """A file pulled into ComfyUI's own folder before this layout: moved to the shared folder (one rename on
+    the volume) and linked, so the next pull finds it and worker-comfyui sees it."""
+    if not link_dir:
+        return
+    old, new = os.path.join(link_dir, name), os.path.join(directory, name)
+    if os.path.islink(old) or not os.path.isfile(old) or os.path.exists(new):
+        return
+    os.makedirs(directory, exist_ok=True)
+    rec_old = record_path(sd, old)
+    rec = read_json(rec_old, None)
+    try:
+        os.rename(old, new)
+    except OSError:
+        return  # another file system (ComfyUI's folder off the volume): leave it where it is
+    emit({"event": "note", "msg": "moved %s to %s, where Serverless workers find it too" % (old, new)})
+    if rec:
+        rec["path"] = new
+        write_json(record_path(sd, new), rec)
+        try:
+            os.remove(rec_old)
+        except OSError:
+            pass
+    link_into(link_dir, new)
+
+
+def worker_view(path, mount):
+    """What worker-comfyui makes of a model file: {"sees": bool, "path": its path there, "why": reason}."""
+    real = os.path.realpath(path)
+    root = os.path.realpath(mount) if mount else None
+    if not root or not (real == root or real.startswith(root.rstrip("/") + "/")):
+        return {"sees": False, "path": None, "why": "not on the network volume"}
+    rel = os.path.relpath(real, root).replace(os.sep, "/")
+    parts = rel.split("/")
+    if len(parts) < 3 or parts[0] != "models":
+        return {"sees": False, "path": None,
+                "why": "in %s, outside models/ on the volume: worker-comfyui reads only models/{%s}"
+                       % (os.path.dirname(rel), ",".join(sorted(set(WORKER_FOLDERS.values()))))}
+    sub = parts[1]
+    if sub not in WORKER_FOLDERS.values():
+        key = LEGACY.get(sub, sub)
+        instead = WORKER_FOLDERS.get(key)
+        return {"sees": False, "path": None,
+                "why": "worker-comfyui 5.8.5 does not read models/%s%s" % (
+                    sub, " (it reads models/%s)" % instead if instead else " at all")}
+    return {"sees": True, "path": WORKER_MOUNT + "/" + rel, "why": None}
 
 
 def listed(req, folder, name):
@@ -700,13 +790,16 @@ def cmd_pull(req):
             raise Fail("cannot save the model as %r: %s" % (name, bad), code=2)
     # A file pulled before from this URL, unchanged since: ok without asking the source again.
     if folder and name:
-        directory = target_dir(folders[folder], volume_dir(req))
-        path = os.path.join(directory, name)
-        rec = read_json(record_path(sd, path), {}) or {}
-        if os.path.isfile(path) and rec.get("url") == url and (not want or rec.get("sha256") == want):
-            st = os.stat(path)
-            if rec.get("size") == st.st_size and rec.get("mtime") == st.st_mtime:
-                return done_doc("ok", req, folder, path, rec, msg="already there")
+        directory, link_dir = placement(folder, folders[folder], volume_dir(req))
+        if directory is not None:
+            adopt_legacy(sd, directory, link_dir, name)
+            path = os.path.join(directory, name)
+            rec = read_json(record_path(sd, path), {}) or {}
+            if os.path.isfile(path) and rec.get("url") == url and (not want or rec.get("sha256") == want):
+                st = os.stat(path)
+                if rec.get("size") == st.st_size and rec.get("mtime") == st.st_mtime:
+                    link_into(link_dir, path)
+                    return done_doc("ok", req, folder, path, rec, msg="already there")
     facts = probe(url, tokens, timeout)
     if not folder:
         guess = CIVITAI_FOLDERS.get(str(facts.get("type") or "").lower().replace(" ", ""))
@@ -727,10 +820,11 @@ def cmd_pull(req):
         raise Fail("%s announces sha256 %s, not the %s asked for; nothing was downloaded"
                    % (redact_url(url), source_sha, want))
     expected = want or source_sha
-    directory = target_dir(folders[folder], volume_dir(req))
+    directory, link_dir = placement(folder, folders[folder], volume_dir(req))
     if directory is None:
         raise Fail("ComfyUI lists no path for model folder %r" % folder)
     os.makedirs(directory, exist_ok=True)
+    adopt_legacy(sd, directory, link_dir, name)
     path = os.path.join(directory, name)
     key = job_key(url, directory, name)
     jobdir = os.path.join(sd, "jobs", key)
@@ -747,6 +841,7 @@ def cmd_pull(req):
             if not info.get("url"):
                 info.update({"url": url, "folder": folder})
                 write_json(record_path(sd, path), info)
+            link_into(link_dir, path)
             return done_doc("ok", req, folder, path, info, msg="already there")
         job = read_json(os.path.join(jobdir, "job.json"), {}) or {}
         if running(jobdir, job):
@@ -762,6 +857,7 @@ def cmd_pull(req):
         check_space(directory, (size - have) if size else None, name)
         nonce = "%016x" % random.getrandbits(64)
         job = {"key": key, "url": url, "folder": folder, "name": name, "path": path, "part": part, "dir": directory,
+               "link_dir": link_dir,
                "sha256": expected, "sha256_source": "asked for" if want else facts.get("sha256_source"),
                "facts": {k: v for k, v in facts.items() if k in ("size", "size_approx", "length", "kind")},
                "status": "starting", "bytes": have, "total": size, "resumed_from": have, "queued_at": now(),
@@ -1085,6 +1181,7 @@ def download(job, tokens, stop):
            "mtime": st.st_mtime, "pulled_at": now(), "pod": d.get("pod"), "verified": bool(expected),
            "sha256_source": d.get("sha256_source") if expected else None}
     write_json(record_path(sd, final), rec)
+    link_into(d.get("link_dir"), final)
     seen = None
     for _ in range(10):  # ComfyUI lists it without a restart: its folder's mtime changed
         seen = listed({"comfy_address": d.get("comfy_address")}, d["folder"], d["name"])
@@ -1316,7 +1413,8 @@ def cmd_list(req):
             continue
         for it in folder_items(req, folder, folders[folder]):
             rec = read_json(record_path(sd, it["path"]), {}) or {}
-            row = {"folder": folder, "name": it["name"], "size": it["size"], "path": it["path"]}
+            row = {"folder": folder, "name": it["name"], "size": it["size"], "path": it["path"],
+                   "worker": worker_view(it["path"], volume_dir(req))}
             if rec.get("url") and not rec.get("removed_at"):
                 row.update({"url": rec.get("url"), "sha256": rec.get("sha256"), "pulled_at": rec.get("pulled_at"),
                             "verified": rec.get("verified")})
@@ -1355,10 +1453,14 @@ def cmd_rm(req):
                 "nearest": difflib.get_close_matches(name, names, n=3, cutoff=0.5)}
     folder, it = hits[0]
     path = os.path.realpath(it["path"])
-    if not any(path.startswith(os.path.realpath(b).rstrip("/") + "/") for b in folders[folder]):
+    shared, _link_dir = placement(folder, folders[folder], volume_dir(req))
+    bases = list(folders[folder]) + ([shared] if shared else [])
+    if not any(path.startswith(os.path.realpath(b).rstrip("/") + "/") for b in bases):
         raise Fail("%s is outside ComfyUI's %s folders; not removed" % (it["path"], folder))
     size = os.path.getsize(path)
     os.remove(path)
+    if os.path.islink(it["path"]):
+        os.remove(it["path"])  # ComfyUI's link to the file on the volume
     rp = record_path(sd, it["path"])
     rec = read_json(rp, {}) or {}
     rec.update({"path": it["path"], "name": name, "folder": folder, "removed_at": now()})
@@ -1419,7 +1521,10 @@ def cmd_check(req):
                 facts = probe(item["url"], req.get("tokens"))
                 name = facts.get("name_served") or url_name(item["url"])
             row["name"] = name
-            path = os.path.join(target_dir(folders[folder], volume_dir(req)), name)
+            directory, link_dir = placement(folder, folders[folder], volume_dir(req))
+            path = os.path.join(directory, name)
+            if not os.path.isfile(path) and link_dir and os.path.isfile(os.path.join(link_dir, name)):
+                path = os.path.join(link_dir, name)  # pulled before the shared layout: a pull moves it
             row["path"] = path
             if os.path.isfile(path):
                 rec = read_json(record_path(sd, path), {}) or {}

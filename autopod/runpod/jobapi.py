@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from typing import Any, Callable
@@ -91,7 +90,9 @@ def check_job_id(value: Any) -> str:
 def default_base_url(creds: Any = None) -> str:
     """``RUNPOD_ENDPOINT_BASE_URL``, else ``<RUNPOD_API_BASE_URL>/v2`` when the account points somewhere
     other than RunPod (the simulator serves both planes on one host), else RunPod's job host."""
-    env = (os.environ.get(BASE_ENV) or "").strip()
+    from ..core.flags import env_setting  # noqa: PLC0415
+
+    env = env_setting(BASE_ENV)  # set but empty or padded: exit 2, never "the default"
     if env:
         return env.rstrip("/")
     base = getattr(creds, "base_url", None)

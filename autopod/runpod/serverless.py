@@ -37,7 +37,7 @@ from ..core.ui import progress, warn
 from .api import ENV_KEY_RE, check_id
 from .budget import HORIZON_S, Budget, configured_budget
 from .gpus import match_gpu
-from .jobapi import JobClient
+from .jobapi import JobClient, default_base_url
 
 log = logging.getLogger(__name__)
 
@@ -315,12 +315,16 @@ def record(ep: dict[str, Any], catalog: list[dict[str, Any]]) -> dict[str, Any]:
         "workers_min": int(w.get("min") or 0), "workers_max": int(w.get("max") or 0),
         "workers": f"{int(w.get('min') or 0)}-{int(w.get('max') or 0)}",
         "idle_timeout_s": w.get("idleTimeout"),
-        "timeout_s": round(timeout / 1000, 3) if isinstance(timeout, (int, float)) else None,
+        "timeout_s": _whole(timeout / 1000) if isinstance(timeout, (int, float)) else None,
         "flashboot": ep.get("flashboot") not in (None, "OFF", False),
         "volume_id": vols[0] if len(vols) == 1 else (vols or None),
         "datacenters": list(ep.get("dataCenterIds") or []),
         "cost_per_hr_min": low, "cost_per_hr_max": high,
     }
+
+
+def _whole(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else round(x, 3)
 
 
 # --- the account ------------------------------------------------------------------------------
@@ -345,6 +349,15 @@ def find(api: Any, ref: str, endpoints: list[dict[str, Any]] | None = None) -> d
     if same:
         return same[0]
     return next((e for e in eps if e.get("id") == ref), None)
+
+
+def _job_clients() -> Callable[[str], JobClient]:
+    """Job-API clients for the configured account, its settings read now (before any request is sent)."""
+    from ..core.config import api_credentials  # noqa: PLC0415
+
+    creds = api_credentials()
+    base = default_base_url(creds)
+    return lambda eid: JobClient(eid, api_key=creds.api_key, base_url=base)
 
 
 def _require(api: Any, ref: str | None) -> dict[str, Any]:
@@ -412,17 +425,17 @@ def _set_max(endpoint_id: str) -> int | None:
 # --- the budget -------------------------------------------------------------------------------
 
 
-def _check_budget(api: Any, spec: EndpointSpec, rate: float | None, catalog: list[dict[str, Any]],
+def _check_budget(api: Any, name: str, workers_min: int, rate: float | None, catalog: list[dict[str, Any]],
                   endpoints: list[dict[str, Any]], exclude: str | None, force: bool) -> None:
     """``workers_min > 0`` bills around the clock: that, the running pods and the other endpoints' minimum
     must fit ``budget_usd_per_day`` (``--force`` overrides)."""
-    if spec.workers_min <= 0 or force:
+    if workers_min <= 0 or force:
         return
     per_day = configured_budget(load_inventory())
     if per_day is None:
         return
     if rate is None:
-        warn(f"no Serverless price for endpoint {spec.name}'s GPUs in RunPod's catalog: the daily budget cannot "
+        warn(f"no Serverless price for endpoint {name}'s GPUs in RunPod's catalog: the daily budget cannot "
              "count its minimum workers")
         return
     from .api import connect as connect_pods  # noqa: PLC0415
@@ -436,9 +449,9 @@ def _check_budget(api: Any, spec: EndpointSpec, rate: float | None, catalog: lis
             budget.committed = round(budget.committed + low * hours, 4)
             budget.running.append({"id": e.get("id"), "name": f"endpoint {e.get('name')}", "cost_per_hr": low,
                                    "hours": hours})
-    new = round(rate * spec.workers_min, 4)
+    new = round(rate * workers_min, 4)
     if not budget.room_for(new, hours):
-        raise budget.refuse(f"endpoint {spec.name} with {spec.workers_min} worker(s) always on", new, hours)
+        raise budget.refuse(f"endpoint {name} with {workers_min} worker(s) always on", new, hours)
 
 
 # --- operations -------------------------------------------------------------------------------
@@ -497,7 +510,7 @@ def _create(api: Any, spec: EndpointSpec, plan: dict[str, Any] | None, datacente
     plan = plan or plan_pools(spec.gpus, catalog)
     body = create_body(spec, plan, datacenter)
     rate = worker_rate(body, catalog)
-    _check_budget(api, spec, rate, catalog, endpoints, None, force)
+    _check_budget(api, spec.name, spec.workers_min, rate, catalog, endpoints, None, force)
     low, high = costs(body, catalog)
     where = f" in {datacenter}" if datacenter else ""
     if dry_run:
@@ -524,9 +537,10 @@ def _converge(api: Any, spec: EndpointSpec, current: dict[str, Any], plan: dict[
         return Outcome(False, f"{label} matches its {'spec' if spec.from_inventory else 'settings'}",
                        key="endpoint", data=record(full, catalog))
     after = {**full, **patch}
-    rises = int((patch.get("workers") or {}).get("min") or 0) > int((full.get("workers") or {}).get("min") or 0)
-    if rises:
-        _check_budget(api, spec, worker_rate(after, catalog), catalog, endpoints, full["id"], force)
+    # More always-on workers, or dearer GPUs under them, spend more of the day: the budget decides.
+    if (costs(after, catalog)[0] or 0) > (costs(full, catalog)[0] or 0):
+        _check_budget(api, spec.name, int((after.get("workers") or {}).get("min") or 0), worker_rate(after, catalog),
+                      catalog, endpoints, full["id"], force)
     what = ", ".join(_change_text(g, full.get(g), patch[g]) for g in patch)
     if dry_run:
         return Outcome(True, f"would update {label}: {what}; nothing was changed", key="request",
@@ -572,13 +586,14 @@ def list_endpoints(api: Any) -> list[dict[str, Any]]:
 
 def info(api: Any, ref: str | None, *, jobs: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """The endpoint, its workers by status, its jobs from ``/health``, and notes on what they mean."""
+    client_for = jobs or _job_clients()
     ep = _require(api, ref)
     full = api.get_endpoint(ep["id"]) or ep
     rec = record(full, api.gpu_catalog())
     workers = api.endpoint_workers(ep["id"])
     summary = {k: int((workers.get("summary") or {}).get(k) or 0)
                for k in ("running", "idle", "initializing", "throttled", "unhealthy", "total")}
-    client = (jobs or (lambda eid: JobClient.for_account(eid)))(ep["id"])
+    client = client_for(ep["id"])
     try:
         health = client.health()
     except RemoteError as e:
@@ -588,6 +603,8 @@ def info(api: Any, ref: str | None, *, jobs: Callable[[str], Any] | None = None)
     job_counts = {"in_queue": h.get("inQueue"), "in_progress": h.get("inProgress"),
                   "completed": h.get("completed"), "failed": h.get("failed"), "retried": h.get("retried")}
     set_max = _set_max(ep["id"])
+    if set_max is None:  # made elsewhere: its inventory spec says what the maximum should be
+        set_max = load_inventory().endpoints.get(str(rec["name"]), {}).get("workers_max")
     notes = _notes(rec, summary, job_counts, set_max)
     return {**rec, "workers_now": summary, "jobs": job_counts, "workers_max_set": set_max,
             "throttled_max": set_max is not None and rec["workers_max"] < set_max, "notes": notes}
@@ -641,8 +658,9 @@ def kill(api: Any, ref: str | None, *, dry_run: bool = False, confirm: Callable[
 
 def purge(api: Any, ref: str | None, *, dry_run: bool = False, jobs: Callable[[str], Any] | None = None) -> Outcome:
     """Empty the endpoint's queue (``/purge-queue``); running jobs go on. ``ok`` when nothing was queued."""
+    client_for = jobs or _job_clients()
     ep = _require(api, ref)
-    client = (jobs or (lambda eid: JobClient.for_account(eid)))(ep["id"])
+    client = client_for(ep["id"])
     label = f"endpoint {ep.get('name')} ({ep['id']})"
     if dry_run:
         queued = int(((client.health().get("jobs") or {}).get("inQueue")) or 0)

@@ -39,15 +39,18 @@ def pull(c, url=None, folder=None, name=None, sha256=None, pod=None, fleet=None,
 @command(name="list", aliases=["ls"], help={"pod": POD, "folder": "only this model folder",
                                             "json": "print one JSON document (a list)"}, plain_arg="pod")
 def list_(c, pod=None, folder=None, json=False):
-    """What the pod's ComfyUI lists in each model folder, with sizes; where autopod pulled a file from, and its sha256."""
+    """What the pod's ComfyUI lists in each model folder, with sizes; where autopod pulled a file from, its sha256,
+    and whether Serverless workers (worker-comfyui) on the same volume see it."""
     rows = ops.list_models(connect(), pod, folder)
     if json:
         dump_json(rows)
         return
     view = [{**r, "size": ops.human(r.get("size")) if r.get("size") is not None else None,
-             "sha256": (r.get("sha256") or "")[:12] or None, "source": r.get("url")} for r in rows]
+             "sha256": (r.get("sha256") or "")[:12] or None, "source": r.get("url"),
+             "serverless": (r.get("worker") or {}).get("sees")} for r in rows]
     emit_rows(view, [("folder", "FOLDER"), ("name", "NAME"), ("size", "SIZE"), ("sha256", "SHA256"),
-                     ("source", "PULLED FROM")], as_json=False, empty="no model files on the pod")
+                     ("serverless", "SERVERLESS"), ("source", "PULLED FROM")], as_json=False,
+              empty="no model files on the pod")
 
 
 @command(aliases=["remove"], help={"name": "the model's file name, as model.list shows it",
