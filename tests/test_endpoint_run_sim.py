@@ -143,6 +143,7 @@ def test_a_failing_node_is_exit_1_with_the_workers_error_as_one_line(env):
     assert got["status"] == "rejected", got
     assert got["error"].startswith("node 1 (CheckpointLoaderSimple") and "nope.safetensors" in got["error"], got
     assert "rejected: node 1 (CheckpointLoaderSimple" in p.stderr
+    assert "model(s) this run names were not checked: endpoint render has no network volume" in p.stderr
 
 
 def test_ctrl_c_cancels_every_job_of_the_run(env):

@@ -777,19 +777,57 @@ def plan_endpoint(opts: Any, endpoint: Endpoint, note: Callable[[str], None]) ->
         return uploads[path], ""
 
     wire_uploads(planned, upload=None if opts.dry_run else name)
-    if not opts.dry_run and _names_models(planned):
-        note(f"model names are not checked against endpoint {endpoint.name}'s volume (autopod cannot list it from "
-             f"here); the worker's ComfyUI checks them")
+    check_volume_models(endpoint, planned, note)
     payloads = Payloads(list(uploads.items()), policy_for(opts.timeout))
     check_sizes(planned, payloads)
     return planned, template, payloads
 
 
-def _names_models(planned: list[Any]) -> bool:
-    from ..models.folders import LOADER_INPUTS
+def check_volume_models(endpoint: Endpoint, planned: list[Any], note: Callable[[str], None]) -> None:
+    """The models the run's loaders name, checked against what the endpoint's workers see on its network volume
+    (worker-comfyui reads only some folders, under ``models/``) when autopod can list the volume: through a running
+    pod that has it attached. Otherwise a line says they were not checked. Missing ones: a line each, exit 1."""
+    from ..core.errors import AutopodError
+    from .needs import loader_needs
 
-    return any((str(spec.get("class_type")), k) in LOADER_INPUTS for p in planned for spec in p.prompt.values()
-               if isinstance(spec, dict) for k in (spec.get("inputs") or {}))
+    wanted = {(n.folder, n.name): n for p in planned for n in loader_needs(p.prompt, p.workflow)}
+    if not wanted:
+        return
+    skipped = f"the {len(wanted)} model(s) this run names were not checked: "
+    if not endpoint.volumes:
+        note(skipped + f"endpoint {endpoint.name} has no network volume (they must be in its image)")
+        return
+    volume = endpoint.volumes[0]
+    from ..models import remote
+    from ..models.ops import _base
+    from ..runpod.api import connect
+    from ..runpod.registry import list_pods
+
+    pods = [p for p in list_pods(connect()) if p.volume_id == volume and p.status == "RUNNING" and p.ssh_direct]
+    if not pods:
+        note(skipped + f"no running pod has volume {volume} attached (autopod reads a volume through a pod); the "
+                       f"worker's ComfyUI checks them")
+        return
+    try:
+        doc = remote.call(pods[0], {"op": "list", **_base(pods[0]), "folder": None, "comfy_wait_s": 0})
+    except AutopodError as e:
+        note(skipped + f"listing volume {volume} through pod {pods[0].name} failed ({e})")
+        return
+    listed = {(m.get("folder"), m.get("name")): m for m in doc.get("models") or []}
+    lacking = []
+    for key, need in wanted.items():
+        m = listed.get(key)
+        if m is not None and (m.get("worker") or {}).get("sees"):
+            continue
+        why = ("not on the volume" if m is None else
+               f"on the volume, but the workers will not see it: {(m.get('worker') or {}).get('why') or 'unknown'}")
+        note(f"missing {need.label} ({need.where}): {why}")
+        lacking.append({**need.to_dict(), "why": why})
+    if lacking:
+        raise ComfyError(f"endpoint {endpoint.name}'s workers lack {len(lacking)} model(s) this run needs, listed "
+                         f"above (worker-comfyui would refuse the prompt): `autopod model.pull URL --folder F --pod "
+                         f"{pods[0].name}` puts a model where pods and workers both find it",
+                         data={"missing": lacking})
 
 
 def _execute(opts: Any, ledger: Ledger, batch: BatchRow, endpoint: Endpoint, payloads: Payloads,
