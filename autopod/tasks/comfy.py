@@ -101,7 +101,8 @@ _RUN_HELP = {
     "detach": "submit, print the prompt ids and exit; `comfy.watch` or `comfy.fetch` later",
     "dry_run": "print the API prompt(s) exactly as they would be sent; send nothing",
     "timeout": "end the whole run after S seconds, downloads included (the prompts go on; exit 1)",
-    "max_queued": "prompts of this run on the server at once (default 16; with --fleet: on each member, default 2)",
+    "max_queued": "prompts of this run on the server at once (default 16; with --fleet: on each member, default 2; "
+                  "with --endpoint: jobs sent and not finished, default 256)",
     "fleet": "spread the prompts over fleet NAME's running members: whichever is free next takes the next "
              "prompt; a member that fails is taken out and its prompts go to the others",
     "then": "stop or kill the pod (or the fleet) once the batch is done, so nothing bills overnight; with "
