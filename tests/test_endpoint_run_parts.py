@@ -451,3 +451,22 @@ def test_s3_url_outputs_are_downloaded_and_a_bad_one_fails_the_prompt(fake, tmp_
     saved = list((tmp_path / "out" / "sleep").glob("*.png"))
     assert [p.read_bytes() for p in saved] == [body]
     assert "sls_00002_.png: the s3_url answered HTTP 403" in report["prompts"][0]["error"]
+
+
+def test_a_job_file_runs_on_an_endpoint_with_at_most_max_queued_jobs_out(fake, tmp_path):
+    from autopod.comfy.spread import run_options
+
+    _wf(tmp_path)
+    job = tmp_path / "frames.yml"
+    job.write_text("workflow: sleep.json\nsweep: ['2.steps=1..5']\noutput: '{index}_{filename}'\npod: somepod\n")
+    real, most = fake.status, [0]
+
+    def counting(job_id):
+        most[0] = max(most[0], sum(j["status"] in ("IN_QUEUE", "IN_PROGRESS") for j in fake.jobs.values()))
+        return real(job_id)
+
+    fake.status = counting
+    opts = run_options(job=str(job), endpoint="render", max_queued="2", output_dir=str(tmp_path / "out"))
+    report = sls.render(opts)
+    assert report["exit_code"] == 0 and len(fake.runs) == 5 and most[0] == 2
+    assert sorted(p.name.split("_")[0] for p in (tmp_path / "out").glob("*.png")) == ["0", "1", "2", "3", "4"]
