@@ -88,6 +88,11 @@ class Sls:
         assert r.status_code == 200, r.text
         return r.json()
 
+    def ticks(self, n: int) -> None:
+        """Wait until the platform's clock has run ``n`` more times (to see that something does not happen)."""
+        start = self.call("GET", "/_sim/serverless").json()["ticks"]
+        wait_for(lambda: self.call("GET", "/_sim/serverless").json()["ticks"] >= start + n, what=f"{n} ticks")
+
     def jobs_log(self, eid: str | None = None) -> list[dict]:
         return self.call("GET", "/_sim/serverless/jobs", params={"endpoint": eid} if eid else None).json()["jobs"]
 

@@ -108,13 +108,14 @@ def test_excluding_every_gpu_of_the_pools_leaves_workers_throttled(sls):
 
 
 def test_the_job_log_keeps_every_accepted_job_with_its_input_digest(sls):
-    sls.control(settings={"sls_cold_start_s": 0, "sls_retention_s": 0.05})
+    sls.control(settings={"sls_cold_start_s": 0})
     a, b = sls.create(name="a")["id"], sls.create(name="b")["id"]
     same = {"workflow": sleep_save(prefix="same")}
     j1, j2 = sls.run(a, same), sls.run(b, same)
     j3 = sls.run(a, {"workflow": sleep_save(prefix="other")})
     for eid, jid in ((a, j1), (b, j2), (a, j3)):
         sls.wait(eid, jid)
+    sls.control(settings={"sls_retention_s": 0.05})
     wait_for(lambda: all(e["removed"] == "retention" for e in sls.jobs_log()), what="expiry")
     log = sls.jobs_log()  # the log outlives retention
     assert [e["id"] for e in log] == [j1, j2, j3]

@@ -119,7 +119,7 @@ def test_a_job_runs_the_workflow_and_returns_its_saved_images_as_base64(sls):
 def test_status_health_and_workers_while_a_cold_start_runs(sls):
     ep = sls.create()
     eid = ep["id"]
-    sls.control(settings={"sls_cold_start_s": 0.4})
+    sls.control(settings={"sls_cold_start_s": 0.8})
     jid = sls.run(eid, {"workflow": sleep_save()})
     assert sls.status(eid, jid) == {"id": jid, "status": "IN_QUEUE"}
     health = sls.health(eid)
@@ -127,7 +127,7 @@ def test_status_health_and_workers_while_a_cold_start_runs(sls):
     summary = sls.workers(eid)["summary"]
     assert summary == {"running": 0, "idle": 0, "initializing": 1, "throttled": 0, "unhealthy": 0, "total": 1}
     done = sls.wait(eid, jid)
-    assert done["status"] == "COMPLETED" and done["delayTime"] >= 400
+    assert done["status"] == "COMPLETED" and done["delayTime"] >= 800
     health = sls.health(eid)
     assert health["jobs"]["completed"] == 1 and health["jobs"]["inQueue"] == 0
     assert health["workers"]["idle"] == 1
@@ -193,17 +193,17 @@ def test_stopping_the_stand_in_ends_every_worker_and_wait(tmp_path):
 def test_sim_start_serves_the_job_api_at_its_endpoint_base_url(sim_env):  # noqa: F811
     """`sim.start` says where the job API is (RUNPOD_ENDPOINT_BASE_URL); a job sent there runs, on the same
     server and world as REST v2."""
-    start = autopod(sim_env, "sim.start", "--json")
+    start = autopod(sim_env, "sim.start", "--json", "--cold-start", "0")
     assert start.returncode == 0, start.stderr
     base = json.loads(start.stdout)["simulator"]["endpoint_base_url"]
     state = json.loads((Path(sim_env["AUTOPOD_HOME"]) / "sim.json").read_text())
     assert base == state["base_url"] + "/v2"
     status = autopod(sim_env, "sim.status")
     assert f"RUNPOD_ENDPOINT_BASE_URL={base}" in status.stdout
+    assert autopod(sim_env, "sim.start", "--cold-start", "-1").returncode == 2
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {state['api_key']}"
-    http.post(state["base_url"] + "/_sim/serverless", json={"settings": {"sls_cold_start_s": 0}},
-              timeout=10).raise_for_status()
+    assert http.get(state["base_url"] + "/_sim/serverless", timeout=10).json()["settings"]["sls_cold_start_s"] == 0
     ep = http.post(state["base_url"] + "/v2/serverless", json=endpoint_body(), timeout=10).json()
     jid = http.post(f"{base}/{ep['id']}/run", json={"input": {"workflow": sleep_save()}}, timeout=10).json()["id"]
     done = wait_for(lambda: (lambda d: d if d["status"] == "COMPLETED" else None)(

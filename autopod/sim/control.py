@@ -108,7 +108,7 @@ def load_world_file(path: str) -> dict[str, Any]:
 def fault_settings(*, latency: float | None = None, fail_every: int | None = None, hang_every: int | None = None,
                    never_ready: bool | None = None, boot_seconds: float | None = None,
                    reject_key: bool | None = None, graphql_retired: bool | None = None,
-                   graphql_retired_status: str | None = None) -> dict[str, Any]:
+                   graphql_retired_status: str | None = None, cold_start: float | None = None) -> dict[str, Any]:
     """The stand-in's fault settings from sim.start's flags (None: leave as is)."""
     s: dict[str, Any] = {}
     if latency is not None:
@@ -138,6 +138,8 @@ def fault_settings(*, latency: float | None = None, fail_every: int | None = Non
         s["graphql_retired"], s["graphql_retired_status"] = True, int(graphql_retired_status)
     if boot_seconds is not None:
         s["boot_seconds"] = boot_seconds
+    if cold_start is not None:
+        s["sls_cold_start_s"] = cold_start
     return s
 
 

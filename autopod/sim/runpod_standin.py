@@ -13,6 +13,10 @@ Besides ``POST /graphql`` it serves a small control API under ``/_sim/``
 ``GET /_sim/requests`` (counts of executed operations) and
 ``DELETE /_sim/requests`` (reset them).
 
+RunPod Serverless lives in the same world (``autopod.sim.serverless``): endpoints on REST v2
+(``/v2/serverless``) and their job API under ``/v2/{endpoint_id}/`` (``RUNPOD_ENDPOINT_BASE_URL=<url>/v2``),
+with its hooks under ``/_sim/serverless``.
+
 Run it on its own with
 ``python -m autopod.sim.runpod_standin --port 0 --world FILE.json --api-key K``:
 it prints one line ``{"url": ...}`` once it listens and serves until SIGTERM.
@@ -1280,7 +1284,7 @@ class RunPodStandin:
     without one, pods get real loopback TCP listeners that ``stop()`` closes."""
 
     def __init__(self, world: dict | None = None, *, api_key: str = "sim-key", host: str = "127.0.0.1",
-                 port: int = 0, backend: PodBackend | None = None, root: Any = None):
+                 port: int = 0, backend: PodBackend | None = None, root: "str | os.PathLike[str] | None" = None):
         self.world = World(copy.deepcopy(world) if world is not None else None)
         self.api_key = api_key
         self.host = host

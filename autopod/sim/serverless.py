@@ -15,8 +15,9 @@ failures in the handler's error strings; RunPod's SDK then turns a returned ``er
 whose other keys (``details``) stay in ``output``. The endpoint's network volume is the same folder pods
 mount; a worker's ComfyUI reads only worker-comfyui's ``extra_model_paths`` folders under ``models/`` on it.
 
-Scaling: an endpoint starts workers while jobs wait, up to ``workers.max`` (at least ``workers.min`` always
-run); a new worker initializes for ``sls_cold_start_s`` (``sls_flashboot_start_s`` with FlashBoot once the
+Scaling: an endpoint starts a worker for each job waiting or running (REQUEST_COUNT: one per ``requestCount``
+of them; QUEUE_DELAY's delay is not modelled, workers start at once), up to ``workers.max``, and at least
+``workers.min`` always run; ``policy.lowPriority`` jobs start no worker; a new worker initializes for ``sls_cold_start_s`` (``sls_flashboot_start_s`` with FlashBoot once the
 endpoint has had a worker), takes queued jobs in order, and stops after ``idleTimeout`` idle. A job's
 ``policy.executionTimeout`` (else the endpoint's ``timeout``) ends it ``TIMED_OUT``; its ``policy.ttl`` ends a
 queued job ``TIMED_OUT`` and deletes a running one. Results are kept ``sls_retention_s`` (``/run``) or
@@ -32,9 +33,10 @@ ComfyUI), so the worker stays busy; purged jobs are gone (404); a worker that di
 in the queue (``retried`` in ``/health``); ``/health`` also counts initializing, throttled and unhealthy
 workers.
 
-Test hooks (``/_sim/serverless``, the stand-in's key): ``GET`` shows settings and faults, ``POST`` changes them
-(``{"settings": {...}, "faults": {...}}``), ``GET /_sim/serverless/jobs`` is the log of every job ever accepted
-(id, endpoint, sha256 of its input, times, attempts with their workers, final status, why it was removed).
+Test hooks (``/_sim/serverless``, the stand-in's key): ``GET`` shows settings, faults and how often the clock ran,
+``POST`` changes them (``{"settings": {...}, "faults": {...}}``), ``GET /_sim/serverless/jobs`` is the log of
+every job ever accepted (id, endpoint, sha256 of its input, times, each attempt with its worker, when it ended
+and when the worker was free again, final status, why it was removed).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -181,7 +184,7 @@ class Serverless:
     """The account's endpoints (their settings live in the world, ``world.data["endpoints"]``), their workers
     and jobs. Every method runs with the world's lock held or takes it; workers run jobs without it."""
 
-    def __init__(self, world: Any, *, root: Path | None = None,
+    def __init__(self, world: Any, *, root: "str | os.PathLike[str] | None" = None,
                  volume_dir: Callable[[str], Path | None] | None = None, base_url: Callable[[], str] = lambda: ""):
         self.world = world
         self.cv = threading.Condition(world.lock)
@@ -198,6 +201,7 @@ class Serverless:
         self.had_worker: set[str] = set()
         self.log: list[dict] = []
         self.faults: dict[str, Any] = {}
+        self.ticks = 0  # how often the clock ran: tests wait for ticks, not for time, to see nothing happen
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         world.data.setdefault("endpoints", {})
@@ -245,6 +249,7 @@ class Serverless:
     # -- the platform's clock -------------------------------------------------------------------------
 
     def tick(self) -> None:
+        self.ticks += 1
         now = time.time()
         scale = float(self.setting("sls_time_scale"))
         for job in list(self.jobs.values()):
@@ -304,6 +309,9 @@ class Serverless:
                 live.remove(w)
         queue = self.queues.get(eid) or []
         demand = sum(1 for j in queue if not j.low_priority) + sum(1 for w in live if w.job is not None)
+        if ep["scaling"].get("type") == "REQUEST_COUNT":  # workers = ceil((queued + in progress) / value)
+            per = int(ep["scaling"].get("requestCount") or 1)
+            demand = -(-demand // per)
         want = min(hi, max(lo, demand))
         while len(live) < want:
             live.append(self._start_worker(eid, ep, now))
@@ -398,13 +406,17 @@ class Serverless:
 
     def _finished(self, w: Worker, job: Job, attempt: int, result: dict) -> None:
         now = time.time()
+        records = job.entry["attempts"]
+        record = records[attempt - 1] if 0 < attempt <= len(records) else None
+        if record is not None and record["worker_id"] == w.id:
+            # when the handler really returned: after a cancel or a timeout the worker was busy until then
+            record["worker_free_at"] = _iso(now)
         if job.status == "IN_PROGRESS" and job.worker_id == w.id and job.attempt == attempt and not w.stopping:
             if self._take_fault("no_output", job.endpoint_id) is not None:
                 result = {}  # the worker failed to post its result: COMPLETED, nothing in it
             self._settle(job, result, now)
-        elif job.entry["attempts"] and job.entry["attempts"][-1]["worker_id"] == w.id \
-                and job.entry["attempts"][-1]["ended_at"] is None:
-            job.entry["attempts"][-1].update(ended_at=_iso(now), outcome=f"result dropped ({job.status})")
+        elif record is not None and record["ended_at"] is None:
+            record.update(ended_at=_iso(now), outcome=f"result dropped ({job.status})")
         w.job = None
         if not w.stopping:
             w.status, w.idle_since = "IDLE", now
@@ -530,6 +542,7 @@ class Serverless:
 
     def _control_doc(self) -> dict[str, Any]:
         return {"settings": {k: self.setting(k) for k in SETTINGS}, "faults": copy.deepcopy(self.faults),
+                "ticks": self.ticks,
                 "endpoints": {eid: {"queue": len(self.queues.get(eid) or []),
                                     "workers": [{"id": w.id, "status": w.status} for w in
                                                 self.workers.get(eid, {}).values()]}
