@@ -142,6 +142,9 @@ def test_info_reads_workers_health_and_a_throttled_maximum(cli, standin):
     assert any("lowered workers.max from 5 to 2" in n for n in doc["notes"])
     text = cli("endpoint.info", "flux")
     assert "note: RunPod lowered workers.max" in text.out
+    # An up that leaves the maximum alone does not take the lowered one as what was asked for.
+    assert cli("endpoint.up", "flux", "--idle-timeout", "9", "--json").json["changed"]
+    assert cli("endpoint.info", "flux", "--json").json["throttled_max"] is True
     # up on the settings autopod set restores it.
     assert cli("endpoint.up", "flux", "--workers-max", "5", "--json").json["changed"]
     assert cli("endpoint.info", "flux", "--json").json["throttled_max"] is False
@@ -288,3 +291,49 @@ def test_dearer_gpus_under_always_on_workers_go_through_the_budget(cli, standin,
     cheap_id = next(g["id"] for g in catalog(standin).values() if g["displayName"] == cheap)
     assert cli("endpoint.list", "--json").json[0]["gpus"] == [cheap]  # refused: still on the cheap GPU
     assert cheap_id not in endpoints(standin)[0]["gpu"]["excludedTypes"]
+
+
+def test_ctrl_c_during_a_create_leaves_no_always_on_worker_billing(cli, standin, monkeypatch, patches):
+    real = rest.RestAPI.create_endpoint
+
+    def made_then_interrupted(self, body):
+        real(self, body)  # RunPod made it; the answer never arrived
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rest.RestAPI, "create_endpoint", made_then_interrupted)
+    r = cli("endpoint.up", "--name", "hot", "--workers-min", "2", "--workers-max", "4", "--json")
+    assert r.code == 130 and "interrupted while creating endpoint hot" in r.json["msg"]
+    (ep,) = endpoints(standin)
+    assert r.json["endpoint"]["id"] == ep["id"] and "workers.min is set to 0" in r.json["msg"]
+    assert ep["workers"]["min"] == 0 and ep["workers"]["max"] == 4
+
+
+def test_endpoints_go_to_rest_v2_whatever_runpod_api_says(cli, monkeypatch, tmp_path):
+    with standin_for(monkeypatch, "graphql") as s:
+        inventory(tmp_path, monkeypatch, "defaults:\n  budget_usd_per_day: 1000\n")
+        r = cli("endpoint.up", "--name", "flux", "--workers-min", "1", "--json")  # the budget lists pods on GraphQL
+        assert r.code == 0 and r.json["changed"], r.err
+        assert [e["name"] for e in endpoints(s)] == ["flux"]
+        assert cli("endpoint.list", "--json").json[0]["workers_min"] == 1
+
+
+def sim_settings(s, settings):
+    r = requests.post(f"{s.url}/_sim/serverless", json={"settings": settings},
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    r.raise_for_status()
+
+
+@pytest.mark.parametrize("fault,words", [(None, "starting (a cold start"), ("THROTTLED", "throttled: RunPod has no "
+                                                                                        "capacity"),
+                                         ("UNHEALTHY", "unhealthy: the container keeps failing")])
+def test_info_tells_a_cold_start_from_no_capacity_and_a_crash_loop(cli, standin, fault, words):
+    sim_settings(standin, {"sls_cold_start_s": 30})
+    eid = cli("endpoint.up", "--name", "w", "--workers-max", "1", "--json").json["endpoint"]["id"]
+    if fault:
+        sim_faults(standin, {"workers": {eid: fault}})
+    JobClient(eid, api_key=KEY, base_url=standin.url + "/v2").run({"input": {"workflow": {}}})
+    doc = cli("endpoint.info", "w", "--json").json
+    key = (fault or "initializing").lower()
+    assert doc["workers_now"][key] == 1 and doc["jobs"]["in_queue"] == 1
+    assert any(words in n for n in doc["notes"]), doc["notes"]
+    assert not any("scaled to zero" in n for n in doc["notes"])

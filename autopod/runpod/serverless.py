@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..core import config as _config
-from ..core.errors import ConfigError, RemoteError, UsageError
+from ..core import signals
+from ..core.errors import AutopodError, ConfigError, Interrupted, RemoteError, UsageError
 from ..core.flags import number
 from ..core.flags import text as flags_text
 from ..core.inventory import Inventory, load_inventory
@@ -518,12 +518,44 @@ def _create(api: Any, spec: EndpointSpec, plan: dict[str, Any] | None, datacente
                              f"({_cost_text(low, high)}); nothing was changed",
                        key="request", data=shown_body(body), extra={"dry_run": True})
     progress(f"creating endpoint {spec.name} on {', '.join(plan['pools'])}{where}")
-    made = api.create_endpoint(body)
+    try:
+        made = api.create_endpoint(body)
+    except KeyboardInterrupt as e:
+        raise _interrupted_create(api, spec, e) from None
     _remember(made)
     rec = record(made, catalog)
     return Outcome(True, f"created endpoint {spec.name} ({made['id']}) on {', '.join(rec['gpus']) or 'its pools'}"
                          f"{where}, workers {rec['workers']} ({_cost_text(rec['cost_per_hr_min'], rec['cost_per_hr_max'])})",
                    key="endpoint", data=rec)
+
+
+def _interrupted_create(api: Any, spec: EndpointSpec, exc: KeyboardInterrupt) -> AutopodError:
+    """Ctrl-C while the create was on its way: RunPod may have made the endpoint anyway. One with always-on
+    workers would bill unseen, so its minimum goes to 0 (nothing else is touched); the error names it."""
+    sig = exc if isinstance(exc, Interrupted) else Interrupted()
+    with signals.shielded():
+        try:
+            made = find(api, spec.name)
+        except Exception as e:  # never let the look hide what may bill
+            note = (f"could not check whether endpoint {spec.name} was created ({e}): look with "
+                    "`autopod endpoint.list`")
+            return AutopodError(f"{sig.what} while creating endpoint {spec.name}; {note}", exit_code=sig.exit_code)
+        if made is None:
+            note = "no endpoint was created"
+        elif spec.workers_min > 0:
+            w = made.get("workers") or {}
+            try:
+                api.update_endpoint(made["id"], {"workers": {"min": 0, "max": int(w.get("max") or 0),
+                                                             "idleTimeout": w.get("idleTimeout", spec.idle_timeout)}})
+                note = (f"endpoint {spec.name} ({made['id']}) was created: its workers.min is set to 0 so it does not "
+                        f"bill around the clock (`autopod endpoint.up --name {spec.name}` sets it again)")
+            except Exception as e:
+                note = (f"endpoint {spec.name} ({made['id']}) was created with {spec.workers_min} always-on worker(s) "
+                        f"and setting them to 0 failed ({e}): `autopod endpoint.kill {made['id']} --yes`")
+        else:
+            note = f"endpoint {spec.name} ({made['id']}) was created; it bills only while it runs jobs"
+    data = {"endpoint": {"id": made["id"], "name": spec.name}} if made else {}
+    return AutopodError(f"{sig.what} while creating endpoint {spec.name}; {note}", exit_code=sig.exit_code, data=data)
 
 
 def _converge(api: Any, spec: EndpointSpec, current: dict[str, Any], plan: dict[str, Any] | None,
@@ -532,8 +564,12 @@ def _converge(api: Any, spec: EndpointSpec, current: dict[str, Any], plan: dict[
     full = api.get_endpoint(current["id"]) or current
     patch = patch_for(spec, full, plan, datacenter)
     label = f"endpoint {spec.name} ({full['id']})"
+    # endpoints.json keeps the maximum autopod asked for: only a spec or --workers-max says what that is (a
+    # lowered maximum read back must not become the reference).
+    sets_max = spec.from_inventory or "workers_max" in spec.given
     if not patch:
-        _remember(full)
+        if sets_max:
+            _remember(full)
         return Outcome(False, f"{label} matches its {'spec' if spec.from_inventory else 'settings'}",
                        key="endpoint", data=record(full, catalog))
     after = {**full, **patch}
@@ -549,7 +585,8 @@ def _converge(api: Any, spec: EndpointSpec, current: dict[str, Any], plan: dict[
     done = api.update_endpoint(full["id"], patch) or after
     if not done.get("id"):
         done = after
-    _remember(done)
+    if sets_max:
+        _remember(done)
     return Outcome(True, f"updated {label}: {what}", key="endpoint", data=record(done, catalog),
                    extra={"changed_fields": sorted(patch)})
 
