@@ -59,6 +59,22 @@ def jobs_log(env):
     return env["sls"].jobs_log(env["id"])
 
 
+def ledger_rows(env) -> list[dict]:
+    """The prompts as the ledger has them (read-only: the run under test writes it)."""
+    import sqlite3
+
+    path = Path(env["env"]["AUTOPOD_HOME"]) / "ledger.db"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return [dict(zip(("status", "prompt_id"), r)) for r in db.execute("SELECT status, prompt_id FROM prompts")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+
+
 def pngs(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.png"))
 
@@ -149,8 +165,9 @@ def test_a_failing_node_is_exit_1_with_the_workers_error_as_one_line(env):
 def test_ctrl_c_cancels_every_job_of_the_run(env):
     proc = start(env, "comfy.run", "--endpoint", "render", "--object-info", env["oi"],
                  workflow(env, seconds=1.0), "--sweep", "2.steps=1..8")
-    wait_for(lambda: len(jobs_log(env)) == 8 and any(j["status"] == "IN_PROGRESS" for j in jobs_log(env)),
-             timeout=30, what="the batch submitted and running")
+    wait_for(lambda: sum(r["prompt_id"] is not None for r in ledger_rows(env)) == 8
+             and any(r["status"] == "running" for r in ledger_rows(env)),
+             timeout=30, what="the batch submitted and seen running")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -188,7 +205,8 @@ def test_an_expired_result_is_reported_then_run_again_by_resume(env):
     env["sls"].control(settings={"sls_retention_s": 0.3})
     proc = start(env, "comfy.run", "--endpoint", "render", "--object-info", env["oi"],
                  workflow(env, seconds=0.3), "--repeat", "2")
-    wait_for(lambda: len(jobs_log(env)) == 2, timeout=30, what="both jobs submitted")
+    wait_for(lambda: sum(r["prompt_id"] is not None for r in ledger_rows(env)) == 2, timeout=30,
+             what="both job ids recorded")
     os.kill(proc.pid, signal.SIGKILL)  # nobody fetches the results
     proc.communicate(timeout=10)
     wait_for(lambda: all(j["ended_at"] for j in jobs_log(env)), timeout=30, what="both jobs to end")
