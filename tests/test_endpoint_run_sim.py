@@ -260,7 +260,7 @@ def test_timeout_bounds_each_job_and_a_completed_job_without_output_runs_again(e
 
 def test_watch_and_fetch_reattach_to_an_endpoint_batch(env):
     proc = start(env, "comfy.run", "--endpoint", "render", "--object-info", env["oi"],
-                 workflow(env, seconds=0.3), "--sweep", "2.steps=1..6")
+                 workflow(env, seconds=1.0), "--sweep", "2.steps=1..6")  # 4 workers: a second wave follows
     wait_for(lambda: len(pngs(env["tmp"] / "outputs")) >= 1, timeout=30, what="the first output on disk")
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=10)
