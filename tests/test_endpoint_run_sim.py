@@ -271,3 +271,28 @@ def test_watch_and_fetch_reattach_to_an_endpoint_batch(env):
     assert len(pngs(env["tmp"] / "outputs")) == 6 and len(jobs_log(env)) == 6
     fetched = autopod(env, "comfy.fetch", "--json")
     assert fetched.returncode == 0 and json.loads(fetched.stdout)["fetched"] == 0
+
+
+def test_unreturned_outputs_are_named_first_and_a_job_over_the_limit_is_exit_2(env):
+    wf = sleep_save()
+    wf["4"] = {"class_type": "AutopodSaveGIF", "inputs": {"images": ["2", 0], "filename_prefix": "anim",
+                                                          "frame_rate": 8.0}}
+    gif = env["tmp"] / "gif.json"
+    gif.write_text(json.dumps(wf))
+    p = run(env, str(gif))
+    assert p.returncode == 0, p.stderr
+    warning = next(line for line in p.stderr.splitlines() if line.startswith("warning: "))
+    assert "node 4 (AutopodSaveGIF)" in warning and "'gifs'" in warning
+    assert p.stderr.index("warning: ") < p.stderr.index("batch ")  # before anything was sent
+    assert [f.suffix for f in (env["tmp"] / "outputs").rglob("*") if f.is_file() and f.suffix != ".json"] == [".png"]
+
+    big = env["tmp"] / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(8 * 1024 * 1024))  # 10.7 MB as base64
+    blur = env["tmp"] / "blur.json"
+    blur.write_text(json.dumps({
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "big"}}}))
+    before = len(jobs_log(env))
+    p = run(env, str(blur), "--input", f"LoadImage={big}")
+    assert p.returncode == 2 and "over RunPod's limit of 10 MB" in p.stderr and "MB" in p.stderr
+    assert len(jobs_log(env)) == before
