@@ -231,6 +231,8 @@ def test_a_lost_submit_answer_is_unknown_and_not_sent_again(env):
     assert len(jobs_log(env)) == 3 and json.loads(again.stdout)["counts"]["unknown"] == 1
     listed = autopod(env, "comfy.jobs", report["batch"], "--json")
     assert [x["status"] for x in json.loads(listed.stdout)["prompts"]].count("unknown") == 1
+    table = autopod(env, "comfy.jobs").stdout.splitlines()
+    assert table[0].split()[-1] == "UNKNOWN" and table[2].split()[-1] == "1"
 
 
 def test_no_definitions_or_no_such_endpoint_is_exit_2_before_anything_is_sent(env):

@@ -161,8 +161,10 @@ def jobs(c, batch=None, limit=None, json=False):
     if "batches" in doc:
         rows = [{**b, "created": _when(b["created_at"]), "progress": f"{b['done'] or 0}/{b['total']}",
                  "failed": b["failed"] or 0, "active": b["active"] or 0} for b in doc["batches"]]
+        # UNKNOWN: a Serverless submit whose answer was lost (it may have run), shown when there is one.
+        lost = [("unknown", "UNKNOWN")] if any(b.get("unknown") for b in rows) else []
         print(table(rows, [("id", "BATCH"), ("name", "NAME"), ("created", "CREATED"), ("target_name", "POD"),
-                           ("progress", "DONE"), ("active", "RUNNING"), ("failed", "FAILED")])
+                           ("progress", "DONE"), ("active", "RUNNING"), ("failed", "FAILED"), *lost])
               if rows else "no batches yet")
         return
     rows = [{**p, "outputs": ", ".join(p["outputs"]) or None} for p in doc["prompts"]]
