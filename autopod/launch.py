@@ -71,12 +71,12 @@ def _plain_value(value: str) -> bool:
 _RUN_VALUES = {"--workflow": "workflow", "--pod": "pod", "--fleet": "fleet", "--set": "set", "--input": "input",
                "--sweep": "sweep", "--repeat": "repeat", "--seed": "seed", "--job": "job", "--output-dir": "output_dir",
                "--output": "output", "--timeout": "timeout", "--max-queued": "max_queued", "--resume": "resume",
-               "--then": "then"}
+               "--then": "then", "--endpoint": "endpoint", "--object-info": "object_info"}
 _RUN_LISTS = {"workflow", "set", "input", "sweep"}
 _RUN_SWITCHES = {"--no-tunnel": "no_tunnel", "--previews": "previews", "--detach": "detach", "--dry-run": "dry_run",
                  "--pull-missing": "pull_missing", "--no-sheet": "no_sheet", "--json": "json"}
 # A bare word starting with a collection's name may name a task (a chain): the full CLI decides.
-_COLLECTIONS = ("pod.", "volume.", "tunnel.", "comfy.", "sim.", "config.")
+_COLLECTIONS = ("pod.", "volume.", "model.", "tunnel.", "comfy.", "endpoint.", "sim.", "config.")
 
 
 def parse_comfy_run(argv: list[str]) -> dict | None:

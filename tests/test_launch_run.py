@@ -12,11 +12,13 @@ import pytest
 from comfy_fixtures import empty_save
 
 from autopod.sim.comfyui_standin import ComfyUIStandin
+from autopod import launch
 
 RUN_DEFAULTS = {"workflow": [], "pod": None, "fleet": None, "set": [], "input": [], "sweep": [], "repeat": None,
                 "seed": None, "job": None, "output_dir": None, "output": None, "timeout": None, "max_queued": None,
                 "resume": None, "then": None, "no_tunnel": False, "previews": False, "detach": False,
-                "dry_run": False, "pull_missing": False, "no_sheet": False, "json": False}
+                "dry_run": False, "pull_missing": False, "no_sheet": False, "json": False, "endpoint": None,
+                "object_info": None}
 
 
 def flags(**kw):
@@ -37,6 +39,9 @@ def flags(**kw):
     (["comfy.run", "--resume", "B1", "--fleet", "flux"], flags(resume="B1", fleet="flux")),
     (["comfy.run", "a.json", "--pull-missing"], flags(workflow=["a.json"], pull_missing=True)),
     (["comfy.run", "a.json", "--no-sheet"], flags(workflow=["a.json"], no_sheet=True)),
+    (["comfy.run", "a.json", "--endpoint", "render", "--object-info", "oi.json", "--then", "purge"],
+     flags(workflow=["a.json"], endpoint="render", object_info="oi.json", then="purge")),
+    (["comfy.run", "a.json", "--endpoint", "e", "--endpoint", "f"], None),  # repeated
     (["comfy.run", "a.json", "--pod", "p", "--pod", "q"], None),  # repeated: the full CLI refuses it
     (["comfy.run", "a.json", "--json", "--json"], None),
     (["comfy.run", "a.json", "--set=1.w=2"], None),  # --flag=value: the full CLI parses it
@@ -128,3 +133,11 @@ def test_the_quick_path_skips_invoke_and_the_task_collections(comfy, tmp_path):
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["counts"] == {"success": 1}
     assert p.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_the_quick_path_knows_every_collection_so_a_chain_is_never_read_as_workflow_files():
+    from autopod.cli import ns
+
+    assert set(launch._COLLECTIONS) == {f"{name}." for name in ns.collections}
+    assert launch.parse_comfy_run(["comfy.run", "a.json", "endpoint.info"]) is None
+    assert launch.parse_comfy_run(["comfy.run", "a.json", "model.list"]) is None

@@ -111,7 +111,13 @@ def watch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False, t
         except TimeoutError:
             return _report(led, batch)
         with claim:
-            report = _watch(led, ref or batch.id, pod, no_tunnel, deadline, progress)
+            if _on_endpoint(batch, pod, no_tunnel):
+                from . import endpoint
+
+                left = None if deadline is None else max(0.1, deadline - time.monotonic())
+                report = endpoint.watch(ref or batch.id, timeout=left, progress=progress)
+            else:
+                report = _watch(led, ref or batch.id, pod, no_tunnel, deadline, progress)
     _sheet(report, progress)
     return report
 
@@ -164,10 +170,27 @@ def fetch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False,
         batch, _ = _batch(led, ref)
         with hold(batch.id, "comfy.fetch", advice=f"it fetches the outputs itself; `autopod comfy.watch "
                                                      f"{batch.id}` follows it"):
-            report = _fetch(led, ref or batch.id, pod, no_tunnel, progress)
+            if _on_endpoint(batch, pod, no_tunnel):
+                from . import endpoint
+
+                report = endpoint.fetch(ref or batch.id, progress=progress)
+            else:
+                report = _fetch(led, ref or batch.id, pod, no_tunnel, progress)
     if report.get("fetched"):
         _sheet(report, progress)
     return report
+
+
+def _on_endpoint(batch: BatchRow, pod: str | None, no_tunnel: bool) -> bool:
+    """A batch that ran on a Serverless endpoint is followed there (its jobs are RunPod's, not a pod's)."""
+    from .endpoint import is_endpoint_batch
+
+    if not is_endpoint_batch(batch):
+        return False
+    if pod or no_tunnel:
+        raise UsageError(f"batch {batch.id} ran on endpoint {batch.target_name}: its jobs are followed there, "
+                         f"without --pod or --no-tunnel")
+    return True
 
 
 def _fetch(led: Ledger, ref: str, pod: str | None, no_tunnel: bool, progress: Progress) -> dict[str, Any]:
@@ -257,6 +280,10 @@ def cancel(ref: str | None = None, *, batch: str | None = None, everything: bool
     with Ledger.open() as led:
         if ref or batch:
             b, rows = led.find(ref or batch)  # type: ignore[arg-type]
+            if _on_endpoint(b, pod, no_tunnel):
+                from . import endpoint
+
+                return endpoint.cancel(led, b, rows)
             wanted = {r.prompt_id for r in rows if r.prompt_id}
             if pod is None and not no_tunnel:
                 pod = b.target_id

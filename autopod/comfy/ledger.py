@@ -27,7 +27,8 @@ BATCH_LOCK = "comfy-batch"
 BUSY_TIMEOUT_MS = 30_000
 
 # Prompt states. planned: not submitted yet; submitting: its id is recorded and the POST under way (it may
-# or may not be on the server); queued/running: on the server; the rest are final.
+# or may not be on the server); queued/running: on the server; the rest are final. On a Serverless endpoint
+# the job id comes only with /run's answer: unknown is a submit whose answer was lost (the job may exist).
 FINAL = ("success", "error", "interrupted", "rejected", "cancelled")
 
 
@@ -113,11 +114,18 @@ def _m004_prompt_node_paths(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE prompts ADD COLUMN node_paths TEXT NOT NULL DEFAULT '{}'")
 
 
+def _m005_prompt_remote(db: sqlite3.Connection) -> None:
+    """What a Serverless endpoint said of a prompt's job: RunPod's status, ``delayTime``, ``executionTime``
+    and worker id, for the sidecar and ``comfy.jobs``."""
+    db.execute("ALTER TABLE prompts ADD COLUMN remote TEXT NOT NULL DEFAULT '{}'")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("m001_initial", _m001_initial),
     ("m002_prompt_job", _m002_prompt_job),
     ("m003_prompt_pod", _m003_prompt_pod),
     ("m004_prompt_node_paths", _m004_prompt_node_paths),
+    ("m005_prompt_remote", _m005_prompt_remote),
 ]
 
 
@@ -143,6 +151,7 @@ class PromptRow:
     target_name: str | None = None
     attempts: int = 0
     node_paths: dict[str, str] = field(default_factory=dict)  # node id inside a subgraph -> where it is
+    remote: dict[str, Any] = field(default_factory=dict)  # a Serverless job: status, delay/execution ms, worker
 
     @property
     def final(self) -> bool:
@@ -283,7 +292,8 @@ class Ledger:
         rows = self.db.execute(
             "SELECT b.*, COUNT(p.idx) AS total, SUM(p.status = 'success') AS done, "
             "SUM(p.status IN ('error', 'rejected', 'interrupted', 'cancelled')) AS failed, "
-            "SUM(p.status IN ('submitting', 'queued', 'running')) AS active, SUM(p.status = 'planned') AS planned "
+            "SUM(p.status IN ('submitting', 'queued', 'running')) AS active, SUM(p.status = 'planned') AS planned, "
+            "SUM(p.status = 'unknown') AS unknown "
             "FROM batches b LEFT JOIN prompts p ON p.batch_id = b.id GROUP BY b.id "
             "ORDER BY b.created_at DESC LIMIT ?", (limit,)).fetchall()
         return [dict(r) for r in rows]
@@ -320,7 +330,7 @@ class Ledger:
         if not fields:
             return
         cols = ", ".join(f"{k} = ?" for k in fields)
-        vals = [json.dumps(v) if k in ("error", "prompt", "overrides", "seeds") and v is not None else v
+        vals = [json.dumps(v) if k in ("error", "prompt", "overrides", "seeds", "remote") and v is not None else v
                 for k, v in fields.items()]
         with self.tx() as db:
             db.execute(f"UPDATE prompts SET {cols} WHERE batch_id = ? AND idx = ?", (*vals, batch_id, idx))
@@ -390,7 +400,7 @@ def batch_holder(batch_id: str) -> Holder | None:
 
 def _prompt(r: sqlite3.Row) -> PromptRow:
     d = dict(r)
-    for k in ("prompt", "overrides", "seeds", "node_paths"):
+    for k in ("prompt", "overrides", "seeds", "node_paths", "remote"):
         d[k] = json.loads(d[k] or "{}")
     d["error"] = json.loads(d["error"]) if d.get("error") else None
     return PromptRow(**d)

@@ -26,6 +26,10 @@ JavaScript and does not change when a pack's ``INPUT_TYPES`` does; ``/models/<fo
 nothing of input files or lists a custom node builds. The per-class answers cover all of these,
 for exactly the classes a plan uses.
 
+A Serverless endpoint has no ``/object_info``: its batches are planned on the definitions last seen on a
+pod of the same image. So each copy a pod's definitions are kept in is also kept under the pod's image
+(``image_key``), when autopod made the pod and knows it.
+
 A kept file that does not parse or has the wrong shape is a cache miss: it is copied aside
 (``<file>.corrupt-<hash>``, as state files are), a line on stderr says so, and the definitions are
 fetched again. One that parses but trips planning up is replaced by the server's list the same way
@@ -190,6 +194,22 @@ def cache_key(conn: Any) -> tuple[str, str]:
     return "url", ep.url
 
 
+def image_key(image: str) -> tuple[str, str]:
+    """The key of the definitions kept for a container image (the last pod of that image autopod saw)."""
+    return "image", image
+
+
+def pod_image(target: str) -> str | None:
+    """The image autopod created pod ``target`` with (its records; no API call), or None."""
+    if not target or target in ("url", "image") or target.startswith("host:"):
+        return None
+    from ..runpod.registry import entries_or_warn
+
+    spec = (entries_or_warn().get(target) or {}).get("spec") or {}
+    image = spec.get("image") if isinstance(spec, dict) else None
+    return image if isinstance(image, str) and image else None
+
+
 def cache_path(key: tuple[str, str]) -> Path:
     from ..core.paths import autopod_home, private_dir
 
@@ -249,6 +269,13 @@ def store(key: tuple[str, str], object_info: dict[str, Any], *, note: Callable[[
                            "object_info": object_info}, separators=(",", ":"))
         with private_lock(str(path) + ".lock", LOCK_TIMEOUT_S):
             write_private(path, text)
+        image = pod_image(key[0])
+        if image is not None:  # for endpoints of the same image (see the module docstring)
+            ipath = cache_path(image_key(image))
+            itext = json.dumps({"version": VERSION, "target": "image", "address": image, "fetched_at": time.time(),
+                                "pod": key[0], "object_info": object_info}, separators=(",", ":"))
+            with private_lock(str(ipath) + ".lock", LOCK_TIMEOUT_S):
+                write_private(ipath, itext)
         _prune(path.parent, keep=path)
     except (OSError, LockTimeout, AutopodError) as e:
         note(f"could not keep the node definitions for the next run ({e})")

@@ -69,6 +69,8 @@ class RunOptions:
     then: str | None = None  # stop or kill the pod (or fleet) once the batch is done
     pull_missing: bool = False  # pull the models the run names and the pod lacks, first (``needs``)
     sheet: bool = True  # a contact sheet and gallery page after a batch of two or more (``sheet``)
+    endpoint: str | None = None  # run on this Serverless endpoint (``endpoint``), one job per prompt
+    object_info: str | None = None  # with an endpoint: the node definitions to plan on (a JSON file)
 
 
 @dataclass

@@ -367,6 +367,7 @@ def _forget_on_server(conn: Connection, prompt_ids: list[str]) -> None:
 # -- the task's entry point ----------------------------------------------------------------------------
 
 THEN = ("stop", "kill")
+THEN_ENDPOINT = ("purge",)  # scaling to zero is RunPod's job; purge empties the endpoint's queue
 
 
 def run_options(*, workflow: list[str] | None = None, pod: str | None = None, fleet: str | None = None,
@@ -375,7 +376,8 @@ def run_options(*, workflow: list[str] | None = None, pod: str | None = None, fl
                 job: str | None = None, output_dir: str | None = None, output: str | None = None,
                 previews: bool = False, detach: bool = False, dry_run: bool = False, timeout: str | None = None,
                 max_queued: str | None = None, resume: str | None = None, then: str | None = None,
-                debug: bool = False, pull_missing: bool = False, no_sheet: bool = False) -> RunOptions:
+                debug: bool = False, pull_missing: bool = False, no_sheet: bool = False,
+                endpoint: str | None = None, object_info: str | None = None) -> RunOptions:
     """``comfy.run``'s flags, as typed, checked and made into RunOptions (exit 2 on a bad one). The task and
     the console script's quick path (``autopod.launch``) both come here, so they cannot disagree."""
     from ..core.flags import MAX_WAIT_S, number
@@ -385,7 +387,16 @@ def run_options(*, workflow: list[str] | None = None, pod: str | None = None, fl
         raise UsageError(f"--seed must be fixed, random or increment, got {seed!r}")
     if resume is not None and (workflow or job or set or input or sweep):
         raise UsageError("--resume finishes a recorded batch as it was planned; it takes no workflow or overrides")
-    fleet = fleet_for(fleet, pod, no_tunnel)
+    if endpoint is not None:
+        if pod or fleet or no_tunnel:
+            raise UsageError("--endpoint runs the batch on a Serverless endpoint; it takes no --pod, --fleet or "
+                             "--no-tunnel")
+        if detach or pull_missing or previews:
+            raise UsageError(f"--{'detach' if detach else 'pull-missing' if pull_missing else 'previews'} is for "
+                             f"pods; with --endpoint, RunPod keeps the queue and the worker returns saved images only")
+    elif object_info is not None:
+        raise UsageError("--object-info gives the node definitions for an --endpoint run (a pod has its own)")
+    fleet = fleet_for(fleet, pod, no_tunnel) if endpoint is None else None
     if fleet is not None and detach:
         raise UsageError("--detach submits to one pod; a fleet's batch is spread as members become free, "
                          "so it needs this command to run")
@@ -396,7 +407,7 @@ def run_options(*, workflow: list[str] | None = None, pod: str | None = None, fl
                       detach=detach, dry_run=dry_run, timeout=number(timeout, "--timeout", minimum=1, maximum=MAX_WAIT_S),
                       max_queued=queued or 16, per_member=queued, fleet=fleet, then=then,
                       pod=pod, no_tunnel=no_tunnel, resume=resume, debug=debug, pull_missing=pull_missing,
-                      sheet=not no_sheet)
+                      sheet=not no_sheet, endpoint=endpoint, object_info=object_info)
 
 
 def print_report(report: dict[str, Any], *, as_json: bool, dry_run: bool = False, detach: bool = False) -> int:
@@ -435,6 +446,10 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
     """``comfy.run``: on one pod (``run.render``) or spread over a fleet (:func:`render_fleet`).
     ``--then stop|kill`` acts on the pod or fleet once the batch is done, also when prompts failed,
     but not after bad input, Ctrl-C or ``--timeout`` (prompts still run then)."""
+    if opts.endpoint is not None or _endpoint_batch(opts):
+        report = render_endpoint(opts, progress=progress)
+        _sheet(opts, report)
+        return report
     then_target = _then_target(opts)
     try:
         if opts.fleet:
@@ -467,6 +482,44 @@ def _sheet(opts: RunOptions, report: dict[str, Any]) -> None:
     from .sheet import add_to_report
 
     add_to_report(report, note=line)
+
+
+def _endpoint_batch(opts: RunOptions) -> bool:
+    """``--resume BATCH`` of a batch that ran on an endpoint (no --pod or --fleet given)."""
+    if not opts.resume or opts.fleet or opts.pod or opts.no_tunnel:
+        return False
+    from .endpoint import is_endpoint_batch
+
+    with Ledger.open() as ledger:
+        batch, _ = ledger.find(opts.resume)
+    return is_endpoint_batch(batch)
+
+
+def render_endpoint(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, Any]:
+    """``comfy.run --endpoint NAME`` (``endpoint``), and ``--then purge`` once the batch is done."""
+    from . import endpoint as sls
+
+    if opts.then is not None:
+        if opts.then not in THEN_ENDPOINT:
+            raise UsageError(f"--then with an endpoint must be purge (RunPod scales its workers to zero itself), "
+                             f"got {opts.then!r}")
+        if opts.dry_run:
+            raise UsageError("--then acts when the batch is done; it cannot go with --dry-run")
+    report = sls.render(opts, progress=progress)
+    if opts.then is not None and not report.get("timed_out"):
+        from .ledger import Ledger as _Ledger
+
+        with _Ledger.open() as ledger:
+            target = sls.endpoint_of(ledger.batch(report["batch"]))
+        try:
+            note, ok = sls.purge(target), True
+        except AutopodError as e:
+            note, ok = f"purge failed: {e}", False
+        report["then"] = {"action": opts.then, "msg": note}
+        report["msg"] += f"; then {note}"
+        if not ok:
+            report["exit_code"] = int(ExitCode.FAILED)
+    return report
 
 
 def _then_target(opts: RunOptions) -> str | None:

@@ -101,13 +101,19 @@ _RUN_HELP = {
     "detach": "submit, print the prompt ids and exit; `comfy.watch` or `comfy.fetch` later",
     "dry_run": "print the API prompt(s) exactly as they would be sent; send nothing",
     "timeout": "end the whole run after S seconds, downloads included (the prompts go on; exit 1)",
-    "max_queued": "prompts of this run on the server at once (default 16; with --fleet: on each member, default 2)",
+    "max_queued": "prompts of this run on the server at once (default 16; with --fleet: on each member, default 2; "
+                  "with --endpoint: jobs sent and not finished, default 256)",
     "fleet": "spread the prompts over fleet NAME's running members: whichever is free next takes the next "
              "prompt; a member that fails is taken out and its prompts go to the others",
-    "then": "stop or kill the pod (or the fleet) once the batch is done, so nothing bills overnight",
+    "then": "stop or kill the pod (or the fleet) once the batch is done, so nothing bills overnight; with "
+            "--endpoint: purge (empty the endpoint's queue)",
     "pull_missing": "first pull the models the workflow (its editor file's properties.models) or the job file's "
                     "models: name and the pod lacks, onto its volume (model.pull, in the pod)",
     "sheet": "after a batch of two or more prompts, write its contact sheet and gallery page (--no-sheet: not)",
+    "endpoint": "run on RunPod Serverless endpoint NAME (worker-comfyui): one job per prompt, RunPod queues and "
+                "scales; outputs, ledger and sidecars as on a pod",
+    "object_info": "with --endpoint: ComfyUI's node definitions (GET /object_info saved as JSON) to plan on "
+                   "(default: the ones kept from a pod of the endpoint's image)",
     "resume": ("finish batch BATCH: fetch what finished, follow what runs, "
                "submit again what never ran or was interrupted"),
     "json": "print one JSON document",
@@ -117,7 +123,8 @@ _RUN_HELP = {
 @command(iterable=["workflow", "set", "input", "sweep"], help=_RUN_HELP, plain_arg="workflow")
 def run(c, workflow=None, pod=None, fleet=None, no_tunnel=False, set=None, input=None, sweep=None, repeat=None,
         seed=None, job=None, output_dir=None, output=None, previews=False, detach=False, dry_run=False, timeout=None,
-        max_queued=None, resume=None, then=None, pull_missing=False, sheet=True, json=False):
+        max_queued=None, resume=None, then=None, pull_missing=False, sheet=True, endpoint=None, object_info=None,
+        json=False):
     """Run workflows on the pod: overrides, uploads, live progress, outputs on disk, batches, a ledger."""
     from ..comfy.spread import print_report, render, run_options
 
@@ -127,7 +134,7 @@ def run(c, workflow=None, pod=None, fleet=None, no_tunnel=False, set=None, input
                        sweep=sweep, repeat=repeat, seed=seed, job=job, output_dir=output_dir, output=output,
                        previews=previews, detach=detach, dry_run=dry_run, timeout=timeout, max_queued=max_queued,
                        resume=resume, then=then, debug=debug_enabled(), pull_missing=pull_missing,
-                       no_sheet=not sheet)
+                       no_sheet=not sheet, endpoint=endpoint, object_info=object_info)
     code = print_report(render(opts), as_json=json, dry_run=dry_run, detach=detach)
     if code:
         exit_quietly(code)
@@ -156,8 +163,10 @@ def jobs(c, batch=None, limit=None, json=False):
     if "batches" in doc:
         rows = [{**b, "created": _when(b["created_at"]), "progress": f"{b['done'] or 0}/{b['total']}",
                  "failed": b["failed"] or 0, "active": b["active"] or 0} for b in doc["batches"]]
+        # UNKNOWN: a Serverless submit whose answer was lost (it may have run), shown when there is one.
+        lost = [("unknown", "UNKNOWN")] if any(b.get("unknown") for b in rows) else []
         print(table(rows, [("id", "BATCH"), ("name", "NAME"), ("created", "CREATED"), ("target_name", "POD"),
-                           ("progress", "DONE"), ("active", "RUNNING"), ("failed", "FAILED")])
+                           ("progress", "DONE"), ("active", "RUNNING"), ("failed", "FAILED"), *lost])
               if rows else "no batches yet")
         return
     rows = [{**p, "outputs": ", ".join(p["outputs"]) or None} for p in doc["prompts"]]
