@@ -76,7 +76,8 @@ def ledger_rows(env) -> list[dict]:
 
 
 def pngs(folder: Path) -> list[Path]:
-    return sorted(folder.rglob("*.png"))
+    """The batch's outputs: its contact sheet (the batch's own folder) left out."""
+    return sorted(f for f in folder.rglob("*.png") if f.name != "contact.png")
 
 
 def test_a_sweep_of_12_over_4_workers_every_output_once_on_disk(env):
@@ -88,6 +89,8 @@ def test_a_sweep_of_12_over_4_workers_every_output_once_on_disk(env):
     assert "then purged endpoint render's queue" in report["msg"]
     files = pngs(env["tmp"] / "outputs")
     assert [f.name[:3] for f in files] == [f"{i:02d}_" for i in range(12)]  # one each, none twice
+    # an endpoint batch ends with its contact sheet and page, as a pod's does
+    assert Path(report["sheet"]["sheet"]).is_file() and Path(report["sheet"]["page"]).is_file()
     log = jobs_log(env)
     assert len(log) == 12 and len({j["input_sha256"] for j in log}) == 12
     assert {j["status"] for j in log} == {"COMPLETED"} and len({j["worker_id"] for j in log}) <= 4
@@ -286,7 +289,8 @@ def test_unreturned_outputs_are_named_first_and_a_job_over_the_limit_is_exit_2(e
     warning = next(line for line in p.stderr.splitlines() if line.startswith("warning: "))
     assert "node 4 (AutopodSaveGIF)" in warning and "'gifs'" in warning
     assert p.stderr.index("warning: ") < p.stderr.index("batch ")  # before anything was sent
-    assert [f.suffix for f in (env["tmp"] / "outputs").rglob("*") if f.is_file() and f.suffix != ".json"] == [".png"]
+    assert [f.suffix for f in (env["tmp"] / "outputs").rglob("*") if f.is_file() and f.suffix != ".json"
+            and f.name not in ("contact.png", "index.html")] == [".png"]
 
     big = env["tmp"] / "big.png"
     big.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(8 * 1024 * 1024))  # 10.7 MB as base64
