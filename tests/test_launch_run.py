@@ -129,12 +129,12 @@ def test_the_quick_path_skips_invoke_and_the_task_collections(comfy, tmp_path):
     assert p.stderr.strip().splitlines()[-1] == "[]"
 
 
-def test_a_plain_run_prints_its_table_without_tabulate_filelock_or_tomllib(comfy, tmp_path):
+def test_a_plain_run_imports_no_tabulate_filelock_tomllib_or_logging_handlers(comfy, tmp_path):
     wf = tmp_path / "tiny.json"
     wf.write_text(json.dumps(empty_save("tiny", width=8, height=8)))
     code = ("import sys\nfrom autopod.launch import main\nsys.argv = ['autopod'] + sys.argv[1:]\ntry:\n    main()\n"
             "finally:\n    print(sorted(m for m in sys.modules if m.split('.')[0] in ('tabulate', 'wcwidth', 'filelock', "
-            "'tomllib', 'concurrent')), "
+            "'tomllib', 'concurrent') or m == 'logging.handlers'), "
             "file=sys.stderr)\n")
     for _ in range(2):  # the first run fetches and keeps the node definitions (under a lock); the second is the point
         p = subprocess.run([sys.executable, "-c", code, "comfy.run", str(wf), "--no-tunnel", "--output-dir",
