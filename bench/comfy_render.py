@@ -18,7 +18,8 @@ Then:
    a small file and the N MB one: it must stay flat, not grow with the file.
 2. Per prompt: a tiny workflow (an 8x8 image, saved). The reference is a minimal Python script that
    does what ComfyUI's own script examples do: POST /prompt, wait on the WebSocket, GET the output.
-   Both run as fresh processes, alternately; medians. Then a batch of distinct prompts: one
+   Both run as fresh processes, alternately; medians of the wall time and of the CPU time each used
+   (user and system: on a shared machine it moves less). Then a batch of distinct prompts: one
    `autopod comfy.run --sweep` against the script doing the same prompts in a loop, per prompt.
    With --before DIR, an older autopod checkout runs the same commands in the same rounds, through
    a tunnel its own code started (to the same sshd and stand-in), against the reference script
@@ -75,16 +76,19 @@ TINY = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "b
 
 
 def timed(argv: list[str], env: dict, cwd: Path = ROOT) -> tuple[float, int, subprocess.CompletedProcess]:
-    """(seconds, peak RSS in KiB of the command, the result), the command run as a fresh process."""
+    """(seconds, peak RSS in KiB of the command, the result), the command run as a fresh process. The
+    result's ``cpu_s`` is the CPU time (user and system) the command used: on a shared machine it moves
+    less than the wall time."""
     wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
                "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-               "d = time.perf_counter() - t; "
-               "print(d, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode); "
+               "d = time.perf_counter() - t; r = resource.getrusage(resource.RUSAGE_CHILDREN); "
+               "print(d, r.ru_maxrss, p.returncode, r.ru_utime + r.ru_stime); "
                "sys.stderr.write(p.stderr[-2000:] if p.returncode else '')")
     p = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, env=env, cwd=cwd)
-    secs, rss, code = p.stdout.split()
+    secs, rss, code, cpu = p.stdout.split()
     if int(code):
         raise SystemExit(f"{' '.join(argv[:6])} failed: {p.stderr}")
+    p.cpu_s = float(cpu)  # type: ignore[attr-defined]
     return float(secs), int(rss), p
 
 
@@ -207,6 +211,7 @@ def main() -> None:
         ref_script = work / "reference.py"
         ref_script.write_text(REFERENCE)
         ref_t, ours_t, old_ref_t, old_t = [], [], [], []
+        cpu: dict[int, list[float]] = {0: [], 1: [], 2: [], 3: []}  # CPU seconds, in the order of the lists above
 
         def reference(port: int, tag: str) -> float:
             one = dict(TINY, **{"2": {**TINY["2"], "inputs": {**TINY["2"]["inputs"], "filename_prefix": tag}}})
@@ -214,28 +219,34 @@ def main() -> None:
             pf.write_text(json.dumps([one]))
             (work / f"out-{tag}").mkdir()
             return timed([sys.executable, str(ref_script), f"127.0.0.1:{port}", str(pf), str(work / f"out-{tag}")],
-                         env)[0]
+                         env)
 
         for n in range(-1, args.singles):  # round -1 warms up: the first run keeps the node definitions
             secs = [reference(lp, f"r{n}"),
                     timed(autopod + ["comfy.run", str(tiny), "--pod", "bench", "--set", f"2.filename_prefix=a{n}",
-                                     "--output-dir", str(work / f"ourout{n}")], env)[0]]
+                                     "--output-dir", str(work / f"ourout{n}")], env)]
             if before:
                 secs += [reference(old_lp, f"q{n}"),
                          timed(autopod + ["comfy.run", str(tiny), "--pod", "bench", "--set",
                                           f"2.filename_prefix=b{n}", "--output-dir", str(work / f"oldout{n}")],
-                               old_env, cwd=before)[0]]
+                               old_env, cwd=before)]
             if n >= 0:
-                for times, t in zip((ref_t, ours_t, old_ref_t, old_t), secs):
-                    times.append(t)
+                for i, (times, t) in enumerate(zip((ref_t, ours_t, old_ref_t, old_t), secs)):
+                    times.append(t[0])
+                    cpu[i].append(t[2].cpu_s)
         results["single_prompt"] = {"reference_s": round(statistics.median(ref_t), 3),
                                     "autopod_s": round(statistics.median(ours_t), 3),
-                                    "ratio": round(statistics.median(ours_t) / statistics.median(ref_t), 2)}
+                                    "ratio": round(statistics.median(ours_t) / statistics.median(ref_t), 2),
+                                    "reference_cpu_s": round(statistics.median(cpu[0]), 3),
+                                    "autopod_cpu_s": round(statistics.median(cpu[1]), 3),
+                                    "cpu_ratio": round(statistics.median(cpu[1]) / statistics.median(cpu[0]), 2)}
         if before:
             results["single_prompt_before"] = {
                 "checkout": str(before), "reference_s": round(statistics.median(old_ref_t), 3),
                 "autopod_s": round(statistics.median(old_t), 3),
-                "ratio": round(statistics.median(old_t) / statistics.median(old_ref_t), 2)}
+                "ratio": round(statistics.median(old_t) / statistics.median(old_ref_t), 2),
+                "autopod_cpu_s": round(statistics.median(cpu[3]), 3),
+                "cpu_ratio": round(statistics.median(cpu[3]) / statistics.median(cpu[2]), 2)}
         prompts = [dict(TINY, **{"2": {**TINY["2"], "inputs": {**TINY["2"]["inputs"], "filename_prefix": f"b{n}"}}})
                    for n in range(args.batch)]
         pf = work / "batch.json"
@@ -261,11 +272,13 @@ def main() -> None:
               f"{d['comfy_fetch_command_s']} s, ratio {d['command_ratio']}; its peak RSS {d['peak_rss_mib_8mb']} MiB "
               f"for 8 MB, {d[f'peak_rss_mib_{args.mb}mb']} MiB for {d['mb']} MB")
     print(f"one tiny prompt, fresh process each (median of {args.singles}): reference script {s['reference_s']} s, "
-          f"autopod comfy.run {s['autopod_s']} s, ratio {s['ratio']}")
+          f"autopod comfy.run {s['autopod_s']} s, ratio {s['ratio']}; CPU {s['reference_cpu_s']} s against "
+          f"{s['autopod_cpu_s']} s, ratio {s['cpu_ratio']}")
     if before:
         o = results["single_prompt_before"]
         print(f"  the same rounds, {before}: reference script through its tunnel {o['reference_s']} s, "
-              f"its comfy.run {o['autopod_s']} s, ratio {o['ratio']}")
+              f"its comfy.run {o['autopod_s']} s, ratio {o['ratio']}; its CPU {o['autopod_cpu_s']} s, "
+              f"ratio {o['cpu_ratio']}")
     print(f"batch of {b['prompts']} distinct tiny prompts: reference {b['reference_s_per_prompt']} s/prompt, "
           f"autopod {b['autopod_s_per_prompt']} s/prompt, ratio {b['ratio']}")
     print(json.dumps(results))

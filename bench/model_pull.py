@@ -2,19 +2,22 @@
 
 Run by hand (not part of the test suite):
 
-    .venv/bin/python bench/model_pull.py                 # 1 GB file, best of 3
+    .venv/bin/python bench/model_pull.py                 # 1 GB file, 3 rounds
     .venv/bin/python bench/model_pull.py --mb 256 --runs 5
+    git show REV:autopod/models/puller.py > /tmp/puller-before.py
+    .venv/bin/python bench/model_pull.py --runs 7 --before /tmp/puller-before.py   # an older program joins each round
 
 It starts the simulator's model hub (``python -m autopod.sim.modelhub``, its own process, serving with
 sendfile) with one file of N MB behind a Hugging Face-style resolve URL that redirects to its CDN, and a
-ComfyUI stand-in whose model folders are on a scratch "volume". Then, interleaved, best of --runs:
+ComfyUI stand-in whose model folders are on a scratch "volume". Then, interleaved, --runs rounds of:
 
   a) `curl -sS -L -o FILE URL`: follows the redirect and writes the file; the reference;
   b) `autopod/models/puller.py`, exactly as it runs in a pod (HF_ENDPOINT pointing at the hub): asks
      ComfyUI for the folder, asks the hub what the file is (HEAD), starts the detached download (Range
      ready, sha256 in a second thread, .part then rename after the hash matched) and follows it to the end.
 
-It prints MB/s for each, the ratio b/a (the goal: at least 0.9), the CPU seconds per GB each used (the
+With --before FILE, that older copy of the program runs the same pull in every round too (c).
+It prints MB/s for each (best and median of the rounds), the ratios to curl (the goal: at least 0.9), the CPU seconds per GB each used (the
 pull also hashes every byte; on a machine with few cores that is what limits it), and the peak resident
 memory of the pod-side processes (the front that follows, and the download itself), which must not grow
 with the file.
@@ -28,6 +31,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,10 +75,10 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_puller(url: str, env: dict, comfy_address: str) -> tuple[float, int, dict]:
+def run_puller(url: str, env: dict, comfy_address: str, program: Path) -> tuple[float, int, dict]:
     req = {"op": "pull", "url": url, "folder": "checkpoints", "mount": "/workspace", "comfy_address": comfy_address}
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, str(ROOT / "autopod" / "models" / "puller.py")], stdin=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, str(program)], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, env=env, text=True)
     rss: dict[int, int] = {}
     stop = threading.Event()
@@ -94,6 +98,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=int, default=1000, help="file size in MB (default 1000)")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--before", type=Path, help="an older puller.py to time in the same rounds")
     args = ap.parse_args()
     if not shutil.which("curl"):
         raise SystemExit("curl is not installed")
@@ -112,39 +117,48 @@ def main() -> int:
         env = {**os.environ, "HF_ENDPOINT": info["hf"], "AUTOPOD_VOLUME_DIR": str(volume)}
         size = info["files"][0]["size"]
         target = models / "checkpoints" / "model.safetensors"
-        curl_t, pull_t, peaks, curl_cpu, pull_cpu = [], [], [], [], []
+        programs = {"pull": ROOT / "autopod" / "models" / "puller.py"}
+        if args.before:
+            programs["before"] = args.before.resolve()
+        times: dict[str, list[float]] = {"curl": [], **{k: [] for k in programs}}
+        cpus: dict[str, list[float]] = {k: [] for k in times}
+        peaks = []
         for i in range(args.runs):
             out = tmp / "curl.out"
             c0, t0 = children_cpu(), time.perf_counter()
             subprocess.run(["curl", "-sS", "-L", "-o", str(out), mirror], check=True)
-            curl_t.append(time.perf_counter() - t0)
-            curl_cpu.append(children_cpu() - c0)
+            times["curl"].append(time.perf_counter() - t0)
+            cpus["curl"].append(children_cpu() - c0)
             assert out.stat().st_size == size
             out.unlink()
-            c0 = children_cpu()
-            dt, peak, doc = run_puller(public, env, f"127.0.0.1:{comfy.port}")
-            pull_cpu.append(children_cpu() - c0)  # the front, and the download it forked and reaped
-            assert doc["verified"] and doc["size"] == size and target.stat().st_size == size
-            pull_t.append(dt)
-            peaks.append(peak)
-            target.unlink()
-            shutil.rmtree(volume / ".autopod" / "models" / "jobs")
-            shutil.rmtree(volume / ".autopod" / "models" / "records")
-            print(f"run {i + 1}: curl {size / curl_t[-1] / 1e6:7.1f} MB/s   pull {size / dt / 1e6:7.1f} MB/s   "
-                  f"peak RSS {peak / 1e6:.1f} MB", file=sys.stderr)
-        best_curl, best_pull = min(curl_t), min(pull_t)
+            line = f"run {i + 1}: curl {size / times['curl'][-1] / 1e6:7.1f} MB/s"
+            for key, program in programs.items():
+                c0 = children_cpu()
+                dt, peak, doc = run_puller(public, env, f"127.0.0.1:{comfy.port}", program)
+                cpus[key].append(children_cpu() - c0)  # the front, and the download it forked and reaped
+                assert doc["verified"] and doc["size"] == size and target.stat().st_size == size
+                times[key].append(dt)
+                if key == "pull":
+                    peaks.append(peak)
+                target.unlink()
+                shutil.rmtree(volume / ".autopod" / "models" / "jobs")
+                shutil.rmtree(volume / ".autopod" / "models" / "records")
+                line += f"   {key} {size / dt / 1e6:7.1f} MB/s"
+            print(f"{line}   peak RSS {peaks[-1] / 1e6:.1f} MB", file=sys.stderr)
         gb = size / 1e9
-        rows = [("curl -o (follows the redirect)", size / best_curl / 1e6, 1.0, min(curl_cpu) / gb),
-                ("model pull in the pod (sha256, .part, rename)", size / best_pull / 1e6, best_curl / best_pull,
-                 min(pull_cpu) / gb)]
-        print(f"\n{args.mb} MB, best of {args.runs}")
-        print(f"{'variant':48} {'MB/s':>8} {'vs curl':>8} {'CPU s/GB':>9}")
-        for name, mbs, ratio, cpu in rows:
-            print(f"{name:48} {mbs:8.1f} {ratio:8.2f} {cpu:9.2f}")
+        names = {"curl": "curl -o (follows the redirect)", "pull": "model pull in the pod (sha256, .part, rename)",
+                 "before": f"the same, {args.before.name if args.before else ''}"}
+        print(f"\n{args.mb} MB, {args.runs} rounds (ratios: curl's time / the variant's, same statistic)")
+        print(f"{'variant':48} {'best MB/s':>10} {'vs curl':>8} {'median MB/s':>12} {'vs curl':>8} {'CPU s/GB':>9}")
+        for key, ts in times.items():
+            best, med = min(ts), statistics.median(ts)
+            print(f"{names[key]:48} {size / best / 1e6:10.1f} {min(times['curl']) / best:8.2f} "
+                  f"{size / med / 1e6:12.1f} {statistics.median(times['curl']) / med:8.2f} "
+                  f"{statistics.median(cpus[key]) / gb:9.2f}")
         print(f"peak resident memory of the pod-side processes: {max(peaks) / 1e6:.1f} MB "
               f"(runs: {', '.join(f'{p / 1e6:.1f}' for p in peaks)})")
-        ratio = best_curl / best_pull
-        print(f"goal >= 0.90 x curl: {'met' if ratio >= 0.9 else 'NOT met'} ({ratio:.2f})")
+        ratio = statistics.median(times["curl"]) / statistics.median(times["pull"])
+        print(f"goal >= 0.90 x curl (medians): {'met' if ratio >= 0.9 else 'NOT met'} ({ratio:.2f})")
         return 0 if ratio >= 0.9 else 1
     finally:
         comfy.stop()

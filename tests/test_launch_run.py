@@ -141,3 +141,50 @@ def test_the_quick_path_knows_every_collection_so_a_chain_is_never_read_as_workf
     assert set(launch._COLLECTIONS) == {f"{name}." for name in ns.collections}
     assert launch.parse_comfy_run(["comfy.run", "a.json", "endpoint.info"]) is None
     assert launch.parse_comfy_run(["comfy.run", "a.json", "model.list"]) is None
+
+
+def test_a_plain_run_imports_no_tabulate_filelock_tomllib_or_logging_handlers(comfy, tmp_path):
+    wf = tmp_path / "tiny.json"
+    wf.write_text(json.dumps(empty_save("tiny", width=8, height=8)))
+    code = ("import sys\nfrom autopod.launch import main\nsys.argv = ['autopod'] + sys.argv[1:]\ntry:\n    main()\n"
+            "finally:\n    print(sorted(m for m in sys.modules if m.split('.')[0] in ('tabulate', 'wcwidth', 'filelock', "
+            "'tomllib', 'concurrent') or m == 'logging.handlers'), "
+            "file=sys.stderr)\n")
+    for _ in range(2):  # the first run fetches and keeps the node definitions (under a lock); the second is the point
+        p = subprocess.run([sys.executable, "-c", code, "comfy.run", str(wf), "--no-tunnel", "--output-dir",
+                            str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+    head, rule, row = p.stdout.splitlines()[:3]
+    assert head.split() == ["#", "PROMPT", "STATUS", "FILES", "ERROR"] and set(rule) == {"-", " "}
+    assert row.split()[0] == "0" and row.split()[2:] == ["success", "1", "-"]
+    assert p.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_plain_tables_are_exactly_what_tabulate_prints():
+    import random
+    import string
+
+    from tabulate import tabulate
+
+    from autopod.core.output import _cell, _plain_table, table
+
+    rnd = random.Random(20261203)
+    chars = string.ascii_letters + string.digits + " -_.:/()'\"#%" + "\t\x1b\u00e9\u6f22"
+    plain = 0
+    for _ in range(3000):
+        ncol, nrow = rnd.randint(1, 6), rnd.randint(0, 4)
+        headers = ["".join(rnd.choice(string.ascii_uppercase + " #") for _ in range(rnd.randint(0, 8)))
+                   for _ in range(ncol)]
+        values = [None, "", " 12 ", "007", "1e5", "nan", "-3", "1,000", True, 1.5, ["a", 1], 0, -12, 10 ** 6]
+        body = [[_cell(rnd.choice(values) if rnd.random() < 0.4 else
+                       "".join(rnd.choice(chars) for _ in range(rnd.randint(0, 12)))) for _ in range(ncol)]
+                for _ in range(nrow)]
+        want = tabulate(body, headers=headers, tablefmt="simple", missingval="-", disable_numparse=True)
+        got = _plain_table(body, headers)
+        if got is not None:
+            plain += 1
+            assert got == want, (headers, body)
+    assert plain > 500  # most tables take the plain way; the rest (wide characters, floats) go to tabulate
+    rows = [{"a": "\u6f22\u5b57", "b": 1}, {"a": None, "b": 2.5}]
+    assert table(rows, [("a", "A"), ("b", "B")]) == tabulate([["\u6f22\u5b57", 1], [None, 2.5]], headers=["A", "B"],
+                                                              tablefmt="simple", missingval="-", disable_numparse=True)

@@ -153,6 +153,92 @@ def test_a_download_killed_mid_way_resumes_with_range(pod):
     assert pod.served(f.id) <= 1.1 * f.size
 
 
+class _OneWrite:
+    """A plain-HTTP server that sends the headers and the first part of the body in one write, so some body
+    bytes are already in http.client's buffer when the download takes over the socket; then the rest."""
+
+    def __init__(self, body: bytes, first: int = 3000):
+        import socket
+        import threading
+
+        self.body, self.first = body, first
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.url = "http://127.0.0.1:%d/m.safetensors" % self.srv.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        conn, _ = self.srv.accept()
+        with conn:
+            conn.recv(65536)
+            head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n"
+                    % len(self.body))
+            conn.sendall(head + self.body[:self.first])
+            time.sleep(0.05)  # the client has parsed the headers with the first bytes buffered
+            conn.sendall(self.body[self.first:])
+
+
+class _Job:
+    last_write = 0.0
+
+    def save(self, force=False, **fields):
+        pass
+
+
+@pytest.mark.parametrize("way", ["splice", "no splice", "file system refuses splice"])
+def test_the_download_writes_and_hashes_every_byte_in_order(tmp_path, monkeypatch, way):
+    import hashlib
+
+    from autopod.models import puller
+
+    body = os.urandom(5_000_000)
+    part = tmp_path / "m.part"
+    part.write_bytes(body[:1000])  # a resume: the hash so far covers what is on disk
+    h = [hashlib.sha256(body[:1000]), 1000]
+    calls = []
+    real = getattr(os, "splice", None)
+    if way == "no splice":
+        monkeypatch.delattr(os, "splice", raising=False)
+    elif real is not None:
+        def splice(src, dst, count, offset_src=None, offset_dst=None, flags=0):
+            calls.append("to file" if offset_dst is not None else "from socket")
+            if way == "file system refuses splice" and offset_dst is not None:
+                raise OSError(__import__("errno").EINVAL, "refused")
+            return real(src, dst, count, offset_src=offset_src, offset_dst=offset_dst, flags=flags)
+
+        monkeypatch.setattr(os, "splice", splice)
+    srv = _OneWrite(body[1000:])
+    ans = puller.fetch(srv.url, None, None)
+    try:
+        assert puller.stream(ans, str(part), h, _Job(), 5, [], srv.url) == "done"
+    finally:
+        ans.close()
+    assert part.read_bytes() == body
+    assert h[1] == len(body) and h[0].hexdigest() == hashlib.sha256(body).hexdigest()
+    if real is None or way == "no splice":
+        assert calls == []
+    elif way == "splice":
+        assert "from socket" in calls and "to file" in calls
+    else:
+        assert calls.count("to file") == 1  # refused once, then copied through the buffer
+
+
+def test_following_a_download_wakes_when_it_exits():
+    from autopod.models import puller
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if not pid:
+        os.close(r)
+        os._exit(0)
+    os.close(w)
+    child = puller.Child(pid, r)
+    t0 = time.monotonic()
+    child.nap(60)
+    assert time.monotonic() - t0 < 30  # woken by the exit, not by the end of the nap
+    assert child.wait(10) == 0 and child.ended is None
+
+
 def test_without_hf_endpoint_urls_go_to_their_own_host(monkeypatch):
     from autopod.models import puller
 

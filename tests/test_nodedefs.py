@@ -85,6 +85,26 @@ def test_a_second_run_plans_on_the_kept_definitions_and_checks_only_its_classes(
         {"/object_info/EmptyImage", "/object_info/SaveImage"}
 
 
+def test_a_run_reads_the_kept_file_once_and_checks_few_classes_without_threads(comfy, cli, tmp_path, monkeypatch):
+    import threading
+
+    from autopod.comfy import nodedefs
+
+    _, _, current = comfy
+    wf = write(tmp_path, "tiny.json", empty_save("tiny"))
+    assert run(cli, tmp_path, wf).code == 0  # keeps the definitions
+    loads, threads = [], []
+    real_load, real_start = nodedefs.load, threading.Thread.start
+    monkeypatch.setattr(nodedefs, "load", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    monkeypatch.setattr(threading.Thread, "start", lambda self: threads.append(self.name) or real_start(self))
+    current().requests.clear()
+    assert run(cli, tmp_path, wf).code == 0
+    assert len(loads) == 1  # the model check and the plan share one read of the 0.5 MB file
+    assert gets(current(), "/object_info") == 0
+    assert gets(current(), "/object_info/EmptyImage") == gets(current(), "/object_info/SaveImage") == 1
+    assert not [t for t in threads if "ThreadPoolExecutor" in t]  # two classes: checked one after the other
+
+
 def test_a_model_added_on_the_pod_is_taken_without_clearing_anything(comfy, cli, tmp_path):
     _, ckpts, current = comfy
     wf = write(tmp_path, "ckpt.json", CKPT)

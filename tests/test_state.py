@@ -129,3 +129,38 @@ def test_a_claim_names_its_holder_and_goes_with_it_on_sigkill(autopod_home):
         holder.kill()
         holder.wait(10)
         os.kill(grandchild, signal.SIGKILL)
+
+
+def test_exclusive_is_the_same_lock_as_filelocks_and_says_who_waits(autopod_home):
+    import threading
+
+    from filelock import FileLock, Timeout
+
+    from autopod.core.errors import Conflict
+    from autopod.core.state import exclusive, lock_path
+
+    autopod_home.mkdir(parents=True, exist_ok=True)
+    path = lock_path("comfy-fetch", "p1")
+    with exclusive("comfy-fetch", "p1", timeout=1, what="fetch p1"):
+        assert path.stat().st_mode & 0o777 == 0o600
+        with pytest.raises(Timeout):  # an autopod that still locks through filelock waits for it
+            FileLock(str(path), timeout=0.1).acquire()
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(_try_exclusive(exclusive, Conflict)))
+        t.start()
+        t.join()
+        assert isinstance(seen[0], Conflict)  # so does another thread of this process
+    with FileLock(str(path)):  # and the other way round
+        with pytest.raises(Conflict, match=r"busy to fetch p1 \(waited 0s\)"):
+            with exclusive("comfy-fetch", "p1", timeout=0.2, what="fetch p1"):
+                pass
+    with exclusive("comfy-fetch", "p1", timeout=1, what="fetch p1"):  # released on leaving
+        pass
+
+
+def _try_exclusive(exclusive, conflict):
+    try:
+        with exclusive("comfy-fetch", "p1", timeout=0.2, what="fetch p1"):
+            return AssertionError("taken twice")
+    except conflict as e:
+        return e

@@ -609,3 +609,32 @@ def manager_wait(predicate, timeout: float = 5.0) -> bool:
     from autopod.core.procs import wait_for
 
     return wait_for(predicate, timeout, interval=0.01)
+
+
+def test_the_private_log_rotates_like_the_standard_one_and_stays_private(tmp_path):
+    import logging
+    import logging.handlers
+
+    from autopod.core.log import private_log_handler
+
+    def fill(folder, handler):
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger = logging.getLogger(f"autopod.test-rotation.{folder.name}")
+        logger.propagate = False
+        logger.addHandler(handler)
+        try:
+            for i in range(30):
+                logger.warning("line %02d %s", i, "x" * 20)  # 29 bytes a line: 6 to a file of 200
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+        return {p.name: p.read_text() for p in folder.iterdir()}
+
+    ours, std = tmp_path / "ours", tmp_path / "std"
+    ours.mkdir()
+    std.mkdir()
+    got = fill(ours, private_log_handler(ours / "x.log", max_bytes=200, backups=2))
+    want = fill(std, logging.handlers.RotatingFileHandler(std / "x.log", maxBytes=200, backupCount=2))
+    assert got == want and sorted(got) == ["x.log", "x.log.1", "x.log.2"]  # the oldest dropped
+    assert got["x.log"].splitlines()[-1].startswith("line 29")
+    assert all(p.stat().st_size <= 200 and p.stat().st_mode & 0o777 == 0o600 for p in ours.iterdir())

@@ -54,6 +54,7 @@ T = TypeVar("T")
 VERSION = 1
 LOCK_TIMEOUT_S = 30.0
 CHECK_THREADS = 8  # per-class checks in flight at once (each is one small request)
+SEQUENTIAL_CHECKS = 3  # up to this many classes are checked one after the other
 PRUNE_DAYS = 30  # a kept copy nobody used for this long is removed when another is written
 
 
@@ -120,18 +121,20 @@ class Consulted(dict):
 
 def plan_checked(conn: Any, plan: Callable[[dict[str, Any]], T], *,
                  also: Callable[[T], Iterable[str]] = lambda _result: (),
-                 fresh: dict[str, Any] | None = None) -> tuple[T, dict[str, Any]]:
+                 fresh: dict[str, Any] | None = None, kept: dict[str, Any] | None = None) -> tuple[T, dict[str, Any]]:
     """``plan(object_info)`` with definitions no older than the server's: (its result, the definitions
     it used). ``also(result)`` names classes read after planning (LoadImage's file list for uploads),
     checked as well. A refusal (any AutopodError of ``plan``) is raised only once checked the same way.
-    ``fresh``: definitions the caller has just fetched (and kept), planned on as they are.
+    ``fresh``: definitions the caller has just fetched (and kept), planned on as they are. ``kept``: the
+    kept copy as the caller has just read it (``load``), checked like one read here.
 
     ``conn`` is a ``run.Connection``: ``conn.call(fn)`` reaches the pod's ComfyUI, ``conn.endpoint``
     says which one, ``conn.note`` prints a line on stderr."""
     if fresh is not None:  # just fetched from the server (and kept): nothing to check it against
         return plan(fresh), fresh
     key = cache_key(conn)
-    kept = load(key, note=conn.note)
+    if kept is None:
+        kept = load(key, note=conn.note)
     if kept is not None:
         view = Consulted(kept)
         result: T | None = None
@@ -171,8 +174,8 @@ def _unchanged(conn: Any, kept: dict[str, Any], names: set[str]) -> bool:
         return isinstance(answer, dict) and answer.get(name) == kept.get(name)
 
     try:
-        if len(names) == 1:
-            return check(next(iter(names)))
+        if len(names) <= SEQUENTIAL_CHECKS:  # a kept-alive request each: cheaper than starting threads
+            return all(check(name) for name in sorted(names))
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=min(CHECK_THREADS, len(names))) as pool:

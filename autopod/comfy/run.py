@@ -819,7 +819,8 @@ def plan_on(conn: Connection, opts: RunOptions, *, note: Callable[[str], None] |
     a pull changes the loaders' lists, which the check of the kept copy then sees."""
     from .nodedefs import plan_checked
 
-    fresh = None if opts.resume else check_models(opts, conn, [conn.endpoint.target_id] if pods is None else pods)
+    fresh, kept = (None, None) if opts.resume else \
+        check_models(opts, conn, [conn.endpoint.target_id] if pods is None else pods)
 
     notes: list[str] = []
 
@@ -832,17 +833,19 @@ def plan_on(conn: Connection, opts: RunOptions, *, note: Callable[[str], None] |
         return ["LoadImage"] if any(p.uploads for p in result[0]) else []
 
     try:
-        return plan_checked(conn, attempt, also=read_later, fresh=fresh)
+        return plan_checked(conn, attempt, also=read_later, fresh=fresh, kept=kept)
     finally:
         for line in notes if note else ():
             note(line)
 
 
-def check_models(opts: RunOptions, conn: Connection, pods: list[str | None]) -> dict[str, Any] | None:
+def check_models(opts: RunOptions, conn: Connection,
+                 pods: list[str | None]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The models the run names, checked against the pod's lists before anything is sent; with
-    ``--pull-missing`` the missing ones are pulled into ``pods`` (once per volume). Returns the node
-    definitions when it had to fetch them (none were kept) and pulled nothing, for the plan to use as they
-    are; else None, and the plan checks the kept ones (a pull changes the loaders' lists). See ``needs``."""
+    ``--pull-missing`` the missing ones are pulled into ``pods`` (once per volume). Returns (fresh, kept):
+    the node definitions when it had to fetch them (none were kept) and pulled nothing, for the plan to use
+    as they are; else None, and the plan checks the kept ones (a pull changes the loaders' lists), which
+    are ``kept`` when they were read here (one read of the file per run). See ``needs``."""
     from . import needs
     from .nodedefs import cache_key, load, store
 
@@ -871,9 +874,10 @@ def check_models(opts: RunOptions, conn: Connection, pods: list[str | None]) -> 
     if object_info is None:
         object_info = fetched = conn.call(lambda c: c.get_object_info())
         store(key, object_info, note=conn.note)
+    kept = object_info if fetched is None else None
     found = needs.collect(workflows, job_models, object_info, job)
     if not found:
-        return fetched
+        return fetched, kept
     targets = [p for p in pods if p]
 
     def pull(refs: list[Any]) -> None:
@@ -884,7 +888,7 @@ def check_models(opts: RunOptions, conn: Connection, pods: list[str | None]) -> 
     pulled = needs.settle(found, lambda folder: conn.call(lambda c: c.list_models(folder)),
                           pull_missing=opts.pull_missing, pod_name=conn.endpoint.target_name,
                           pull=pull if targets else None, dry_run=opts.dry_run)
-    return None if pulled else fetched
+    return (None, kept) if pulled else (fetched, kept)
 
 
 def dry_run_report(planned: list[Planned]) -> dict[str, Any]:

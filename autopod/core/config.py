@@ -9,7 +9,6 @@ runpodctl use).
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +103,8 @@ def _runpod_config_key() -> str | None:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the RunPod config: {e.strerror or e}") from None
     _p, raw = read_bytes(path, what="RunPod config", limit=MAX_SMALL_FILE, error=ConfigError)
+    import tomllib  # only when the file is there: most runs never read it
+
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as e:

@@ -11,7 +11,6 @@ thread waits for those cleanups, shielded, before it reports.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -99,6 +98,8 @@ def run_all(items: Sequence[T], fn: Callable[[T, Cancel], Result], *, name: Call
 
     On Ctrl-C every worker is cancelled and waited for; then an ``AutopodError`` with the signal's
     exit code says what each member came to (``data["members"]``: their documents)."""
+    from concurrent.futures import ThreadPoolExecutor, wait  # a fleet's: a single pod's run starts no pool
+
     cancel = Cancel()
     if not items:
         return []

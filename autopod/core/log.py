@@ -7,7 +7,6 @@ handlers (the CLI and the tunnel daemon call it).
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 
@@ -42,17 +41,55 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """A rotating log only its owner can read (0600), that never fails on odd characters."""
+class PrivateRotatingFileHandler(logging.FileHandler):
+    """A rotating log only its owner can read (0600), that never fails on odd characters.
+
+    Rotates as ``logging.handlers.RotatingFileHandler`` does (``autopod.log`` becomes ``autopod.log.1``,
+    that one ``.2``, and so on, the oldest dropped) before a record would take the file past
+    ``max_bytes``; written here because importing ``logging.handlers`` (pickle, queue, struct) cost a
+    small ``comfy.run`` about 5 ms for this class alone."""
+
+    def __init__(self, path: os.PathLike | str, *, max_bytes: int, backups: int):
+        self.max_bytes, self.backups = max_bytes, backups
+        super().__init__(path, mode="a", encoding="utf-8")
 
     def _open(self):  # type: ignore[no-untyped-def]
         fd = open_private(self.baseFilename)
         return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
 
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self._full(record):
+                self._rotate()
+        except Exception:  # noqa: BLE001 (logging never fails the command)
+            self.handleError(record)
+            return
+        super().emit(record)
+
+    def _full(self, record: logging.LogRecord) -> bool:
+        if self.max_bytes <= 0 or self.backups <= 0 or not os.path.isfile(self.baseFilename):
+            return False  # no limit, nowhere to rotate to, or /dev/null and the like
+        if self.stream is None:
+            self.stream = self._open()
+        line = self.format(record) + self.terminator
+        end = self.stream.seek(0, os.SEEK_END)  # other processes append to the same log
+        return end > 0 and end + len(line.encode("utf-8", "backslashreplace")) > self.max_bytes
+
+    def _rotate(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None  # type: ignore[assignment]
+        for i in range(self.backups - 1, 0, -1):
+            older = f"{self.baseFilename}.{i}"
+            if os.path.exists(older):
+                os.replace(older, f"{self.baseFilename}.{i + 1}")
+        os.replace(self.baseFilename, self.baseFilename + ".1")
+        self.stream = self._open()
+
 
 def private_log_handler(path: os.PathLike | str, *, max_bytes: int = LOG_MAX_BYTES,
                         backups: int = LOG_BACKUPS) -> logging.Handler:
-    return PrivateRotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    return PrivateRotatingFileHandler(path, max_bytes=max_bytes, backups=backups)
 
 
 _configured_for: tuple | None = None

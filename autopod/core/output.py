@@ -84,10 +84,45 @@ def flush_json() -> None:
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
     """``columns`` is (key, HEADER). Numbers are never reparsed: ids like "007" stay."""
-    from tabulate import tabulate  # deferred: ~40 ms, and status commands print no table
-
     body = [[_cell(r.get(k)) for k, _ in columns] for r in rows]
-    return tabulate(body, headers=[h for _, h in columns], tablefmt="simple", missingval="-", disable_numparse=True)
+    headers = [h for _, h in columns]
+    plain = _plain_table(body, headers)
+    if plain is not None:
+        return plain
+    from tabulate import tabulate  # deferred: it and wcwidth cost 20-50 ms, as much as a small run's request
+
+    return tabulate(body, headers=headers, tablefmt="simple", missingval="-", disable_numparse=True)
+
+
+def _plain_table(body: list[list[Any]], headers: list[str]) -> str | None:
+    """tabulate's "simple" table, as ``table`` asks for it, when every cell and header is printable ASCII
+    text or a number (one column per character, nothing to measure); else None. Left-aligned, cells
+    stripped, a missing cell "-", each column as wide as its widest cell or its header plus two, no
+    spaces at the ends of lines."""
+    if not all(h.isascii() and h.isprintable() for h in headers):
+        return None
+    cells: list[list[str]] = [list(headers)]  # headers as they are: tabulate does not strip them
+    for row in body:
+        out = []
+        for v in row:
+            if v is None:
+                text = "-"
+            elif isinstance(v, str):
+                text = v.strip()
+            elif isinstance(v, int) and not isinstance(v, bool):
+                text = str(v)
+            else:
+                return None  # floats, dates, anything tabulate formats its own way
+            if not (text.isascii() and text.isprintable()):
+                return None  # wide or combining characters, tabs: tabulate measures them
+            out.append(text)
+        cells.append(out)
+    if not body or any(len(r) != len(headers) for r in cells):
+        return None
+    widths = [max([len(headers[i]) + 2] + [len(r[i]) for r in cells[1:]]) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def _cell(v: Any) -> Any:

@@ -40,6 +40,7 @@ import json
 import os
 import random
 import re
+import select
 import socket
 import ssl
 import sys
@@ -51,7 +52,6 @@ from email.message import Message
 
 VERSION = 1
 CHUNK = 1 << 20
-READ = 1 << 16  # one read: small enough to stay in the CPU's cache until it is written
 USER_AGENT = "autopod-model-pull/%d (python %d.%d)" % (VERSION, sys.version_info[0], sys.version_info[1])
 LEGACY = {"clip": "text_encoders", "unet": "diffusion_models"}  # ComfyUI's map_legacy
 # worker-comfyui 5.8.5 reads a network volume only at /runpod-volume/models/<name> for these names (its
@@ -941,7 +941,10 @@ def follow(req, jobdir, child, run=None, joined=False):
             emit({"event": "progress", "status": status, "bytes": job.get("bytes"), "total": job.get("total"),
                   "speed": job.get("speed"), "name": job.get("name")})
             last = view
-        time.sleep(0.05)
+        if child is not None:
+            child.nap(0.05)
+        else:
+            time.sleep(0.05)
 
 
 def public(job):
@@ -1016,14 +1019,31 @@ def run_job(jobdir, nonce, tokens):
 class Child:
     """The forked download, as the front sees it: ``poll()`` is its exit code once it ended, else None."""
 
-    def __init__(self, pid):
+    def __init__(self, pid, ended=None):
         self.pid = pid
+        self.ended = ended  # readable (at EOF) once the download has exited: wakes ``follow`` at once
         self.returncode = None
+
+    def nap(self, seconds):
+        """Sleep ``seconds``, or less if the download exits meanwhile."""
+        if self.ended is None or self.returncode is not None:
+            time.sleep(seconds)
+            return
+        try:
+            if not select.select([self.ended], [], [], seconds)[0]:
+                return
+        except (OSError, ValueError):
+            time.sleep(seconds)
+        os.close(self.ended)  # it ended: later naps sleep in full
+        self.ended = None
 
     def wait(self, timeout):
         deadline = now() + timeout
         while self.poll() is None and now() < deadline:
             time.sleep(0.01)
+        if self.returncode is not None and self.ended is not None:
+            os.close(self.ended)
+            self.ended = None
         return self.returncode
 
     def poll(self):
@@ -1041,12 +1061,20 @@ def start_child(jobdir, nonce, tokens, close=()):
     """Fork the download into a new session, so it outlives this SSH session (and the laptop's link).
     A fork, not a new interpreter: the tokens stay in this process's memory, never in a pipe or a file."""
     sys.stdout.flush()
+    try:
+        ended, alive = os.pipe()  # the download holds the write end until it exits
+    except OSError:
+        ended = alive = None
     pid = os.fork()
     if pid:
-        return Child(pid)
+        if alive is not None:
+            os.close(alive)
+        return Child(pid, ended)
     code = 1
     try:
         os.setsid()
+        if ended is not None:
+            os.close(ended)
         for fd in close:
             try:
                 os.close(fd)
@@ -1206,10 +1234,28 @@ def backoff(attempt, job, wait=None):
     time.sleep(pause)
 
 
+def _splice_socket(ans, left):
+    """The socket's fd when the body can go socket -> pipe -> file in the kernel: Linux with ``os.splice``
+    (Python 3.10+), plain HTTP (TLS bytes must be decrypted here) and a known length; else None."""
+    sock = getattr(ans.conn, "sock", None)
+    if left is None or not hasattr(os, "splice") or sock is None or isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        return sock.fileno()
+    except (AttributeError, OSError):
+        return None
+
+
 def stream(ans, part, h, job, stall_s, stop, url):
-    """Copy the body to ``part``, hashing as it goes (in a second thread, so hashing and reading overlap).
+    """Copy the body to ``part`` while a second thread hashes what was written (``_FileHasher``).
     Returns "done", or why it stopped early (a stall, a cut). Reads take what has arrived: bytes received
-    before a stall are kept, and a resume starts after them. Two buffers, reused: memory stays flat."""
+    before a stall are kept, and a resume starts after them. Memory stays flat: one reused buffer, a pipe.
+
+    After the first read (which empties http.client's buffer and is checked for an HTML page), plain HTTP
+    with a known length goes socket -> pipe -> file with ``os.splice``: the kernel copies each byte once,
+    where reading into Python and writing out copies it twice, and on a machine of few cores that copy
+    competes with the sha256 for CPU time. HTTPS, chunked answers, Pythons before 3.10 and file systems
+    that refuse splice copy through the buffer."""
     resp = ans.resp
     try:
         ans.conn.sock.settimeout(min(stall_s, 5.0))
@@ -1218,37 +1264,36 @@ def stream(ans, part, h, job, stall_s, stop, url):
     # With a known length, read straight from the socket's buffer into ours; else (chunked) let http.client.
     left = resp.length if not resp.chunked and resp.length is not None else None
     fp = resp.fp
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    # Small reads, each written at once while it is in the CPU's cache; the hasher takes whole slots.
-    slots = [bytearray(CHUNK), bytearray(CHUNK)]
-    hasher = _Hasher(h[0])
+    sfd = _splice_socket(ans, left)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)  # written at explicit offsets: splice refuses O_APPEND
+    buf = memoryview(bytearray(CHUNK))  # larger than http.client's buffer: its first read empties that
+    written = h[1]
+    hasher = _FileHasher(part, h[0], written)
     flusher = _Flusher(fd)
+    pipe = poller = None
     first = True
     last_progress = now()
     got_since = 0
-    written = h[1]
     t0, b0 = now(), written
     why = "done"
-    i, pos = 0, 0
     try:
-        hasher.wait_free(0)
         while not stop:
-            slot = slots[i % 2]
+            if left is not None and left <= 0:
+                break
+            data = None  # the bytes read, or None when they are in the pipe
             try:
-                if left is not None:
-                    if left <= 0:
-                        break
-                    n = fp.readinto1(memoryview(slot)[pos:pos + min(READ, CHUNK - pos, left)])
-                    if not n:
-                        why = "the connection closed %d bytes short" % left
-                        break
-                    left -= n
+                if pipe is not None:
+                    try:
+                        n = os.splice(sfd, pipe[1], min(CHUNK, left), flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+                    except BlockingIOError:
+                        poller.poll(min(stall_s, 5.0) * 1000)
+                        n = None
+                elif left is not None:
+                    n = fp.readinto1(buf[:min(CHUNK, left)])
+                    data = buf[:n]
                 else:
-                    block = resp.read1(min(READ, CHUNK - pos))
-                    n = len(block)
-                    if not n:
-                        break
-                    slot[pos:pos + n] = block
+                    data = memoryview(resp.read1(CHUNK))
+                    n = len(data)
             except socket.timeout:
                 n = None
             except (OSError, http.client.HTTPException, ValueError) as e:
@@ -1260,22 +1305,30 @@ def stream(ans, part, h, job, stall_s, stop, url):
                     why = "the server stopped sending (nothing for %d s)" % stall_s
                     break
                 continue
-            view = memoryview(slot)[pos:pos + n]
+            if not n:
+                if left is not None:
+                    why = "the connection closed %d bytes short" % left
+                break
             if first:
                 first = False
-                if looks_html(resp.getheader("Content-Type"), bytes(view[:512])):
+                if looks_html(resp.getheader("Content-Type"), bytes(data[:512])):
                     raise Fail("refused %s: the server sent an HTML page, not a model file; nothing was saved"
                                % redact_url(url))
-            mv = view
-            while mv:
-                k = os.write(fd, mv)
-                mv = mv[k:]
-            pos += n
+                if sfd is not None:
+                    pipe = _pipe()
+                    if pipe is not None:
+                        poller = select.poll()
+                        poller.register(sfd, select.POLLIN)
+            if left is not None:
+                left -= n
+            if data is not None:
+                _write_all(fd, data, written)
+            elif not _pipe_to_file(pipe[0], fd, n, written, buf):  # this file system takes no splice
+                os.close(pipe[0])
+                os.close(pipe[1])
+                pipe = None
             written += n
-            if pos == CHUNK:  # a full slot goes to the hasher; the other one is filled meanwhile
-                hasher.feed(i % 2, memoryview(slot))
-                i, pos = i + 1, 0
-                hasher.wait_free(i % 2)
+            hasher.advance(written)
             got_since += n
             if got_since >= 1024:
                 last_progress = t
@@ -1286,17 +1339,63 @@ def stream(ans, part, h, job, stall_s, stop, url):
             if t - job.last_write >= 0.5:
                 speed = (written - b0) / max(1e-6, t - t0)
                 job.save(bytes=written, speed=int(speed))
-        if pos:
-            hasher.feed(i % 2, memoryview(slots[i % 2])[:pos])
     finally:
-        hasher.close()
+        if pipe is not None:
+            os.close(pipe[0])
+            os.close(pipe[1])
         flusher.close()
         os.close(fd)
         h[1] = written
+        hasher.close(written)
+    if hasher.error is not None:
+        raise Fail("cannot read back %s to hash it: %s" % (part, hasher.error))
     if stop and why == "done":
         why = "stopped"
     job.save(force=True, bytes=written)
     return why
+
+
+def _write_all(fd, view, offset):
+    while view:
+        k = os.pwrite(fd, view, offset)
+        view, offset = view[k:], offset + k
+
+
+def _pipe():
+    """A pipe as large as the system lets a user make one (1 MB by default): fewer calls per MB."""
+    try:
+        r, w = os.pipe()
+    except OSError:
+        return None
+    try:
+        import fcntl
+
+        fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), CHUNK)
+    except (ImportError, OSError):
+        pass
+    return r, w
+
+
+def _pipe_to_file(r, fd, n, offset, buf):
+    """Move the ``n`` bytes in the pipe to the file at ``offset``. False when the file system refuses splice
+    (the bytes are then read out of the pipe and written)."""
+    moved = 0
+    while moved < n:
+        try:
+            k = os.splice(r, fd, n - moved, offset_dst=offset + moved, flags=os.SPLICE_F_MOVE)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            break
+        if not k:
+            raise OSError(errno.EIO, "splice to %s wrote nothing" % fd)
+        moved += k
+    copied = moved
+    while copied < n:
+        k = os.readv(r, [buf[:min(len(buf), n - copied)]])
+        _write_all(fd, buf[:k], offset + copied)
+        copied += k
+    return moved == n
 
 
 class _Flusher:
@@ -1321,51 +1420,56 @@ class _Flusher:
         self.thread.join()
 
 
-class _Hasher:
-    """sha256 of the stream in a thread of its own (hashlib releases the GIL). Two blocks at most are in
-    flight, so memory stays flat however fast the network is."""
+class _FileHasher:
+    """sha256 of the file from ``start`` on, as it is written, in a thread of its own: it reads back what the
+    download wrote, 1 MB at a time into one reused buffer (from the page cache: a copy that is cheap beside the
+    hash, and hashlib releases the GIL). So the hash covers exactly the bytes in the file, and memory stays
+    flat however far the hash falls behind."""
 
-    def __init__(self, h):
+    def __init__(self, path, h, start):
         self.h = h
+        self.f = open(path, "rb", buffering=0)
+        self.f.seek(start)
+        self.pos = self.end = start
         self.cv = threading.Condition()
-        self.busy = [None, None]  # the view waiting to be hashed, per buffer
-        self.order = []
         self.closed = False
         self.error = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    def feed(self, i, view):
-        with self.cv:
-            self.busy[i] = view
-            self.order.append(i)
-            self.cv.notify_all()
-
-    def wait_free(self, i):
-        with self.cv:
-            while self.busy[i] is not None:
-                self.cv.wait()
+    def advance(self, end):
+        """The file now holds ``end`` bytes; wakes the thread once a whole buffer is waiting."""
+        self.end = end
+        if end - self.pos >= CHUNK:
+            with self.cv:
+                self.cv.notify()
 
     def _run(self):
-        while True:
-            with self.cv:
-                while not self.order and not self.closed:
-                    self.cv.wait()
-                if not self.order:
+        buf = memoryview(bytearray(CHUNK))
+        try:
+            while True:
+                with self.cv:
+                    while self.end - self.pos < CHUNK and not self.closed:
+                        self.cv.wait(0.5)
+                    end, closed = self.end, self.closed
+                while self.pos < end:
+                    k = self.f.readinto(buf[:min(CHUNK, end - self.pos)])
+                    if not k:
+                        raise OSError(errno.EIO, "the file ends at %d, %d bytes were written" % (self.pos, end))
+                    self.h.update(buf[:k])
+                    self.pos += k
+                if closed and self.pos >= self.end:
                     return
-                i = self.order[0]
-                view = self.busy[i]
-            self.h.update(view)
-            with self.cv:
-                self.order.pop(0)
-                self.busy[i] = None
-                self.cv.notify_all()
+        except Exception as e:  # noqa: BLE001 (the download reports it; a hash that stopped must not pass)
+            self.error = e
 
-    def close(self):
+    def close(self, end):
         with self.cv:
+            self.end = end
             self.closed = True
-            self.cv.notify_all()
+            self.cv.notify()
         self.thread.join()
+        self.f.close()
 
 
 # --- list, rm, status, check --------------------------------------------------------------------
