@@ -74,7 +74,7 @@ _RUN_VALUES = {"--workflow": "workflow", "--pod": "pod", "--fleet": "fleet", "--
                "--then": "then"}
 _RUN_LISTS = {"workflow", "set", "input", "sweep"}
 _RUN_SWITCHES = {"--no-tunnel": "no_tunnel", "--previews": "previews", "--detach": "detach", "--dry-run": "dry_run",
-                 "--pull-missing": "pull_missing", "--json": "json"}
+                 "--pull-missing": "pull_missing", "--no-sheet": "no_sheet", "--json": "json"}
 # A bare word starting with a collection's name may name a task (a chain): the full CLI decides.
 _COLLECTIONS = ("pod.", "volume.", "tunnel.", "comfy.", "sim.", "config.")
 

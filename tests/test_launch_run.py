@@ -16,7 +16,7 @@ from autopod.sim.comfyui_standin import ComfyUIStandin
 RUN_DEFAULTS = {"workflow": [], "pod": None, "fleet": None, "set": [], "input": [], "sweep": [], "repeat": None,
                 "seed": None, "job": None, "output_dir": None, "output": None, "timeout": None, "max_queued": None,
                 "resume": None, "then": None, "no_tunnel": False, "previews": False, "detach": False,
-                "dry_run": False, "pull_missing": False, "json": False}
+                "dry_run": False, "pull_missing": False, "no_sheet": False, "json": False}
 
 
 def flags(**kw):
@@ -36,6 +36,7 @@ def flags(**kw):
     (["comfy.run", "--fleet", "flux", "a.json", "--then", "stop"], flags(fleet="flux", workflow=["a.json"], then="stop")),
     (["comfy.run", "--resume", "B1", "--fleet", "flux"], flags(resume="B1", fleet="flux")),
     (["comfy.run", "a.json", "--pull-missing"], flags(workflow=["a.json"], pull_missing=True)),
+    (["comfy.run", "a.json", "--no-sheet"], flags(workflow=["a.json"], no_sheet=True)),
     (["comfy.run", "a.json", "--pod", "p", "--pod", "q"], None),  # repeated: the full CLI refuses it
     (["comfy.run", "a.json", "--json", "--json"], None),
     (["comfy.run", "a.json", "--set=1.w=2"], None),  # --flag=value: the full CLI parses it

@@ -24,6 +24,10 @@ def list_jobs(ref: str | None = None, *, limit: int = 20) -> dict[str, Any]:
         report = _report(led, batch)
         report["batch_info"] = {"id": batch.id, "name": batch.name, "target": batch.target_name,
                                 "created_at": batch.created_at, "output_dir": batch.output_dir}
+        from .sheet import existing
+
+        if existing(batch):
+            report["sheet"] = existing(batch)
         if len(rows) < len(report["prompts"]):  # a prompt id: just that prompt
             ids = {r.prompt_id for r in rows}
             report["prompts"] = [p for p in report["prompts"] if p["prompt_id"] in ids]
@@ -107,7 +111,16 @@ def watch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False, t
         except TimeoutError:
             return _report(led, batch)
         with claim:
-            return _watch(led, ref or batch.id, pod, no_tunnel, deadline, progress)
+            report = _watch(led, ref or batch.id, pod, no_tunnel, deadline, progress)
+    _sheet(report, progress)
+    return report
+
+
+def _sheet(report: dict[str, Any], progress: Progress) -> None:
+    """A batch that has ended (every prompt final) gets its contact sheet and page again."""
+    from .sheet import add_to_report
+
+    add_to_report(report, note=progress.note, only_when_done=True)
 
 
 def _stopped(led: Ledger, batch: BatchRow, e: KeyboardInterrupt) -> dict[str, Any]:
@@ -151,7 +164,10 @@ def fetch(ref: str | None, *, pod: str | None = None, no_tunnel: bool = False,
         batch, _ = _batch(led, ref)
         with hold(batch.id, "comfy.fetch", advice=f"it fetches the outputs itself; `autopod comfy.watch "
                                                      f"{batch.id}` follows it"):
-            return _fetch(led, ref or batch.id, pod, no_tunnel, progress)
+            report = _fetch(led, ref or batch.id, pod, no_tunnel, progress)
+    if report.get("fetched"):
+        _sheet(report, progress)
+    return report
 
 
 def _fetch(led: Ledger, ref: str, pod: str | None, no_tunnel: bool, progress: Progress) -> dict[str, Any]:

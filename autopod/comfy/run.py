@@ -68,6 +68,7 @@ class RunOptions:
     per_member: int | None = None  # with a fleet: prompts on each member's server (--max-queued)
     then: str | None = None  # stop or kill the pod (or fleet) once the batch is done
     pull_missing: bool = False  # pull the models the run names and the pod lacks, first (``needs``)
+    sheet: bool = True  # a contact sheet and gallery page after a batch of two or more (``sheet``)
 
 
 @dataclass

@@ -375,7 +375,7 @@ def run_options(*, workflow: list[str] | None = None, pod: str | None = None, fl
                 job: str | None = None, output_dir: str | None = None, output: str | None = None,
                 previews: bool = False, detach: bool = False, dry_run: bool = False, timeout: str | None = None,
                 max_queued: str | None = None, resume: str | None = None, then: str | None = None,
-                debug: bool = False, pull_missing: bool = False) -> RunOptions:
+                debug: bool = False, pull_missing: bool = False, no_sheet: bool = False) -> RunOptions:
     """``comfy.run``'s flags, as typed, checked and made into RunOptions (exit 2 on a bad one). The task and
     the console script's quick path (``autopod.launch``) both come here, so they cannot disagree."""
     from ..core.flags import MAX_WAIT_S, number
@@ -395,7 +395,8 @@ def run_options(*, workflow: list[str] | None = None, pod: str | None = None, fl
                       seed=seed, output_dir=output_dir or "outputs", template=output, previews=previews,
                       detach=detach, dry_run=dry_run, timeout=number(timeout, "--timeout", minimum=1, maximum=MAX_WAIT_S),
                       max_queued=queued or 16, per_member=queued, fleet=fleet, then=then,
-                      pod=pod, no_tunnel=no_tunnel, resume=resume, debug=debug, pull_missing=pull_missing)
+                      pod=pod, no_tunnel=no_tunnel, resume=resume, debug=debug, pull_missing=pull_missing,
+                      sheet=not no_sheet)
 
 
 def print_report(report: dict[str, Any], *, as_json: bool, dry_run: bool = False, detach: bool = False) -> int:
@@ -445,6 +446,7 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
             raise
         note, _docs, _ok = _then(opts, then_target)
         raise type(e)(f"{e}; then {note}", exit_code=e.exit_code, data=e.data) from None
+    _sheet(opts, report)
     if then_target is not None:
         if report.get("timed_out"):
             report["msg"] += f"; --then {opts.then} was not done: prompts still run"
@@ -455,6 +457,16 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
             if not ok:
                 report["exit_code"] = int(ExitCode.FAILED)
     return report
+
+
+def _sheet(opts: RunOptions, report: dict[str, Any]) -> None:
+    """A batch of two or more prompts that ran here (not --detach, --dry-run or --no-sheet) ends with its
+    contact sheet and gallery page; the report names both. A sheet that cannot be made fails nothing."""
+    if not opts.sheet or opts.detach or opts.dry_run:
+        return
+    from .sheet import add_to_report
+
+    add_to_report(report, note=line)
 
 
 def _then_target(opts: RunOptions) -> str | None:

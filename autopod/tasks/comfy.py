@@ -107,6 +107,7 @@ _RUN_HELP = {
     "then": "stop or kill the pod (or the fleet) once the batch is done, so nothing bills overnight",
     "pull_missing": "first pull the models the workflow (its editor file's properties.models) or the job file's "
                     "models: name and the pod lacks, onto its volume (model.pull, in the pod)",
+    "sheet": "after a batch of two or more prompts, write its contact sheet and gallery page (--no-sheet: not)",
     "resume": ("finish batch BATCH: fetch what finished, follow what runs, "
                "submit again what never ran or was interrupted"),
     "json": "print one JSON document",
@@ -116,7 +117,7 @@ _RUN_HELP = {
 @command(iterable=["workflow", "set", "input", "sweep"], help=_RUN_HELP, plain_arg="workflow")
 def run(c, workflow=None, pod=None, fleet=None, no_tunnel=False, set=None, input=None, sweep=None, repeat=None,
         seed=None, job=None, output_dir=None, output=None, previews=False, detach=False, dry_run=False, timeout=None,
-        max_queued=None, resume=None, then=None, pull_missing=False, json=False):
+        max_queued=None, resume=None, then=None, pull_missing=False, sheet=True, json=False):
     """Run workflows on the pod: overrides, uploads, live progress, outputs on disk, batches, a ledger."""
     from ..comfy.spread import print_report, render, run_options
 
@@ -125,7 +126,8 @@ def run(c, workflow=None, pod=None, fleet=None, no_tunnel=False, set=None, input
     opts = run_options(workflow=workflow, pod=pod, fleet=fleet, no_tunnel=no_tunnel, set=set, input=input,
                        sweep=sweep, repeat=repeat, seed=seed, job=job, output_dir=output_dir, output=output,
                        previews=previews, detach=detach, dry_run=dry_run, timeout=timeout, max_queued=max_queued,
-                       resume=resume, then=then, debug=debug_enabled(), pull_missing=pull_missing)
+                       resume=resume, then=then, debug=debug_enabled(), pull_missing=pull_missing,
+                       no_sheet=not sheet)
     code = print_report(render(opts), as_json=json, dry_run=dry_run, detach=detach)
     if code:
         exit_quietly(code)
@@ -162,6 +164,33 @@ def jobs(c, batch=None, limit=None, json=False):
     print(f"batch {doc['batch']} ({doc['batch_info']['name']}) on {doc['batch_info']['target'] or '-'}")
     print(table(rows, [("index", "#"), ("prompt_id", "PROMPT"), ("status", "STATUS"), ("outputs", "OUTPUTS"),
                        ("error", "ERROR")]))
+    for what, title in (("sheet", "contact sheet"), ("page", "gallery page")):
+        if (doc.get("sheet") or {}).get(what):
+            print(f"{title}: {doc['sheet'][what]}")
+
+
+@command(help={"batch": "batch id (or a unique start of one) or one of its prompt ids (default: the newest batch)",
+               "axes": "X[,Y[,Z]]: the varying inputs to lay out, by label (KSampler.cfg), key (3.cfg), input "
+                       "name (cfg), workflow or repeat (default: the fastest-changing input is X, the next Y)",
+               "thumb": "longest side of each cell's picture in pixels (default 256)",
+               "open": "open the gallery page in the browser",
+               "json": "print one JSON document"}, plain_arg="batch")
+def sheet(c, batch=None, axes=None, thumb=None, open=False, json=False):
+    """A batch's contact sheet (contact.png) and gallery page (index.html), from the ledger and the files."""
+    from ..comfy.sheet import THUMB, THUMB_MAX, THUMB_MIN, parse_axes
+    from ..comfy.sheet import sheet as make
+    from ..core.flags import number
+    from ..core.output import Outcome
+
+    size = number(thumb, "--thumb", int, minimum=THUMB_MIN, maximum=THUMB_MAX)
+    doc = make(batch, axes=parse_axes(axes), thumb=size or THUMB)
+    if open and doc.get("page"):
+        import webbrowser
+        from pathlib import Path
+
+        webbrowser.open(Path(doc["page"]).resolve().as_uri())
+    emit_outcome(Outcome(doc["changed"], doc["msg"], extra={k: v for k, v in doc.items()
+                                                           if k not in ("changed", "msg")}), as_json=json)
 
 
 @command(help={"batch": "batch id or prompt id (default: the newest batch)", "pod": _POD, "no_tunnel": _NO_TUNNEL,
