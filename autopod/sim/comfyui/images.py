@@ -8,7 +8,7 @@ Saving is where pixels are needed: Pillow encodes a whole frame, as it does in C
 
 Files go through Pillow with ComfyUI's own arguments (PNG with ``prompt``/``workflow`` text
 chunks and compress level 4, APNG with ``comf`` chunks after the image data, animated WebP
-with the metadata in EXIF), so a saved file is the file a real ComfyUI writes, byte for byte.
+with the metadata in EXIF): a SaveImage PNG is, byte for byte, the file the recorded ComfyUI wrote.
 """
 
 from __future__ import annotations
@@ -186,27 +186,27 @@ def _lenient(fn: Any, arg: Any) -> Any:
 def load_image(path: Path) -> tuple[Image, Mask]:
     """LoadImage: every frame of the first frame's size (a GIF is a batch), EXIF rotation applied; the mask is
     1 - alpha (of the first frame), or ComfyUI's 64x64 placeholder when the file has no alpha."""
-    img = _lenient(Pil.open, path)  # a file that is no image raises PIL.UnidentifiedImageError, as in ComfyUI
-    frames: list[Frame] = []
-    mask: Mask | None = None
-    sequence = [img] if img.format == "MPO" else ImageSequence.Iterator(img)
-    for page in sequence:
-        page = _lenient(ImageOps.exif_transpose, page)
-        if page.mode == "I":
-            page = page.point(lambda v: v * (1 / 255))
-        rgb = page.convert("RGB")
-        if frames and rgb.size != (frames[0].width, frames[0].height):
-            continue  # ComfyUI skips frames of another size
-        frames.append(Frame(rgb.width, rgb.height, rgb.tobytes()))
-        if mask is None:
-            if "A" in page.getbands():
-                alpha = page.getchannel("A")
-            elif page.mode == "P" and "transparency" in page.info:
-                alpha = page.convert("RGBA").getchannel("A")
-            else:
-                alpha = None
-            mask = Mask(64, 64, None) if alpha is None else \
-                Mask(alpha.width, alpha.height, alpha.point(lambda a: 255 - a).tobytes())
+    with _lenient(Pil.open, path) as img:  # no image: PIL.UnidentifiedImageError, as in ComfyUI
+        frames: list[Frame] = []
+        mask: Mask | None = None
+        sequence = [img] if img.format == "MPO" else ImageSequence.Iterator(img)
+        for page in sequence:
+            page = _lenient(ImageOps.exif_transpose, page)
+            if page.mode == "I":
+                page = page.point(lambda v: v * (1 / 255))
+            rgb = page.convert("RGB")
+            if frames and rgb.size != (frames[0].width, frames[0].height):
+                continue  # ComfyUI skips frames of another size
+            frames.append(Frame(rgb.width, rgb.height, rgb.tobytes()))
+            if mask is None:
+                if "A" in page.getbands():
+                    alpha = page.getchannel("A")
+                elif page.mode == "P" and "transparency" in page.info:
+                    alpha = page.convert("RGBA").getchannel("A")
+                else:
+                    alpha = None
+                mask = Mask(64, 64, None) if alpha is None else \
+                    Mask(alpha.width, alpha.height, alpha.point(lambda a: 255 - a).tobytes())
     assert mask is not None
     return Image(tuple(frames)), mask
 
