@@ -594,6 +594,18 @@ def test_output_kinds_gif_video_audio_and_a_big_file(sim):
     assert json.loads(webp.getexif()[0x0110].removeprefix("prompt:")) == wf  # EXIF Model holds the prompt
 
 
+def test_one_frame_webp_is_not_animated_and_identical_frames_merge(sim):
+    wf = {**empty_save("one", color=0x00FF00),
+          "2": {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["1", 0], "filename_prefix": "one", "fps": 6.0,
+                                                             "lossless": False, "quality": 80, "method": "default"}}}
+    assert wait_history(sim.url, queue(sim.url, wf))["outputs"]["2"] == \
+        {"images": [{"filename": "one_00001_.webp", "subfolder": "", "type": "output"}], "animated": [False]}
+    wf["1"]["inputs"]["batch_size"] = 3  # three identical frames: Pillow writes one, as in ComfyUI's own files
+    wf["2"]["inputs"]["filename_prefix"] = "same"
+    assert wait_history(sim.url, queue(sim.url, wf))["outputs"]["2"]["animated"] == [True]
+    assert Image.open(sim.root / "output" / "same_00001_.webp").n_frames == 1
+
+
 def test_load_scale_blur_save_on_real_pixels(sim):
     rows = [b"".join(bytes((x * 10, y * 20, 100)) for x in range(12)) for y in range(6)]
     buf = io.BytesIO()
