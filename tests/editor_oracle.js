@@ -242,6 +242,22 @@
     return out;
   }
 
+  // A Reroute between two nodes, then the three made a group node: what the editor sends for it, live and after
+  // the saved file is loaded again (autopod refuses such a file; this records why).
+  async function rerouteInGroup() {
+    await load(JSON.parse(await modelFree()));
+    const blur = app.graph.getNodeById(3), scale = app.graph.getNodeById(4);
+    const r = LiteGraph.createNode("Reroute");
+    r.pos = [450, 100];
+    app.graph.add(r);
+    blur.connect(0, r, 0);
+    r.connect(0, scale, 0);
+    await toGroupNode([blur, r, scale]);
+    const live = await read("group node", "a Reroute inside");
+    await load(JSON.parse(live.workflow));
+    return {live, reloaded: await read("group node", "a Reroute inside, reloaded")};
+  }
+
   async function templates(named) {
     const out = {};
     for (const [name, wf] of Object.entries(named)) {
@@ -255,5 +271,5 @@
     return out;
   }
 
-  window.autopodOracle = {load, read, modelFree, variations, templates, groupNodes, withPrimitive};
+  window.autopodOracle = {load, read, modelFree, variations, templates, groupNodes, withPrimitive, rerouteInGroup};
 })();

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from autopod.comfy.ledger import Ledger
-
 from autopod.sim.comfyui_standin import ComfyUIStandin
 
 RED, GREEN, BLUE = 0xFF0000, 0x00FF00, 0x0000FF
@@ -158,7 +157,7 @@ def test_three_axes_make_one_grid_per_z_value(comfy, cli, tmp_path):
     colours = [img.getpixel((b[0], b[1])) for b in by_top]
     assert colours == [RGB[RED]] * 2 + [RGB[GREEN]] * 2 + [RGB[RED]] * 2 + [RGB[GREEN]] * 2
     first, second = by_top[:4], by_top[4:]
-    ratio = lambda b: (b[2] - b[0] + 1) / (b[3] - b[1] + 1)  # noqa: E731
+    ratio = lambda b: (b[2] - b[0] + 1) / (b[3] - b[1] + 1)
     assert sorted(round(ratio(b)) for b in first) == [2, 2, 4, 4]  # 32x16 and 64x16
     assert sorted(round(ratio(b)) for b in second) == [1, 1, 2, 2]  # 32x32 and 64x32
     # a heading names each grid's Z value above it, in the band between the grids
@@ -187,11 +186,12 @@ def test_failed_prompt_is_a_grey_cell_with_its_error(comfy, cli, tmp_path):
     assert grey[0] > green[2] and dark(img, grey) > 100  # its error written in it
     html = Path(doc["page"]).read_text()
     assert "boom: out of memory" in html and "ok.json" in html and "bad.json" in html
+    assert "<b>2</b> prompts · <b>1</b> succeeded · <b>1</b> failed · wall time <b>" in html
 
 
 def test_missing_and_damaged_outputs_are_marked_never_a_traceback(comfy, cli, tmp_path):
     r = render(cli, tmp_path, canvas(), "--sweep", f"Canvas.color={RED},{GREEN},{BLUE}")
-    red, green, blue = (p["outputs"][0] for p in r.json["prompts"])
+    _, green, blue = (p["outputs"][0] for p in r.json["prompts"])
     Path(green).unlink()
     data = Path(blue).read_bytes()
     Path(blue).write_bytes(data[: len(data) // 2])  # truncated
@@ -258,9 +258,15 @@ def test_a_fleet_batch_names_the_pod_of_each_cell(comfy, cli, tmp_path, autopod_
                        (r.json["batch"],))
         for i, member in enumerate(("farm-1", "farm-2")):
             led.update(r.json["batch"], i, target_id=f"pod{i}", target_name=member)
+    for i, side in enumerate(sorted((tmp_path / "out" / "wf").glob("wf-*.json"))):  # what each member's run wrote
+        meta = json.loads(side.read_text())
+        meta["pod"].update(gpu=f"GPU {i}", cost_per_hr=0.69)
+        meta["cost_usd"] = 0.0125 * (i + 1)
+        side.write_text(json.dumps(meta))
     doc = cli("comfy.sheet", r.json["batch"], "--json").json
     html = Path(doc["page"]).read_text()
-    assert "farm-1" in html and "farm-2" in html
+    assert "<dt>pod</dt><dd>farm-1 (GPU 0)</dd>" in html and "<dt>pod</dt><dd>farm-2 (GPU 1)</dd>" in html
+    assert "<dd>$0.0125</dd>" in html and "<dd>$0.0250</dd>" in html and "cost <b>$0.0375</b>" in html
     img = Image.open(doc["sheet"]).convert("RGB")
     top, left = cell_of(img, boxes(img, RGB[RED])[0])
     # under the cell: the value label, then the pod's name
@@ -289,3 +295,90 @@ def test_watch_resume_and_fetch_make_the_sheet_when_the_batch_ends(comfy, cli, t
     assert sheet == tmp_path / "out" / batch / "contact.png" and str(sheet) in done.json["msg"]
     img = Image.open(sheet).convert("RGB")
     assert boxes(img, RGB[RED]) and boxes(img, RGB[GREEN])
+
+
+def test_long_values_are_shortened_on_the_sheet_and_whole_on_the_page(comfy, cli, tmp_path, monkeypatch):
+    long = "a castle on a hill at dusk, volumetric light, oil painting, highly detailed, by nobody in particular"
+    values = tmp_path / "prefixes.txt"
+    values.write_text(f"{long}\nshort\n")
+    r = render(cli, tmp_path, canvas(), "--sweep", f"2.filename_prefix=@{values}", "--no-sheet")
+    assert r.code == 0, r.err
+    opened = []
+    monkeypatch.setattr("webbrowser.open", lambda url, *a, **k: opened.append(url) or True)
+    doc = cli("comfy.sheet", r.json["batch"], "--open", "--json")
+    assert doc.code == 0, doc.err
+    assert opened == [Path(doc.json["page"]).as_uri()]
+    html = Path(doc.json["page"]).read_text()
+    assert f'<p class="label">Save Image.filename_prefix = {long}</p>' in html
+    # the sheet's label is the value's start (and then cut to the cell's width when drawn)
+    from autopod.comfy.sheet import find_axes
+
+    with Ledger.open() as led:
+        (axis,) = find_axes(led.prompts(r.json["batch"]))
+    assert axis.text(axis.values[0]) == "Save Image.filename_prefix = a castle on a hill at dusk, volumetri..."
+    assert axis.text(axis.values[0], short=False) == f"Save Image.filename_prefix = {long}"
+
+
+def test_a_sheet_that_cannot_be_written_is_one_line_exit_1(comfy, cli, tmp_path):
+    r = render(cli, tmp_path, canvas(), "--sweep", f"Canvas.color={RED},{GREEN}", "--no-sheet")
+    (tmp_path / "out" / r.json["batch"]).write_text("a file where the folder would go")
+    got = cli("comfy.sheet", r.json["batch"])
+    assert got.code == 1 and got.err.startswith("error: cannot make ") and "Traceback" not in got.err
+
+
+def test_axes_are_checked(comfy, cli, tmp_path):
+    r = render(cli, tmp_path, canvas(), "--sweep", f"Canvas.color={RED},{GREEN}", "--repeat", "2", "--no-sheet")
+    batch = r.json["batch"]
+    doc = cli("comfy.sheet", batch, "--json").json  # a fixed seed repeated: a repeat axis tells them apart
+    assert doc["axes"] == {"x": "Canvas.color", "y": "repeat", "z": []}
+    for axes, words in (("color,color", "named twice"), ("a,b,c,d", "at most three"), ("color,,repeat", "X[,Y[,Z]]"),
+                        ("seed", "vary: Canvas.color (1.color), repeat")):
+        got = cli("comfy.sheet", batch, "--axes", axes, "--json")
+        assert got.code == 2 and words in got.json["msg"], (axes, got.json["msg"])
+    assert cli("comfy.sheet", batch, "--axes", "repeat,Canvas.color", "--json").json["axes"]["x"] == "repeat"
+
+
+def test_first_frames_and_formats_from_files_on_disk(tmp_path):
+    """A batch recorded in the ledger with files of every kind, no server: animated WebP and GIF show their
+    first frame, a JPEG is read reduced, transparency lies on the cell's grey, other files are named."""
+    files = tmp_path / "files"
+    files.mkdir()
+    red, green = Image.new("RGB", (300, 200), RGB[RED]), Image.new("RGB", (300, 200), RGB[GREEN])
+    red.save(files / "anim.webp", save_all=True, append_images=[green], duration=100, lossless=True)
+    red.save(files / "anim.gif", save_all=True, append_images=[green], duration=100)
+    Image.new("RGB", (2048, 1024), RGB[BLUE]).save(files / "big.jpg", quality=95)
+    clear = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    clear.save(files / "clear.png")
+    (files / "notes.txt").write_text("not a picture")
+    names = ["anim.webp", "anim.gif", "big.jpg", "clear.png", "notes.txt"]
+    with Ledger.open() as led:
+        prompts = [{"workflow": "w.json", "workflow_hash": "h", "prompt_hash": f"p{i}", "overrides": {},
+                    "prompt": {"3": {"class_type": "KSampler", "inputs": {}}}, "seeds": {"3.seed": i}}
+                   for i in range(len(names))]
+        batch = led.new_batch("formats", target_id=None, target_name=None, output_dir=str(tmp_path / "out"),
+                              template="{filename}", options={}, prompts=prompts)
+        for i, name in enumerate(names):
+            led.update(batch.id, i, prompt_id=f"p-{i}", status="success")
+            led.add_output(f"p-{i}", "9", "images", {"filename": name}, str(files / name), 1, "x")
+        from autopod.comfy.sheet import make_sheet
+
+        doc = make_sheet(led, batch, thumb=128)
+    assert doc["axes"] == {"x": "KSampler.seed", "y": None, "z": []} and doc["marked"] == {"placeholder": 1}
+    img = Image.open(doc["sheet"]).convert("RGB")
+    assert len(boxes(img, RGB[RED])) == 2 and not boxes(img, RGB[GREEN])  # first frames only
+    blue = sum(1 for p in img.get_flattened_data() if p[2] > 240 and p[0] < 16 and p[1] < 16)  # JPEG: near blue
+    assert abs(blue - 128 * 64) < 128 * 64 * 0.05  # 2048x1024 at a longest side of 128
+    assert len([b for b in boxes(img, CELL_BG) if b[2] - b[0] >= 127 and b[3] - b[1] >= 127]) >= 1  # the clear one
+    assert "notes.txt" in Path(doc["page"]).read_text()
+
+
+def test_a_sheet_that_fails_never_fails_the_run(comfy, cli, tmp_path, monkeypatch):
+    from autopod.comfy import sheet
+
+    def broken(*a, **k):
+        raise ValueError("a bug in drawing")
+
+    monkeypatch.setattr(sheet.Drawer, "write", broken)
+    r = render(cli, tmp_path, canvas(), "--sweep", f"Canvas.color={RED},{GREEN}")
+    assert r.code == 0 and "sheet" not in r.json and r.json["counts"] == {"success": 2}
+    assert "no contact sheet for batch" in r.err and "internal error: ValueError: a bug in drawing" in r.err

@@ -349,6 +349,21 @@ def test_group_nodes_convert_as_the_live_editor(page, group_nodes, kind):
     assert wrong == [], f"{len(mine) - len(wrong)}/{len(mine)} {kind}s match the editor"
 
 
+def test_the_editor_loses_the_link_through_a_reroute_inside_a_group_node(page):
+    """What autopod's refusal of such a group node rests on: the editor's prompt, live and from the saved file,
+    leaves the input after the Reroute unset (ComfyUI then refuses the prompt), so autopod exits 2 instead."""
+    made = run_async(page.driver, "return await window.autopodOracle.rerouteInGroup();")
+    for key in ("live", "reloaded"):
+        assert "error" not in made[key], made[key]
+        prompt = json.loads(made[key]["output"])
+        scale = next(n for k, n in prompt.items() if n["class_type"] == "ImageScale" and ":" in k)
+        assert "image" not in scale["inputs"]
+        assert "image" in page.object_info["ImageScale"]["input"]["required"]
+    with pytest.raises(WorkflowError) as e:
+        to_api(parse_workflow(json.loads(made["live"]["workflow"])), page.object_info)
+    assert "Reroute" in str(e.value) and "subgraph" in str(e.value)
+
+
 # Last: after the editor saves a workflow under a name, loading another graph the oracle's way no longer works.
 def test_settings_and_a_workflow_saved_in_the_editor_are_kept(page):
     """What the editor writes (a setting, Save with a name typed into its dialog) lands in the pod's ComfyUI folder,

@@ -115,6 +115,19 @@ def test_a_reroute_inside_a_group_node_is_refused_naming_the_node(oi):
     assert msg.startswith("workflow: node 9 (workflow>Group 1): holds a Reroute"), msg
 
 
+def test_a_reroute_made_inside_a_group_node_in_the_editor_is_refused_where_the_editor_loses_its_link(oi):
+    """Made live (tests/test_editor_browser.py makes it again): a Reroute between ImageBlur and ImageScale, the three
+    made a group node. The editor's prompt, live and from the saved file, has ImageScale without its required
+    image, which ComfyUI refuses; autopod says why before anything is sent."""
+    rec = json.loads((RECORDING.parent / "live-group-node-reroute.json").read_text())
+    for prompt in (rec["output"], rec["reloaded_output"]):
+        assert prompt["10:2"]["class_type"] == "ImageScale" and "image" not in prompt["10:2"]["inputs"]
+    assert "image" in oi["ImageScale"]["input"]["required"]
+    msg = _error(rec["workflow"], oi)
+    assert msg.startswith("workflow: node 10 (workflow>RG): holds a Reroute (group node 'RG'), and the editor "
+                          "loses the links through it"), msg
+
+
 def test_a_primitive_inside_that_also_feeds_outside_is_refused(oi):
     v = _case("primitive: nodes 9,3,4")
     (group,) = v["workflow"]["extra"]["groupNodes"].values()

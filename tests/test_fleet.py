@@ -204,6 +204,8 @@ def test_a_batch_is_spread_and_every_prompt_runs_exactly_once(fleet_env, tmp_pat
                                                  abs=1e-6)
         assert side["timings"]["queued_s"] is None or side["timings"]["queued_s"] >= 0
     assert "[12/12, " in p.stderr and "flux-" in p.stderr  # the batch's count and each member's prompts
+    page = Path(report["sheet"]["page"]).read_text()  # the gallery names the member that made each cell
+    assert page.count("<dt>pod</dt><dd>flux-") == 12 and all(f"<dd>{m} (" in page for m in ran if ran[m])
     whole = run(env, "comfy.watch", report["batch"])
     assert whole.returncode == 2 and f"--resume {report['batch']} --fleet flux" in whole.stderr
     one = run(env, "comfy.fetch", ids[0], "--json")  # one prompt: fetched from the member that ran it
@@ -221,7 +223,7 @@ def test_a_batch_is_spread_and_every_prompt_runs_exactly_once(fleet_env, tmp_pat
     resumed = run(env, "comfy.run", "--resume", report["batch"], "--fleet", "flux", "--json", timeout=60)
     assert resumed.returncode == 0, resumed.stderr
     again = json.loads(resumed.stdout)
-    assert again["counts"] == {"success": 12}
+    assert again["counts"] == {"success": 12} and Path(again["sheet"]["sheet"]).is_file()
     assert again["prompts"][0]["prompt_id"] == lost["prompt_id"] and len(again["prompts"][0]["outputs"]) == 1
     assert {m: h - before[m] for m, h in _histories(env).items()} == ran  # nothing ran again
 

@@ -950,9 +950,10 @@ class Converter:
                 return None
         for n in nodes:
             t = n.get("type")
-            if t == REROUTE:  # the editor gives it a socket or widget of the group; not modelled here
-                raise _GroupRefused(f"holds a Reroute (group node '{name}'); autopod does not convert that kind of "
-                                    "group node: convert it to a subgraph in the editor and save again")
+            if t == REROUTE:  # seen live: the editor's prompt drops the links through it, which ComfyUI refuses
+                raise _GroupRefused(f"holds a Reroute (group node '{name}'), and the editor loses the links through "
+                                    "it, leaving the inputs after it unset: convert it to a subgraph in the editor "
+                                    "and save again")
             if isinstance(t, str) and (t.startswith("workflow>") or t in self.definitions):
                 raise _GroupRefused(f"holds a group node or subgraph node {t!r} (group node '{name}'), which the "
                                     "editor cannot queue")

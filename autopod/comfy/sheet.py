@@ -435,9 +435,8 @@ class Drawer:
             row_head = int(min(longest, 1.5 * thumb)) + 2 * pad
         col_head = self.fonts.line + pad if layout.y is not None else 0
         biggest = max((len(c) for _, c in layout.grids), default=1)
-        columns = min(WRAP_COLUMNS, max(1, math.ceil(math.sqrt(biggest))))
-        if layout.x is not None and layout.y is None:
-            columns = min(columns, len(layout.x.values)) if len(layout.x.values) <= WRAP_COLUMNS else columns
+        # A few cells side by side; more wrap into a grid about as wide as it is high.
+        columns = biggest if biggest <= 4 else min(WRAP_COLUMNS, math.ceil(math.sqrt(biggest)))
         self.g = _Geometry(thumb, pad, self.fonts, captions, row_head, col_head, columns)
         self.marked: dict[str, int] = {}
         self.ffmpeg = shutil.which("ffmpeg")
@@ -479,13 +478,13 @@ class Drawer:
         return max(g.pad + g.row_head + columns * g.step_x, 480)
 
     def write(self, path: Path) -> tuple[int, int]:
+        from concurrent.futures import ThreadPoolExecutor
+
         from PIL import Image, ImageDraw
 
         bands = self.bands()
         height = sum(h for h, _ in bands) + self.g.pad
         width = self.width
-        from concurrent.futures import ThreadPoolExecutor
-
         fd, tmp = tempfile.mkstemp(prefix=".contact-", suffix=".png.part", dir=path.parent)
         try:
             # Pillow lets go of the GIL while it decodes and resizes: a band's files are read by a few threads
@@ -708,7 +707,9 @@ th[scope=row]{text-align:right;max-width:20em}td{vertical-align:top;padding:4px}
 figure{margin:0;width:var(--thumb);font-size:12px}
 .media{display:flex;flex-wrap:wrap;gap:2px;background:#ececec;min-height:var(--thumb);align-items:center;
 justify-content:center}
-.media img,.media video{max-width:100%;max-height:var(--thumb);display:block}
+.media img,.media video{width:100%;max-height:var(--thumb);object-fit:contain;display:block}
+.media>*{flex:0 0 100%;min-width:0;box-sizing:border-box}.many>a:has(img),.many>video{flex:0 0 calc(50% - 1px)}
+.many img,.many video{max-height:calc(var(--thumb) / 2)}
 .media .file{padding:6px;word-break:break-all}
 .failed .media{background:#969696}.missing .media{background:#cdcdcd;outline:3px solid #c81e1e}
 .error{padding:6px;margin:0;word-break:break-word}
@@ -816,7 +817,7 @@ def _figure(c: Cell, layout: Layout, folder: Path, fleet: bool) -> str:
     label = ""
     if layout.y is None and layout.x is not None:
         label = f'<p class="label">{e(layout.x.text(c.coords[layout.x.key], short=False))}</p>'
-    facts = [(k, v) for k, v in c.params]
+    facts = [(k, v) for k, v in c.params] + [("workflow", c.row.workflow)]
     facts.append(("pod", (c.pod or "-") + (f" ({c.gpu})" if c.gpu else "")))
     facts.append(("time", _seconds(c.run_s)))
     facts.append(("cost", _money(c.cost)))
@@ -827,7 +828,8 @@ def _figure(c: Cell, layout: Layout, folder: Path, fleet: bool) -> str:
     dl = "".join(f"<dt>{e(k)}</dt><dd>{e(shorten(v, 120)) if len(v) > 120 else e(v)}</dd>" for k, v in facts)
     long_values = [(k, v) for k, v in c.params if len(v) > 120]
     more = "".join(f"<details><summary>{e(k)} (whole)</summary><p>{e(v)}</p></details>" for k, v in long_values)
-    return (f'<figure class="{status}"><div class="media">{"".join(media)}</div><figcaption>{label}'
+    many = " many" if len(c.outputs) > 1 else ""
+    return (f'<figure class="{status}"><div class="media{many}">{"".join(media)}</div><figcaption>{label}'
             f"<dl>{dl}</dl>{more}</figcaption></figure>")
 
 
@@ -877,7 +879,10 @@ def make_sheet(led: Ledger, batch: BatchRow, rows: list[PromptRow] | None = None
     layout = arrange(cells, chosen)
     fleet = (batch.target_id or "").startswith("fleet:") or len({r.target_id for r in rows if r.target_id}) > 1
     folder = folder_for(batch)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AutopodError(f"cannot make {folder} for the contact sheet: {e.strerror or e}") from None
     recorded = {str(o.path.resolve()) for c in cells for o in c.outputs}
     sheet_path = folder / SHEET
     if str(sheet_path.resolve()) in recorded:  # an output of the batch already has that name: keep it
@@ -887,17 +892,20 @@ def make_sheet(led: Ledger, batch: BatchRow, rows: list[PromptRow] | None = None
                                                                      else "") + f" ({batch.name})")
     drawer = Drawer(layout, cells, thumb, fleet=fleet, title=title)
     t0 = time.monotonic()
-    size = drawer.write(sheet_path)
     page_path = folder / PAGE
-    text = page(batch, layout, cells, folder, sheet_path.name, thumb=thumb, fleet=fleet)
-    fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".html.part", dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, page_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        size = drawer.write(sheet_path)
+        text = page(batch, layout, cells, folder, sheet_path.name, thumb=thumb, fleet=fleet)
+        fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".html.part", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, page_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:  # a full disk, a folder made read-only: said in one line, nothing half-written left
+        raise AutopodError(f"cannot write the contact sheet and page in {folder}: {e.strerror or e}") from None
     names = {"x": layout.x.label if layout.x else None, "y": layout.y.label if layout.y else None,
              "z": [a.label for a in layout.z]}
     marked = ", ".join(f"{n} {k}" for k, n in sorted(drawer.marked.items()))
@@ -928,10 +936,11 @@ def refresh(batch_id: str, *, note: Callable[[str], None] | None = None) -> dict
 
     try:
         got = sheet(batch_id)
-    except (AutopodError, OSError) as e:
+    except Exception as e:  # the batch's outputs are saved whatever happens here; Ctrl-C still stops it
         logging.getLogger(__name__).debug("no contact sheet", exc_info=True)
         if note is not None:
-            note(f"no contact sheet for batch {batch_id}: {e}")
+            why = str(e) if isinstance(e, (AutopodError, OSError)) else f"internal error: {type(e).__name__}: {e}"
+            note(f"no contact sheet for batch {batch_id}: {why}")
         return None
     return got if got.get("changed") else None
 

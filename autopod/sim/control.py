@@ -108,7 +108,7 @@ def load_world_file(path: str) -> dict[str, Any]:
 def fault_settings(*, latency: float | None = None, fail_every: int | None = None, hang_every: int | None = None,
                    never_ready: bool | None = None, boot_seconds: float | None = None,
                    reject_key: bool | None = None, graphql_retired: bool | None = None,
-                   graphql_retired_status: str | None = None) -> dict[str, Any]:
+                   graphql_retired_status: str | None = None, cold_start: float | None = None) -> dict[str, Any]:
     """The stand-in's fault settings from sim.start's flags (None: leave as is)."""
     s: dict[str, Any] = {}
     if latency is not None:
@@ -138,7 +138,15 @@ def fault_settings(*, latency: float | None = None, fail_every: int | None = Non
         s["graphql_retired"], s["graphql_retired_status"] = True, int(graphql_retired_status)
     if boot_seconds is not None:
         s["boot_seconds"] = boot_seconds
+    if cold_start is not None:
+        s["sls_cold_start_s"] = cold_start
     return s
+
+
+def endpoint_base_url(base_url: str) -> str:
+    """The Serverless job API on the simulator: the value for ``RUNPOD_ENDPOINT_BASE_URL`` (RunPod's SDK and
+    autopod read it), ``<url>/v2/{endpoint_id}/run`` and the rest on the same server."""
+    return base_url.rstrip("/") + "/v2"
 
 
 def simulator_status() -> dict[str, Any]:
@@ -146,7 +154,8 @@ def simulator_status() -> dict[str, Any]:
     data = _state().read()
     if not data.get("base_url"):
         return {"running": False}
-    doc: dict[str, Any] = {"running": False, "url": data["base_url"], "pid": data.get("pid")}
+    doc: dict[str, Any] = {"running": False, "url": data["base_url"], "pid": data.get("pid"),
+                           "endpoint_base_url": endpoint_base_url(data["base_url"])}
     if not _ours(int(data.get("pid") or 0)):
         doc["problem"] = "the simulator process is gone (run sim.stop, then sim.start)"
         return doc
@@ -166,7 +175,10 @@ def simulator_status() -> dict[str, Any]:
                pods=[{"id": pid, "name": p.get("name"), "status": p.get("desiredStatus")}
                      for pid, p in (world.get("pods") or {}).items()],
                volumes=[{"id": vid, "name": v.get("name"), "size_gb": v.get("size"), "datacenter": v.get("dataCenterId")}
-                        for vid, v in (world.get("network_volumes") or {}).items()])
+                        for vid, v in (world.get("network_volumes") or {}).items()],
+               endpoints=[{"id": eid, "name": e.get("name"), "workers_min": (e.get("workers") or {}).get("min"),
+                           "workers_max": (e.get("workers") or {}).get("max")}
+                          for eid, e in (world.get("endpoints") or {}).items()])
     return doc
 
 
@@ -289,7 +301,8 @@ def _start_locked(world_file: str | None, settings: dict[str, Any], comfy_ready_
     with _state().update() as d:
         d.update(base_url=info["url"], api_key=api_key, pid=proc.pid, ssh_user=getpass.getuser(),
                  started_at=time.time(), root=str(root), hub=info.get("hub"))
-    return Outcome(True, f"simulator running at {info['url']}; autopod uses it until `autopod sim.stop`",
+    return Outcome(True, f"simulator running at {info['url']}; autopod uses it until `autopod sim.stop`; "
+                         f"Serverless jobs at RUNPOD_ENDPOINT_BASE_URL={endpoint_base_url(info['url'])}",
                    key="simulator", data=simulator_status())
 
 

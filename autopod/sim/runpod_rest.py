@@ -16,7 +16,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from .runpod_facts import NO_CAPACITY, ApiError, _stock_status
+from .runpod_facts import NO_CAPACITY, ApiError, _stock_status, pool_of, serverless_price
 
 CREATE_KEYS = {"name", "image", "templateId", "args", "disk", "ports", "env", "registry", "cloud", "dataCenterIds",
                "gpu", "cpu", "mounts", "startSsh", "startJupyter", "globalNetworking"}
@@ -88,6 +88,8 @@ def _route(api: Any, world: Any, method: str, parts: list[str], q: dict[str, str
         if len(parts) == 2 and method == "DELETE":
             api.deleteNetworkVolume(None, {"id": vid})
             return 204, None
+    if head == "serverless":
+        return api.serverless.rest(method, parts[1:], q, body)
     if head == "catalog" and len(parts) >= 2 and method == "GET":
         if parts[1] == "gpus":
             return 200, gpu_catalog(api, world, q, parts[2] if len(parts) > 2 else None)
@@ -276,7 +278,10 @@ def gpu_catalog(api: Any, world: Any, q: dict[str, str], one: str | None) -> Any
             continue
         item = {"id": gid, "displayName": g.get("displayName"), "memoryInGb": g.get("memoryInGb"),
                 "maxGpuCount": g.get("maxGpuCount"), "securePrice": g.get("securePrice"),
-                "communityPrice": g.get("communityPrice"), "pool": "AMPERE_48", "cudaVersions": ["12.4", "12.8"]}
+                "communityPrice": g.get("communityPrice"), "pool": pool_of(gid, g),
+                "price": {"secure": g.get("securePrice"), "community": g.get("communityPrice"),
+                          "serverless": serverless_price(gid, g)},
+                "cudaVersions": ["12.4", "12.8"]}
         if include:
             dcs = []
             for dc_id, dc in world.data_centers.items():

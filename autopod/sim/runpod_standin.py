@@ -13,6 +13,10 @@ Besides ``POST /graphql`` it serves a small control API under ``/_sim/``
 ``GET /_sim/requests`` (counts of executed operations) and
 ``DELETE /_sim/requests`` (reset them).
 
+RunPod Serverless lives in the same world (``autopod.sim.serverless``): endpoints on REST v2
+(``/v2/serverless``) and their job API under ``/v2/{endpoint_id}/`` (``RUNPOD_ENDPOINT_BASE_URL=<url>/v2``),
+with its hooks under ``/_sim/serverless``.
+
 Run it on its own with
 ``python -m autopod.sim.runpod_standin --port 0 --world FILE.json --api-key K``:
 it prints one line ``{"url": ...}`` once it listens and serves until SIGTERM.
@@ -50,6 +54,10 @@ from .runpod_facts import (  # noqa: F401 (tests and the REST routes name them f
     _stock_status,
 )
 from graphql.language import OperationDefinitionNode
+
+from .runpod_facts import POOLS, PRICE_PER_S
+from .serverless import JOB_OPS, Serverless
+from .serverless import SETTINGS as SERVERLESS_SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -311,9 +319,11 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "reject_key": False,      # answer 401 to every GraphQL request
     "graphql_retired": False,  # answer GraphQL as retired, as after RunPod retires it (REST v2 still works)
     "graphql_retired_status": 410,  # ... with 410 Gone, a 404 page, or a 200 whose GraphQL errors say so
+    **SERVERLESS_SETTINGS,    # endpoints: cold starts, retention, time scale, payload limits (sim.serverless)
 }
 GRAPHQL_RETIRED_STATUSES = (410, 404, 200)
-REST_ID_RE = re.compile(r"/v2/(pods|network-volumes)/[^/]+")  # request counts name routes, not ids
+REST_ID_RE = re.compile(r"/v2/(pods|network-volumes|serverless)/[^/]+")  # request counts name routes, not ids
+REST_HEADS = {"pods", "network-volumes", "catalog", "serverless", "templates", "billing"}  # else /v2/{endpoint}/...
 GRAPHQL_RETIRED = ("The GraphQL API has been retired. Use the REST API v2 at https://api.runpod.io/v2 "
                    "(https://docs.runpod.io/api-reference).")
 
@@ -370,6 +380,7 @@ def default_world(seed: int = 1) -> dict[str, Any]:
             "maxGpuCount": maxc, "securePrice": secure, "communityPrice": community,
             "secureSpotPrice": round(secure * 0.5, 2),
             "communitySpotPrice": None if community is None else round(community * 0.5, 2),
+            "pool": POOLS[gid], "serverlessPrice": round(PRICE_PER_S[POOLS[gid]] * 3600, 4),
         }
     data_centers = {
         dc: {"name": dc, "location": loc, "secureCloud": secure, "stock": dict(stock)}
@@ -383,6 +394,7 @@ def default_world(seed: int = 1) -> dict[str, Any]:
         "data_centers": data_centers,
         "network_volumes": {},
         "pods": {},
+        "endpoints": {},
         "counters": {"ids": 0, "fault_clock": 0},
     }
     w = World(world)
@@ -412,7 +424,7 @@ class World:
     def __init__(self, data: dict[str, Any] | None = None):
         base = default_world() if data is None else data
         for key, value in (("settings", {}), ("user", {}), ("gpu_types", {}), ("data_centers", {}),
-                           ("network_volumes", {}), ("pods", {}), ("counters", {})):
+                           ("network_volumes", {}), ("pods", {}), ("endpoints", {}), ("counters", {})):
             base.setdefault(key, value)
         base.setdefault("seed", 1)
         base["settings"] = {**DEFAULT_SETTINGS, **base["settings"]}
@@ -475,7 +487,7 @@ class World:
 
 
 def _new_request_log() -> dict[str, Any]:
-    return {"total": 0, "by_operation": {}, "by_field": {}, "rest": {},
+    return {"total": 0, "by_operation": {}, "by_field": {}, "rest": {}, "jobs": {},
             "faults": {"fail": 0, "hang": 0, "unauthorized": 0, "retired": 0}}
 
 
@@ -1075,6 +1087,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(404, {"error": "not found"})
         if not self._authorized():
             return self._json(401, {"error": "Unauthorized"})
+        if path.startswith("/_sim/serverless"):
+            return self._sls_control("GET")
         world = self.standin.world
         if path == "/_sim/world":
             return self._json(200, world.to_dict())
@@ -1109,6 +1123,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._graphql()
         if path.startswith("/v2/"):
             return self._rest("POST")
+        if path.startswith("/_sim/serverless"):
+            if not self._authorized():
+                return self._json(401, {"error": "Unauthorized"})
+            return self._sls_control("POST")
         return self._json(404, {"error": "not found"})
 
     def do_PATCH(self) -> None:  # noqa: N802
@@ -1120,12 +1138,55 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps({"title": title, "status": status, "detail": detail}).encode(),
                    "application/problem+json")
 
+    def _sls_control(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        rest = [p for p in parts.path.split("/")[3:] if p]
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        try:
+            body = json.loads(self._body() or b"null")
+        except ValueError:
+            return self._json(400, {"error": "the body is not JSON"})
+        status, doc = self.standin.serverless.control(method, rest, query, body)
+        return self._json(status, doc)
+
+    def _jobs(self, method: str, endpoint_id: str, op: str, rest: list[str]) -> None:
+        """The Serverless job API, ``/v2/{endpoint_id}/{op}[/{job}]`` (``serverless``)."""
+        world = self.standin.world
+        parts = urlsplit(self.path)
+        raw = self._body()
+        with world.lock:
+            world.requests["total"] += 1
+            key = f"{method} /v2/{{endpoint}}/{op}"
+            world.requests["jobs"][key] = world.requests["jobs"].get(key, 0) + 1
+            reject = bool(world.settings.get("reject_key"))
+        bare = (self.headers.get("Authorization") or "").strip()  # RunPod's job API also takes the key alone
+        if reject or not (self._authorized() or hmac.compare_digest(bare.encode(), self.standin.api_key.encode())):
+            return self._json(401, {"error": "Unauthorized"})
+        status, doc, headers, drop = self.standin.serverless.handle(method, endpoint_id, op, rest, parts.query, raw)
+        if drop:  # the job exists, the answer never comes: the connection just closes
+            self.close_connection = True
+            return None
+        body = json.dumps(doc).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass
+
     def _rest(self, method: str) -> None:
         """REST v2 (``runpod_rest``): the same world, key and faults as GraphQL."""
         from . import runpod_rest  # noqa: PLC0415
 
         standin, world = self.standin, self.standin.world
         parts = urlsplit(self.path)
+        segs = [p for p in parts.path.split("/") if p]
+        if len(segs) >= 3 and segs[1] not in REST_HEADS and segs[2] in JOB_OPS:
+            return self._jobs(method, segs[1], segs[2], segs[3:])
         raw = self._body()
         with world.lock:
             world.requests["total"] += 1
@@ -1223,7 +1284,7 @@ class RunPodStandin:
     without one, pods get real loopback TCP listeners that ``stop()`` closes."""
 
     def __init__(self, world: dict | None = None, *, api_key: str = "sim-key", host: str = "127.0.0.1",
-                 port: int = 0, backend: PodBackend | None = None):
+                 port: int = 0, backend: PodBackend | None = None, root: "str | os.PathLike[str] | None" = None):
         self.world = World(copy.deepcopy(world) if world is not None else None)
         self.api_key = api_key
         self.host = host
@@ -1231,6 +1292,11 @@ class RunPodStandin:
         self._own_backend = backend is None
         self.backend: PodBackend = backend if backend is not None else LocalTcpBackend()
         self.api = _Api(self.world, self.backend)
+        # Endpoints' workers keep their files under root (a temporary folder without one) and see a network
+        # volume where the pods' backend keeps it.
+        self.serverless = Serverless(self.world, root=root, volume_dir=getattr(self.backend, "volume_dir", None),
+                                     base_url=lambda: self.url)
+        self.api.serverless = self.serverless
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -1279,6 +1345,7 @@ class RunPodStandin:
         self._thread.start()
         self._ticker = threading.Thread(target=self._tick, name="runpod-standin-timers", daemon=True)
         self._ticker.start()
+        self.serverless.start()
         log.info("RunPod stand-in listening on %s", self.url)
         return self
 
@@ -1293,6 +1360,7 @@ class RunPodStandin:
 
     def stop(self) -> None:
         self._stopping.set()  # wakes requests sleeping for latency or a hang
+        self.serverless.close()  # wakes /runsync and /stream waits, ends every worker
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

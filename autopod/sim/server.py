@@ -46,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     hub = ModelHub(Path(args.root) / "hub").start()  # Hugging Face and Civitai, as the pods reach them
     backend.hub_endpoints = hub.endpoints
     api_key = os.environ.get("AUTOPOD_SIM_API_KEY") or "sim-key"
-    standin = RunPodStandin(world, api_key=api_key, port=args.port, backend=backend).start()
+    standin = RunPodStandin(world, api_key=api_key, port=args.port, backend=backend,
+                            root=Path(args.root)).start()
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: done.set())
-    print(json.dumps({"url": standin.url, "pid": os.getpid(), "hub": hub.endpoints}), flush=True)
+    print(json.dumps({"url": standin.url, "pid": os.getpid(), "hub": hub.endpoints,
+                      "endpoint_base_url": f"{standin.url}/v2"}), flush=True)
     while not done.wait(1.0):
         pass
     standin.stop()

@@ -17,6 +17,8 @@ from ._base import command, exit_quietly
     "graphql_retired_status": "how a retired GraphQL answers: 410 (Gone), 404 (no such page) or 200 (a GraphQL "
                               "error saying so); implies --graphql-retired",
     "boot_seconds": "seconds after a (re)start before a pod reports its ports",
+    "cold_start": "seconds a new Serverless worker initializes before it takes a job (default 2; 0 turns cold "
+                  "starts off)",
     "comfy_ready_after": "seconds after a pod starts before its ComfyUI answers (default 3)",
     "comfy_command": "command that starts a pod's ComfyUI instead of the stand-in; {port} and {host} are filled in",
     "ssh_server": "auto (OpenSSH's sshd where installed), openssh, or python (needs autopod[sim-ssh])",
@@ -26,7 +28,7 @@ from ._base import command, exit_quietly
 })
 def start(c, world=None, latency=None, fail_every=None, hang_every=None, never_ready=False, reject_key=False,
           graphql_retired=False, graphql_retired_status=None, boot_seconds=None, comfy_ready_after=None,
-          comfy_command=None, ssh_server="auto", comfy_ws_drop=None, json=False):
+          comfy_command=None, ssh_server="auto", comfy_ws_drop=None, cold_start=None, json=False):
     """Start the offline simulator; every later command uses it until sim.stop. On a running one, apply the fault flags."""
     from ..core.output import emit_outcome, table
     from ..sim.control import fault_settings, start_simulator
@@ -38,7 +40,8 @@ def start(c, world=None, latency=None, fail_every=None, hang_every=None, never_r
                               reject_key=True if reject_key else None,
                               graphql_retired=True if graphql_retired else None,
                               graphql_retired_status=graphql_retired_status,
-                              boot_seconds=number(boot_seconds, "--boot-seconds", minimum=0, maximum=86400))
+                              boot_seconds=number(boot_seconds, "--boot-seconds", minimum=0, maximum=86400),
+                              cold_start=number(cold_start, "--cold-start", minimum=0, maximum=3600))
     ready_after = number(comfy_ready_after, "--comfy-ready-after", minimum=0, maximum=86400)
     ws_drop = number(comfy_ws_drop, "--comfy-ws-drop", int, minimum=0, maximum=1_000_000)
     outcome = start_simulator(world_file=world, settings=settings,
@@ -71,9 +74,13 @@ def status(c, json=False):
         dump_json(st)
     elif st.get("running"):
         print(f"running at {st['url']} (pid {st['pid']})")
+        print(f"Serverless job API: RUNPOD_ENDPOINT_BASE_URL={st['endpoint_base_url']}")
         print(f"faults: {st.get('faults') or 'none'}")
         if st.get("pods"):
             print("\n" + table(st["pods"], [("name", "POD"), ("id", "ID"), ("status", "STATUS")]))
+        if st.get("endpoints"):
+            print("\n" + table(st["endpoints"], [("name", "ENDPOINT"), ("id", "ID"), ("workers_min", "MIN"),
+                                                  ("workers_max", "MAX")]))
         print("\n" + table(st["volumes"], [("id", "VOLUME"), ("name", "NAME"), ("size_gb", "SIZE GB"),
                                            ("datacenter", "DATACENTER")]))
     else:

@@ -127,6 +127,8 @@ class Engine:
         self.node_info = node_info
         self.nodes = nodes
         self._send = send
+        self.taps: list[Send] = []  # also hear every event (a worker-comfyui handler follows its prompt so)
+        self.disable_metadata = False  # ComfyUI's --disable-metadata: save nodes get no prompt or workflow
         self._lock = threading.RLock()
         self._cv = threading.Condition(self._lock)
         self._emit_lock = threading.RLock()  # one ordered stream of events, whichever thread sends
@@ -204,6 +206,8 @@ class Engine:
     def _emit(self, event: str, data: Any, sid: str | None) -> None:
         with self._emit_lock:
             self._send(event, data, sid)
+            for tap in self.taps:
+                tap(event, data, sid)
 
     def queue_updated(self) -> None:
         with self._emit_lock:
@@ -505,9 +509,9 @@ class _Run:
         for name, kind in (declared.get("hidden") or {}).items():
             kind = kind[0] if isinstance(kind, list) else kind
             if kind == "PROMPT":
-                data[name] = self.prompt
+                data[name] = None if self.e.disable_metadata else self.prompt
             elif kind == "EXTRA_PNGINFO":
-                data[name] = self.extra.get("extra_pnginfo")
+                data[name] = None if self.e.disable_metadata else self.extra.get("extra_pnginfo")
             elif kind == "UNIQUE_ID":
                 data[name] = node_id
         return data
