@@ -54,7 +54,7 @@ def test_a_workflow_renders_to_disk_with_a_sidecar(tunneled, cli, tmp_path, auto
     assert p["status"] == "success" and doc["counts"] == {"success": 1}
     (path,) = p["outputs"]
     assert path.startswith(str(tmp_path / "out" / "red")) and Path(path).name == "2_red_00001_.png"
-    png = im.read_png(Path(path).read_bytes())
+    png = im.decode(Path(path).read_bytes())
     assert (png.width, png.height) == (32, 8)
     (side,) = (tmp_path / "out" / "red").glob("red-0000-*.json")
     meta = json.loads(side.read_text())
@@ -157,7 +157,7 @@ def test_inputs_are_uploaded_once(tunneled, cli, tmp_path):
 
     cat = tmp_path / "cat.png"
     buf = io.BytesIO()
-    im.write_png(buf, 4, 4, im.solid(4, 4, 0x00FF00).rows())
+    im.save_png(buf, im.solid(4, 4, 0x00FF00))
     cat.write_bytes(buf.getvalue())
     wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
           "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},

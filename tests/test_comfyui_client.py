@@ -245,7 +245,7 @@ def test_an_upload_names_the_file_as_requests_did(standin, tmp_path):
 
     src = tmp_path / "src.png"
     with src.open("wb") as f:
-        im.write_png(f, 2, 2, im.solid(2, 2, 0x112233).rows())
+        im.save_png(f, im.solid(2, 2, 0x112233))
     with ComfyUIClient(standin.url) as c:
         got = c.upload_image(src, name="café 1.png", subfolder="sub")
     assert got == {"name": "café 1.png", "subfolder": "sub", "type": "input"}

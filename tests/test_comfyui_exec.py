@@ -7,6 +7,7 @@ ids, timestamps and tracebacks differ.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -18,16 +19,17 @@ import requests
 from comfy_fixtures import (WS, empty_save, post_prompt, queue, recorded, recorded_ws, shape, sim,  # noqa: F401
                             sleep_save, standin, wait_history, wait_until)
 
+from PIL import Image
+
 from autopod.sim.comfyui import images as im
 from autopod.sim.comfyui_standin import ComfyUIStandin
 
 def png_bytes(w: int, h: int, color: int = 0x102030, *, alpha: int | None = None) -> bytes:
     buf = io.BytesIO()
     if alpha is None:
-        im.write_png(buf, w, h, im.solid(w, h, color).rows())
+        im.save_png(buf, im.solid(w, h, color))
     else:
-        row = (bytes(im.solid(1, 1, color).color) + bytes([alpha])) * w
-        im.write_png(buf, w, h, [row] * h, alpha=True)
+        Image.new("RGBA", (w, h), im.solid(1, 1, color).color + (alpha,)).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -83,9 +85,10 @@ def test_a_run_sends_the_recorded_events_and_writes_the_recorded_png(standin):
     assert {k: v.headers[k] for k in ("Content-Type", "Content-Disposition")} == \
         without(rec_view["headers"], "Content-Length")
     assert int(v.headers["Content-Length"]) == len(v.content)
-    png = im.read_png(v.content)
+    png = im.decode(v.content)
     assert [png.width, png.height] == rec_view["png_size_wh"] and png.rgb == bytes(64 * 64 * 3)
     assert png.text == rec_view["png_text_chunks"]  # the prompt, as json.dumps wrote it
+    assert hashlib.sha256(v.content).hexdigest() == rec_view["body"]["sha256"]  # the real file, byte for byte
 
 
 def test_a_resubmit_is_fully_cached_and_resends_the_old_file(standin):
@@ -134,7 +137,7 @@ def test_file_names_counters_subfolders_and_batches(sim):
     images = wait_history(sim.url, pid)["outputs"]["2"]["images"]
     assert images == [{"filename": f"pic_{i}_{i + 1:05}_.png", "subfolder": "sub/dir", "type": "output"}
                       for i in range(3)]
-    png = im.read_png(view(sim.url, "pic_2_00003_.png", subfolder="sub/dir").content)
+    png = im.decode(view(sim.url, "pic_2_00003_.png", subfolder="sub/dir").content)
     assert (png.width, png.height, png.rgb[:3]) == (8, 4, b"\xff\x00\x00")
     (sim.root / "output" / "n_00041_.png").write_bytes(b"")  # the counter continues from what is on disk
     pid = queue(sim.url, empty_save("n", color=1))
@@ -240,7 +243,7 @@ def test_front_jumps_the_queue_and_sensitive_extra_data_stays_hidden(sim):
     entries = [wait_history(sim.url, p) for p in (blocker, first, later)]
     assert list(requests.get(sim.url + "/history", timeout=5).json()) == [blocker, first, later]
     assert entries[1]["prompt"][3] == {"extra_pnginfo": {"workflow": {"n": 1}}}
-    png = im.read_png(view(sim.url, "first_00001_.png").content)
+    png = im.decode(view(sim.url, "first_00001_.png").content)
     assert json.loads(png.text["workflow"]) == {"n": 1}
 
 
@@ -266,7 +269,7 @@ def test_a_corrupt_input_is_the_recorded_execution_error(standin):
     assert history_shape(entry) == history_shape(next(iter(recorded("history_one_execution_error")["body"].values())))
 
 
-def test_fail_node_and_an_unreadable_png(sim):
+def test_fail_node(sim):
     wf = {**empty_save(), "3": {"class_type": "AutopodFail", "inputs": {"image": ["1", 0], "message": "boom"}},
           "2": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "never"}}}
     entry = wait_history(sim.url, queue(sim.url, wf))
@@ -275,17 +278,38 @@ def test_fail_node_and_an_unreadable_png(sim):
         ("execution_error", "RuntimeError", "boom\n", "3", ["1"])
     assert data["current_inputs"] == {"image": ["IMAGE(batch=1, width=64, height=64)"], "message": ["boom"]}
     assert (entry["status"]["status_str"], entry["status"]["completed"], entry["outputs"]) == ("error", False, {})
-    from PIL import Image
 
-    for name, fmt in (("gray.png", "PNG"), ("photo.jpg", "JPEG")):
+
+def test_load_image_reads_what_pillow_reads_as_comfyui_does(sim):
+    """Grey PNG, JPEG, an EXIF-rotated JPEG, a GIF (every frame a batch item), a truncated PNG (read anyway)."""
+    def save(img, fmt, **kw):
         buf = io.BytesIO()
-        Image.new("L", (4, 4)).save(buf, fmt)  # real images ComfyUI reads and the stand-in does not
-        upload(sim.url, name, buf.getvalue())
+        img.save(buf, fmt, **kw)
+        return buf.getvalue()
+
+    rotated = Image.new("RGB", (6, 2), (200, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    noisy = Image.effect_noise((64, 64), 80).convert("RGB")
+    whole = save(noisy, "PNG")
+    gif = save(Image.new("RGB", (5, 3), (255, 0, 0)), "GIF", save_all=True,
+               append_images=[Image.new("RGB", (5, 3), (0, 0, 255))])
+    files = {"gray.png": (save(Image.new("L", (4, 4), 90), "PNG"), (4, 4, 1), (90, 90, 90)),
+             "photo.jpg": (save(Image.new("RGB", (8, 8), (0, 255, 0)), "JPEG", quality=95), (8, 8, 1), None),
+             "turned.jpg": (save(rotated, "JPEG", exif=exif), (2, 6, 1), None),
+             "two.gif": (gif, (5, 3, 2), (255, 0, 0)),
+             "cut.png": (whole[:len(whole) * 2 // 3], (64, 64, 1), None)}
+    for name, (data, (w, h, n), first) in files.items():
+        upload(sim.url, name, data)
         wf = {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
-              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
-        data = wait_history(sim.url, queue(sim.url, wf))["status"]["messages"][-1][1]
-        assert data["exception_type"] == "autopod.sim.comfyui.images.UnsupportedImage"
-        assert "8-bit RGB or RGBA" in data["exception_message"]
+              "2": {"class_type": "AutopodFail", "inputs": {"image": ["1", 0], "message": "show"}},
+              "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}}
+        err = wait_history(sim.url, queue(sim.url, wf))["status"]["messages"][-1][1]
+        assert err["current_inputs"]["image"] == [f"IMAGE(batch={n}, width={w}, height={h})"], name
+        if first:
+            wf = {"1": wf["1"], "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": name}}}
+            out = wait_history(sim.url, queue(sim.url, wf))["outputs"]["2"]["images"][0]["filename"]
+            assert Image.open(sim.root / "output" / out).getpixel((0, 0)) == first, name
 
 
 def test_targeted_interrupt_stops_at_the_next_step(sim):
@@ -430,8 +454,8 @@ def test_uploads_like_comfyui(standin):
     r = requests.post(standin.url + "/upload/mask", files={"image": ("ref_mask.png", mask, "image/png")},
                       data=rec["request"]["multipart"]["fields"], timeout=5)
     assert r.json() == rec["body"]
-    masked = im.read_png((standin.root / "input" / "ref_mask.png").read_bytes())
-    assert masked.rgb == im.read_png(first).rgb and set(masked.alpha) == {77}
+    masked = im.decode((standin.root / "input" / "ref_mask.png").read_bytes())
+    assert masked.rgb == im.decode(first).rgb and set(masked.alpha) == {77}
     got = requests.get(standin.url + "/object_info/LoadImage", timeout=5).json()
     assert got == recorded("object_info_LoadImage_after_upload")["body"]  # the input folder's images, sorted
     v = view(standin.url, "ref_upload.png", "input")
@@ -460,8 +484,22 @@ def test_view_errors_ranges_and_channels(standin):
         str(len(full))
     alpha = view(standin.url, "ref_00001_.png", channel="a")
     assert alpha.headers["Content-Type"] == recorded("view_channel_a")["headers"]["Content-Type"]
-    png = im.read_png(alpha.content)
+    png = im.decode(alpha.content)
     assert set(png.alpha) == {255} and set(png.rgb) == {0}
+    for name, r in (("view_channel_a", alpha), ("view_preview_webp", requests.get(
+            standin.url + "/view", params=recorded("view_preview_webp")["request"]["query"], timeout=5))):
+        rec = recorded(name)  # what the real ComfyUI sent for the same file, byte for byte
+        assert (r.headers["Content-Type"], hashlib.sha256(r.content).hexdigest()) == \
+            (rec["headers"]["Content-Type"], rec["body"]["sha256"])
+    rgb = view(standin.url, "ref_00001_.png", channel="rgb")
+    assert rgb.headers["Content-Type"] == "image/png" and im.decode(rgb.content).alpha is None
+    jpeg = view(standin.url, "ref_00001_.png", preview="jpeg;80")
+    assert jpeg.headers["Content-Type"] == "image/jpeg" and im.decode(jpeg.content).format == "JPEG"
+    forced = view(standin.url, "ref_00001_.png", preview="jpeg;80", channel="a")
+    assert forced.headers["Content-Type"] == "image/webp"  # an alpha channel cannot go to JPEG
+    (standin.root / "output" / "notes.png").write_bytes(b"not an image")
+    assert view(standin.url, "notes.png", channel="rgb").status_code == 500  # ComfyUI's /view raises in Pillow
+    assert view(standin.url, "notes.png").content == b"not an image"  # served as it is without a channel
 
 
 # -- the stand-in's own nodes --------------------------------------------------------------------
@@ -494,10 +532,11 @@ def test_sleep_sends_progress_step_by_step(sim):
 def test_output_kinds_gif_video_audio_and_a_big_file(sim):
     import wave
 
-    from PIL import Image
-
-    frames = {"1": {"class_type": "EmptyImage", "inputs": {"width": 24, "height": 16, "batch_size": 3,
-                                                           "color": 0x00FF00}}}
+    buf = io.BytesIO()  # three different frames: Pillow (and so ComfyUI) merges identical ones into one
+    first, *rest = (Image.new("RGB", (24, 16), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255)))
+    first.save(buf, "GIF", save_all=True, append_images=rest)
+    upload(sim.url, "rgb.gif", buf.getvalue())
+    frames = {"1": {"class_type": "LoadImage", "inputs": {"image": "rgb.gif"}}}
     wf = {**frames,
           "2": {"class_type": "AutopodSaveGIF", "inputs": {"images": ["1", 0], "filename_prefix": "anim/g",
                                                            "frame_rate": 10.0}},
@@ -507,7 +546,9 @@ def test_output_kinds_gif_video_audio_and_a_big_file(sim):
                                                              "frequency": 440.0, "sample_rate": 8000}},
           "5": {"class_type": "AutopodBigFile", "inputs": {"size_mb": 3, "filename_prefix": "big"}},
           "6": {"class_type": "SaveAnimatedPNG", "inputs": {"images": ["1", 0], "filename_prefix": "apng",
-                                                            "fps": 6.0, "compress_level": 4}}}
+                                                            "fps": 6.0, "compress_level": 4}},
+          "7": {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["1", 0], "filename_prefix": "webp", "fps": 4.0,
+                                                             "lossless": True, "quality": 80, "method": "fastest"}}}
     with WS(sim.url) as ws:
         ws.recv()
         pid = queue(sim.url, wf, ws.client_id)
@@ -535,13 +576,40 @@ def test_output_kinds_gif_video_audio_and_a_big_file(sim):
     assert big_progress[-1] == 3
     assert outputs["6"] == {"images": [{"filename": "apng_00001_.png", "subfolder": "", "type": "output"}],
                             "animated": [True]}
-    assert Image.open(io.BytesIO(view(sim.url, "apng_00001_.png").content)).n_frames == 3
+    apng = view(sim.url, "apng_00001_.png").content
+    img = Image.open(io.BytesIO(apng))
+    assert (img.n_frames, img.info["duration"], getattr(img, "text", {})) == (3, 166, {})
+    img.seek(2)
+    assert img.convert("RGB").getpixel((0, 0)) == (0, 0, 255)
+    # ComfyUI's APNG keeps the prompt in private "comf" chunks after the image data, not in tEXt
+    comf = apng.index(b"comf")
+    assert comf > apng.index(b"IDAT") and apng[comf + 4:].startswith(b"prompt\0{")
+    assert outputs["7"] == {"images": [{"filename": "webp_00001_.webp", "subfolder": "", "type": "output"}],
+                            "animated": [True]}
+    r = view(sim.url, "webp_00001_.webp")
+    webp = Image.open(io.BytesIO(r.content))
+    assert (r.headers["Content-Type"], webp.format, webp.n_frames) == ("image/webp", "WEBP", 3)
+    webp.seek(1)
+    assert (webp.convert("RGB").getpixel((23, 15)), webp.info["duration"]) == ((0, 255, 0), 250)  # lossless
+    assert json.loads(webp.getexif()[0x0110].removeprefix("prompt:")) == wf  # EXIF Model holds the prompt
+
+
+def test_one_frame_webp_is_not_animated_and_identical_frames_merge(sim):
+    wf = {**empty_save("one", color=0x00FF00),
+          "2": {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["1", 0], "filename_prefix": "one", "fps": 6.0,
+                                                             "lossless": False, "quality": 80, "method": "default"}}}
+    assert wait_history(sim.url, queue(sim.url, wf))["outputs"]["2"] == \
+        {"images": [{"filename": "one_00001_.webp", "subfolder": "", "type": "output"}], "animated": [False]}
+    wf["1"]["inputs"]["batch_size"] = 3  # three identical frames: Pillow writes one, as in ComfyUI's own files
+    wf["2"]["inputs"]["filename_prefix"] = "same"
+    assert wait_history(sim.url, queue(sim.url, wf))["outputs"]["2"]["animated"] == [True]
+    assert Image.open(sim.root / "output" / "same_00001_.webp").n_frames == 1
 
 
 def test_load_scale_blur_save_on_real_pixels(sim):
     rows = [b"".join(bytes((x * 10, y * 20, 100)) for x in range(12)) for y in range(6)]
     buf = io.BytesIO()
-    im.write_png(buf, 12, 6, rows)
+    Image.frombytes("RGB", (12, 6), b"".join(rows)).save(buf, "PNG")
     upload(sim.url, "grad.png", buf.getvalue())
     wf = {"1": {"class_type": "LoadImage", "inputs": {"image": "grad.png"}},
           "2": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact",
@@ -551,9 +619,9 @@ def test_load_scale_blur_save_on_real_pixels(sim):
           "5": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "scaled"}}}
     entry = wait_history(sim.url, queue(sim.url, wf))
     assert entry["status"]["status_str"] == "success", entry["status"]["messages"][-1]
-    scaled = im.read_png(view(sim.url, "scaled_00001_.png").content)
+    scaled = im.decode(view(sim.url, "scaled_00001_.png").content)
     assert (scaled.width, scaled.height) == (24, 12) and scaled.rgb[:6] == bytes((0, 0, 100, 0, 0, 100))
-    blurred = im.read_png(view(sim.url, "real_00001_.png").content)
+    blurred = im.decode(view(sim.url, "real_00001_.png").content)
     assert (blurred.width, blurred.height) == (24, 12) and blurred.rgb != scaled.rgb
 
 

@@ -70,7 +70,7 @@ def example_client(server_address: str, prompt: dict) -> tuple[dict[str, list[by
 def check_example_result(files: dict[str, list[bytes]], seen: list[str]) -> None:
     assert sorted(files) == ["4", "5"] and [len(v) for v in (files["4"], files["5"])] == [2, 2]
     for data in files["4"] + files["5"]:
-        png = im.read_png(data)
+        png = im.decode(data)
         assert (png.width, png.height, png.rgb[:3]) == (48, 32, b"\xff\x80\x00")  # blurring a solid keeps it
     assert seen.count("progress") == 4 and seen[-1] == "executing" and "execution_success" in seen
 
@@ -180,7 +180,7 @@ def test_comfy_cli_runs_api_and_ui_workflows_through_an_autopod_tunnel(tunneled,
     assert any(e["type"] == "progress" for e in events)
     done = events[-1]
     assert done["ok"] is True
-    png = im.read_png((standin.root / "output" / "fromui_00001_.png").read_bytes())
+    png = im.decode((standin.root / "output" / "fromui_00001_.png").read_bytes())
     assert (png.width, png.height, png.rgb[:3]) == (40, 24, b"\x00\xff\x00")
 
 

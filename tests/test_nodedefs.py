@@ -175,7 +175,7 @@ def test_an_input_file_gone_from_the_pod_is_uploaded_again(comfy, cli, tmp_path)
     _, _, current = comfy
     cat = tmp_path / "cat.png"
     with cat.open("wb") as f:
-        im.write_png(f, 4, 4, im.solid(4, 4, 0x336699).rows())
+        im.save_png(f, im.solid(4, 4, 0x336699))
     wf = write(tmp_path, "load.json", {
         "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "cat"}}})

@@ -13,7 +13,7 @@ from sls_fixtures import KEY, Sls, endpoint_body, png_of, sleep_save, sls, wait_
 
 from test_simulator import autopod, sim_env  # noqa: F401 (sim_env is a fixture)
 
-from autopod.sim.comfyui.images import read_png
+from autopod.sim.comfyui.images import decode
 from autopod.sim.runpod_standin import RunPodStandin
 
 WORKFLOWS = Path(__file__).parent / "data" / "workflows"
@@ -110,7 +110,7 @@ def test_a_job_runs_the_workflow_and_returns_its_saved_images_as_base64(sls):
     images = done["output"]["images"]
     # SaveImage's file only: PreviewImage writes a temp image, which worker-comfyui leaves out
     assert [i["filename"] for i in images] == ["pipeline_00001_.png"]
-    png = read_png(png_of(images[0]))
+    png = decode(png_of(images[0]))
     assert (png.width, png.height) == (640, 384)
     assert png.text == {}  # ComfyUI runs with --disable-metadata in the worker
     assert "errors" not in done["output"]

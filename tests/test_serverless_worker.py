@@ -10,7 +10,7 @@ import json
 import pytest
 from sls_fixtures import png_of, sleep_save, sls  # noqa: F401 (sls is a fixture)
 
-from autopod.sim.comfyui.images import read_png, solid, write_png
+from autopod.sim.comfyui.images import decode, save_png, solid
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def result(warm, inp) -> dict:
 
 def png_b64(width: int, height: int, color: int) -> str:
     buf = io.BytesIO()
-    write_png(buf, width, height, solid(width, height, color).rows())
+    save_png(buf, solid(width, height, color))
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -112,7 +112,7 @@ def test_input_images_are_uploaded_with_or_without_a_data_uri_prefix(warm):
     for prefix, color in (("data:image/png;base64,", 0x00FF00), ("", 0x0000FF)):
         done = result(warm, {"workflow": wf, "images": [{"name": "in.png", "image": prefix + png_b64(6, 4, color)}]})
         assert done["status"] == "COMPLETED", done
-        png = read_png(png_of(done["output"]["images"][0]))
+        png = decode(png_of(done["output"]["images"][0]))
         assert (png.width, png.height) == (6, 4)
         assert png.rgb[:3] == color.to_bytes(3, "big")  # the new upload replaced the old one (overwrite)
 

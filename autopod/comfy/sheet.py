@@ -379,9 +379,11 @@ class _PNGStream:
         self.f.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)))
 
     def band(self, image: Any) -> None:
-        raw, stride = image.tobytes(), self.width * 3
-        rows = b"".join(b"\0" + raw[i * stride:(i + 1) * stride] for i in range(image.height))
-        self.pending += self.z.compress(rows)
+        # Row by row from one copy of the band's pixels: no second, joined copy of the band.
+        raw, stride = memoryview(image.tobytes()), self.width * 3
+        for i in range(image.height):
+            self.pending += self.z.compress(b"\0")
+            self.pending += self.z.compress(raw[i * stride:(i + 1) * stride])
         if len(self.pending) >= 1 << 20:
             self._chunk(b"IDAT", bytes(self.pending))
             self.pending.clear()

@@ -8,10 +8,10 @@ Tests and the offline simulator use it where a real ComfyUI is not available. Fi
 (system stats, node definitions) come from recordings of a real server in
 ``autopod/sim/data/comfyui/``; prompts are validated like ComfyUI validates them and queued;
 one worker thread executes them (``autopod.sim.comfyui.engine``) with real model-free nodes
-(EmptyImage, LoadImage, ImageBlur, ImageScale, SaveImage, PreviewImage, SaveAnimatedPNG)
-that read and write real files in the stand-in's input/output/temp folders. Progress goes
-out on the WebSocket ``/ws?clientId=...`` on the same port, and every route also exists
-under ``/api/...``.
+(EmptyImage, LoadImage, ImageBlur, ImageScale, SaveImage, PreviewImage, SaveAnimatedPNG,
+SaveAnimatedWEBP) that read and write real files through Pillow, as ComfyUI does, in the
+stand-in's input/output/temp folders. Progress goes out on the WebSocket ``/ws?clientId=...``
+on the same port, and every route also exists under ``/api/...``.
 
 The editor: with the ``editor`` extra installed (``comfyui-frontend-package``, the version
 ComfyUI 0.3.64 requires), ``/`` is the real ComfyUI editor and every other path one of its
@@ -373,28 +373,10 @@ class ComfyUIStandin:
                                                   ref.get("subfolder") or None)
         composed = None
         if status == 200 and original is not None:
-            base = im.read_png(original.read_bytes())
-            mask = im.read_png(data)
-            if (mask.width, mask.height) != (base.width, base.height):
-                raise ValueError("images do not match")
-            alpha = mask.alpha if mask.alpha is not None else b"\xff" * (mask.width * mask.height)
-            rgba = bytearray(base.width * base.height * 4)
-            rgba[0::4], rgba[1::4], rgba[2::4], rgba[3::4] = base.rgb[0::3], base.rgb[1::3], base.rgb[2::3], alpha
-            rows = [bytes(rgba[y * base.width * 4:(y + 1) * base.width * 4]) for y in range(base.height)]
-            buf = _Buffer()
-            im.write_png(buf, base.width, base.height, rows, alpha=True, text=base.text)
-            composed = buf.getvalue()
+            composed = im.compose_mask(original, data)
         # Without the original, ComfyUI answers as if it had saved, and saves nothing.
         return self.folders.upload(filename, data, kind=fields.get("type"), subfolder=fields.get("subfolder", ""),
                                    overwrite=fields.get("overwrite"), content=composed, write=composed is not None)
-
-
-class _Buffer(list):
-    def write(self, b: bytes) -> None:
-        self.append(bytes(b))
-
-    def getvalue(self) -> bytes:
-        return b"".join(self)
 
 
 def _one_segment(path: str, prefix: str) -> bool:
@@ -781,21 +763,15 @@ class _Handler(BaseHTTPRequestHandler):
         name = os.path.basename(s.folders.annotated(q["filename"])[0])
         disposition = {"Content-Disposition": f'filename="{name}"'}
         channel = q.get("channel", "rgba")
-        if channel in ("rgb", "a"):
-            try:
-                png = im.read_png(file.read_bytes())
-            except ValueError:
-                png = None  # not a PNG the stand-in reads: served as it is
-            if png is not None:
-                buf = _Buffer()
-                w, h = png.width, png.height
-                if channel == "rgb":
-                    im.write_png(buf, w, h, (png.rgb[y * w * 3:(y + 1) * w * 3] for y in range(h)))
-                else:  # the alpha channel as an RGBA image with black colour
-                    alpha = png.alpha if png.alpha is not None else b"\xff" * (w * h)
-                    rows = (b"".join(b"\0\0\0" + bytes([a]) for a in alpha[y * w:(y + 1) * w]) for y in range(h))
-                    im.write_png(buf, w, h, rows, alpha=True)
-                return self._send(200, buf.getvalue(), content_type="image/png", headers=disposition)
+        try:  # as ComfyUI's /view does with Pillow; a file it cannot read fails as there (500)
+            if "preview" in q:
+                body, ctype = im.view_preview(file, q["preview"], q.get("channel", ""))
+                return self._send(200, body, content_type=ctype, headers=disposition)
+            if channel in ("rgb", "a"):
+                return self._send(200, im.view_channel(file, channel), content_type="image/png", headers=disposition)
+        except (OSError, ValueError):
+            return self._send(500, b"500 Internal Server Error\n\nServer got itself in trouble",
+                              content_type="text/plain")
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if ctype in _UNSAFE_TYPES:
             ctype = "application/octet-stream"

@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .images import solid, write_png
+from .images import save_png, solid
 
 TYPES = ("input", "output", "temp")
 class OutsideFolder(ValueError):
@@ -44,8 +44,7 @@ class Folders:
         example = self.input / "example.png"
         if not example.exists():  # ComfyUI ships input/example.png; LoadImage's list starts with it
             with example.open("wb") as f:
-                frame = solid(64, 64, 0x808080)
-                write_png(f, 64, 64, frame.rows())
+                save_png(f, solid(64, 64, 0x808080))
 
     def dir_for(self, kind: str | None) -> Path | None:
         return {"input": self.input, "output": self.output, "temp": self.temp}.get(kind or "")

@@ -1,32 +1,28 @@
-"""IMAGE values and PNG files in pure Python (zlib + struct), for the stand-in's model-free nodes.
+"""IMAGE values for the stand-in's model-free nodes, and their files, written and read by Pillow as ComfyUI does.
 
 An IMAGE is what ComfyUI passes between nodes: a batch of frames of one size. A frame
 is either real pixels (8-bit RGB, rows top to bottom) or a solid colour, which costs no
 memory: an ``EmptyImage`` of 16384x16384 stays a few bytes until a node needs pixels,
 and blurring or scaling a solid frame gives a solid frame (as it does in ComfyUI).
+Saving is where pixels are needed: Pillow encodes a whole frame, as it does in ComfyUI.
 
-The PNG reader takes what the stand-in writes and what most tools write by default:
-8-bit RGB or RGBA, not interlaced. Other PNGs and other image formats (JPEG, WebP, ...)
-raise ``UnsupportedImage``; bytes that are no image at all raise ``NotAPNG``.
+Files go through Pillow with ComfyUI's own arguments (PNG with ``prompt``/``workflow`` text
+chunks and compress level 4, APNG with ``comf`` chunks after the image data, animated WebP
+with the metadata in EXIF): a SaveImage PNG is, byte for byte, the file the recorded ComfyUI wrote.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import math
-import struct
-import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-class NotAPNG(ValueError):
-    pass
-
-
-class UnsupportedImage(ValueError):
-    pass
+from PIL import Image as Pil
+from PIL import ImageFile, ImageOps, ImageSequence
+from PIL.PngImagePlugin import PngInfo
 
 
 @dataclass(frozen=True)
@@ -103,173 +99,175 @@ def solid(width: int, height: int, color: int) -> Frame:
     return Frame(width, height, None, ((color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF))
 
 
-# -- PNG -----------------------------------------------------------------------------------------
+# -- files ---------------------------------------------------------------------------------------
 
-def _chunk(out: BinaryIO, kind: bytes, data: bytes) -> None:
-    out.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)))
-
-
-def png_header(width: int, height: int, *, alpha: bool = False) -> bytes:
-    return struct.pack(">IIBBBBB", width, height, 8, 6 if alpha else 2, 0, 0, 0)
+def to_pil(frame: Frame) -> Pil.Image:
+    if frame.rgb is None:
+        return Pil.new("RGB", (frame.width, frame.height), frame.color)
+    return Pil.frombytes("RGB", (frame.width, frame.height), frame.rgb)
 
 
-def text_chunk(key: str, value: str) -> bytes:
-    """tEXt is Latin-1; ComfyUI's metadata is json.dumps output (ASCII), keys are trimmed to PNG's 79 bytes."""
-    k = key.encode("latin-1", "replace")[:79] or b"?"
-    return k + b"\0" + value.encode("latin-1", "replace")
+def metadata(prompt: Any, extra_pnginfo: Any) -> dict[str, str]:
+    """What ComfyUI's save nodes embed: ``prompt`` and each ``extra_pnginfo`` key (the editor's ``workflow``)."""
+    text = {}
+    if prompt is not None:
+        text["prompt"] = json.dumps(prompt)
+    if isinstance(extra_pnginfo, dict):
+        for key, value in extra_pnginfo.items():
+            text[str(key)] = json.dumps(value)
+    return text
 
 
-def write_png(out: BinaryIO, width: int, height: int, rows: Iterable[bytes], *, alpha: bool = False,
-              text: dict[str, str] | None = None, level: int = 4) -> None:
-    """Stream a PNG: rows go through one zlib stream, so memory stays flat whatever the size."""
-    out.write(PNG_SIGNATURE)
-    _chunk(out, b"IHDR", png_header(width, height, alpha=alpha))
+def _text_chunks(text: dict[str, str] | None) -> PngInfo:
+    info = PngInfo()
     for key, value in (text or {}).items():
-        _chunk(out, b"tEXt", text_chunk(key, value))
-    _write_idat(out, b"IDAT", rows, level)
-    _chunk(out, b"IEND", b"")
+        info.add_text(key, value)
+    return info
 
 
-def _write_idat(out: BinaryIO, kind: bytes, rows: Iterable[bytes], level: int, prefix: bytes = b"") -> None:
-    comp = zlib.compressobj(level)
-    buf = bytearray()
-    for row in rows:
-        buf += comp.compress(b"\0" + row)  # filter type 0 on every row
-        if len(buf) >= 1 << 16:
-            _chunk(out, kind, prefix + bytes(buf))
-            buf.clear()
-    buf += comp.flush()
-    _chunk(out, kind, prefix + bytes(buf))
+def save_png(out: BinaryIO, frame: Frame, *, text: dict[str, str] | None = None, level: int = 4) -> None:
+    """SaveImage (level 4) and PreviewImage (level 1): tEXt chunks before the image data."""
+    to_pil(frame).save(out, "PNG", pnginfo=_text_chunks(text), compress_level=level)
 
 
-def write_apng(out: BinaryIO, frames: list[Frame], *, delay_ms: int, text: dict[str, str] | None = None,
-               level: int = 4) -> None:
-    """An animated PNG (what ComfyUI's SaveAnimatedPNG writes): one fcTL per frame, the first in IDAT."""
-    w, h = frames[0].width, frames[0].height
-    out.write(PNG_SIGNATURE)
-    _chunk(out, b"IHDR", png_header(w, h))
-    _chunk(out, b"acTL", struct.pack(">II", len(frames), 0))
+def save_apng(out: BinaryIO, frames: list[Frame], *, fps: float, text: dict[str, str] | None = None,
+              level: int = 4) -> None:
+    """SaveAnimatedPNG: the metadata goes in private ``comf`` chunks after the image data, not in tEXt."""
+    info = PngInfo()
     for key, value in (text or {}).items():
-        _chunk(out, b"tEXt", text_chunk(key, value))
-    seq = 0
-    for i, frame in enumerate(frames):
-        _chunk(out, b"fcTL", struct.pack(">IIIIIHHBB", seq, w, h, 0, 0, delay_ms, 1000, 0, 0))
-        seq += 1
-        if i == 0:
-            _write_idat(out, b"IDAT", frame.rows(), level)
+        info.add(b"comf", key.encode("latin-1", "strict") + b"\0" + value.encode("latin-1", "strict"),
+                 after_idat=True)
+    first, *rest = (to_pil(f) for f in frames)
+    first.save(out, "PNG", pnginfo=info, compress_level=level, save_all=True, duration=int(1000.0 / fps),
+               append_images=rest)
+
+
+WEBP_METHODS = {"default": 4, "fastest": 0, "slowest": 6}
+
+
+def save_webp(out: BinaryIO, frames: list[Frame], *, fps: float, lossless: bool, quality: int, method: str,
+              text: dict[str, str] | None = None) -> None:
+    """SaveAnimatedWEBP: one animated file; the prompt in EXIF tag 0x0110 (Model) as ``prompt:{...}``, each
+    extra_pnginfo key from 0x010F (Make) downwards."""
+    first, *rest = (to_pil(f) for f in frames)
+    exif = first.getexif()
+    tag = 0x010F
+    for key, value in (text or {}).items():
+        if key == "prompt":
+            exif[0x0110] = f"prompt:{value}"
         else:
-            # fdAT carries its sequence number before the data; one fdAT per frame keeps numbering simple.
-            data = bytearray()
-            comp = zlib.compressobj(level)
-            for row in frame.rows():
-                data += comp.compress(b"\0" + row)
-            data += comp.flush()
-            _chunk(out, b"fdAT", struct.pack(">I", seq) + bytes(data))
-            seq += 1
-    _chunk(out, b"IEND", b"")
+            exif[tag] = f"{key}:{value}"
+            tag -= 1
+    first.save(out, "WEBP", save_all=True, duration=int(1000.0 / fps), append_images=rest, exif=exif,
+               lossless=lossless, quality=quality, method=WEBP_METHODS[method])
+
+
+def save_gif(out: BinaryIO, frames: list[Frame], fps: float) -> None:
+    """An animated GIF that loops, as VideoHelperSuite's Video Combine saves ``image/gif`` through Pillow."""
+    first, *rest = (to_pil(f) for f in frames)
+    first.save(out, "GIF", save_all=True, append_images=rest, duration=round(1000 / fps), loop=0)
+
+
+def _lenient(fn: Any, arg: Any) -> Any:
+    """ComfyUI's node_helpers.pillow: a truncated file is read again with LOAD_TRUNCATED_IMAGES on."""
+    try:
+        return fn(arg)
+    except (OSError, ValueError) as e:
+        if isinstance(e, Pil.UnidentifiedImageError):
+            raise
+        before = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            return fn(arg)
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
+def load_image(path: Path) -> tuple[Image, Mask]:
+    """LoadImage: every frame of the first frame's size (a GIF is a batch), EXIF rotation applied; the mask is
+    1 - alpha (of the first frame), or ComfyUI's 64x64 placeholder when the file has no alpha."""
+    with _lenient(Pil.open, path) as img:  # no image: PIL.UnidentifiedImageError, as in ComfyUI
+        frames: list[Frame] = []
+        mask: Mask | None = None
+        sequence = [img] if img.format == "MPO" else ImageSequence.Iterator(img)
+        for page in sequence:
+            page = _lenient(ImageOps.exif_transpose, page)
+            if page.mode == "I":
+                page = page.point(lambda v: v * (1 / 255))
+            rgb = page.convert("RGB")
+            if frames and rgb.size != (frames[0].width, frames[0].height):
+                continue  # ComfyUI skips frames of another size
+            frames.append(Frame(rgb.width, rgb.height, rgb.tobytes()))
+            if mask is None:
+                if "A" in page.getbands():
+                    alpha = page.getchannel("A")
+                elif page.mode == "P" and "transparency" in page.info:
+                    alpha = page.convert("RGBA").getchannel("A")
+                else:
+                    alpha = None
+                mask = Mask(64, 64, None) if alpha is None else \
+                    Mask(alpha.width, alpha.height, alpha.point(lambda a: 255 - a).tobytes())
+    assert mask is not None
+    return Image(tuple(frames)), mask
 
 
 @dataclass
-class DecodedPNG:
+class Decoded:
+    """A file's first frame as 8-bit RGB, its alpha (None without one) and its PNG text chunks."""
+
     width: int
     height: int
     rgb: bytes
     alpha: bytes | None
     text: dict[str, str]
+    format: str
 
 
-def read_png(data: bytes) -> DecodedPNG:
-    if not data.startswith(PNG_SIGNATURE):
-        raise NotAPNG("not a PNG file")
-    pos = len(PNG_SIGNATURE)
-    header = None
-    idat = bytearray()
-    text: dict[str, str] = {}
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        crc = data[pos + 8 + length:pos + 12 + length]
-        if len(body) != length or len(crc) != 4 or struct.unpack(">I", crc)[0] != zlib.crc32(kind + body):
-            raise NotAPNG("truncated or corrupt PNG chunk")
-        pos += 12 + length
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat += body
-        elif kind == b"tEXt":
-            k, _, v = body.partition(b"\0")
-            text[k.decode("latin-1")] = v.decode("latin-1")
-        elif kind == b"IEND":
-            break
-    if header is None:
-        raise NotAPNG("PNG without IHDR")
-    width, height, depth, ctype, _, _, interlace = header
-    if depth != 8 or ctype not in (2, 6) or interlace:
-        raise UnsupportedImage(f"PNG with bit depth {depth}, colour type {ctype}, interlace {interlace}: the ComfyUI "
-                             "stand-in decodes only 8-bit RGB or RGBA, non-interlaced")
-    try:
-        raw = zlib.decompress(bytes(idat))
-    except zlib.error as e:
-        raise NotAPNG(f"corrupt PNG data: {e}") from None
-    bpp = 4 if ctype == 6 else 3
-    stride = width * bpp
-    if len(raw) < (stride + 1) * height:
-        raise NotAPNG("truncated PNG data")
-    out = bytearray()
-    prev = bytearray(stride)
-    for y in range(height):
-        start = y * (stride + 1)
-        line = _unfilter(raw[start], bytearray(raw[start + 1:start + 1 + stride]), prev, bpp)
-        out += line
-        prev = line
-    if bpp == 3:
-        return DecodedPNG(width, height, bytes(out), None, text)
-    rgb = bytearray(width * height * 3)
-    rgb[0::3], rgb[1::3], rgb[2::3] = out[0::4], out[1::4], out[2::4]
-    return DecodedPNG(width, height, bytes(rgb), bytes(out[3::4]), text)
+def decode(data: bytes) -> Decoded:
+    with Pil.open(io.BytesIO(data)) as img:
+        alpha = img.getchannel("A").tobytes() if "A" in img.getbands() else None
+        return Decoded(img.width, img.height, img.convert("RGB").tobytes(), alpha, dict(getattr(img, "text", {})),
+                       img.format or "")
 
 
-def _unfilter(ft: int, line: bytearray, prev: bytearray, bpp: int) -> bytearray:
-    n = len(line)
-    if ft == 0:
-        return line
-    if ft == 1:
-        for i in range(bpp, n):
-            line[i] = (line[i] + line[i - bpp]) & 0xFF
-    elif ft == 2:
-        line = bytearray((a + b) & 0xFF for a, b in zip(line, prev))
-    elif ft == 3:
-        for i in range(n):
-            left = line[i - bpp] if i >= bpp else 0
-            line[i] = (line[i] + ((left + prev[i]) >> 1)) & 0xFF
-    elif ft == 4:
-        for i in range(n):
-            a = line[i - bpp] if i >= bpp else 0
-            b = prev[i]
-            c = prev[i - bpp] if i >= bpp else 0
-            p = a + b - c
-            pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-            line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
-    else:
-        raise NotAPNG(f"bad PNG filter type {ft}")
-    return line
+def _png(img: Pil.Image, **kwargs: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", **kwargs)
+    return buf.getvalue()
 
 
-_OTHER_FORMATS = ((b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"), (b"II*\0", "TIFF"),
-                  (b"MM\0*", "TIFF"))
+def compose_mask(original: Path, mask: bytes) -> bytes:
+    """POST /upload/mask: the original's pixels with the uploaded mask's alpha, its text chunks kept, at level 4."""
+    with Pil.open(original) as base:
+        text = _text_chunks(getattr(base, "text", {}))
+        rgba = base.convert("RGBA")
+    with Pil.open(io.BytesIO(mask)) as m:
+        rgba.putalpha(m.convert("RGBA").getchannel("A"))  # ValueError("images do not match") on another size
+    return _png(rgba, compress_level=4, pnginfo=text)
 
 
-def other_format(data: bytes) -> str | None:
-    """The name of an image format the stand-in recognises but does not decode, or None."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    return next((name for magic, name in _OTHER_FORMATS if data.startswith(magic)), None)
+def view_preview(path: Path, preview: str, channel: str) -> tuple[bytes, str]:
+    """GET /view?preview=webp;50 (or jpeg;Q): the file re-encoded small; an alpha channel forces WebP."""
+    parts = preview.split(";")
+    fmt = parts[0] if parts[0] in ("webp", "jpeg") and "a" not in channel else "webp"
+    quality = int(parts[-1]) if parts[-1].isdigit() else 90
+    with Pil.open(path) as img:
+        if fmt == "jpeg" or channel == "rgb":
+            img = img.convert("RGB")
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, quality=quality)
+    return buf.getvalue(), f"image/{fmt}"
 
 
-def png_size(data: bytes) -> tuple[int, int]:
-    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        raise NotAPNG("not a PNG file")
-    return struct.unpack(">II", data[16:24])
+def view_channel(path: Path, channel: str) -> bytes:
+    """GET /view?channel=rgb (the colours, as PNG) or channel=a (the alpha on black, as RGBA PNG)."""
+    with Pil.open(path) as img:
+        if channel == "rgb":
+            return _png(Pil.merge("RGB", img.split()[:3]) if img.mode == "RGBA" else img.convert("RGB"))
+        alpha = img.getchannel("A") if img.mode == "RGBA" else Pil.new("L", img.size, 255)
+        out = Pil.new("RGBA", img.size)
+        out.putalpha(alpha)
+        return _png(out)
 
 
 # -- pixel operations ----------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Small real media files for the stand-in's output nodes: GIF, uncompressed AVI, WAV, opaque blobs.
+"""Small real media files for the stand-in's output nodes that Pillow does not write: uncompressed AVI,
+WAV (the standard library's ``wave``), opaque blobs. Images, GIF included, are ``images``' (Pillow).
 
 All of them stream to disk frame by frame (or chunk by chunk), so their size is bounded by
 the disk, not by memory, and each is a file that ordinary tools open (browsers, ffmpeg,
-Pillow, the ``wave`` module).
+the ``wave`` module).
 """
 
 from __future__ import annotations
@@ -14,59 +15,6 @@ import wave
 from typing import BinaryIO, Callable
 
 from .images import Frame
-
-# -- GIF -----------------------------------------------------------------------------------------
-
-# A 5x5x5 colour cube (125 colours, padded to 128): with 7-bit LZW literals every code is one byte wide.
-_LEVELS = (0, 64, 128, 191, 255)
-GIF_PALETTE = bytes(c for r in _LEVELS for g in _LEVELS for b in _LEVELS for c in (r, g, b)) + bytes(9)
-_QUANT = bytes(min(4, (v * 4 + 127) // 255) for v in range(256))
-_CLEAR, _END = 128, 129
-# Literal codes only: after a clear, a decoder widens its codes to 9 bits after 127 codes, so a clear every
-# 126 literals keeps every code at 8 bits; the stream is then plain bytes, with no bit packing.
-_RUN = 126
-
-
-def _gif_indices(frame: Frame) -> bytes:
-    if frame.solid:
-        r, g, b = (_QUANT[c] for c in frame.color)
-        return bytes([r * 25 + g * 5 + b]) * (frame.width * frame.height)
-    px = frame.pixels()
-    q = px.translate(_QUANT)
-    return bytes(r * 25 + g * 5 + b for r, g, b in zip(q[0::3], q[1::3], q[2::3]))
-
-
-def _gif_lzw(indices: bytes) -> bytes:
-    out = bytearray()
-    for i in range(0, len(indices), _RUN):
-        out.append(_CLEAR)
-        out += indices[i:i + _RUN]
-    out.append(_END)
-    return bytes(out)
-
-
-def _sub_blocks(data: bytes) -> bytes:
-    out = bytearray()
-    for i in range(0, len(data), 255):
-        block = data[i:i + 255]
-        out.append(len(block))
-        out += block
-    out.append(0)
-    return bytes(out)
-
-
-def write_gif(out: BinaryIO, frames: list[Frame], fps: float) -> None:
-    """An animated, looping GIF89a; colours are quantised to the 125-colour cube."""
-    w, h = frames[0].width, frames[0].height
-    out.write(b"GIF89a" + struct.pack("<HHBBB", w, h, 0xF6, 0, 0) + GIF_PALETTE)
-    out.write(b"\x21\xFF\x0BNETSCAPE2.0\x03\x01\x00\x00\x00")  # loop forever
-    delay = max(1, min(65535, round(100 / fps)))  # hundredths of a second
-    for frame in frames:
-        out.write(b"\x21\xF9\x04\x04" + struct.pack("<H", delay) + b"\x00\x00")
-        out.write(b"\x2C" + struct.pack("<HHHHB", 0, 0, w, h, 0) + b"\x07")
-        out.write(_sub_blocks(_gif_lzw(_gif_indices(frame))))
-    out.write(b"\x3B")
-
 
 # -- AVI (uncompressed RGB) ----------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The nodes the stand-in executes: six model-free ComfyUI nodes (plus SaveAnimatedPNG) and its own.
+"""The nodes the stand-in executes: six model-free ComfyUI nodes (plus SaveAnimatedPNG and
+SaveAnimatedWEBP) and its own.
 
 Real nodes keep the inputs, outputs and ``input_order`` of their recorded ``object_info``
 entries and behave like ComfyUI's (file names, ``ui`` outputs, errors). The stand-in's own
@@ -14,7 +15,6 @@ Every node is ``run(ctx, **inputs) -> (outputs, ui)``; ``ui`` is what ComfyUI pu
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 from dataclasses import dataclass, field
@@ -28,13 +28,6 @@ from .folders import Folders
 
 class Interrupted(Exception):
     """ComfyUI's InterruptProcessingException: raised at the next node boundary or progress step."""
-
-
-class UnidentifiedImageError(OSError):
-    """What ComfyUI reports for an input file that is no image: Pillow's exception, by its full name."""
-
-
-UnidentifiedImageError.__module__ = "PIL"  # execution_error's exception_type then reads "PIL.UnidentifiedImageError"
 
 
 @dataclass
@@ -56,16 +49,6 @@ class NodeDef:
     validate_args: tuple[str, ...] = ()
     is_changed: Callable[[Folders, dict], Any] | None = None
     extra: dict = field(default_factory=dict)
-
-
-def _metadata(prompt: Any, extra_pnginfo: Any) -> dict[str, str]:
-    text = {}
-    if prompt is not None:
-        text["prompt"] = json.dumps(prompt)
-    if isinstance(extra_pnginfo, dict):
-        for key, value in extra_pnginfo.items():
-            text[str(key)] = json.dumps(value)
-    return text
 
 
 def _write_atomic(path: Path, writer: Callable[[Any], None]) -> None:
@@ -91,12 +74,11 @@ def save_images(ctx: RunContext, images: im.Image, filename_prefix: str, kind: s
     base = ctx.folders.dir_for(kind)
     assert base is not None
     folder, filename, counter, subfolder = ctx.folders.save_path(filename_prefix, base, images.width, images.height)
-    text = _metadata(prompt, extra_pnginfo)
+    text = im.metadata(prompt, extra_pnginfo)
     results = []
     for batch_number, frame in enumerate(images.frames):
         name = f"{filename.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
-        _write_atomic(folder / name, lambda f, fr=frame: im.write_png(f, fr.width, fr.height, fr.rows(), text=text,
-                                                                     level=level))
+        _write_atomic(folder / name, lambda f, fr=frame: im.save_png(f, fr, text=text, level=level))
         results.append({"filename": name, "subfolder": subfolder, "type": kind})
         counter += 1
     return {"images": results}
@@ -114,22 +96,7 @@ def preview_image(ctx: RunContext, images: im.Image, prompt: Any = None, extra_p
 
 
 def load_image(ctx: RunContext, image: str, **_: Any):
-    path = ctx.folders.annotated_path(image)
-    data = path.read_bytes()
-    try:
-        png = im.read_png(data)
-    except im.NotAPNG:
-        fmt = im.other_format(data)
-        if fmt:  # ComfyUI would read it; say that it is the stand-in's limit, not a broken file
-            raise im.UnsupportedImage(f"{path.name} is {fmt}: the ComfyUI stand-in decodes only 8-bit RGB or RGBA, "
-                                      "non-interlaced PNG") from None
-        raise UnidentifiedImageError(f"cannot identify image file '{path}'") from None
-    frame = im.Frame(png.width, png.height, png.rgb)
-    if png.alpha is not None:
-        mask = im.Mask(png.width, png.height, bytes(255 - a for a in png.alpha))
-    else:
-        mask = im.Mask(64, 64, None)  # ComfyUI's placeholder mask for images without alpha
-    return (im.Image((frame,)), mask), None
+    return im.load_image(ctx.folders.annotated_path(image)), None
 
 
 def load_image_validate(folders: Folders, image: str) -> Any:
@@ -170,10 +137,23 @@ def save_animated_png(ctx: RunContext, images: im.Image, filename_prefix: str = 
     folder, filename, counter, subfolder = ctx.folders.save_path(filename_prefix, ctx.folders.output,
                                                                  images.width, images.height)
     name = f"{filename}_{counter:05}_.png"
-    delay = max(1, min(65535, int(1000.0 / fps)))
-    _write_atomic(folder / name, lambda f: im.write_apng(f, list(images.frames), delay_ms=delay,
-                                                         text=_metadata(prompt, extra_pnginfo), level=compress_level))
+    _write_atomic(folder / name, lambda f: im.save_apng(f, list(images.frames), fps=fps,
+                                                        text=im.metadata(prompt, extra_pnginfo), level=compress_level))
     return (), {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
+
+
+def save_animated_webp(ctx: RunContext, images: im.Image, filename_prefix: str = "ComfyUI", fps: float = 6.0,
+                       lossless: bool = True, quality: int = 80, method: str = "default", prompt: Any = None,
+                       extra_pnginfo: Any = None, **_: Any):
+    """ComfyUI 0.3.64's SaveAnimatedWEBP: the whole batch in one file; ``animated`` is false for one frame."""
+    folder, filename, counter, subfolder = ctx.folders.save_path(filename_prefix, ctx.folders.output,
+                                                                 images.width, images.height)
+    name = f"{filename}_{counter:05}_.webp"
+    _write_atomic(folder / name, lambda f: im.save_webp(f, list(images.frames), fps=fps, lossless=lossless,
+                                                        quality=quality, method=method,
+                                                        text=im.metadata(prompt, extra_pnginfo)))
+    return (), {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}],
+                "animated": (len(images) != 1,)}
 
 
 def not_executable(name: str) -> Callable[..., Any]:
@@ -226,8 +206,7 @@ def _vhs_save(ctx: RunContext, images: im.Image, filename_prefix: str, frame_rat
     counter = ctx.folders.vhs_counter(folder, filename)
     first = images.frames[0]
     png = f"{filename}_{counter:05}.png"
-    _write_atomic(folder / png, lambda f: im.write_png(f, first.width, first.height, first.rows(),
-                                                       text=_metadata(prompt, extra_pnginfo)))
+    _write_atomic(folder / png, lambda f: im.save_png(f, first, text=im.metadata(prompt, extra_pnginfo)))
     name = f"{filename}_{counter:05}.{ext}"
     _write_atomic(folder / name, lambda f: writer(f, list(images.frames), frame_rate))
     return {"gifs": [{"filename": name, "subfolder": subfolder, "type": "output", "format": fmt,
@@ -236,7 +215,7 @@ def _vhs_save(ctx: RunContext, images: im.Image, filename_prefix: str, frame_rat
 
 def save_gif_node(ctx: RunContext, images: im.Image, filename_prefix: str, frame_rate: float, prompt: Any = None,
                   extra_pnginfo: Any = None, **_: Any):
-    return (), _vhs_save(ctx, images, filename_prefix, frame_rate, "gif", "image/gif", media.write_gif, prompt,
+    return (), _vhs_save(ctx, images, filename_prefix, frame_rate, "gif", "image/gif", im.save_gif, prompt,
                          extra_pnginfo)
 
 
@@ -324,4 +303,5 @@ REAL_NODES: dict[str, NodeDef] = {d.name: d for d in (
     NodeDef("ImageBlur", image_blur),
     NodeDef("ImageScale", image_scale),
     NodeDef("SaveAnimatedPNG", save_animated_png),
+    NodeDef("SaveAnimatedWEBP", save_animated_webp),
 )}
