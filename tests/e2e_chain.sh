@@ -108,7 +108,8 @@ run 2 autopod comfy.run "$WORK/hello.json" --pod e2e --set Canvas.width=0 --json
 run 0 autopod comfy.run "$WORK/hello.json" --pod e2e --set Canvas.width=128 --sweep 3.filename_prefix=a,b \
     --output-dir "$WORK/out" --json
 expect_field counts.success 2
-[ "$(find "$WORK/out" -name '*.png' | wc -l)" -eq 2 ] || fail "expected 2 PNGs in $WORK/out"
+[ "$(find "$WORK/out" -name '*.png' ! -name contact.png | wc -l)" -eq 2 ] || fail "expected 2 PNGs in $WORK/out"
+[ -f "$(field sheet.sheet)" ] || fail "expected the batch's contact sheet"
 run 0 autopod comfy.jobs --json
 expect_field 0.done 2
 run 0 autopod comfy.run --resume "$(field 0.id)" --pod e2e --json
