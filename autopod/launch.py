@@ -74,7 +74,8 @@ _RUN_VALUES = {"--workflow": "workflow", "--pod": "pod", "--fleet": "fleet", "--
                "--then": "then", "--endpoint": "endpoint", "--object-info": "object_info"}
 _RUN_LISTS = {"workflow", "set", "input", "sweep"}
 _RUN_SWITCHES = {"--no-tunnel": "no_tunnel", "--previews": "previews", "--detach": "detach", "--dry-run": "dry_run",
-                 "--pull-missing": "pull_missing", "--no-sheet": "no_sheet", "--json": "json"}
+                 "--pull-missing": "pull_missing", "--no-sheet": "no_sheet",
+                 "--resubmit-unknown": "resubmit_unknown", "--json": "json"}
 # A bare word starting with a collection's name may name a task (a chain): the full CLI decides.
 _COLLECTIONS = ("pod.", "volume.", "model.", "tunnel.", "comfy.", "endpoint.", "sim.", "config.")
 

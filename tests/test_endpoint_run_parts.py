@@ -173,6 +173,17 @@ def test_endpoint_flags_are_checked_before_anything_runs():
     assert run_options(workflow=["a.json"], endpoint="e", object_info="oi.json").endpoint == "e"
 
 
+def test_resubmit_unknown_is_for_resuming_an_endpoint_batch(monkeypatch):
+    from autopod.comfy import spread
+
+    with pytest.raises(UsageError, match="goes with --resume BATCH"):
+        spread.run_options(workflow=["a.json"], resubmit_unknown=True)
+    opts = spread.run_options(resume="b1", resubmit_unknown=True)
+    monkeypatch.setattr(spread, "_endpoint_batch", lambda opts: False)  # a batch that ran on a pod
+    with pytest.raises(UsageError, match="for a batch that ran on a Serverless endpoint"):
+        spread.render(opts)
+
+
 # -- the runner against an in-process job API: the ledger, outputs, sidecars, Ctrl-C and --resume ------------
 
 

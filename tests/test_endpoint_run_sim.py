@@ -236,6 +236,14 @@ def test_a_lost_submit_answer_is_unknown_and_not_sent_again(env):
     assert [x["status"] for x in json.loads(listed.stdout)["prompts"]].count("unknown") == 1
     table = autopod(env, "comfy.jobs").stdout.splitlines()
     assert table[0].split()[-1] == "UNKNOWN" and table[2].split()[-1] == "1"
+    # Once the user has checked RunPod, they may send it again: one more job, and the batch is whole.
+    p = autopod(env, "comfy.run", "--resubmit-unknown", "--json")
+    assert p.returncode == 2 and "--resubmit-unknown goes with --resume BATCH" in p.stderr
+    again = autopod(env, "comfy.run", "--resume", report["batch"], "--resubmit-unknown", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["counts"] == {"success": 3} and len(jobs_log(env)) == 4
+    # the lost job did exist on RunPod: its prompt has now run twice, as the user chose
+    assert [j["status"] for j in jobs_log(env)].count("COMPLETED") == 4
 
 
 def test_no_definitions_or_no_such_endpoint_is_exit_2_before_anything_is_sent(env):

@@ -17,7 +17,8 @@ from autopod import launch
 RUN_DEFAULTS = {"workflow": [], "pod": None, "fleet": None, "set": [], "input": [], "sweep": [], "repeat": None,
                 "seed": None, "job": None, "output_dir": None, "output": None, "timeout": None, "max_queued": None,
                 "resume": None, "then": None, "no_tunnel": False, "previews": False, "detach": False,
-                "dry_run": False, "pull_missing": False, "no_sheet": False, "json": False, "endpoint": None,
+                "dry_run": False, "pull_missing": False, "no_sheet": False, "resubmit_unknown": False, "json": False,
+                "endpoint": None,
                 "object_info": None}
 
 
@@ -39,6 +40,7 @@ def flags(**kw):
     (["comfy.run", "--resume", "B1", "--fleet", "flux"], flags(resume="B1", fleet="flux")),
     (["comfy.run", "a.json", "--pull-missing"], flags(workflow=["a.json"], pull_missing=True)),
     (["comfy.run", "a.json", "--no-sheet"], flags(workflow=["a.json"], no_sheet=True)),
+    (["comfy.run", "--resume", "b1", "--resubmit-unknown"], flags(resume="b1", resubmit_unknown=True)),
     (["comfy.run", "a.json", "--endpoint", "render", "--object-info", "oi.json", "--then", "purge"],
      flags(workflow=["a.json"], endpoint="render", object_info="oi.json", then="purge")),
     (["comfy.run", "a.json", "--endpoint", "e", "--endpoint", "f"], None),  # repeated

@@ -889,7 +889,8 @@ def _rerun(r: PromptRow) -> bool:
 
 def resume(opts: Any, *, progress: Progress, deadline: float | None) -> dict[str, Any]:
     """Finish an endpoint batch: jobs RunPod still has are followed (finished ones fetched), results it no
-    longer has and prompts never sent or cancelled are submitted. Unknown submits are not sent again."""
+    longer has and prompts never sent or cancelled are submitted. Unknown submits are not sent again, unless
+    ``--resubmit-unknown`` says the user has checked (RunPod cannot be asked for a job without its id)."""
     from .run import replan
 
     with Ledger.open() as ledger, contextlib.ExitStack() as held:
@@ -908,6 +909,10 @@ def resume(opts: Any, *, progress: Progress, deadline: float | None) -> dict[str
                 ledger.update(r.batch_id, r.idx, status="unknown",
                               error={"summary": "this process ended while /run was under way; the job may exist",
                                      "submit_lost": "ended"})
+                r = ledger.prompt(r.batch_id, r.idx)
+            if r.status == "unknown":
+                if getattr(opts, "resubmit_unknown", False):
+                    todo.append(replan(ledger, r))
                 continue
             if r.prompt_id and (r.status in ("submitting", "queued", "running")
                                 or (r.status in FINAL and not r.fetched_at and not _rerun(r))):

@@ -71,6 +71,7 @@ class RunOptions:
     sheet: bool = True  # a contact sheet and gallery page after a batch of two or more (``sheet``)
     endpoint: str | None = None  # run on this Serverless endpoint (``endpoint``), one job per prompt
     object_info: str | None = None  # with an endpoint: the node definitions to plan on (a JSON file)
+    resubmit_unknown: bool = False  # with --resume of an endpoint batch: send again the submits whose answer was lost
 
 
 @dataclass

@@ -377,7 +377,8 @@ def run_options(*, workflow: list[str] | None = None, pod: str | None = None, fl
                 previews: bool = False, detach: bool = False, dry_run: bool = False, timeout: str | None = None,
                 max_queued: str | None = None, resume: str | None = None, then: str | None = None,
                 debug: bool = False, pull_missing: bool = False, no_sheet: bool = False,
-                endpoint: str | None = None, object_info: str | None = None) -> RunOptions:
+                endpoint: str | None = None, object_info: str | None = None,
+                resubmit_unknown: bool = False) -> RunOptions:
     """``comfy.run``'s flags, as typed, checked and made into RunOptions (exit 2 on a bad one). The task and
     the console script's quick path (``autopod.launch``) both come here, so they cannot disagree."""
     from ..core.flags import MAX_WAIT_S, number
@@ -396,6 +397,9 @@ def run_options(*, workflow: list[str] | None = None, pod: str | None = None, fl
                              f"pods; with --endpoint, RunPod keeps the queue and the worker returns saved images only")
     elif object_info is not None:
         raise UsageError("--object-info gives the node definitions for an --endpoint run (a pod has its own)")
+    if resubmit_unknown and resume is None:
+        raise UsageError("--resubmit-unknown goes with --resume BATCH: it sends again that batch's submits whose "
+                         "answer was lost")
     fleet = fleet_for(fleet, pod, no_tunnel) if endpoint is None else None
     if fleet is not None and detach:
         raise UsageError("--detach submits to one pod; a fleet's batch is spread as members become free, "
@@ -407,7 +411,8 @@ def run_options(*, workflow: list[str] | None = None, pod: str | None = None, fl
                       detach=detach, dry_run=dry_run, timeout=number(timeout, "--timeout", minimum=1, maximum=MAX_WAIT_S),
                       max_queued=queued or 16, per_member=queued, fleet=fleet, then=then,
                       pod=pod, no_tunnel=no_tunnel, resume=resume, debug=debug, pull_missing=pull_missing,
-                      sheet=not no_sheet, endpoint=endpoint, object_info=object_info)
+                      sheet=not no_sheet, endpoint=endpoint, object_info=object_info,
+                      resubmit_unknown=resubmit_unknown)
 
 
 def print_report(report: dict[str, Any], *, as_json: bool, dry_run: bool = False, detach: bool = False) -> int:
@@ -450,6 +455,9 @@ def render(opts: RunOptions, *, progress: Progress | None = None) -> dict[str, A
         report = render_endpoint(opts, progress=progress)
         _sheet(opts, report)
         return report
+    if opts.resubmit_unknown:
+        raise UsageError(f"--resubmit-unknown is for a batch that ran on a Serverless endpoint; on a pod every "
+                         f"prompt has its own id, so batch {opts.resume} has no unknown submits")
     then_target = _then_target(opts)
     try:
         if opts.fleet:

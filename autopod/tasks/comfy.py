@@ -114,6 +114,8 @@ _RUN_HELP = {
                 "scales; outputs, ledger and sidecars as on a pod",
     "object_info": "with --endpoint: ComfyUI's node definitions (GET /object_info saved as JSON) to plan on "
                    "(default: the ones kept from a pod of the endpoint's image)",
+    "resubmit_unknown": ("with --resume of an endpoint batch: send again the prompts whose submit answer was lost "
+                         "(status unknown); each may already have run and billed, so check RunPod's console first"),
     "resume": ("finish batch BATCH: fetch what finished, follow what runs, "
                "submit again what never ran or was interrupted"),
     "json": "print one JSON document",
@@ -124,7 +126,7 @@ _RUN_HELP = {
 def run(c, workflow=None, pod=None, fleet=None, no_tunnel=False, set=None, input=None, sweep=None, repeat=None,
         seed=None, job=None, output_dir=None, output=None, previews=False, detach=False, dry_run=False, timeout=None,
         max_queued=None, resume=None, then=None, pull_missing=False, sheet=True, endpoint=None, object_info=None,
-        json=False):
+        resubmit_unknown=False, json=False):
     """Run workflows on the pod: overrides, uploads, live progress, outputs on disk, batches, a ledger."""
     from ..comfy.spread import print_report, render, run_options
 
@@ -134,7 +136,8 @@ def run(c, workflow=None, pod=None, fleet=None, no_tunnel=False, set=None, input
                        sweep=sweep, repeat=repeat, seed=seed, job=job, output_dir=output_dir, output=output,
                        previews=previews, detach=detach, dry_run=dry_run, timeout=timeout, max_queued=max_queued,
                        resume=resume, then=then, debug=debug_enabled(), pull_missing=pull_missing,
-                       no_sheet=not sheet, endpoint=endpoint, object_info=object_info)
+                       no_sheet=not sheet, endpoint=endpoint, object_info=object_info,
+                       resubmit_unknown=resubmit_unknown)
     code = print_report(render(opts), as_json=json, dry_run=dry_run, detach=detach)
     if code:
         exit_quietly(code)
