@@ -12,6 +12,38 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+WORKERS_PER_CPU = 2  # the tests mostly wait (subprocesses, simulated pods, idle clocks): two per CPU keep it busy
+MAX_WORKERS = 8
+# Modules that run whole on one worker: their tests share one expensive module fixture (a simulator with a pod,
+# a fleet, a browser with the editor open), and test_fleet.py's tests run in file order on the fleet they share.
+ONE_WORKER = ("tests/test_editor_browser.py", "tests/test_fleet.py", "tests/test_models_sim.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (the default, pyproject.toml): PYTEST_XDIST_AUTO_NUM_WORKERS if set, else two workers per CPU."""
+    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if env:
+        return int(env)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_WORKERS, WORKERS_PER_CPU * cpus))
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup`` (the default): each test goes to the next free worker, except ONE_WORKER's modules,
+    each sent whole to one worker, biggest first. (pytest-xdist's own grouping by ``xdist_group`` marks rewrites
+    node ids in a way pytest 9 no longer reads, so it would silently split the modules.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesWhole(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER else nodeid
+
+    return ModulesWhole(config, log)
 
 
 @dataclass

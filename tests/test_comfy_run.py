@@ -319,6 +319,7 @@ def test_queue_history_and_cancel(tunneled, cli, tmp_path):
     end = time.monotonic() + 20
     while time.monotonic() < end and standin.running:
         time.sleep(0.05)
+    assert not standin.running and not standin.pending  # the batch's second prompt never started
     h = cli("comfy.history", "gpu", "--json").json
     assert h and h[0]["status"] == "interrupted"
     assert cli("comfy.cancel", "--json").code == 2  # one of: a prompt, --batch, --all

@@ -24,7 +24,8 @@ def _payload(n: int) -> bytes:
 
 
 class _Backend(socketserver.ThreadingTCPServer):
-    """'GET n' sends n bytes then closes; 'PUT' hashes what comes until EOF and answers the sha256."""
+    """'GET n' sends n bytes then closes ('GET n k': the first k, then the rest once the client sends a line);
+    'PUT' hashes what comes until EOF and answers the sha256."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -37,7 +38,14 @@ class _BackendHandler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         cmd = self.rfile.readline().split()
         if cmd[0] == b"GET":
-            self.wfile.write(_payload(int(cmd[1])))
+            data = _payload(int(cmd[1]))
+            if len(cmd) > 2:
+                k = int(cmd[2])
+                self.wfile.write(data[:k])
+                self.wfile.flush()
+                self.rfile.readline()
+                data = data[k:]
+            self.wfile.write(data)
         elif cmd[0] == b"PUT":
             h = hashlib.sha256()
             while chunk := self.rfile.read1(1 << 16):
@@ -75,16 +83,22 @@ def forward(sshd, ssh_user_key, backend):
         fwd.stop(force=True)
 
 
-def _get(port: int, n: int, *, read_size: int = 1 << 20, pause: float = 0.0) -> bytes:
+def _get(port: int, n: int, *, read_size: int = 1 << 20, pause: float = 0.0, slow_part: int | None = None) -> bytes:
+    """``n`` bytes through the tunnel, read with a ``pause`` after each read. With ``slow_part``, the server
+    sends that many bytes, then waits for the client to have read them all and ask for the rest, which
+    it reads without pausing."""
     out = bytearray()
     with socket.socket() as s:
         if pause:  # a small receive buffer, so the relay's non-blocking sends run into a full socket
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
         s.settimeout(30)
         s.connect(("127.0.0.1", port))
-        s.sendall(f"GET {n}\n".encode())
+        s.sendall(f"GET {n} {slow_part}\n".encode() if slow_part else f"GET {n}\n".encode())
         while chunk := s.recv(read_size):
             out += chunk
+            if slow_part and len(out) == slow_part:
+                s.sendall(b"rest\n")
+                pause = 0.0
             if pause:
                 time.sleep(pause)
     return bytes(out)
@@ -148,7 +162,9 @@ def test_download_is_byte_exact_and_mostly_direct(forward):
 @pytest.mark.sshd
 def test_slow_client_gets_every_byte_in_order(forward, monkeypatch):
     """A reader slower than the link: the transport thread's sends would block, so data queues in the
-    channel and the relay thread drains it, then direct sends resume. Nothing overtakes anything."""
+    channel and the relay thread drains it; once it has, direct sends resume. Nothing overtakes anything.
+    (The server holds the second half until the reader has the first: a reader that stays slow may keep
+    the channel's buffer from ever emptying, and then only the queued path is taken.)"""
     from paramiko.buffered_pipe import BufferedPipe
 
     from autopod.tunnels import relay
@@ -164,7 +180,7 @@ def test_slow_client_gets_every_byte_in_order(forward, monkeypatch):
 
     monkeypatch.setattr(relay, "relay", small_send_buffer)
     n = 4 * (1 << 20) + 777
-    assert _get(forward.local_bind_port, n, read_size=16384, pause=0.001) == _payload(n)
+    assert _get(forward.local_bind_port, n, read_size=16384, pause=0.001, slow_part=n // 2) == _payload(n)
     assert queued  # the queued path was taken
     assert sum(queued) < n  # and so was the direct one
 

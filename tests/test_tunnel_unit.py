@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,31 @@ def test_choose_local_port():
             local.choose_local_port(taken, explicit=True)
         got = local.choose_local_port(taken, explicit=False)
         assert got > taken and local.port_is_free(got)
+
+
+def test_a_default_port_taken_again_and_again_before_the_bind_moves_on(monkeypatch, autopod_home):
+    """autopod under other AUTOPOD_HOMEs (the start lock is per home) takes the port we picked before our daemon
+    binds it, six times running: the start moves on to the next port each time instead of giving up."""
+    tried = []
+
+    def spawn(target, port, backend):
+        tried.append(port)
+        return types.SimpleNamespace(pid=900000 + len(tried)), (0, 0)
+
+    def wait_started(target, proc, port, deadline, require_remote, log_start):
+        if len(tried) <= 6:
+            raise manager._PortTaken()
+        return f"up on {port}"
+
+    monkeypatch.setattr(manager, "_spawn", spawn)
+    monkeypatch.setattr(manager, "_wait_started", wait_started)
+    monkeypatch.setattr(manager, "choose_local_port", lambda want, explicit: want)  # each looks free when checked
+    got = manager._start_daemon(_target("pod123"), 8188, False, "sshtunnel", time.monotonic() + 30, False)
+    assert got == "up on 8194" and tried == list(range(8188, 8195))
+    tried.clear()
+    with pytest.raises(TunnelError, match="local port 8188 is already in use"):  # a port the user named: no moving
+        manager._start_daemon(_target("pod123"), 8188, True, "sshtunnel", time.monotonic() + 30, False)
+    assert tried == [8188]
 
 
 def test_probe_tells_a_dead_port_from_a_live_service():

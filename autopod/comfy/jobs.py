@@ -293,9 +293,11 @@ def cancel(ref: str | None = None, *, batch: str | None = None, everything: bool
             q = conn.call(lambda c: c.get_queue_info())
             running = [i.prompt_id for i in q.running if wanted is None or i.prompt_id in wanted]
             pending = [i.prompt_id for i in q.pending if wanted is None or i.prompt_id in wanted]
+            # Queued ones first: interrupting first lets the server start the next queued prompt before the
+            # delete arrives, and that one would then run on, recorded as cancelled.
+            conn.call(lambda c: c.delete_queued(pending))
             for pid in running:
                 conn.call(lambda c, pid=pid: c.interrupt(pid))
-            conn.call(lambda c: c.delete_queued(pending))
         except ComfyError:
             raise
         finally:

@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 BACKENDS = ("sshtunnel", "openssh")
 DEFAULT_LOCAL_PORT = 8188
 RECOVERY_GRACE_S = 10.0  # how long a start waits for a recovering daemon before replacing it
+# The start lock covers one AUTOPOD_HOME only: autopod under other homes (other accounts, parallel CI jobs) can
+# take a free port between our check and the daemon's bind, once per tunnel it starts meanwhile.
+PORT_RACE_TRIES = 10
 
 
 @dataclass
@@ -285,7 +288,7 @@ def _start_daemon(target: SSHTarget, want: int, explicit: bool, backend: str, de
     # SSH handshake and paramiko's import on every start.
     progress(f"connecting to {target.endpoint} ({target.name})")
     port = choose_local_port(want, explicit=explicit)
-    for _attempt in range(3):
+    for _attempt in range(PORT_RACE_TRIES):
         proc, log_start = _spawn(target, port, backend)
         try:
             with state_file().update() as data:
