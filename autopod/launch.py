@@ -178,6 +178,10 @@ def _quick(run, as_json: bool) -> int:  # noqa: ANN001
     try:
         with signals.handling():
             setup_logging(debug=debug)
+            if "AUTOPOD_WARM" in os.environ:
+                from .core.warm import check_setting
+
+                check_setting()
             code = run()
             sys.stdout.flush()
             return code
@@ -212,16 +216,33 @@ def _stdout_gone() -> int:
 
 
 def main() -> None:
-    listing = parse_listing(sys.argv[1:])
+    argv = sys.argv[1:]
+    if _is_quick(argv):
+        from .core import warm
+
+        code = warm.run(argv)  # in a child of the warm server, when there is one
+        if code is not None:
+            sys.exit(code)
+    sys.exit(dispatch(argv))
+
+
+def _is_quick(argv: list[str]) -> bool:
+    return parse_listing(argv) is not None or parse_comfy_run(argv) is not None or \
+        parse_comfy_status(argv) is not None
+
+
+def dispatch(argv: list[str]) -> int:
+    """Run the command line here: a quick path, or the full CLI."""
+    listing = parse_listing(argv)
     if listing is not None:
-        sys.exit(listing_quick(*listing))
-    run = parse_comfy_run(sys.argv[1:])
+        return listing_quick(*listing)
+    run = parse_comfy_run(argv)
     if run is not None:
-        sys.exit(comfy_run_quick(run))
-    opts = parse_comfy_status(sys.argv[1:])
+        return comfy_run_quick(run)
+    opts = parse_comfy_status(argv)
     if opts is None:
         from .cli import main as cli_main
 
         cli_main()
-        return
-    sys.exit(comfy_status_quick(opts))
+        return 0
+    return comfy_status_quick(opts)

@@ -17,6 +17,9 @@ MAX_WORKERS = 8
 # Modules that run whole on one worker: their tests share one expensive module fixture (a simulator with a pod,
 # a fleet, a browser with the editor open), and test_fleet.py's tests run in file order on the fleet they share.
 ONE_WORKER = ("tests/test_editor_browser.py", "tests/test_fleet.py", "tests/test_models_sim.py")
+# The commands the tests run go through the warm server as a user's do (autopod.core.warm); the one the suite
+# starts leaves half a minute after its last command instead of ten.
+os.environ.setdefault("AUTOPOD_WARM_IDLE_S", "30")
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -285,7 +285,7 @@ class Claim:
                     break
                 time.sleep(CLAIM_READ_PAUSE_S)
                 continue
-            record = json.dumps({"pid": os.getpid(), "what": what, "since": time.time()}).encode()
+            record = json.dumps({"pid": _own_pid(), "what": what, "since": time.time()}).encode()
             os.ftruncate(fd, 0)
             os.pwrite(fd, record, 0)
             self._fd = fd
@@ -346,6 +346,15 @@ def _read_holder(fd: int) -> Holder | None:
         return None
     since = doc.get("since")
     return Holder(doc["pid"], str(doc.get("what") or "autopod"), since if isinstance(since, (int, float)) else None)
+
+
+def _own_pid() -> int:
+    """The pid the user knows for this command: its own process's, also when it runs warm (core.warm)."""
+    if os.environ.get("AUTOPOD_WARM_CHILD"):
+        from .warm import client_pid
+
+        return client_pid()
+    return os.getpid()
 
 
 def _alive(pid: int) -> bool:
