@@ -102,22 +102,24 @@ def create(env: dict, name: str, *extra: str) -> dict:
 
 
 def test_an_idle_pod_is_stopped_by_its_watchdog_after_autopod_exited(sim):
+    # 6 s, not IDLE's 3: the watchdog's status is read after pod.create returns, which on a loaded machine
+    # can take longer than 3 s, by when the pod would rightly be stopped already
     t0 = time.monotonic()
-    doc = create(sim, "idle1", "--idle-minutes", IDLE)
-    assert "idle watchdog stops it after 3 s idle" in doc["msg"]
+    doc = create(sim, "idle1", "--idle-minutes", "0.1")
+    assert "idle watchdog stops it after 6 s idle" in doc["msg"]
     # autopod has exited; the pod runs, guarded from inside
     assert status_of(sim, "idle1") == "RUNNING"
     code, st = guard_status(sim, "idle1")
-    assert code == 0 and st["running"] and st["action"] == "stop" and st["idle_minutes"] == 0.05
-    assert st["comfy"] == "up" and st["busy"] == [] and 0 <= st["acts_in_s"] <= 3
+    assert code == 0 and st["running"] and st["action"] == "stop" and st["idle_minutes"] == 0.1
+    assert st["comfy"] == "up" and st["busy"] == [] and 0 <= st["acts_in_s"] <= 6
     before = stops_requested(sim)
     assert wait_until(lambda: status_of(sim, "idle1") == "EXITED", 20)
-    assert time.monotonic() - t0 >= 3  # never before the idle time
+    assert time.monotonic() - t0 >= 6  # never before the idle time
     assert stops_requested(sim) == before + 1  # the stand-in saw the pod's own runpodctl stop it
     # The reason is on the pod's disk; after a start (which installs the watchdog again) status shows it.
     p = autopod(sim, "pod.start", "--pod", "idle1")
     assert p.returncode == 0, p.stderr
-    assert "the idle watchdog stops it after 3 s idle" in p.stdout
+    assert "the idle watchdog stops it after 6 s idle" in p.stdout
     code, st = guard_status(sim, "idle1")
     assert st["acted"]["action"] == "stop"
     assert "nothing was connected to ComfyUI" in st["acted"]["why"]
@@ -164,14 +166,16 @@ def test_an_open_connection_keeps_the_pod_and_closing_it_starts_the_clock(sim):
 
 
 def test_a_short_comfyui_outage_is_tolerated_and_a_long_one_stops_the_pod(sim):
-    create(sim, "dead1", "--idle-minutes", IDLE)
-    p = autopod(sim, "pod.guard", "--pod", "dead1", "--idle-minutes", IDLE, "--dead-minutes", "0.06", "--json")
-    assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)["changed"] is True  # new settings: the running watchdog is replaced
+    # Connected before the short idle time is set: only the outage may stop this pod, however long a loaded
+    # machine takes between the commands
+    create(sim, "dead1", "--idle-minutes", "1")
     url = comfy_url(sim, "dead1")
     port = int(url.rpartition(":")[2])
     hold = socket.create_connection(("127.0.0.1", port))  # a client holds a connection: never idle while it answers
     try:
+        p = autopod(sim, "pod.guard", "--pod", "dead1", "--idle-minutes", IDLE, "--dead-minutes", "0.06", "--json")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["changed"] is True  # new settings: the running watchdog is replaced
         assert requests.post(url + "/_sim/faults", json={"outage_s": 1.5}, timeout=5).status_code == 200
         st = wait_until(lambda: (lambda s: s if s.get("comfy") == "down" else None)(pod_state(sim, "dead1")), 5, 0.05)
         assert st and st["busy"][0].startswith("ComfyUI is not answering") and st["acts_in_s"] <= 3.6
