@@ -270,13 +270,26 @@ def _newest_batch(env: dict) -> str:
 
 def test_killing_a_member_mid_batch_still_finishes_the_batch_on_the_others(fleet_env, tmp_path):
     env = fleet_env
-    before, old = _histories(env), _newest_batch(env)
+    before, old, flux2 = _histories(env), _newest_batch(env), urls(env)["flux-2"]
     proc = subprocess.Popen([sys.executable, "-m", "autopod", "comfy.run", "--fleet", "flux", env["WORKFLOW"],
                              "--sweep", "2.steps=20..37", "--output-dir", str(tmp_path), "--json"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         assert wait_until(lambda: sum(r["status"] == "success" and r["target_name"] == "flux-2"
                                       for r in _ledger_rows(env, not_before=old)) >= 1, timeout=60)
+        # Someone else's long prompt on flux-2's ComfyUI: the batch's next prompts there wait behind it, so
+        # flux-2 still holds unfinished work when the kill lands, however long a loaded machine takes to
+        # start `autopod pod.kill` (seconds, in which the three members could finish the whole batch).
+        hold = json.loads(json.dumps(SLEEP))
+        hold["2"]["inputs"]["seconds"] = 600
+        sent = requests.post(flux2 + "/prompt", json={"prompt": hold, "client_id": "someone-else"}, timeout=10)
+        assert sent.ok, sent.text
+
+        def held_behind() -> bool:
+            q = requests.get(flux2 + "/queue", timeout=10).json()
+            return [i[1] for i in q["queue_running"]] == [sent.json()["prompt_id"]] and bool(q["queue_pending"])
+
+        assert wait_until(held_behind, timeout=60)
         killed = run(env, "pod.kill", "--pod", "flux-2", "--yes")
         assert killed.returncode == 0, killed.stderr
         out, err = proc.communicate(timeout=180)

@@ -191,8 +191,12 @@ def test_kill_9_mid_download_then_pull_again_resumes_with_range(sim):
 
 
 def test_a_pull_cut_short_by_a_pod_stop_resumes_after_the_start(sim):
-    f = sim.add(hf="sim/stop", path="stop.safetensors", size=5_000_000, faults={"slow": 1_500_000, "times": 1})
-    sim.ok("model.pull", f["url"], "--pod", "m", "--folder", "checkpoints", "--detach")
+    # The first answer stops sending at 3 MB and holds the connection, and this pull waits a minute for more:
+    # the download is still under way when pod.stop lands, however long a loaded machine takes to send it.
+    f = sim.add(hf="sim/stop", path="stop.safetensors", size=5_000_000,
+                faults={"slow": 1_500_000, "stall_at": 3_000_000, "times": 1})
+    sim.ok("model.pull", f["url"], "--pod", "m", "--folder", "checkpoints", "--detach",
+           env={"AUTOPOD_PULL_STALL_S": "60"})
     assert wait_until(lambda: any(j["url"] == f["url"] and (j.get("bytes") or 0) > 1_000_000
                                   for j in sim.jobs(sim.vol)), 15, 0.05)
     sim.ok("pod.stop", "m")  # stopping a pod ends every process in it, the download too

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import ROOT
-from sshd_server import IN_CI, kill_tunnel_daemons, require_sshd
+from sshd_server import IN_CI, kill_tunnel_daemons, require_sshd, wait_until
 
 from autopod.sim.comfyui import editor
 
@@ -224,6 +225,60 @@ def test_pure_python_ssh_server_forwards_and_runs_commands(tmp_path):
         base[4] = str(other)
         p = subprocess.run([*base, "true"], capture_output=True, text=True, timeout=30)
         assert p.returncode == 255
+
+
+@pytest.mark.parametrize("server", ["openssh", "python"])
+def test_stopping_a_pods_ssh_server_ends_the_tunnels_into_it(tmp_path, server):
+    """A stopped pod ends every connection into it. OpenSSH's listener leaves its sessions running when it
+    exits (and the pure-Python one left them hanging), so a tunnel opened while a pod was being stopped
+    kept reaching the stopped pod's ComfyUI."""
+    if server == "openssh":
+        require_sshd()
+        from autopod.sim.sshd import LocalSSHD as Server
+    else:
+        pytest.importorskip("asyncssh", reason="the sim-ssh extra (asyncssh) is not installed")
+        from autopod.sim.pyssh import PySSHD as Server
+    if not shutil.which("ssh"):
+        if IN_CI:
+            pytest.fail("ssh client missing under CI")
+        pytest.skip("no OpenSSH client")
+    from autopod.sim.sshd import free_port
+
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    sshd = Server(tmp_path / "pod", key.with_suffix(".pub").read_text()).start()
+    local = free_port()
+    with socket.socket() as service:  # what the tunnel leads to on the pod (ComfyUI)
+        service.bind(("127.0.0.1", 0))
+        service.listen()
+        tunnel = subprocess.Popen(["ssh", "-F", "/dev/null", "-i", str(key), "-p", str(sshd.port), "-o", "BatchMode=yes",
+                                   "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-N",
+                                   "-o", "ExitOnForwardFailure=yes",
+                                   "-L", f"127.0.0.1:{local}:127.0.0.1:{service.getsockname()[1]}",
+                                   f"{sshd.user}@127.0.0.1"], stderr=subprocess.DEVNULL)
+        try:
+            client = wait_until(lambda: _connect(local), 20)
+            assert client, "the tunnel never came up"
+            service.settimeout(10)
+            inside, _ = service.accept()
+            with client, inside:
+                client.sendall(b"x")
+                assert inside.recv(1) == b"x"
+                sshd.stop()
+                tunnel.wait(10)  # the server closed the connection: the client ends at once
+                inside.settimeout(10)
+                assert inside.recv(1) == b""  # and what it forwarded inside the pod is closed too
+        finally:
+            sshd.stop()
+            tunnel.kill()
+            tunnel.wait()
+
+
+def _connect(port: int) -> socket.socket | None:
+    try:
+        return socket.create_connection(("127.0.0.1", port), timeout=2)
+    except OSError:
+        return None
 
 
 @pytest.mark.parametrize("damage", ["{oops", '{"base_url": 5, "api_key": "k", "pid": 1}'])

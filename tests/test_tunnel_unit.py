@@ -140,9 +140,10 @@ def test_choose_local_port():
         assert got > taken and local.port_is_free(got)
 
 
-def test_a_default_port_taken_again_and_again_before_the_bind_moves_on(monkeypatch, autopod_home):
+def test_a_default_port_taken_again_and_again_before_the_bind_moves_on(monkeypatch, autopod_home, capsys):
     """autopod under other AUTOPOD_HOMEs (the start lock is per home) takes the port we picked before our daemon
-    binds it, six times running: the start moves on to the next port each time instead of giving up."""
+    binds it, six times running: the start moves on to the next port each time instead of giving up, and says
+    which port it moved to each time, so the last line names the port really used."""
     tried = []
 
     def spawn(target, port, backend):
@@ -157,8 +158,13 @@ def test_a_default_port_taken_again_and_again_before_the_bind_moves_on(monkeypat
     monkeypatch.setattr(manager, "_spawn", spawn)
     monkeypatch.setattr(manager, "_wait_started", wait_started)
     monkeypatch.setattr(manager, "choose_local_port", lambda want, explicit: want)  # each looks free when checked
+    monkeypatch.setattr(manager, "next_free_port", lambda taken: taken + 1)
+    monkeypatch.setattr(manager, "port_holder", lambda port: f"pid {port - 8000} (python3)")
     got = manager._start_daemon(_target("pod123"), 8188, False, "sshtunnel", time.monotonic() + 30, False)
     assert got == "up on 8194" and tried == list(range(8188, 8195))
+    moves = [line for line in capsys.readouterr().err.splitlines() if line.startswith("local port")]
+    assert moves == [f"local port {p} was taken by pid {p - 8000} (python3) before the tunnel could bind it; "
+                     f"using {p + 1} instead" for p in range(8188, 8194)]
     tried.clear()
     with pytest.raises(TunnelError, match="local port 8188 is already in use"):  # a port the user named: no moving
         manager._start_daemon(_target("pod123"), 8188, True, "sshtunnel", time.monotonic() + 30, False)

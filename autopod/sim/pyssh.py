@@ -43,6 +43,7 @@ class PySSHD:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server = None
         self._thread: threading.Thread | None = None
+        self._connections: set = set()  # open client connections (the loop's thread only)
 
     def start(self) -> "PySSHD":
         import asyncssh
@@ -58,8 +59,16 @@ class PySSHD:
         env = {**os.environ, **self.env}
         ready = threading.Event()
         errors: list[BaseException] = []
+        connections = self._connections
 
         class _Server(asyncssh.SSHServer):
+            def connection_made(self, conn) -> None:  # noqa: ANN001
+                self.conn = conn
+                connections.add(conn)
+
+            def connection_lost(self, exc) -> None:  # noqa: ANN001
+                connections.discard(self.conn)
+
             def begin_auth(self, username: str) -> bool:
                 return True
 
@@ -100,6 +109,11 @@ class PySSHD:
             if self._server is not None:
                 self._server.close()
                 await self._server.wait_closed()
+            ending = list(self._connections)
+            for conn in ending:  # a stopped pod ends every connection into it, and what they forward
+                conn.abort()
+            if ending:
+                await asyncio.wait([asyncio.ensure_future(c.wait_closed()) for c in ending], timeout=5)
 
         try:
             asyncio.run_coroutine_threadsafe(_close(), loop).result(10)

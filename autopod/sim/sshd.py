@@ -1,9 +1,9 @@
 """A real OpenSSH ``sshd`` on a loopback port, owned by this process.
 
 Used by the tunnel tests, the tunnel benchmark and the offline simulator (each
-simulated pod runs one). It runs in the foreground (``-D -e``) so stopping it
-is a plain terminate of our own child; it listens on 127.0.0.1 only and accepts
-public keys only.
+simulated pod runs one). It runs in the foreground (``-D -e``) as our own child;
+stopping it ends the sessions it accepted too, as a pod that stops ends them. It
+listens on 127.0.0.1 only and accepts public keys only.
 """
 
 from __future__ import annotations
@@ -147,7 +147,28 @@ class LocalSSHD:
             return ""
 
     def _terminate(self) -> None:
-        stop_child(self.proc)
+        """The listener and every session it forked, as the end of a container ends them: sshd leaves its
+        sessions running when the listener stops, and a stopped pod must not keep a tunnel into it. Each
+        process is frozen before its children are listed, so none forks one that would be missed (sshd's
+        title overwrites its environment, so a marker there cannot find them afterwards)."""
+        if self.proc is not None and self.proc.poll() is None:
+            import psutil
+
+            frozen, todo = [], [self.proc.pid]
+            while todo:
+                try:
+                    proc = psutil.Process(todo.pop())
+                    proc.suspend()
+                    frozen.append(proc)
+                    todo += [c.pid for c in proc.children()]
+                except psutil.Error:
+                    continue  # gone meanwhile
+            for proc in frozen:
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
+        stop_child(self.proc)  # reaps the listener
         self.proc = None
 
 

@@ -58,11 +58,17 @@ def choose_local_port(want: int, *, explicit: bool) -> int:
     if explicit:
         raise TunnelError(f"local port {want} is already in use by {holder}; choose another with --local-port "
                           "or stop that program")
-    for p in range(want + 1, want + 1 + PORT_SEARCH):
+    p = next_free_port(want)
+    progress(f"local port {want} is in use by {holder}; using {p} instead")
+    return p
+
+
+def next_free_port(taken: int) -> int:
+    """The first free port after ``taken``, within PORT_SEARCH of it; says nothing (the caller tells why)."""
+    for p in range(taken + 1, taken + 1 + PORT_SEARCH):
         if p < 65536 and port_is_free(p):
-            progress(f"local port {want} is in use by {holder}; using {p} instead")
             return p
-    raise TunnelError(f"no free local port in {want}..{want + PORT_SEARCH}; pass --local-port")
+    raise TunnelError(f"no free local port in {taken}..{taken + PORT_SEARCH}; pass --local-port")
 
 
 def load_private_key(path: Path) -> Any:

@@ -27,7 +27,7 @@ from ..core.errors import AutopodError, TunnelError, UsageError
 from ..core.output import Outcome
 from ..core.paths import autopod_home, open_private
 from ..core.ui import progress
-from .local import choose_local_port, port_holder
+from .local import choose_local_port, next_free_port, port_holder
 from .logs import log_tail, tunnel_log_path
 from .registry import (
     DAEMON_MODULE,
@@ -302,7 +302,10 @@ def _start_daemon(target: SSHTarget, want: int, explicit: bool, backend: str, de
             if explicit:
                 raise TunnelError(f"local port {port} is already in use by {port_holder(port)}; "
                                   "choose another with --local-port") from None
-            port = choose_local_port(port + 1, explicit=False)
+            # Say so, or the last line on stderr names the port lost here instead of the one used.
+            taken, port = port, next_free_port(port)
+            progress(f"local port {taken} was taken by {port_holder(taken)} before the tunnel could bind it; "
+                     f"using {port} instead")
         except TunnelError:
             raise  # _wait_started stopped the daemon, or left it on purpose (SSH up, ComfyUI not yet)
         except BaseException:
