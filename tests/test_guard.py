@@ -104,7 +104,7 @@ def create(env: dict, name: str, *extra: str) -> dict:
 def test_an_idle_pod_is_stopped_by_its_watchdog_after_autopod_exited(sim):
     # 6 s, not IDLE's 3: the watchdog's status is read after pod.create returns, which on a loaded machine
     # can take longer than 3 s, by when the pod would rightly be stopped already
-    t0 = time.monotonic()
+    t0, before = time.monotonic(), stops_requested(sim)
     doc = create(sim, "idle1", "--idle-minutes", "0.1")
     assert "idle watchdog stops it after 6 s idle" in doc["msg"]
     # autopod has exited; the pod runs, guarded from inside
@@ -112,7 +112,6 @@ def test_an_idle_pod_is_stopped_by_its_watchdog_after_autopod_exited(sim):
     code, st = guard_status(sim, "idle1")
     assert code == 0 and st["running"] and st["action"] == "stop" and st["idle_minutes"] == 0.1
     assert st["comfy"] == "up" and st["busy"] == [] and 0 <= st["acts_in_s"] <= 6
-    before = stops_requested(sim)
     assert wait_until(lambda: status_of(sim, "idle1") == "EXITED", 20)
     assert time.monotonic() - t0 >= 6  # never before the idle time
     assert stops_requested(sim) == before + 1  # the stand-in saw the pod's own runpodctl stop it

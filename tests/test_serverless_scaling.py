@@ -51,20 +51,21 @@ def test_a_batch_never_runs_on_more_workers_than_workers_max(sls):
 
 
 def test_cold_start_off_and_on_and_flashboot(sls):
+    # A 2 s cold start against pickups that take up to a second on a loaded machine: the two never meet
     sls.control(settings={"sls_cold_start_s": 0})
     eid = sls.create()["id"]
     done = sls.wait(eid, sls.run(eid, {"workflow": sleep_save()}))
-    assert done["delayTime"] < 200  # no cold start: picked up at once
-    sls.control(settings={"sls_cold_start_s": 1.0, "sls_flashboot_start_s": 0.1, "sls_time_scale": 0.01})
+    assert done["delayTime"] < 1000  # no cold start: picked up at once
+    sls.control(settings={"sls_cold_start_s": 2.0, "sls_flashboot_start_s": 0.1, "sls_time_scale": 0.01})
     cold = sls.create(name="cold")["id"]
     done = sls.wait(cold, sls.run(cold, {"workflow": sleep_save()}))
-    assert done["delayTime"] >= 1000
+    assert done["delayTime"] >= 2000
     flash = sls.create(name="flash", flashboot="FLASHBOOT")["id"]
     first = sls.wait(flash, sls.run(flash, {"workflow": sleep_save()}))
-    assert first["delayTime"] >= 1000  # the first worker of an endpoint has nothing to boot from
+    assert first["delayTime"] >= 2000  # the first worker of an endpoint has nothing to boot from
     wait_for(lambda: sls.workers(flash)["summary"]["total"] == 0, what="the idle worker to stop")
     again = sls.wait(flash, sls.run(flash, {"workflow": sleep_save(prefix="again")}))
-    assert 100 <= again["delayTime"] < 1000
+    assert 100 <= again["delayTime"] < 2000  # FlashBoot's 0.1 s start, not the 2 s boot
 
 
 def test_idle_workers_stop_after_idle_timeout_but_workers_min_stay(sls):
