@@ -241,3 +241,8 @@ def test_a_stopped_command_stops_its_warm_child_until_it_continues(env):
     finally:
         p.kill()
     assert p.returncode == 130 and json.loads(out)["exit_code"] == 130
+
+
+def test_where_the_platform_lacks_what_warm_start_needs_every_command_runs_fresh(monkeypatch):
+    monkeypatch.setattr(warm, "SUPPORTED", False)
+    assert not warm.enabled() and warm.run(["comfy.status"]) is None

@@ -13,10 +13,11 @@ stop/continue to the child's process group, and exits with the child's status, o
 When the client dies (kill -9, a closed terminal), the child is killed at once, as it would have died with
 it. The server's own environment holds no secrets: the command's environment reaches only the child.
 
-``AUTOPOD_WARM=0`` turns it off. The server exits after ``AUTOPOD_WARM_IDLE_S`` (600) seconds without a
-command, and as soon as a file of the autopod it imported changes (an upgrade): that command and the next
-run as fresh processes while a new server starts. Where anything is unusual (a socket folder that is not
-private, a closed standard stream, a deleted working folder) the command simply runs as a fresh process.
+``AUTOPOD_WARM=0`` turns it off; it works on Linux only (``SUPPORTED``). The server exits after
+``AUTOPOD_WARM_IDLE_S`` (600) seconds without a command, and as soon as a file of the autopod it imported
+changes (an upgrade): that command and the next run as fresh processes while a new server starts. Where
+anything is unusual (a socket folder that is not private, a closed standard stream, a deleted working
+folder) the command simply runs as a fresh process.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import socket
 import struct
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 IDLE_S = 600.0
 _HEADER = struct.Struct("!I")
@@ -43,7 +44,13 @@ def enabled() -> bool:
     an interpreter run with -i, -v or -q."""
     f = sys.flags
     return (os.environ.get("AUTOPOD_WARM", "1") == "1" and not os.environ.get("AUTOPOD_WARM_CHILD")
-            and not (f.inspect or f.verbose or f.quiet))
+            and not (f.inspect or f.verbose or f.quiet) and SUPPORTED)
+
+
+# Linux: the peer's uid on a Unix socket (SO_PEERCRED), posix_spawn with setsid, pipe2. Elsewhere (macOS)
+# every command runs as a fresh process.
+SUPPORTED = all(hasattr(m, a) for m, a in ((socket, "SO_PEERCRED"), (socket, "AF_UNIX"), (os, "posix_spawn"),
+                                          (os, "pipe2"), (os, "POSIX_SPAWN_DUP2")))
 
 
 def check_setting() -> None:
@@ -422,7 +429,8 @@ def _reap(children: dict[int, socket.socket], sel: object) -> None:
             continue
         with _suppress():
             sel.unregister(conn)  # type: ignore[attr-defined]
-        msg = b"S %d\n" % os.WTERMSIG(status) if os.WIFSIGNALED(status) else b"E %d\n" % os.waitstatus_to_exitcode(status)
+        msg = (b"S %d\n" % os.WTERMSIG(status)) if os.WIFSIGNALED(status) \
+            else (b"E %d\n" % os.waitstatus_to_exitcode(status))
         with _suppress():
             conn.sendall(msg)
         conn.close()
