@@ -318,6 +318,7 @@ def serve(folder: str, name: str, dispatch: Callable[[list[str]], int]) -> None:
     import selectors
     import signal
     import time
+    from contextlib import suppress
 
     os.chdir("/")
     path = os.path.join(folder, name)
@@ -370,15 +371,15 @@ def serve(folder: str, name: str, dispatch: Callable[[list[str]], int]) -> None:
                     pid = _accept(conn, stamps, listener, wake_r, wake_w, children, dispatch)
                     if pid == -1:
                         leaving = True
-                        with _suppress():
+                        with suppress(OSError, KeyError, ValueError):
                             sel.unregister(listener)
-                        with _suppress():
+                        with suppress(OSError, KeyError, ValueError):
                             os.unlink(path)
                     elif pid:
                         children[pid] = conn
                         sel.register(conn, selectors.EVENT_READ, pid)
                 elif sk.data == "child":
-                    with _suppress():
+                    with suppress(OSError, KeyError, ValueError):
                         while os.read(wake_r, 512):
                             pass
                     _reap(children, sel)
@@ -390,23 +391,15 @@ def serve(folder: str, name: str, dispatch: Callable[[list[str]], int]) -> None:
                     except OSError:
                         data = b""
                     if not data:
-                        with _suppress():
+                        with suppress(OSError, KeyError, ValueError):
                             os.killpg(pid, signal.SIGKILL)
-                        with _suppress():
+                        with suppress(OSError, KeyError, ValueError):
                             sel.unregister(sk.fileobj)
             _reap(children, sel)
     finally:
         if not _gone(path, ino):
-            with _suppress():
+            with suppress(OSError, KeyError, ValueError):
                 os.unlink(path)
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, typ: object, *_: object) -> bool:
-        return typ is not None and issubclass(typ, (OSError, KeyError, ValueError))  # type: ignore[arg-type]
 
 
 def _gone(path: str, ino: int) -> bool:
@@ -417,6 +410,8 @@ def _gone(path: str, ino: int) -> bool:
 
 
 def _reap(children: dict[int, socket.socket], sel: object) -> None:
+    from contextlib import suppress
+
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -427,11 +422,11 @@ def _reap(children: dict[int, socket.socket], sel: object) -> None:
         conn = children.pop(pid, None)
         if conn is None:
             continue
-        with _suppress():
+        with suppress(OSError, KeyError, ValueError):
             sel.unregister(conn)  # type: ignore[attr-defined]
         msg = (b"S %d\n" % os.WTERMSIG(status)) if os.WIFSIGNALED(status) \
             else (b"E %d\n" % os.waitstatus_to_exitcode(status))
-        with _suppress():
+        with suppress(OSError, KeyError, ValueError):
             conn.sendall(msg)
         conn.close()
 
