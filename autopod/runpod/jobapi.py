@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from ..core.errors import AuthError, AutopodError, UsageError
 from ..core.log import redact, register_secret
+from .rest import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +246,10 @@ class JobClient:
                              "the job may exist") from None
         status = r.status_code
         if status == 429:
-            raise _Retry("rate limited (429)", _retry_after(r))
+            raise _Retry("rate limited (429)", retry_after(r))
         if status >= 500:
             if resend or r.content:
-                raise _Retry(f"server error {status}", _retry_after(r))
+                raise _Retry(f"server error {status}", retry_after(r))
             raise SubmitLost(f"RunPod endpoint {self.endpoint_id} run: server error {status} with no body; the job "
                              "may exist")
         if status < 400:
@@ -295,14 +296,6 @@ def _never_sent(e: Exception) -> bool:
     cause: Any = e.args[0] if e.args else None
     reason = getattr(cause, "reason", cause)
     return isinstance(reason, NewConnectionError)
-
-
-def _retry_after(r: Any) -> float | None:
-    value = r.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: back off as usual
 
 
 def _detail(r: Any) -> str:

@@ -82,7 +82,7 @@ class RestAPI:
                 why = f"connection failed: {type(e).__name__}"
             else:
                 if r.status_code == 429:
-                    why, wait = "rate limited (429)", _retry_after(r)
+                    why, wait = "rate limited (429)", retry_after(r)
                 elif r.status_code >= 500 and (idempotent or before_retry is not None):
                     why = f"server error {r.status_code}"
                 else:
@@ -309,7 +309,8 @@ def _doc(r: Any) -> Any:
         raise TransientError(f"RunPod answered {r.status_code} with a body that is not JSON") from None
 
 
-def _retry_after(r: Any) -> float | None:
+def retry_after(r: Any) -> float | None:
+    """Seconds a 429 or 5xx answer asks to wait (``Retry-After``), or None."""
     value = r.headers.get("Retry-After")
     try:
         return max(0.0, float(value)) if value is not None else None

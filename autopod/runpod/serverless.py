@@ -34,10 +34,11 @@ from ..core.inventory import Inventory, load_inventory
 from ..core.output import Outcome
 from ..core.state import StateFile, check_fields, exclusive
 from ..core.ui import progress, warn
-from .api import ENV_KEY_RE, check_id
+from .api import check_id
 from .budget import HORIZON_S, Budget, configured_budget
 from .gpus import match_gpu
 from .jobapi import JobClient, default_base_url
+from .spec import parse_env
 
 log = logging.getLogger(__name__)
 
@@ -142,23 +143,10 @@ def resolve_endpoint_spec(flags: dict[str, Any], inventory: Inventory | None = N
 
 
 def _env(items: Any) -> dict[str, str]:
-    if not items:
-        return {}
+    """``--env`` and a spec's ``env``, as for pods; YAML booleans as the worker reads them (``true``)."""
     if isinstance(items, dict):
-        pairs = [(str(k), "" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
-                 for k, v in items.items()]
-    else:
-        pairs = []
-        for item in items:
-            key, sep, value = str(item).partition("=")
-            if not sep or not key:
-                raise UsageError(f"--env expects KEY=VALUE, got {item!r}")
-            pairs.append((key, value))
-    for key, _ in pairs:
-        if not ENV_KEY_RE.match(key):
-            raise UsageError(f"invalid environment variable name {key!r} in --env: letters, digits and '_', "
-                             "not starting with a digit")
-    return dict(pairs)
+        items = {k: str(v).lower() if isinstance(v, bool) else v for k, v in items.items()}
+    return parse_env(items)
 
 
 def load_spec(flags: dict[str, Any]) -> EndpointSpec:
