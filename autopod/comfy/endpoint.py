@@ -660,16 +660,7 @@ class EndpointRunner:
                 self.ledger.add_output(pid, node, "images", entry, str(path), size, digest)
                 saved.append({"node_id": node, "kind": "images", **entry, "path": str(path), "bytes": size,
                               "sha256": digest})
-            final = self.ledger.prompt(row.batch_id, row.idx)
-            error = {k: v for k, v in (final.error or {}).items() if k != "fetch"}
-            if unsaved:
-                self.ledger.update(row.batch_id, row.idx, error={**error, "fetch": unsaved})
-            elif final.fetched_at is None:
-                if "fetch" in (final.error or {}):
-                    self.ledger.update(row.batch_id, row.idx, error=error or None)
-                    final = self.ledger.prompt(row.batch_id, row.idx)
-                self._sidecar(final, saved)
-                self.ledger.update(row.batch_id, row.idx, fetched_at=time.time())
+            self.ledger.finish_fetch(row, unsaved, lambda final: self._sidecar(final, saved))
         return saved
 
     def _sidecar(self, row: PromptRow, saved: list[dict[str, Any]]) -> None:
@@ -833,8 +824,6 @@ def check_volume_models(endpoint: Endpoint, planned: list[Any], note: Callable[[
 def _execute(opts: Any, ledger: Ledger, batch: BatchRow, endpoint: Endpoint, payloads: Payloads,
              progress: Progress, todo: list[PromptRow], deadline: float | None,
              follow: list[PromptRow] | None = None) -> dict[str, Any]:
-    from .run import _report
-
     client = job_client(endpoint)
     runner = EndpointRunner(ledger, batch, client, endpoint, progress=progress, payloads=payloads,
                             max_in_flight=getattr(opts, "per_member", None) or MAX_IN_FLIGHT,

@@ -335,6 +335,21 @@ class Ledger:
         with self.tx() as db:
             db.execute(f"UPDATE prompts SET {cols} WHERE batch_id = ? AND idx = ?", (*vals, batch_id, idx))
 
+    def finish_fetch(self, row: PromptRow, unsaved: list[str], sidecar: Callable[[PromptRow], None]) -> None:
+        """After a fetch of ``row``'s outputs: the files that could not be saved become its ``fetch`` error,
+        which ``comfy.fetch`` finishes later; else, once, an earlier fetch error is dropped, its sidecar is
+        written (``sidecar`` gets the row as it is now) and only then is it marked fetched."""
+        final = self.prompt(row.batch_id, row.idx)
+        error = {k: v for k, v in (final.error or {}).items() if k != "fetch"}
+        if unsaved:
+            self.update(row.batch_id, row.idx, error={**error, "fetch": unsaved})
+        elif final.fetched_at is None:
+            if "fetch" in (final.error or {}):
+                self.update(row.batch_id, row.idx, error=error or None)
+                final = self.prompt(row.batch_id, row.idx)
+            sidecar(final)
+            self.update(row.batch_id, row.idx, fetched_at=time.time())
+
     # -- outputs and uploads ------------------------------------------------------------------------
 
     def saved_outputs(self, prompt_id: str) -> dict[tuple[str, str, str, str, str], dict[str, Any]]:

@@ -526,16 +526,8 @@ class Runner:
                 saved.append({"node_id": node, "kind": kind, "filename": item["filename"],
                               "subfolder": item.get("subfolder") or "", "type": item.get("type") or "output",
                               "path": str(path), "bytes": size, "sha256": digest})
-            final = self.ledger.prompt(row.batch_id, row.idx)
-            error = {k: v for k, v in (final.error or {}).items() if k != "fetch"}
-            if unsaved:
-                self.ledger.update(row.batch_id, row.idx, error={**error, "fetch": unsaved})
-            elif final.fetched_at is None:
-                if "fetch" in (final.error or {}):
-                    self.ledger.update(row.batch_id, row.idx, error=error or None)
-                    final = self.ledger.prompt(row.batch_id, row.idx)
-                self._sidecar(final, saved, timings or run_timings(entry, final, None))
-                self.ledger.update(row.batch_id, row.idx, fetched_at=time.time())
+            self.ledger.finish_fetch(row, unsaved, lambda final: self._sidecar(
+                final, saved, timings or run_timings(entry, final, None)))
         return saved
 
     def _download(self, dest: Path, item: dict[str, Any]) -> tuple[Path, int, str]:
