@@ -77,6 +77,18 @@ def autopod_home(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def comfy(tmp_path, autopod_home):
+    """The simulator's ComfyUI with its own model-free nodes, as ``comfy_url`` (reached with --no-tunnel).
+    A module that needs another ComfyUI defines its own ``comfy``."""
+    from autopod.sim.comfyui_standin import ComfyUIStandin
+
+    with ComfyUIStandin(sim_nodes=True, root=tmp_path / "comfyui") as s:
+        autopod_home.mkdir(parents=True, exist_ok=True)
+        (autopod_home / "config.yaml").write_text(f"comfy_url: {s.url}\n")
+        yield s
+
+
+@pytest.fixture
 def cli(capsys):
     """Run ``autopod ARGS...`` in this process; returns CliResult(code, out, err)."""
     from autopod.cli import make_program

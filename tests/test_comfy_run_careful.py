@@ -18,8 +18,6 @@ from autopod.comfy import client as client_mod
 from autopod.comfy import run as run_mod
 from autopod.comfy.outputs import _NAME_ROOM, _fit, check_template, target_path
 from autopod.core.errors import UsageError
-from autopod.sim.comfyui_standin import ComfyUIStandin
-from test_comfy_tasks import use_url
 
 IMAGE = {"1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 8, "batch_size": 1, "color": 0xFF0000},
                "_meta": {"title": "Canvas"}},
@@ -30,13 +28,6 @@ def sleepy(seconds: float, prefix: str = "slow") -> dict:
     return {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
             "2": {"class_type": "AutopodSleep", "inputs": {"image": ["1", 0], "seconds": seconds, "steps": 2}},
             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}}}
-
-
-@pytest.fixture
-def comfy(tmp_path, autopod_home):
-    with ComfyUIStandin(sim_nodes=True, root=tmp_path / "comfyui") as s:
-        use_url(autopod_home, s.url)
-        yield s
 
 
 @pytest.fixture

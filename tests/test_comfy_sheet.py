@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from autopod.comfy.ledger import Ledger
-from autopod.sim.comfyui_standin import ComfyUIStandin
 
 RED, GREEN, BLUE = 0xFF0000, 0x00FF00, 0x0000FF
 CELL_BG, FAILED_BG, MISSING_BG = (236, 236, 236), (150, 150, 150), (205, 205, 205)
@@ -21,15 +20,6 @@ def canvas(color: int = RED, width: int = 64, height: int = 32, batch: int = 1) 
     return {"1": {"class_type": "EmptyImage", "inputs": {"width": width, "height": height, "batch_size": batch,
                                                          "color": color}, "_meta": {"title": "Canvas"}},
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "sheet"}}}
-
-
-@pytest.fixture
-def comfy(autopod_home, tmp_path):
-    """The simulator's ComfyUI (its own nodes too), reached as comfy_url with --no-tunnel."""
-    with ComfyUIStandin(sim_nodes=True, root=tmp_path / "comfyui") as s:
-        autopod_home.mkdir(parents=True, exist_ok=True)
-        (autopod_home / "config.yaml").write_text(f"comfy_url: {s.url}\n")
-        yield s
 
 
 def render(cli, tmp_path: Path, workflow: dict, *argv: str, name: str = "wf.json"):

@@ -11,7 +11,6 @@ import sys
 import pytest
 from comfy_fixtures import empty_save
 
-from autopod.sim.comfyui_standin import ComfyUIStandin
 from autopod import launch
 
 RUN_DEFAULTS = {"workflow": [], "pod": None, "fleet": None, "set": [], "input": [], "sweep": [], "repeat": None,
@@ -65,14 +64,6 @@ def test_quick_path_takes_only_plain_run_command_lines(argv, expect):
     from autopod.launch import parse_comfy_run
 
     assert parse_comfy_run(argv) == expect
-
-
-@pytest.fixture
-def comfy(tmp_path, autopod_home):
-    with ComfyUIStandin(sim_nodes=True, root=tmp_path / "comfyui") as s:
-        autopod_home.mkdir(parents=True, exist_ok=True)
-        (autopod_home / "config.yaml").write_text(f"comfy_url: {s.url}\n")
-        yield s
 
 
 def _same(text: str) -> str:

@@ -12,7 +12,6 @@ from browser import start_chromium, wait_for
 from PIL import Image
 
 from autopod.comfy.ledger import Ledger
-from autopod.sim.comfyui_standin import ComfyUIStandin
 
 pytestmark = pytest.mark.browser
 
@@ -25,14 +24,6 @@ def canvas(color: int) -> dict:
     return {"1": {"class_type": "EmptyImage", "inputs": {"width": 48, "height": 32, "batch_size": 1,
                                                          "color": color}, "_meta": {"title": "Canvas"}},
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "page"}}}
-
-
-@pytest.fixture
-def comfy(autopod_home, tmp_path):
-    with ComfyUIStandin(sim_nodes=True, root=tmp_path / "comfyui") as s:
-        autopod_home.mkdir(parents=True, exist_ok=True)
-        (autopod_home / "config.yaml").write_text(f"comfy_url: {s.url}\n")
-        yield s
 
 
 def test_the_gallery_page_in_a_real_browser(comfy, cli, tmp_path):
