@@ -180,18 +180,24 @@ def test_world_file_sets_stock_so_gpu_fallback_happens(sim_env, tmp_path):
     assert doc["pod"]["gpu"] == "RTX A6000"
 
 
-def test_pure_python_ssh_server_forwards_and_runs_commands(tmp_path):
-    """Where no sshd is installed, simulated pods use asyncssh: real OpenSSH clients must work against it."""
-    pytest.importorskip("asyncssh", reason="the sim-ssh extra (asyncssh) is not installed")
+def client_key(tmp_path: Path) -> Path:
+    """An ed25519 key for OpenSSH's client, which these tests need (a failure under CI, else a skip)."""
     if not shutil.which("ssh"):
         if IN_CI:
             pytest.fail("ssh client missing under CI")
         pytest.skip("no OpenSSH client")
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
+
+
+def test_pure_python_ssh_server_forwards_and_runs_commands(tmp_path):
+    """Where no sshd is installed, simulated pods use asyncssh: real OpenSSH clients must work against it."""
+    pytest.importorskip("asyncssh", reason="the sim-ssh extra (asyncssh) is not installed")
     from autopod.sim.comfyui_standin import ComfyUIStandin
     from autopod.sim.pyssh import PySSHD
 
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    key = client_key(tmp_path)
     known = tmp_path / "known_hosts"
     with PySSHD(tmp_path / "pod", key.with_suffix(".pub").read_text()) as server, ComfyUIStandin() as comfy:
         known.write_text(f"[127.0.0.1]:{server.port} {server.host_key_pub}\n")
@@ -238,14 +244,9 @@ def test_stopping_a_pods_ssh_server_ends_the_tunnels_into_it(tmp_path, server):
     else:
         pytest.importorskip("asyncssh", reason="the sim-ssh extra (asyncssh) is not installed")
         from autopod.sim.pyssh import PySSHD as Server
-    if not shutil.which("ssh"):
-        if IN_CI:
-            pytest.fail("ssh client missing under CI")
-        pytest.skip("no OpenSSH client")
     from autopod.sim.sshd import free_port
 
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    key = client_key(tmp_path)
     sshd = Server(tmp_path / "pod", key.with_suffix(".pub").read_text()).start()
     local = free_port()
     with socket.socket() as service:  # what the tunnel leads to on the pod (ComfyUI)
